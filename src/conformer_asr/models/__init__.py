@@ -1,0 +1,19 @@
+"""Conformer encoder, CTC and transducer heads, and their configurations."""
+
+from .asr import ASRModel, LossOutput, count_parameters
+from .config import (
+    NAMED_CONFIGS,
+    ConfigError,
+    EncoderConfig,
+    FeatureConfig,
+    ModelConfig,
+    SpecAugmentConfig,
+    get_config,
+)
+from .conformer import ConformerEncoder, build_encoder
+
+__all__ = [
+    "ASRModel", "LossOutput", "count_parameters", "NAMED_CONFIGS", "ConfigError",
+    "EncoderConfig", "FeatureConfig", "ModelConfig", "SpecAugmentConfig", "get_config",
+    "ConformerEncoder", "build_encoder",
+]

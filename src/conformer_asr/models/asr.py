@@ -1,0 +1,104 @@
+"""The recogniser: SpecAugment -> Conformer encoder -> CTC and/or RNN-T heads, and its loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..audio.spec_augment import SpecAugment
+from ..losses import rnnt_loss
+from .config import ModelConfig
+from .conformer import ConformerEncoder
+from .transducer import JointNetwork, PredictionNetwork
+
+
+@dataclass
+class LossOutput:
+    """Weighted training loss and its parts (per-utterance means; None if the head is absent)."""
+
+    loss: torch.Tensor
+    ctc: torch.Tensor | None
+    rnnt: torch.Tensor | None
+
+
+class ASRModel(nn.Module):
+    """Features in, losses or encoder states out. Token 0 is blank.
+
+    The feature extractor is not part of the module: features are computed in
+    data-loader workers during training and by the transcriber at inference.
+    SpecAugment runs inside ``encode`` in training mode only.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.spec_augment = SpecAugment(cfg.spec_augment)
+        self.encoder = ConformerEncoder(cfg.encoder)
+        d = cfg.encoder.d_model
+        self.ctc_head = nn.Linear(d, cfg.vocab_size) if cfg.has_ctc else None
+        self.predictor: PredictionNetwork | None = None
+        self.joint: JointNetwork | None = None
+        if cfg.has_transducer:
+            self.predictor = PredictionNetwork(
+                cfg.vocab_size, cfg.pred_embed_dim, cfg.pred_hidden_dim, cfg.encoder.dropout
+            )
+            self.joint = JointNetwork(d, cfg.pred_hidden_dim, cfg.joint_dim, cfg.vocab_size)
+
+    def encode(
+        self, feats: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """feats (B, T, F), lengths (B,) -> encoder output (B, T', D), lengths (B,)."""
+        return self.encoder(self.spec_augment(feats, lengths), lengths)
+
+    def ctc_log_probs(self, enc: torch.Tensor) -> torch.Tensor:
+        """(B, T', D) -> (B, T', V) log-probabilities of the CTC head."""
+        assert self.ctc_head is not None, "this model has no CTC head"
+        return F.log_softmax(self.ctc_head(enc).float(), dim=-1)
+
+    def forward(
+        self,
+        feats: torch.Tensor,
+        feat_lengths: torch.Tensor,
+        targets: torch.Tensor,
+        target_lengths: torch.Tensor,
+    ) -> LossOutput:
+        """feats (B, T, F), feat_lengths (B,), targets (B, U) padded, target_lengths (B,)."""
+        enc, enc_lengths = self.encode(feats, feat_lengths)
+        ctc = rnnt = None
+        if self.ctc_head is not None:
+            ctc = F.ctc_loss(
+                self.ctc_log_probs(enc).transpose(0, 1), targets, enc_lengths, target_lengths,
+                blank=0, reduction="sum", zero_infinity=True,
+            ) / targets.shape[0]
+        if self.predictor is not None and self.joint is not None:
+            logits = self.joint.full(enc, self.predictor(targets))
+            rnnt = rnnt_loss(logits.float(), targets.int(), enc_lengths.int(),
+                             target_lengths.int(), blank=0, reduction="mean")
+        w = self.cfg.ctc_weight
+        if ctc is None:
+            loss = rnnt
+        elif rnnt is None:
+            loss = ctc
+        else:
+            loss = w * ctc + (1.0 - w) * rnnt
+        assert loss is not None
+        return LossOutput(loss=loss, ctc=ctc, rnnt=rnnt)
+
+
+def count_parameters(model: ASRModel) -> dict[str, int]:
+    """Parameter counts: encoder, decoder (prediction net), joint, ctc, total."""
+
+    def n(module: nn.Module | None) -> int:
+        return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+    counts = {
+        "encoder": n(model.encoder),
+        "decoder": n(model.predictor),
+        "joint": n(model.joint),
+        "ctc": n(model.ctc_head),
+    }
+    counts["total"] = sum(counts.values())
+    return counts

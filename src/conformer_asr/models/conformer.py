@@ -1,0 +1,145 @@
+"""The Conformer encoder: macaron FFN, relative-position MHSA, convolution module."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import RelPositionMultiHeadAttention, relative_positions
+from .config import EncoderConfig, get_config
+from .subsampling import Conv2dSubsampling
+
+
+def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(B,) lengths -> (B, max_len) bool, True where the frame is padding."""
+    return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
+
+
+class FeedForward(nn.Module):
+    """LayerNorm -> Linear(d, m*d) -> Swish -> Dropout -> Linear(m*d, d) -> Dropout."""
+
+    def __init__(self, d_model: int, multiplier: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(d_model),
+            nn.Linear(d_model, multiplier * d_model),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            nn.Linear(multiplier * d_model, d_model),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D)."""
+        return self.net(x)
+
+
+class MaskedBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm whose training statistics come from valid frames only.
+
+    In eval mode it is the usual per-frame affine map with running statistics,
+    so padding cannot leak in either mode.
+    """
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """x (B, C, T), valid (B, T) bool -> (B, C, T)."""
+        if not self.training:
+            return super().forward(x)
+        weight = valid[:, None, :].to(x.dtype)
+        count = weight.sum().clamp(min=1.0)
+        mean = (x * weight).sum(dim=(0, 2)) / count
+        var = (((x - mean[None, :, None]) ** 2) * weight).sum(dim=(0, 2)) / count
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                unbiased = var * count / (count - 1).clamp(min=1.0)
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
+                self.num_batches_tracked.add_(1)
+        x = (x - mean[None, :, None]) * torch.rsqrt(var[None, :, None] + self.eps)
+        return x * self.weight[None, :, None] + self.bias[None, :, None]
+
+
+class ConvolutionModule(nn.Module):
+    """LayerNorm -> pointwise(d, 2d) -> GLU -> depthwise conv -> BatchNorm -> Swish
+    -> pointwise(d, d) -> Dropout.
+
+    Pointwise convolutions are Linear layers on (B, T, D) (the same parameters
+    as Conv1d with kernel 1, without transposes). Padded frames are zeroed
+    before the depthwise convolution so that it sees zeros, not garbage.
+    """
+
+    def __init__(self, d_model: int, kernel_size: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.pointwise_in = nn.Linear(d_model, 2 * d_model)
+        self.depthwise = nn.Conv1d(
+            d_model, d_model, kernel_size, padding=kernel_size // 2, groups=d_model
+        )
+        self.batch_norm = MaskedBatchNorm1d(d_model)
+        self.pointwise_out = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D), pad (B, T) bool (True = padding) -> (B, T, D)."""
+        x = F.glu(self.pointwise_in(self.norm(x)), dim=-1)
+        x = x.masked_fill(pad[:, :, None], 0.0).transpose(1, 2)  # (B, D, T)
+        x = self.batch_norm(self.depthwise(x), ~pad).transpose(1, 2)
+        return self.dropout(self.pointwise_out(F.silu(x)))
+
+
+class ConformerBlock(nn.Module):
+    """x + FFN/2 -> x + MHSA -> x + Conv -> x + FFN/2 -> LayerNorm."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.ffn1 = FeedForward(d, cfg.ffn_multiplier, cfg.dropout)
+        self.attn_norm = nn.LayerNorm(d)
+        self.attn = RelPositionMultiHeadAttention(d, cfg.n_heads, cfg.dropout)
+        self.attn_dropout = nn.Dropout(cfg.dropout)
+        self.conv = ConvolutionModule(d, cfg.conv_kernel_size, cfg.dropout)
+        self.ffn2 = FeedForward(d, cfg.ffn_multiplier, cfg.dropout)
+        self.final_norm = nn.LayerNorm(d)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D), pos (2T-1, D), pad (B, T) -> (B, T, D)."""
+        x = x + 0.5 * self.ffn1(x)
+        x = x + self.attn_dropout(self.attn(self.attn_norm(x), pos, pad))
+        x = x + self.conv(x, pad)
+        x = x + 0.5 * self.ffn2(x)
+        return self.final_norm(x)
+
+
+class ConformerEncoder(nn.Module):
+    """Conv2d subsampling followed by ``n_layers`` Conformer blocks.
+
+    forward(feats (B, T, n_mels), lengths (B,)) -> (out (B, T', D), out_lengths (B,)),
+    with T' about T / subsampling_factor (see ``subsampled_lengths``) and padded output
+    frames set to zero.
+    """
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.subsampling = Conv2dSubsampling(
+            cfg.n_mels, cfg.channels, cfg.d_model, cfg.dropout, cfg.subsampling_factor
+        )
+        self.blocks = nn.ModuleList(ConformerBlock(cfg) for _ in range(cfg.n_layers))
+
+    def forward(
+        self, feats: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x, lengths = self.subsampling(feats, lengths)
+        pad = padding_mask(lengths, x.shape[1])
+        pos = relative_positions(x.shape[1], self.cfg.d_model, x.device, x.dtype)
+        for block in self.blocks:
+            x = block(x, pos, pad)
+        return x.masked_fill(pad[:, :, None], 0.0), lengths
+
+
+def build_encoder(name_or_config: str | EncoderConfig) -> ConformerEncoder:
+    """Encoder of a named model (``conformer-s``/``-m``/``-l``) or of an ``EncoderConfig``."""
+    if isinstance(name_or_config, str):
+        return ConformerEncoder(get_config(name_or_config).encoder)
+    return ConformerEncoder(name_or_config)

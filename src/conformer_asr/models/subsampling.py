@@ -1,0 +1,47 @@
+"""Convolutional front end: 4x (the paper) or 8x time reduction (10 ms -> 40 or 80 ms frames)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def subsampled_lengths(lengths: torch.Tensor, factor: int = 4) -> torch.Tensor:
+    """Frames left after log2(factor) unpadded Conv2d(kernel 3, stride 2) layers."""
+    for _ in range(int(math.log2(factor))):
+        lengths = (lengths - 1) // 2
+    return lengths
+
+
+class Conv2dSubsampling(nn.Module):
+    """log2(factor) Conv2d(kernel 3, stride 2) + ReLU layers, then Linear to ``d_model``
+    and Dropout. The paper uses two (4x); a third (8x) halves the encoder's cost.
+
+    The convolutions are unpadded, so each valid output frame is computed from
+    valid input frames only: padding after an utterance cannot leak into it.
+    """
+
+    def __init__(
+        self, n_mels: int, channels: int, d_model: int, dropout: float, factor: int = 4
+    ) -> None:
+        super().__init__()
+        self.factor = factor
+        layers: list[nn.Module] = []
+        freq = n_mels
+        for i in range(int(math.log2(factor))):
+            layers += [nn.Conv2d(1 if i == 0 else channels, channels, 3, stride=2), nn.ReLU()]
+            freq = (freq - 1) // 2
+        self.conv = nn.Sequential(*layers)
+        self.out = nn.Linear(channels * freq, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self, feats: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """feats (B, T, F), lengths (B,) -> (B, T', d_model), lengths (B,)."""
+        x = self.conv(feats.unsqueeze(1))  # (B, C, T', F')
+        b, c, t, f = x.shape
+        x = self.out(x.transpose(1, 2).reshape(b, t, c * f))
+        return self.dropout(x), subsampled_lengths(lengths, self.factor)

@@ -1,0 +1,55 @@
+"""RNN-Transducer decoder: LSTM prediction network and joint network (Graves 2012)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (1, B, H)
+
+
+class PredictionNetwork(nn.Module):
+    """Embedding + 1-layer LSTM over previous non-blank tokens; blank (0) is the start symbol."""
+
+    def __init__(self, vocab_size: int, embed_dim: int, hidden_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.lstm = nn.LSTM(embed_dim, hidden_dim, num_layers=1, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        self.hidden_dim = hidden_dim
+
+    def forward(self, targets: torch.Tensor) -> torch.Tensor:
+        """targets (B, U) -> (B, U+1, H): output before each target and after the last."""
+        start = targets.new_zeros(targets.shape[0], 1)
+        out, _ = self.lstm(self.embed(torch.cat([start, targets], dim=1)))
+        return self.dropout(out)
+
+    def step(
+        self, tokens: torch.Tensor, state: LSTMState | None
+    ) -> tuple[torch.Tensor, LSTMState]:
+        """One step: tokens (B,), state -> (out (B, H), new state)."""
+        out, state = self.lstm(self.embed(tokens)[:, None, :], state)
+        return out[:, 0], state
+
+
+class JointNetwork(nn.Module):
+    """Linear(enc) + Linear(pred) -> tanh -> Linear(vocab).
+
+    The two input projections are separate methods so that callers project
+    each side once and only broadcast the cheap sum.
+    """
+
+    def __init__(self, enc_dim: int, pred_dim: int, joint_dim: int, vocab_size: int) -> None:
+        super().__init__()
+        self.enc_proj = nn.Linear(enc_dim, joint_dim)
+        self.pred_proj = nn.Linear(pred_dim, joint_dim)
+        self.out = nn.Linear(joint_dim, vocab_size)
+
+    def forward(self, enc_projected: torch.Tensor, pred_projected: torch.Tensor) -> torch.Tensor:
+        """Broadcastable projected inputs, e.g. (B, T, 1, J) + (B, 1, U+1, J) -> (B, T, U+1, V)."""
+        return self.out(torch.tanh(enc_projected + pred_projected))
+
+    def full(self, enc: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """enc (B, T, D), pred (B, U+1, H) -> logits (B, T, U+1, V)."""
+        return self(self.enc_proj(enc)[:, :, None, :], self.pred_proj(pred)[:, None, :, :])
+

@@ -1,0 +1,162 @@
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from conformer_asr.models import (
+    ASRModel,
+    ConfigError,
+    EncoderConfig,
+    ModelConfig,
+    build_encoder,
+    count_parameters,
+    get_config,
+)
+from conformer_asr.models.attention import (
+    RelPositionMultiHeadAttention,
+    relative_positions,
+    relative_shift,
+)
+from conformer_asr.models.config import NAMED_CONFIGS, PAPER_PARAMS
+from conformer_asr.models.conformer import MaskedBatchNorm1d
+
+TINY = EncoderConfig(d_model=32, n_layers=2, n_heads=4, conv_kernel_size=7, dropout=0.0)
+
+
+def test_relative_shift_indexes_distance():
+    t = 5
+    distances = torch.arange(t - 1, -t, -1).float()  # column k holds distance T-1-k
+    scores = distances.expand(2, 3, t, 2 * t - 1)
+    shifted = relative_shift(scores)
+    i, j = torch.meshgrid(torch.arange(t), torch.arange(t), indexing="ij")
+    assert torch.equal(shifted[1, 2], (i - j).float())
+
+
+def test_relative_shift_equals_pad_and_reshape():
+    t = 6
+    scores = torch.randn(2, 3, t, 2 * t - 1)
+    padded = torch.nn.functional.pad(scores, (1, 0)).view(2, 3, 2 * t, t)
+    reference = padded[:, :, 1:].reshape(2, 3, t, 2 * t - 1)[..., :t]
+    torch.testing.assert_close(relative_shift(scores), reference)
+
+
+def test_attention_matches_transformer_xl_formula():
+    torch.manual_seed(0)
+    d, h, t = 16, 2, 5
+    attn = RelPositionMultiHeadAttention(d, h, dropout=0.0).eval()
+    x = torch.randn(1, t, d)
+    lengths = 4
+    pad = torch.arange(t)[None] >= lengths
+    pos = relative_positions(t, d)
+    out = attn(x, pos, pad)
+
+    dh = d // h
+    q, k, v = attn.qkv(x)[0].view(t, 3, h, dh).unbind(1)
+    r = attn.pos_proj(pos).view(2 * t - 1, h, dh)
+    expected = torch.zeros(t, h, dh)
+    for head in range(h):
+        for i in range(t):
+            scores = torch.full((t,), float("-inf"))
+            for j in range(lengths):
+                rel = r[(t - 1) - (i - j), head]  # row for distance i - j
+                scores[j] = ((q[i, head] + attn.pos_bias_u[head]) @ k[j, head]
+                             + (q[i, head] + attn.pos_bias_v[head]) @ rel) / math.sqrt(dh)
+            expected[i, head] = scores.softmax(0) @ v[:, head]
+    expected = attn.out(expected.reshape(t, d))
+    torch.testing.assert_close(out[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_positions_are_sinusoids_of_distance():
+    pos = relative_positions(4, 8)
+    assert pos.shape == (7, 8)
+    torch.testing.assert_close(pos[3], torch.tensor([0.0, 1.0] * 4))  # distance 0
+    torch.testing.assert_close(pos[0, 0], torch.tensor(math.sin(3.0)))  # distance 3
+
+
+@pytest.mark.parametrize("factor", [4, 8])
+@pytest.mark.parametrize("extra", [1, 9, 40])
+def test_padding_invariance(extra, factor):
+    torch.manual_seed(0)
+    encoder = build_encoder(dataclasses.replace(TINY, subsampling_factor=factor))
+    # give BatchNorm non-trivial running statistics, then freeze
+    encoder.train()
+    encoder(torch.randn(4, 120, 80), torch.tensor([120, 100, 80, 60]))
+    encoder.eval()
+    feats = torch.randn(1, 57, 80)
+    alone, n_alone = encoder(feats, torch.tensor([57]))
+    batch = torch.randn(3, 57 + extra, 80) * 5.0  # garbage everywhere, then our utterance
+    batch[1, :57] = feats[0]
+    out, n = encoder(batch, torch.tensor([57 + extra, 57, 57 + extra // 2]))
+    assert int(n[1]) == int(n_alone[0]) == alone.shape[1]
+    assert (out[1, : int(n[1])] - alone[0]).abs().max() <= 1e-5
+    assert torch.all(out[1, int(n[1]):] == 0)
+
+
+def test_masked_batch_norm_uses_valid_frames_only():
+    torch.manual_seed(0)
+    bn = MaskedBatchNorm1d(4).train()
+    x = torch.randn(2, 4, 10)
+    valid = torch.arange(10)[None] < torch.tensor([[10], [6]])
+    x_garbage = x.clone()
+    x_garbage[1, :, 6:] = 1e3
+    y = bn(x_garbage, valid)
+    reference = torch.nn.BatchNorm1d(4, affine=False).train()
+    flat = torch.cat([x[0], x[1, :, :6]], dim=1)  # (C, 16) valid frames
+    expected = reference(flat.T[None].transpose(1, 2))[0]
+    torch.testing.assert_close(torch.cat([y[0], y[1, :, :6]], dim=1), expected,
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bn.running_mean, reference.running_mean)
+    torch.testing.assert_close(bn.running_var, reference.running_var)
+
+
+def test_encoder_contract_shapes():
+    encoder = build_encoder("conformer-s").eval()
+    out, lengths = encoder(torch.randn(2, 200, 80), torch.tensor([200, 150]))
+    assert out.shape == (2, 49, 144)
+    assert lengths.tolist() == [49, 36]  # ((T - 1) // 2 - 1) // 2
+
+
+def test_eightfold_subsampling_lengths_and_minimum():
+    cfg = ModelConfig(encoder=dataclasses.replace(TINY, subsampling_factor=8))
+    encoder = build_encoder(cfg.encoder).eval()
+    out, lengths = encoder(torch.randn(2, 200, 80), torch.tensor([200, 15]))
+    assert lengths.tolist() == [24, 1] and out.shape == (2, 24, 32)
+    assert cfg.min_samples == 400 + 14 * 160 and cfg.encoder_frame_seconds == 0.08
+
+
+@pytest.mark.parametrize("name", list(NAMED_CONFIGS))
+def test_named_sizes_match_paper_within_3_percent(name):
+    counts = count_parameters(ASRModel(get_config(name)))
+    assert abs(counts["total"] / PAPER_PARAMS[name] - 1) < 0.03
+    assert counts["total"] == counts["encoder"] + counts["decoder"] + counts["joint"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"d_model": 100, "n_heads": 3}, "encoder.d_model"),
+        ({"conv_kernel_size": 32}, "encoder.conv_kernel_size"),
+        ({"dropout": 1.5}, "encoder.dropout"),
+        ({"subsampling_factor": 6}, "encoder.subsampling_factor"),
+    ],
+)
+def test_bad_encoder_config_names_field(kwargs, field):
+    with pytest.raises(ConfigError, match=f"^{field}"):
+        EncoderConfig(**kwargs)
+
+
+def test_bad_model_configs_name_field():
+    with pytest.raises(ConfigError, match="unknown model 'conformer-xl'"):
+        get_config("conformer-xl")
+    with pytest.raises(ConfigError, match="^ctc_weight"):
+        ModelConfig(ctc_weight=2.0)
+    with pytest.raises(ConfigError, match=r"^model\.bogus"):
+        ModelConfig.from_dict({"bogus": 1})
+    with pytest.raises(ConfigError, match=r"^encoder\.n_heads"):
+        ModelConfig.from_dict({"encoder": {"n_heads": 0}})
+
+
+def test_config_round_trip():
+    cfg = get_config("conformer-m")
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
