@@ -1,0 +1,115 @@
+"""Score a model on a JSONL manifest: WER with its parts, per speaker, and real-time factor."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..audio.io import AudioError
+from ..scoring import WordErrors, word_errors
+from ..text.normalize import normalize_text
+from .transcriber import Transcriber
+
+
+@dataclass
+class Utterance:
+    id: str
+    audio: Path
+    text: str
+    speaker: str
+
+
+@dataclass
+class EvalReport:
+    total: WordErrors = field(default_factory=WordErrors)
+    by_speaker: dict[str, WordErrors] = field(default_factory=dict)
+    utterances: int = 0
+    failed: list[str] = field(default_factory=list)  # one-line reasons
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+    @property
+    def rtf(self) -> float:
+        return self.wall_seconds / self.audio_seconds if self.audio_seconds else 0.0
+
+    def to_dict(self) -> dict:
+        def row(e: WordErrors) -> dict:
+            return {"wer": round(e.wer, 2), "substitutions": e.substitutions,
+                    "deletions": e.deletions, "insertions": e.insertions, "words": e.words}
+
+        return {**row(self.total), "utterances": self.utterances, "failed": len(self.failed),
+                "rtf": round(self.rtf, 4), "audio_seconds": round(self.audio_seconds, 1),
+                "by_speaker": {k: row(v) for k, v in sorted(self.by_speaker.items())}}
+
+    def format(self) -> str:
+        t = self.total
+        lines = [
+            f"WER {t.wer:.2f}% ({t.substitutions} sub, {t.deletions} del, {t.insertions} ins, "
+            f"{t.words} words, {self.utterances} utterances)",
+            f"RTF {self.rtf:.4f} ({self.wall_seconds:.1f} s for {self.audio_seconds:.1f} s "
+            "of audio)",
+        ]
+        if len(self.by_speaker) > 1:
+            lines.append("per speaker/voice:")
+            width = max(len(k) for k in self.by_speaker)
+            for name, e in sorted(self.by_speaker.items(), key=lambda kv: -kv[1].wer):
+                lines.append(f"  {name:<{width}}  WER {e.wer:6.2f}%  ({e.words} words)")
+        if self.failed:
+            lines.append(f"{len(self.failed)} utterances failed (scored as empty):")
+            lines.extend(f"  {reason}" for reason in self.failed[:10])
+        return "\n".join(lines)
+
+
+def read_manifest(path: str | Path) -> list[Utterance]:
+    """Lines ``{"id", "audio", "text"}`` (+ optional "speaker"/"voice"); audio relative to
+    the manifest's folder or absolute."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: manifest not found")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            audio = Path(item["audio"])
+            rows.append(Utterance(
+                id=str(item["id"]), audio=audio if audio.is_absolute() else path.parent / audio,
+                text=normalize_text(item["text"]),
+                speaker=str(item.get("speaker") or item.get("voice") or ""),
+            ))
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}:{number}: not a manifest line ({error})") from None
+    return rows
+
+
+def evaluate(
+    transcriber: Transcriber, manifest: str | Path, output: str | Path | None = None
+) -> EvalReport:
+    utterances = read_manifest(manifest)
+    report = EvalReport()
+    hyps: list[dict] = []
+    start = time.perf_counter()
+    results = transcriber.iter_transcripts([u.audio for u in utterances])
+    for utt, (_, result) in zip(utterances, results, strict=True):
+        if isinstance(result, AudioError):
+            report.failed.append(str(result))
+            text = ""
+        else:
+            text = result.text
+            report.audio_seconds += result.duration
+        errors = word_errors(utt.text, text)
+        report.total += errors
+        report.by_speaker[utt.speaker] = report.by_speaker.get(utt.speaker, WordErrors()) + errors
+        report.utterances += 1
+        hyps.append({"id": utt.id, "text": text})
+    report.wall_seconds = time.perf_counter() - start
+    if output is not None:
+        output = Path(output)
+        tmp = output.with_name(f".{output.name}.tmp")
+        tmp.write_text("".join(json.dumps(h) + "\n" for h in hyps))
+        os.replace(tmp, output)
+    return report
