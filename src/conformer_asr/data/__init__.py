@@ -1,0 +1,1 @@
+"""Manifests, synthetic corpus, data loading."""

@@ -1,0 +1,135 @@
+"""Prepare public corpora with Lhotse's recipes into our manifests, one pair per split.
+
+For each split ``<part>`` of a corpus this writes to ``out_dir``:
+
+- ``<part>.cuts.jsonl.gz``: Lhotse cuts (what ``load_cuts`` and Lhotse tools read);
+- ``<part>.jsonl``: the plain ``{"id", "audio", "text", "speaker", "source", "licence"}``
+  format, when every utterance is a whole audio file (LibriSpeech, LibriTTS, ...).
+  Corpora whose utterances are segments of long recordings (TED-LIUM, AMI, ...)
+  get only the cuts file.
+
+Texts are normalised with ``normalize_text``; duplicate ids, empty texts and missing
+files are skipped and counted. Lhotse's recipe does the corpus-specific parsing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lhotse import CutSet
+from lhotse.utils import fastcopy
+
+from .manifest import DataIssues, clean_cuts, has_plain_form, save_jsonl
+
+LICENCES = {"librispeech": "CC BY 4.0"}  # https://www.openslr.org/12
+LIBRISPEECH_PARTS = ("train-clean-100", "train-clean-360", "train-other-500",
+                     "dev-clean", "dev-other", "test-clean", "test-other")
+
+
+@dataclass(frozen=True)
+class PreparedPart:
+    """One prepared split: its manifests and size."""
+
+    name: str
+    cuts_path: Path
+    jsonl_path: Path | None  # None when utterances are segments of longer recordings
+    utterances: int
+    hours: float
+
+
+def prepare_librispeech(corpus_dir: str | Path, out_dir: str | Path, *,
+                        parts: Sequence[str] | None = None, download: bool = False,
+                        num_jobs: int = 1, issues: DataIssues | None = None,
+                        ) -> list[PreparedPart]:
+    """LibriSpeech from ``corpus_dir`` laid out as the official release
+    (``<part>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac`` + ``*.trans.txt``).
+
+    ``parts``: e.g. ``["train-clean-100", "dev-clean"]``; None: every part present.
+    ``download``: first fetch the missing parts (None: all seven) from openslr.org
+    into ``corpus_dir``, which must then be named ``LibriSpeech`` (~60 GB for all).
+    """
+    corpus_dir = Path(corpus_dir)
+    if download:
+        if corpus_dir.name != "LibriSpeech":
+            raise ValueError(f"{corpus_dir}: to download, give a folder named LibriSpeech "
+                             "(the archives unpack into <parent>/LibriSpeech)")
+        from lhotse.recipes.librispeech import download_librispeech
+
+        download_librispeech(corpus_dir.parent, dataset_parts=list(parts or LIBRISPEECH_PARTS))
+    return prepare_corpus("librispeech", corpus_dir, out_dir, parts=parts, num_jobs=num_jobs,
+                          issues=issues)
+
+
+def prepare_corpus(recipe: str, corpus_dir: str | Path, out_dir: str | Path, *,
+                   parts: Sequence[str] | None = None, num_jobs: int = 1,
+                   issues: DataIssues | None = None) -> list[PreparedPart]:
+    """Run Lhotse's ``prepare_<recipe>`` on a local copy of the corpus and write our
+    manifests for each split it returns. ``parts`` is passed as the recipe's
+    ``dataset_parts`` (ValueError if it has none)."""
+    corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
+    if not corpus_dir.is_dir():
+        raise FileNotFoundError(f"{corpus_dir}: no such corpus folder")
+    prepare = _lhotse_recipe(recipe)
+    options = inspect.signature(prepare).parameters
+    kwargs: dict[str, Any] = {}
+    if parts is not None:
+        if "dataset_parts" not in options:
+            raise ValueError(f"{recipe}: Lhotse's recipe does not choose parts; omit parts")
+        kwargs["dataset_parts"] = list(parts)
+    if "num_jobs" in options:
+        kwargs["num_jobs"] = num_jobs
+    manifests = prepare(corpus_dir, **kwargs)
+    if "recordings" in manifests:  # single-split recipes return one pair
+        manifests = {recipe: manifests}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    issues = issues if issues is not None else DataIssues()
+    return [_write_part(recipe, name, split["recordings"], split["supervisions"], out_dir, issues)
+            for name, split in sorted(manifests.items())]
+
+
+def _lhotse_recipe(recipe: str) -> Any:
+    try:
+        module = importlib.import_module(f"lhotse.recipes.{recipe}")
+        return getattr(module, f"prepare_{recipe}")
+    except (ImportError, AttributeError):
+        raise ValueError(f"{recipe}: no such Lhotse recipe (see lhotse.recipes)") from None
+
+
+def _write_part(recipe: str, name: str, recordings: Any, supervisions: Any, out_dir: Path,
+                issues: DataIssues) -> PreparedPart:
+    """One cut per supervision (id = supervision id), cleaned, written as cuts and, if
+    every cut is a whole file, as plain JSONL."""
+    cuts = CutSet.from_manifests(recordings=recordings, supervisions=supervisions)
+    cuts = cuts.trim_to_supervisions(keep_overlapping=False)
+    whole_files = all(has_plain_form(c) for c in cuts)
+    custom = {"source": f"{recipe}/{name}"}
+    if recipe in LICENCES:
+        custom["licence"] = LICENCES[recipe]
+    cuts = CutSet.from_cuts(fastcopy(c, custom={**(c.custom or {}), **custom})
+                            for c in clean_cuts(cuts, issues))
+    cuts_path = out_dir / f"{name}.cuts.jsonl.gz"
+    _atomic_to_file(cuts, cuts_path)
+    jsonl_path = out_dir / f"{name}.jsonl" if whole_files else None
+    if jsonl_path is not None:
+        save_jsonl(cuts, jsonl_path)
+    return PreparedPart(name, cuts_path, jsonl_path, len(cuts),
+                        sum(c.duration for c in cuts) / 3600.0)
+
+
+def _atomic_to_file(cuts: CutSet, path: Path) -> None:
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                    suffix=".jsonl.gz")
+    os.close(handle)
+    try:
+        cuts.to_file(temp)
+        os.replace(temp, path)
+    except BaseException:
+        os.unlink(temp)
+        raise

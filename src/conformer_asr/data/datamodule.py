@@ -1,0 +1,94 @@
+"""LightningDataModule: manifests -> bucketed, DDP-aware DataLoaders of Batches."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lhotse import CutSet
+from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
+
+from ..models.config import ModelConfig
+from ..text.tokenizer import Tokenizer
+from .augment import Augmenter
+from .dataset import Batch, EpochSampler, SpeechDataset, worker_init
+from .manifest import DataIssues, load_cuts
+
+
+def _identity(batch: Batch) -> Batch:
+    return batch
+
+
+class SpeechDataModule(L.LightningDataModule):
+    """Training batches are bucketed by duration up to ``max_duration`` seconds of audio;
+    Lhotse's samplers read the DDP rank and world size, so each GPU gets its own shard."""
+
+    def __init__(
+        self,
+        train: CutSet,
+        dev: CutSet | None,
+        tokenizer: Tokenizer,
+        model: ModelConfig,
+        augmenter: Augmenter | None,
+        max_duration: float,
+        num_buckets: int,
+        num_workers: int,
+        seed: int,
+    ) -> None:
+        super().__init__()
+        self.train_cuts = train
+        self.dev_cuts = dev
+        self.tokenizer = tokenizer
+        self.model_cfg = model
+        self.augmenter = augmenter
+        self.max_duration = max_duration
+        self.num_buckets = num_buckets
+        self.num_workers = num_workers
+        self.seed = seed
+        self.skip_batches = 0  # set when resuming mid-epoch
+
+    def _loader(self, dataset: SpeechDataset, sampler: EpochSampler) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            dataset, sampler=sampler, batch_size=None, collate_fn=_identity,
+            num_workers=self.num_workers, worker_init_fn=worker_init,
+            persistent_workers=False,
+            # own generator: creating an iterator must not draw from the global RNG, or a
+            # resumed run's dropout and SpecAugment would drift from the uninterrupted one
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        buckets = min(self.num_buckets, len(self.train_cuts) // 10)
+        common = {"max_duration": self.max_duration, "shuffle": True, "seed": self.seed,
+                  "drop_last": distributed}  # drop_last: equal batch counts on every rank
+        sampler = EpochSampler(
+            DynamicBucketingSampler(self.train_cuts, num_buckets=buckets, **common)
+            if buckets >= 2 else SimpleCutSampler(self.train_cuts, **common)  # tiny sets
+        )
+        sampler.set_epoch(self.trainer.current_epoch if self.trainer else 0)
+        sampler.skip, self.skip_batches = self.skip_batches, 0
+        dataset = SpeechDataset(self.tokenizer, self.model_cfg, self.augmenter, self.seed)
+        return self._loader(dataset, sampler)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        if self.dev_cuts is None:
+            return []  # type: ignore[return-value]
+        sampler = EpochSampler(SimpleCutSampler(
+            self.dev_cuts, max_duration=self.max_duration, shuffle=False, drop_last=False,
+        ))
+        return self._loader(SpeechDataset(self.tokenizer, self.model_cfg), sampler)
+
+
+def load_manifests(paths: tuple[str, ...] | list[str], issues: DataIssues,
+                   max_seconds: float | None = None) -> CutSet:
+    """Concatenate manifests; drop (and count) utterances longer than ``max_seconds``."""
+    cuts = CutSet.from_cuts(c for path in paths for c in load_cuts(path, issues))
+    if max_seconds is None:
+        return cuts
+    kept = []
+    for cut in cuts:
+        if cut.duration > max_seconds:
+            issues.add(f"longer than {max_seconds:g} s", cut.id)
+        else:
+            kept.append(cut)
+    return CutSet.from_cuts(kept)

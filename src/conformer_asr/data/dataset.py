@@ -1,0 +1,152 @@
+"""Batches for training and validation: cuts in, padded features and targets out.
+
+A Lhotse sampler picks the cuts of each batch (dynamic bucketing by duration,
+split across DDP ranks); this dataset loads their audio, augments it, computes
+log-mel features and tokenises the text, all inside DataLoader workers.
+Unusable utterances are counted in the batch's ``issues`` and skipped.
+
+Augmentation randomness is a pure function of (seed, epoch, cut id), so a batch
+is the same whichever worker makes it and after a resume.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from lhotse import CutSet
+from lhotse.dataset.sampling.base import CutSampler
+
+from ..audio.features import LogMelFeatures
+from ..audio.io import SAMPLE_RATE
+from ..models.config import ModelConfig
+from ..text.tokenizer import UNK_ID, Tokenizer
+from .augment import Augmenter
+from .manifest import DataIssues
+
+
+@dataclass
+class Batch:
+    """feats (B, T, F), feat_lengths (B,), targets (B, U), target_lengths (B,), plus metadata."""
+
+    feats: torch.Tensor
+    feat_lengths: torch.Tensor
+    targets: torch.Tensor
+    target_lengths: torch.Tensor
+    ids: list[str]
+    texts: list[str]
+    speakers: list[str]
+    seconds: float
+    issues: DataIssues
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def utterance_rng(seed: int, epoch: int, cut_id: str) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, zlib.crc32(cut_id.encode())])
+
+
+class EpochSampler:
+    """Wraps a Lhotse sampler: yields (epoch, cuts) and can skip the first batches.
+
+    Skipping replays the sampler's deterministic order (seeded by seed + epoch)
+    without loading audio, so a resumed run sees exactly the batches that the
+    interrupted one had not consumed yet.
+    """
+
+    def __init__(self, sampler: CutSampler) -> None:
+        self.sampler = sampler
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, CutSet]]:
+        skip, self.skip = self.skip, 0
+        batches = 0
+        for batches, cuts in enumerate(self.sampler, start=1):
+            if batches > skip:
+                yield self.sampler.epoch, cuts
+        if batches == 0:
+            raise RuntimeError(
+                "the sampler produced no batch: is data.max_duration shorter than every "
+                "utterance, or the manifest empty?"
+            )
+
+
+class SpeechDataset(torch.utils.data.Dataset):
+    """__getitem__((epoch, cuts)) -> Batch."""
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        model: ModelConfig,
+        augmenter: Augmenter | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.features = LogMelFeatures(model.features)
+        self.min_samples = model.min_samples
+        self.augmenter = augmenter
+        self.seed = seed
+
+    def __getitem__(self, item: tuple[int, CutSet]) -> Batch:
+        epoch, cuts = item
+        issues = DataIssues()
+        waves, tokens, kept = [], [], []
+        for cut in cuts:
+            try:
+                samples = cut.load_audio()
+            except Exception as error:  # any decoder failure: count, skip, go on
+                issues.add("unreadable audio", f"{cut.id} ({str(error).splitlines()[0][:80]})")
+                continue
+            samples = np.asarray(samples, dtype=np.float32).mean(axis=0)
+            if cut.sampling_rate != SAMPLE_RATE:
+                issues.add("wrong sample rate", f"{cut.id} ({cut.sampling_rate} Hz)")
+                continue
+            if self.augmenter is not None:
+                samples = self.augmenter(samples, utterance_rng(self.seed, epoch, cut.id))
+            if len(samples) < self.min_samples or not np.any(samples):
+                issues.add("empty or too short audio", cut.id)
+                continue
+            text = cut.supervisions[0].text if cut.supervisions else ""
+            ids = self.tokenizer.encode(text or "")
+            if not ids or UNK_ID in ids:
+                issues.add("text the tokenizer cannot encode", f"{cut.id} ({text!r:.60})")
+                continue
+            waves.append(torch.from_numpy(samples))
+            tokens.append(torch.tensor(ids))
+            kept.append(cut)
+        return self._collate(waves, tokens, kept, issues)
+
+    def _collate(self, waves: list[torch.Tensor], tokens: list[torch.Tensor], cuts: list,
+                 issues: DataIssues) -> Batch:
+        if not cuts:
+            empty = torch.zeros(0, dtype=torch.long)
+            return Batch(torch.zeros(0, 1, self.features.cfg.n_mels), empty, empty[:, None],
+                         empty, [], [], [], 0.0, issues)
+        lengths = torch.tensor([len(w) for w in waves])
+        feats, feat_lengths = self.features(
+            torch.nn.utils.rnn.pad_sequence(waves, batch_first=True), lengths
+        )
+        return Batch(
+            feats=feats,
+            feat_lengths=feat_lengths,
+            targets=torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True),
+            target_lengths=torch.tensor([len(t) for t in tokens]),
+            ids=[c.id for c in cuts],
+            texts=[c.supervisions[0].text for c in cuts],
+            speakers=[c.supervisions[0].speaker or "" for c in cuts],
+            seconds=float(lengths.sum()) / SAMPLE_RATE,
+            issues=issues,
+        )
+
+
+def worker_init(_: int) -> None:
+    """One intra-op thread per worker: the workers already run in parallel."""
+    torch.set_num_threads(1)
+

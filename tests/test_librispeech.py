@@ -1,0 +1,121 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conformer_asr.data.corpora import prepare_corpus, prepare_librispeech
+from conformer_asr.data.manifest import DataIssues, load_cuts
+from conformer_asr.training.config import load_config
+
+RECIPE = Path(__file__).parents[1] / "recipes" / "librispeech"
+
+# part -> speaker -> chapter -> transcripts, in LibriSpeech's upper case
+FAKE = {
+    "train-clean-100": {
+        "19": {"198": ["NORTHANGER ABBEY", "HE'S A GOOD FELLOW"]},
+        "26": {"495": ["THE CAT SAT", "ON THE MAT", "AND SLEPT"], "496": ["ONE MORE"]},
+    },
+    "dev-clean": {"84": {"121123": ["GO DO YOU HEAR"]}},
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny LibriSpeech/<part>/<spk>/<chapter>/ tree with 0.2-0.4 s synthetic flacs."""
+    root = tmp_path_factory.mktemp("corpus") / "LibriSpeech"
+    rng = np.random.default_rng(0)
+    for part, speakers in FAKE.items():
+        for speaker, chapters in speakers.items():
+            for chapter, texts in chapters.items():
+                folder = root / part / speaker / chapter
+                folder.mkdir(parents=True)
+                lines = []
+                for index, text in enumerate(texts):
+                    utt = f"{speaker}-{chapter}-{index:04d}"
+                    noise = 0.1 * rng.standard_normal(int(rng.uniform(0.2, 0.4) * 16000))
+                    sf.write(folder / f"{utt}.flac", noise, 16000)
+                    lines.append(f"{utt} {text}\n")
+                (folder / f"{speaker}-{chapter}.trans.txt").write_text("".join(lines))
+    return root
+
+
+def test_prepare_writes_both_manifests_per_split(corpus, tmp_path):
+    parts = prepare_librispeech(corpus, tmp_path / "data")
+    assert [(p.name, p.utterances) for p in parts] == [("dev-clean", 1), ("train-clean-100", 6)]
+    train = {p.name: p for p in parts}["train-clean-100"]
+    assert train.jsonl_path == tmp_path / "data" / "train-clean-100.jsonl"
+    assert 6 * 0.2 / 3600 <= train.hours <= 6 * 0.4 / 3600
+    lines = {r["id"]: r for r in map(json.loads, train.jsonl_path.read_text().splitlines())}
+    assert lines["19-198-0001"] == {
+        "id": "19-198-0001",
+        "audio": str(corpus / "train-clean-100" / "19" / "198" / "19-198-0001.flac"),
+        "text": "he's a good fellow", "source": "librispeech/train-clean-100",
+        "licence": "CC BY 4.0", "speaker": "19"}
+    plain, lhotse = load_cuts(train.jsonl_path), load_cuts(train.cuts_path)
+    assert sorted(plain.ids) == sorted(lhotse.ids) == sorted(lines)
+    for cut_id in plain.ids:
+        assert plain[cut_id].supervisions[0].text == lhotse[cut_id].supervisions[0].text
+        assert plain[cut_id].duration == pytest.approx(lhotse[cut_id].duration)
+    assert lhotse["26-495-0002"].load_audio().shape[1] == round(lhotse["26-495-0002"].duration
+                                                                * 16000)
+
+
+def test_chosen_parts_only(corpus, tmp_path):
+    parts = prepare_corpus("librispeech", corpus, tmp_path, parts=["dev-clean"])
+    assert [p.name for p in parts] == ["dev-clean"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev-clean.cuts.jsonl.gz",
+                                                          "dev-clean.jsonl"]
+
+
+def test_unusable_transcripts_counted_and_skipped(tmp_path):
+    folder = tmp_path / "LibriSpeech" / "dev-other" / "7" / "70"
+    folder.mkdir(parents=True)
+    for utt in ("7-70-0000", "7-70-0001"):
+        sf.write(folder / f"{utt}.flac", np.full(3200, 0.1), 16000)
+    (folder / "7-70.trans.txt").write_text("7-70-0000 FINE\n7-70-0001 -- ...\n")
+    issues = DataIssues()
+    parts = prepare_librispeech(tmp_path / "LibriSpeech", tmp_path / "data", issues=issues)
+    assert parts[0].utterances == 1
+    assert issues.counts == {"empty text": 1} and issues.examples["empty text"] == ["7-70-0001"]
+
+
+def test_unknown_recipe_and_missing_folder(corpus, tmp_path):
+    with pytest.raises(ValueError, match="no such Lhotse recipe"):
+        prepare_corpus("not_a_corpus", corpus, tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such corpus folder"):
+        prepare_librispeech(tmp_path / "nowhere", tmp_path)
+    with pytest.raises(ValueError, match="named LibriSpeech"):
+        prepare_librispeech(tmp_path, tmp_path, download=True)
+
+
+def test_recipe_script_runs(corpus, tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(RECIPE / "prepare.py"), "--corpus-dir", str(corpus),
+         "--out-dir", str(tmp_path), "--parts", "dev-clean", "--num-jobs", "1"],
+        capture_output=True, text=True, check=True)
+    assert f"dev-clean: 1 utterances, 0.00 h -> {tmp_path / 'dev-clean.jsonl'}" in result.stdout
+    assert load_cuts(tmp_path / "dev-clean.jsonl")["84-121123-0000"].supervisions[0].text == \
+        "go do you hear"
+
+
+@pytest.mark.parametrize(("size", "d_model"), [("s", 144), ("m", 256), ("l", 512)])
+def test_training_configs_follow_the_paper(size, d_model):
+    cfg = load_config(RECIPE / f"conformer-{size}.yaml")
+    assert cfg.model.name == f"conformer-{size}" and cfg.model.encoder.d_model == d_model
+    assert cfg.model.has_transducer and not cfg.model.has_ctc
+    assert cfg.model.encoder.dropout == 0.1 and cfg.model.vocab_size == 1000
+    spec = cfg.model.spec_augment
+    assert (spec.freq_masks, spec.freq_width, spec.time_masks, spec.time_width_ratio) == (
+        2, 27, 10, 0.05)
+    assert cfg.optim.betas == (0.9, 0.98) and cfg.optim.eps == 1e-9
+    assert cfg.optim.weight_decay == 1e-6 and cfg.optim.warmup_steps == 10000
+    assert cfg.optim.peak(d_model) == pytest.approx(0.05 / d_model**0.5)
+    assert cfg.data.tokenizer.vocab_size == 1000
+    assert cfg.data.augment.speed == (0.9, 1.0, 1.1)
+    assert [Path(p).name for p in cfg.data.train] == [
+        "train-clean-100.jsonl", "train-clean-360.jsonl", "train-other-500.jsonl"]
+    assert Path(cfg.data.train[0]).parent == RECIPE / "data"
