@@ -1,0 +1,91 @@
+"""The output folder on disk: manifests written so that a killed run never corrupts them.
+
+During a build each finished utterance is appended to ``OUT/<split>.jsonl`` as one
+complete line (one ``write`` call). On every start and at the end the manifests
+are rewritten from the records known to be good (temp file + ``os.replace``), which
+drops a line cut short by a kill. The audio files are the ground truth: a record whose
+audio is missing is dropped, and half-written audio (``.*.partial``) is deleted.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+SPLITS = ("train", "dev", "test_seen", "test_unseen")
+RECORD_KEYS = ("id", "audio", "text", "duration", "voice", "engine", "source", "licence")
+TEMP_SUFFIX = ".partial"
+
+
+class SynthError(Exception):
+    """The corpus cannot be built as asked; the message says why and what to do."""
+
+
+def temp_path(path: Path) -> Path:
+    """Where to write ``path`` before renaming it into place: hidden, per process."""
+    return path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
+
+
+def manifest_path(out_dir: Path, split: str) -> Path:
+    return out_dir / f"{split}.jsonl"
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The complete records of a manifest; unreadable or partial lines are skipped."""
+    if not path.exists():
+        return []
+    records = []
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and all(key in record for key in RECORD_KEYS):
+                records.append(record)
+    return records
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temp file beside ``path``, then rename it over ``path``."""
+    temp = temp_path(path)
+    temp.write_text(text, encoding="utf-8")
+    os.replace(temp, path)
+
+
+def write_records(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """Replace a manifest atomically with the given records."""
+    write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in records))
+
+
+def remove_partial_files(out_dir: Path) -> None:
+    """Delete what killed runs left half-written."""
+    for pattern in (f".*{TEMP_SUFFIX}", f"audio/*/.*{TEMP_SUFFIX}"):
+        for path in out_dir.glob(pattern):
+            path.unlink(missing_ok=True)
+
+
+def append_record(out_dir: Path, split: str, record: dict[str, Any]) -> None:
+    """Append one record to its split's manifest as a single whole line."""
+    with open(manifest_path(out_dir, split), "a", encoding="utf-8") as out:
+        out.write(json.dumps(record) + "\n")
+
+
+@contextmanager
+def locked(out_dir: Path) -> Iterator[None]:
+    """Hold ``OUT/.lock`` so that two builds never write into one folder at once.
+
+    A POSIX record lock belongs to this process alone, not to the workers it forks, so
+    it goes when the builder does, however it ends.
+    """
+    with open(out_dir / ".lock", "w") as lock:
+        try:
+            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError) as error:
+            raise SynthError(f"{out_dir} is being built by another process") from error
+        yield

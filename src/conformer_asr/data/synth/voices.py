@@ -1,0 +1,130 @@
+"""The voice inventory: every usable voice of flite, festival and espeak-ng, with stable ids.
+
+* flite: kal (8 kHz diphone), kal16 (diphone), awb, rms, slt (clustergen). ``awb_time``
+  is left out: it is a limited-domain voice that can only say the time.
+* festival: kal and ked (diphone), slt (HTS).
+* espeak-ng: 8 English accents x 6 voice variants each (every variant in two accents),
+  each with its own pitch and speaking rate: 48 voices such as
+  ``espeak-en-gb-scotland+m2-p50-s145``.
+
+A fixed ~20% of the voices is held out for ``test_unseen`` and never used in
+train/dev/test_seen: one flite and one festival voice, the whole West Midlands accent
+and every voice of two espeak variants. Holding out the same voices whatever the seed
+keeps ``test_unseen`` comparable between builds.
+
+``weight`` sets a voice's share of its split's utterances: the more natural voices
+(flite clustergen, festival HTS) say more than each of the many formant-synthesis
+espeak voices.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+ENGINES = ("espeak", "flite", "festival")
+
+
+@dataclass(frozen=True)
+class Voice:
+    """One synthetic speaker."""
+
+    engine: str  # "espeak", "flite" or "festival"
+    name: str  # "slt", "kal"; espeak: "<accent>+<variant>", see espeak_name
+    pitch: int | None = None  # espeak: 0-100
+    rate: int | None = None  # espeak: words per minute
+    weight: int = 1
+    unseen: bool = False
+
+    @property
+    def id(self) -> str:
+        """Stable id: ``flite-slt``, ``festival-kal``, ``espeak-en-gb+m3-p35-s145``."""
+        if self.engine == "espeak":
+            return f"espeak-{self.name}-p{self.pitch}-s{self.rate}"
+        return f"{self.engine}-{self.name}"
+
+
+FLITE_VOICES = {"kal": 1, "kal16": 2, "awb": 5, "rms": 5, "slt": 5}  # name -> weight
+FESTIVAL_VOICES = {  # name -> (Scheme command selecting it, weight)
+    "kal": ("voice_kal_diphone", 2),
+    "ked": ("voice_ked_diphone", 2),
+    "slt": ("voice_cmu_us_slt_arctic_hts", 5),
+}
+ESPEAK_ACCENTS = {  # accent as in voice ids -> espeak-ng voice name
+    "en-us": "en-us", "en-gb": "en", "en-gb-scotland": "en-gb-scotland",
+    "en-gb-x-rp": "en-gb-x-rp", "en-gb-x-gbclan": "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd": "en-gb-x-gbcwmd", "en-029": "en-029", "en-us-nyc": "en-us-nyc"}
+ESPEAK_VARIANTS = ("m1", "f1", "m3", "f2", "klatt", "f3", "m2", "f4", "m4", "f5", "m5",
+                   "Annie", "m6", "linda", "m7", "steph", "klatt2", "aunty", "david",
+                   "Andrea", "paul", "belinda", "rob", "klatt3")
+ESPEAK_VARIANTS_PER_ACCENT = 6
+ESPEAK_PROSODY = tuple((pitch, rate) for pitch in (35, 50, 65) for rate in (145, 165, 185))
+UNSEEN_FLITE = frozenset({"rms"})
+UNSEEN_FESTIVAL = frozenset({"ked"})
+UNSEEN_ACCENTS = frozenset({"en-gb-x-gbcwmd"})
+UNSEEN_VARIANTS = frozenset({"f4", "klatt2"})
+
+
+def _espeak_voices() -> list[Voice]:
+    voices = []
+    for a, accent in enumerate(ESPEAK_ACCENTS):
+        for k in range(ESPEAK_VARIANTS_PER_ACCENT):
+            variant = ESPEAK_VARIANTS[(3 * a + k) % len(ESPEAK_VARIANTS)]
+            pitch, rate = ESPEAK_PROSODY[(a * ESPEAK_VARIANTS_PER_ACCENT + 4 * k) %
+                                         len(ESPEAK_PROSODY)]
+            unseen = accent in UNSEEN_ACCENTS or variant in UNSEEN_VARIANTS
+            voices.append(Voice("espeak", f"{accent}+{variant}", pitch, rate, unseen=unseen))
+    return voices
+
+
+def espeak_name(voice: Voice) -> str:
+    """The name espeak-ng knows an espeak voice by: ``en-gb+m3`` -> ``en+m3``."""
+    accent, variant = voice.name.split("+")
+    return f"{ESPEAK_ACCENTS[accent]}+{variant}"
+
+
+def all_voices(engines: tuple[str, ...] = ENGINES) -> list[Voice]:
+    """The inventory, in a fixed order, restricted to the given engines."""
+    voices = [Voice("flite", name, weight=weight, unseen=name in UNSEEN_FLITE)
+              for name, weight in FLITE_VOICES.items()]
+    voices += [Voice("festival", name, weight=weight, unseen=name in UNSEEN_FESTIVAL)
+               for name, (_, weight) in FESTIVAL_VOICES.items()]
+    voices += _espeak_voices()
+    return [voice for voice in voices if voice.engine in engines]
+
+
+# --- availability and licences ------------------------------------------------------------
+
+FESTIVAL_VOICE_DIR = Path("/usr/share/festival/voices")
+
+
+def missing_engines(engines: tuple[str, ...] = ENGINES) -> dict[str, str]:
+    """Engine -> why it cannot run here (the Debian package to install); empty when all can."""
+    missing = {}
+    if "espeak" in engines and not ctypes.util.find_library("espeak-ng"):
+        missing["espeak"] = "libespeak-ng not found (apt-get install espeak-ng)"
+    if "flite" in engines:
+        libraries = ["flite"] + [f"flite_cmu_us_{name}" for name in FLITE_VOICES]
+        absent = [lib for lib in libraries if not ctypes.util.find_library(lib)]
+        if absent:
+            missing["flite"] = f"lib{', lib'.join(absent)} not found (apt-get install flite)"
+    if "festival" in engines:
+        voice_dirs = ("english/kal_diphone", "english/ked_diphone", "us/cmu_us_slt_arctic_hts")
+        absent = [d for d in voice_dirs if not (FESTIVAL_VOICE_DIR / d).is_dir()]
+        if not shutil.which("festival"):
+            missing["festival"] = "festival not found (apt-get install festival)"
+        elif absent:
+            missing["festival"] = (f"festival voices missing: {', '.join(absent)} (apt-get "
+                                   "install festvox-kallpc16k festvox-kdlpc16k "
+                                   "festvox-us-slt-hts)")
+    return missing
+
+
+ENGINE_LICENCES = {
+    "espeak": ("espeak-ng, espeak-ng-data", "GPL-3.0-or-later"),
+    "flite": ("flite, libflite1 (CMU ARCTIC and diphone voices)", "Flite licence (BSD-style)"),
+    "festival": ("festival, festvox-kallpc16k, festvox-kdlpc16k, festvox-us-slt-hts, "
+                 "festlex-cmu", "Festival/FestVox licence (X11-style)"),
+}
