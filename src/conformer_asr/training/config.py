@@ -1,0 +1,198 @@
+"""Training configuration: one YAML file, typed sections, ``--set a.b=value`` overrides.
+
+    model:   {base: conformer-s, ...ModelConfig overrides...}
+    data:    {train: [a.jsonl, ...], dev: b.jsonl, tokenizer: {...}, augment: {...}, ...}
+    optim:   {peak_lr: null, warmup_steps: 10000, ...}
+    trainer: {max_steps: ..., val_every_steps: ..., ...}
+    out_dir: exp/name
+    seed: 0
+
+Relative paths in ``data`` are resolved against the YAML file's folder, ``out_dir``
+against the current directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..data.augment import AugmentConfig
+from ..models.config import ConfigError, ModelConfig, build_section, get_config
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Use an existing SentencePiece model (``path``) or train one on the training text."""
+
+    path: str | None = None
+    vocab_size: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 3:
+            raise ConfigError("data.tokenizer.vocab_size: must be >= 3")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: tuple[str, ...] = ()
+    dev: str | None = None
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    augment: AugmentConfig | None = None
+    max_duration: float = 200.0  # seconds of audio per batch (per GPU)
+    num_buckets: int = 20
+    num_workers: int = 2
+    max_utterance_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.train:
+            raise ConfigError("data.train: give at least one training manifest")
+        if self.max_duration <= 0:
+            raise ConfigError("data.max_duration: must be positive")
+        if self.num_workers < 0:
+            raise ConfigError("data.num_workers: must be >= 0")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam with the Noam schedule (the paper: betas 0.9/0.98, eps 1e-9, 10k warm-up,
+    peak 0.05 / sqrt(d_model), L2 1e-6)."""
+
+    peak_lr: float | None = None  # None: 0.05 / sqrt(d_model)
+    warmup_steps: int = 10000
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-9
+    weight_decay: float = 1e-6
+    grad_clip: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 1:
+            raise ConfigError("optim.warmup_steps: must be >= 1")
+        if self.peak_lr is not None and self.peak_lr <= 0:
+            raise ConfigError("optim.peak_lr: must be positive")
+        if self.grad_clip < 0:
+            raise ConfigError("optim.grad_clip: must be >= 0 (0 disables clipping)")
+
+    def peak(self, d_model: int) -> float:
+        return self.peak_lr if self.peak_lr is not None else 0.05 / math.sqrt(d_model)
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    max_steps: int = 100000
+    val_every_steps: int = 1000
+    checkpoint_every_steps: int = 1000
+    average_last: int = 5  # checkpoints averaged into the final model
+    precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    log_every_steps: int = 20
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "val_every_steps", "checkpoint_every_steps", "average_last",
+                     "num_nodes", "log_every_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"trainer.{name}: must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig
+    data: DataConfig
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    out_dir: str = "exp/run"
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``["trainer.max_steps=10", "data.augment=null"]`` -> updated copy of ``raw``."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"{key}: {part} is not a section")
+            node = child
+        node[leaf] = yaml.safe_load(value)
+    return raw
+
+
+def _model_from(raw: dict[str, Any]) -> ModelConfig:
+    raw = dict(raw)
+    base = raw.pop("base", None)
+    if base is None:
+        return ModelConfig.from_dict(raw)
+    merged = get_config(base).to_dict()
+    for key, value in raw.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return ModelConfig.from_dict(merged)
+
+
+def _resolve(path: str, root: Path) -> str:
+    p = Path(path)
+    return str(p if p.is_absolute() else (root / p).resolve())
+
+
+def parse_config(raw: dict[str, Any], root: Path = Path(".")) -> TrainConfig:
+    """Build and validate a TrainConfig from a nested dict (paths relative to ``root``)."""
+    if not isinstance(raw, dict):
+        raise ConfigError("config: expected a mapping at the top level")
+    known = {"model", "data", "optim", "trainer", "out_dir", "seed"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown section (known: {', '.join(sorted(known))})")
+    if "model" not in raw or "data" not in raw:
+        raise ConfigError(f"{'model' if 'model' not in raw else 'data'}: section is required")
+    data = dict(raw["data"] or {})
+    train = data.get("train", [])
+    data["train"] = tuple(_resolve(p, root) for p in ([train] if isinstance(train, str) else train))
+    if data.get("dev"):
+        data["dev"] = _resolve(data["dev"], root)
+    tokenizer = dict(data.get("tokenizer") or {})
+    if tokenizer.get("path"):
+        tokenizer["path"] = _resolve(tokenizer["path"], root)
+    data["tokenizer"] = build_section(TokenizerConfig, tokenizer, "data.tokenizer")
+    if data.get("augment") is not None:
+        data["augment"] = build_section(AugmentConfig, data["augment"], "data.augment")
+    optim = dict(raw.get("optim") or {})
+    if "betas" in optim:
+        optim["betas"] = tuple(optim["betas"])
+    return TrainConfig(
+        model=_model_from(raw["model"] or {}),
+        data=build_section(DataConfig, data, "data"),
+        optim=build_section(OptimConfig, optim, "optim"),
+        trainer=build_section(TrainerConfig, raw.get("trainer") or {}, "trainer"),
+        out_dir=_resolve(str(raw.get("out_dir", "exp/run")), Path(".")),
+        seed=int(raw.get("seed", 0)),
+    )
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: invalid YAML ({str(error).splitlines()[0]})") from None
+    return parse_config(apply_overrides(raw, overrides or []), path.parent)

@@ -1,0 +1,139 @@
+"""LightningModule: loss, Noam-scheduled Adam, dev WER, exact-resume state."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from ..data.dataset import Batch
+from ..data.manifest import DataIssues
+from ..decoding.search import DecodingOptions, decode
+from ..models import ASRModel, ModelConfig
+from ..scoring import WordErrors, word_errors
+from ..text.tokenizer import Tokenizer
+from .config import OptimConfig
+from .schedule import noam_scheduler
+
+
+class ASRTask(L.LightningModule):
+    """Trains an ASRModel; validation decodes greedily and reports dev WER (%)."""
+
+    def __init__(self, model_cfg: ModelConfig, optim: OptimConfig, tokenizer: Tokenizer) -> None:
+        super().__init__()
+        self.model = ASRModel(model_cfg)
+        self.optim = optim
+        self.tokenizer = tokenizer
+        self.issues = DataIssues()
+        self.batches_this_epoch = 0  # consumed batches, for exact mid-epoch resume
+        self._val_errors = WordErrors()
+        self._val_loss: list[float] = []
+        self._clock: tuple[float, float] | None = None  # (start time, audio seconds since)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=self.optim.peak(self.model.cfg.encoder.d_model),
+            betas=self.optim.betas, eps=self.optim.eps, weight_decay=self.optim.weight_decay,
+        )
+        scheduler = noam_scheduler(optimizer, self.optim.warmup_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
+                                                         "interval": "step"}}
+
+    def on_train_epoch_start(self) -> None:
+        self.batches_this_epoch = 0
+
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        self.batches_this_epoch += 1
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+        self._note_issues(batch.issues)
+        if len(batch) == 0:
+            return None
+        out = self.model(batch.feats, batch.feat_lengths, batch.targets, batch.target_lengths)
+        now = time.perf_counter()
+        start, seconds = self._clock or (now, 0.0)
+        seconds += batch.seconds
+        self._clock = (start, seconds)
+        if now > start:
+            self.log("audio_s_per_s", seconds / (now - start), prog_bar=True, batch_size=len(batch))
+        self.log("train_loss", out.loss, prog_bar=True, batch_size=len(batch))
+        for name in ("ctc", "rnnt"):
+            part = getattr(out, name)
+            if part is not None and self.model.cfg.has_ctc and self.model.cfg.has_transducer:
+                self.log(f"train_{name}", part, batch_size=len(batch))
+        self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=len(batch))
+        return out.loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._note_issues(batch.issues)
+        if len(batch) == 0:
+            return
+        out = self.model(batch.feats, batch.feat_lengths, batch.targets, batch.target_lengths)
+        self._val_loss.append(float(out.loss) * len(batch))
+        enc, lengths = self.model.encode(batch.feats, batch.feat_lengths)
+        for hyp, ref in zip(decode(self.model, enc, lengths, DecodingOptions()), batch.texts,
+                            strict=True):
+            self._val_errors += word_errors(ref, self.tokenizer.decode(hyp.tokens))
+
+    def on_validation_epoch_end(self) -> None:
+        e = self._val_errors
+        totals = torch.tensor(
+            [e.substitutions + e.deletions + e.insertions, e.words, sum(self._val_loss),
+             len(self._val_loss)], dtype=torch.float64, device=self.device,
+        )
+        errors, words, loss_sum, utterances = (
+            self.trainer.strategy.reduce(totals, reduce_op="sum").tolist()
+        )
+        if words > 0:
+            self.log("val_wer", 100.0 * errors / words, prog_bar=True)
+        if utterances > 0:
+            self.log("val_loss", loss_sum / utterances)
+        self._val_errors = WordErrors()
+        self._val_loss = []
+
+    def _note_issues(self, issues: DataIssues) -> None:
+        if issues.total:
+            self.issues.merge(issues)
+            self.print(f"skipped bad data: {issues.summary()}")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["resume"] = {
+            "batches_this_epoch": self.batches_this_epoch,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": _numpy_state_to_torch(np.random.get_state()),
+                "python": random.getstate(),
+            },
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("resume")
+        if not state:
+            return
+        self.batches_this_epoch = state["batches_this_epoch"]
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is not None:
+            datamodule.skip_batches = self.batches_this_epoch
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(_numpy_state_from_torch(rng["numpy"]))
+        random.setstate(rng["python"])
+
+
+def _numpy_state_to_torch(state: tuple) -> tuple:
+    """NumPy's RNG state with its key array as a tensor, so that checkpoints load with
+    ``torch.load(weights_only=True)``."""
+    name, keys, pos, has_gauss, cached = state
+    return name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached
+
+
+def _numpy_state_from_torch(state: tuple) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return name, keys.numpy().astype(np.uint32), pos, has_gauss, cached

@@ -1,0 +1,138 @@
+"""``conformer-asr train``: config in, checkpoints, logs, curves and a model folder out.
+
+    OUT_DIR/config.yaml            the resolved configuration
+    OUT_DIR/tokenizer/             SentencePiece model (trained here unless given)
+    OUT_DIR/checkpoints/           step-N.ckpt (the last few) and last.ckpt, written atomically
+    OUT_DIR/logs/metrics.csv       loss, lr, dev WER, throughput per logged step
+    OUT_DIR/curves.png             training curves
+    OUT_DIR/model/                 the average of the last checkpoints, ready for transcribe
+
+Re-running the same command resumes from ``last.ckpt`` exactly where it stopped
+(weights, optimiser, schedule, RNG states and position in the epoch).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from ..data.augment import Augmenter
+from ..data.datamodule import SpeechDataModule, load_manifests
+from ..data.manifest import DataIssues
+from ..inference.model_dir import save_model_dir
+from ..models.config import ConfigError, ModelConfig
+from ..text.tokenizer import Tokenizer
+from .checkpoints import AtomicCheckpointIO, average_checkpoints
+from .config import TrainConfig
+from .curves import plot_curves
+from .module import ASRTask
+
+
+class _PlotCurves(Callback):
+    def __init__(self, metrics_csv: Path, out_png: Path) -> None:
+        self.metrics_csv, self.out_png = metrics_csv, out_png
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and not trainer.sanity_checking:
+            trainer.logger.save()  # type: ignore[union-attr]
+            if self.metrics_csv.is_file():
+                plot_curves(self.metrics_csv, self.out_png)
+
+
+def _tokenizer(cfg: TrainConfig, train_texts: list[str], out: Path) -> Tokenizer:
+    if cfg.data.tokenizer.path:
+        return Tokenizer(cfg.data.tokenizer.path)
+    if (out / "tokenizer" / "tokenizer.model").is_file():
+        return Tokenizer.load(out / "tokenizer")
+    return Tokenizer.train(train_texts, out / "tokenizer", vocab_size=cfg.data.tokenizer.vocab_size)
+
+
+def _precision(cfg: TrainConfig) -> str:
+    if cfg.trainer.precision != "auto":
+        return cfg.trainer.precision
+    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+
+
+def _write_yaml(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train (or resume) and return the exported model folder."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    issues = DataIssues()
+    train_cuts = load_manifests(cfg.data.train, issues, cfg.data.max_utterance_seconds)
+    dev_cuts = load_manifests([cfg.data.dev], issues) if cfg.data.dev else None
+    if issues.total:
+        print(f"manifest problems (skipped): {issues.summary()}")
+    if len(train_cuts) == 0:
+        raise ConfigError("data.train: no usable utterances in the training manifests")
+
+    tokenizer = _tokenizer(cfg, [c.supervisions[0].text for c in train_cuts], out)
+    model_cfg = ModelConfig.from_dict({**cfg.model.to_dict(), "vocab_size": tokenizer.vocab_size})
+    resolved = {**cfg.to_dict(), "model": model_cfg.to_dict()}
+    _write_yaml(out / "config.yaml", resolved)
+
+    task = ASRTask(model_cfg, cfg.optim, tokenizer)
+    augmenter = Augmenter(cfg.data.augment, seed=cfg.seed) if cfg.data.augment else None
+    data = SpeechDataModule(
+        train_cuts, dev_cuts, tokenizer, model_cfg, augmenter,
+        cfg.data.max_duration, cfg.data.num_buckets, cfg.data.num_workers, cfg.seed,
+    )
+    checkpoints = out / "checkpoints"
+    logger = CSVLogger(out, name="logs", version="")
+    step_ckpt = ModelCheckpoint(
+        dirpath=checkpoints, filename="step-{step}",
+        every_n_train_steps=cfg.trainer.checkpoint_every_steps,
+        save_top_k=cfg.trainer.average_last, monitor="step", mode="max", save_last=True,
+        auto_insert_metric_name=False,
+    )
+    trainer = L.Trainer(
+        max_steps=cfg.trainer.max_steps,
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes,
+        precision=_precision(cfg),  # type: ignore[arg-type]
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        val_check_interval=cfg.trainer.val_every_steps if dev_cuts is not None else None,
+        check_val_every_n_epoch=None,
+        limit_val_batches=1.0 if dev_cuts is not None else 0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=cfg.trainer.log_every_steps,
+        logger=logger,
+        callbacks=[step_ckpt,
+                   _PlotCurves(Path(logger.log_dir) / "metrics.csv", out / "curves.png")],
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # Lhotse samplers shard by rank themselves
+        default_root_dir=out,
+        enable_model_summary=True,
+    )
+    last = checkpoints / "last.ckpt"
+    if last.is_file():
+        print(f"resuming from {last}")
+    trainer.fit(task, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+
+    if task.issues.total:
+        print(f"bad data skipped during training: {task.issues.summary()}")
+    if not trainer.is_global_zero:
+        return out / "model"
+    steps = sorted(checkpoints.glob("step-*.ckpt"), key=lambda p: int(p.stem.split("-")[1]))
+    chosen = steps[-cfg.trainer.average_last:] or [last]
+    task.model.load_state_dict(average_checkpoints(chosen))
+    info = {"averaged_checkpoints": [p.name for p in chosen], "steps": trainer.global_step,
+            "train_manifests": list(cfg.data.train)}
+    model_dir = save_model_dir(task.model.cpu(), tokenizer, out / "model", info)
+    print(f"averaged {len(chosen)} checkpoints -> {model_dir}")
+    return model_dir

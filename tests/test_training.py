@@ -1,0 +1,123 @@
+"""Training CLI: end to end on the test clips, config errors, exact resume after kill -9."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conformer_asr.models.config import ConfigError
+from conformer_asr.training.config import load_config, parse_config
+from conformer_asr.training.schedule import noam_factor
+
+DATA = Path(__file__).parent / "data"
+
+
+def _config(tmp_path: Path, **trainer) -> Path:
+    raw = {
+        "model": {
+            "encoder": {"d_model": 32, "n_layers": 1, "n_heads": 2, "conv_kernel_size": 7},
+            "ctc_weight": 0.5, "pred_embed_dim": 16, "pred_hidden_dim": 32, "joint_dim": 32,
+        },
+        "data": {
+            "train": str(DATA / "manifest.jsonl"), "dev": str(DATA / "manifest.jsonl"),
+            "tokenizer": {"vocab_size": 30}, "max_duration": 3.3, "num_workers": 1,
+            "augment": {"noise_prob": 0.5, "reverb_prob": 0.0},
+        },
+        "optim": {"peak_lr": 0.003, "warmup_steps": 5},
+        "trainer": {"max_steps": 24, "val_every_steps": 6, "checkpoint_every_steps": 5,
+                    "average_last": 1, "log_every_steps": 2, **trainer},
+        "out_dir": str(tmp_path / "exp"),
+    }
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _train(config: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "conformer_asr.cli", "train", str(config), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def _weights(exp: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(exp / "model" / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_resume_after_kill_is_exact(tmp_path):
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    proc = _train(_config(whole))
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    exp = whole / "exp"
+    for name in ("curves.png", "logs/metrics.csv", "model/config.json", "checkpoints/last.ckpt"):
+        assert (exp / name).is_file(), name
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    config = _config(killed)
+    proc = _train(config)
+    first = killed / "exp" / "checkpoints" / "step-10.ckpt"
+    deadline = time.time() + 600
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists(), "no checkpoint was written before the kill"
+    state = torch.load(killed / "exp/checkpoints/last.ckpt", weights_only=False)
+    assert state["global_step"] < 24, "the run finished before it was killed"
+
+    proc = _train(config)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert "resuming from" in out
+    a, b = _weights(exp), _weights(killed / "exp")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_config_overrides_and_errors(tmp_path):
+    config = _config(tmp_path)
+    cfg = load_config(config, ["trainer.max_steps=7", "model.ctc_weight=1.0"])
+    assert cfg.trainer.max_steps == 7 and cfg.model.ctc_weight == 1.0
+    with pytest.raises(ConfigError, match=r"^trainer\.bogus"):
+        load_config(config, ["trainer.bogus=1"])
+    with pytest.raises(ConfigError, match=r"^encoder\.n_heads"):
+        load_config(config, ["model.encoder.n_heads=0"])
+    with pytest.raises(ConfigError, match=r"^data\.train"):
+        parse_config({"model": {}, "data": {}})
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    base = parse_config({"model": {"base": "conformer-m", "ctc_weight": 0.3},
+                         "data": {"train": "x.jsonl"}})
+    assert base.model.encoder.d_model == 256 and base.model.ctc_weight == 0.3
+
+
+def test_train_cli_reports_bad_config_in_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {encoder: {d_model: 100, n_heads: 3}}\ndata: {train: x.jsonl}\n")
+    proc = subprocess.run([sys.executable, "-m", "conformer_asr.cli", "train", str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: encoder.d_model: 100 is not divisible by encoder.n_heads=3"
+    ]
+
+
+def test_noam_schedule_peaks_at_warmup():
+    assert noam_factor(50, 100) == pytest.approx(0.5)
+    assert noam_factor(100, 100) == pytest.approx(1.0)
+    assert noam_factor(400, 100) == pytest.approx(0.5)
+
+
