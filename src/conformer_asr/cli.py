@@ -1,0 +1,227 @@
+"""The ``conformer-asr`` command: a thin argument parser over the package's functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .inference.transcriber import Transcriber
+
+
+def _model_info(args: argparse.Namespace) -> int:
+    from .inference.model_dir import read_config
+    from .models import ASRModel, count_parameters, get_config
+    from .models.config import NAMED_CONFIGS, PAPER_PARAMS
+
+    info: dict = {}
+    if args.model in NAMED_CONFIGS or not Path(args.model).exists():
+        cfg = get_config(args.model)
+    else:
+        cfg, info = read_config(args.model)
+    report = {"name": cfg.name, "params": count_parameters(ASRModel(cfg)),
+              "config": cfg.to_dict()}
+    if cfg.name in PAPER_PARAMS:
+        report["paper_params"] = PAPER_PARAMS[cfg.name]
+    if info:
+        report["info"] = info
+    print(json.dumps(report))
+    return 0
+
+
+def _load_transcriber(args: argparse.Namespace) -> Transcriber:
+    from .inference.transcriber import load_model
+
+    return load_model(args.model, beam_size=args.beam_size, lm=args.lm,
+                      lm_weight=args.lm_weight, length_bonus=args.length_bonus,
+                      device=args.device)
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    from .audio.io import AudioError
+
+    transcriber = _load_transcriber(args)
+    failed = 0
+    for path, result in transcriber.iter_transcripts(args.audio):
+        if isinstance(result, AudioError):
+            print(f"error: {result}", file=sys.stderr)
+            failed += 1
+        elif args.format == "json":
+            record = {"audio": str(path), "text": result.text,
+                      "duration": round(result.duration, 3)}
+            if args.words:
+                record["words"] = [vars(w) for w in result.words]
+            print(json.dumps(record), flush=True)
+        else:
+            print(result.text if len(args.audio) == 1 else f"{path}\t{result.text}", flush=True)
+    return 1 if failed else 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .inference.evaluate import evaluate
+
+    transcriber = _load_transcriber(args)
+    report = evaluate(transcriber, args.manifest, args.output)
+    if args.json:
+        decoding = {**vars(transcriber.options), "lm": args.lm}
+        print(json.dumps({**report.to_dict(), "decoding": decoding}))
+    else:
+        print(report.format())
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .training.config import load_config
+    from .training.run import train
+
+    train(load_config(args.config, args.set))
+    return 0
+
+
+def _train_lm(args: argparse.Namespace) -> int:
+    from .inference.lm_dir import load_tokenizer
+    from .models.lm import get_lm_config
+    from .training.lm_train import LMTrainConfig, train_lm
+
+    config = LMTrainConfig(steps=args.steps, batch_size=args.batch_size, peak_lr=args.lr,
+                           warmup_steps=args.warmup_steps,
+                           heldout_fraction=args.heldout_fraction, seed=args.seed)
+    report = train_lm(args.text, load_tokenizer(args.tokenizer), args.out,
+                      get_lm_config(args.config), config, exclude=args.exclude,
+                      device=args.device, log=lambda line: print(line, flush=True))
+    print(f"removed {report.excluded} training sentences found in --exclude manifests; "
+          f"held-out perplexity {report.heldout_perplexity_start:.2f} -> "
+          f"{report.heldout_perplexity:.2f}; LM written to {args.out}")
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        message = f"not a comma-separated list of numbers: {text}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from .inference.lm_dir import load_lm_for
+    from .inference.model_dir import load_model_dir, resolve_model_dir
+    from .inference.tune import best_result, format_row, tune
+
+    model, tokenizer, _ = load_model_dir(resolve_model_dir(args.model))
+    lm = load_lm_for(args.lm, tokenizer)
+    results = tune(model.to(args.device), tokenizer, lm.to(args.device), args.manifest,
+                   args.beam_size, args.lm_weights, args.length_bonuses,
+                   log=lambda line: print(line, flush=True))
+    print(f"best (beam {args.beam_size}):\n{format_row(best_result(results))}")
+    return 0
+
+
+def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
+    """Decoding and device flags: the arguments of ``load_model``."""
+    p.add_argument("--beam-size", type=int, default=1, help="1: greedy search")
+    p.add_argument("--lm", default=None, help="LM folder for shallow fusion (train-lm)")
+    p.add_argument("--lm-weight", type=float, default=None,
+                   help="LM score weight (default 0.3; find it with conformer-asr tune)")
+    p.add_argument("--length-bonus", type=float, default=None,
+                   help="score added per emitted token (default 0)")
+    p.add_argument("--device", default="cpu")
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from .data.synth import run_synth
+
+    return run_synth(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conformer-asr", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("model-info", help="print parameter counts of a model as JSON")
+    p.add_argument("model", help="conformer-s|m|l or a model folder")
+    p.set_defaults(run=_model_info)
+
+    p = commands.add_parser("transcribe", help="speech to text")
+    p.add_argument("audio", nargs="+", help="wav/flac/ogg files, any rate and channels")
+    p.add_argument("--model", default=None, help="model folder (default: the bundled model)")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--words", action="store_true", help="with --format json: word timestamps")
+    _add_transcriber_flags(p)
+    p.set_defaults(run=_transcribe)
+
+    p = commands.add_parser("evaluate", help="WER and real-time factor on a JSONL manifest")
+    p.add_argument("--manifest", required=True, help='lines {"id", "audio", "text"}')
+    p.add_argument("--model", default=None, help="model folder (default: the bundled model)")
+    p.add_argument("--output", default=None, help='write {"id", "text"} lines here')
+    _add_transcriber_flags(p)
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(run=_evaluate)
+
+    p = commands.add_parser("train", help="train a model from a YAML config (resumes if stopped)")
+    p.add_argument("config", help="training YAML (see recipes/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set trainer.max_steps=1000")
+    p.set_defaults(run=_train)
+
+    p = commands.add_parser("train-lm", help="train a word-piece LSTM LM for shallow fusion")
+    p.add_argument("--text", nargs="+", required=True,
+                   help="text files (.txt or .txt.gz), one sentence per line")
+    p.add_argument("--tokenizer", required=True,
+                   help="the acoustic model's folder, or its tokenizer.model")
+    p.add_argument("--out", required=True, help="LM folder to write (resumes if stopped)")
+    p.add_argument("--exclude", nargs="+", default=[], metavar="MANIFEST",
+                   help="dev/test manifests: their transcripts are removed from the text")
+    p.add_argument("--config", default="small", help="LM size: tiny, small or paper")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=64, help="sentences per step")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (Noam schedule)")
+    p.add_argument("--warmup-steps", type=int, default=200)
+    p.add_argument("--heldout-fraction", type=float, default=0.02)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(run=_train_lm)
+
+    p = commands.add_parser("tune", help="grid-search LM weight and length bonus on a dev set")
+    p.add_argument("--manifest", required=True, help='dev lines {"id", "audio", "text"}')
+    p.add_argument("--model", default=None, help="model folder (default: the bundled model)")
+    p.add_argument("--lm", required=True, help="LM folder (conformer-asr train-lm)")
+    p.add_argument("--beam-size", type=int, default=4)
+    p.add_argument("--lm-weights", type=_floats, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5],
+                   help="comma-separated, e.g. 0.1,0.2,0.3")
+    p.add_argument("--length-bonuses", type=_floats, default=[0.0, 0.5, 1.0, 1.5],
+                   help="comma-separated, e.g. 0,0.5,1")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(run=_tune)
+
+    from .data.synth import add_synth_arguments
+
+    p = commands.add_parser("synth", help="build a multi-voice synthetic speech corpus")
+    add_synth_arguments(p)
+    p.set_defaults(run=_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .audio.io import AudioError
+    from .inference.model_dir import ModelDirError
+    from .models.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ConfigError, ModelDirError, AudioError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Shallow fusion: an external language model's scores added to a beam search's.
+
+For every emitted token the search adds
+``weight * log P_LM(token | previous tokens) + length_bonus``, and once at the
+end ``weight * log P_LM(end | all tokens)``. The LM uses the recogniser's token
+ids; id 0 (blank) is its sentence start and end symbol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from .beam import RecurrentState, follow
+from .greedy import BLANK
+
+
+class FusionLM(Protocol):
+    """What a search needs from a language model (``models.lm.WordPieceLM`` is one)."""
+
+    def step(
+        self, tokens: torch.Tensor, state: RecurrentState | None
+    ) -> tuple[torch.Tensor, RecurrentState]:
+        """tokens (N,), state (each (layers, N, hidden)) -> (log-probs (N, V), new state).
+
+        ``state`` None starts a sentence; feed token 0 first.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class ShallowFusion:
+    """An LM and its weights. Without an LM, or with ``weight`` 0, only the length
+    bonus applies."""
+
+    lm: FusionLM | None = None
+    weight: float = 0.0
+    length_bonus: float = 0.0
+
+
+class FusionScores:
+    """The fusion terms of every row of a beam: N = B * K rows, each one hypothesis."""
+
+    def __init__(self, fusion: ShallowFusion, rows: int, vocab_size: int,
+                 device: torch.device) -> None:
+        self.weight = fusion.weight
+        self.lm = fusion.lm if fusion.weight != 0 else None
+        # 1 for tokens, 0 for blank: appending nothing earns no fusion score.
+        self.is_token = torch.ones(vocab_size, device=device)
+        self.is_token[BLANK] = 0.0
+        self.bonus = fusion.length_bonus * self.is_token  # (V,)
+        self.log_probs = torch.zeros(rows, vocab_size, device=device)
+        self.state: RecurrentState = ()
+        if self.lm is not None:
+            self.log_probs, self.state = self.lm.step(
+                torch.full((rows,), BLANK, dtype=torch.long, device=device), None)
+            if self.log_probs.shape[1] != vocab_size:
+                raise ValueError(f"the LM has {self.log_probs.shape[1]} tokens but the "
+                                 f"recogniser {vocab_size}: they must share one tokenizer")
+
+    def token_scores(self) -> torch.Tensor:
+        """(N, V): what appending each token adds to each row's score (0 for blank)."""
+        if self.lm is None:
+            return self.bonus.expand_as(self.log_probs)
+        return self.weight * self.log_probs * self.is_token + self.bonus
+
+    def end_scores(self) -> torch.Tensor:
+        """(N,): what ending the sentence adds to each row's final score."""
+        return self.weight * self.log_probs[:, BLANK]
+
+    def follow(self, rows: torch.Tensor, tokens: torch.Tensor) -> None:
+        """rows (N,): the old row each new row continues; tokens (N,): what it appended."""
+        if self.lm is not None:
+            self.log_probs, self.state = follow(self.lm.step, self.log_probs, self.state,
+                                                rows, tokens)

@@ -1,0 +1,60 @@
+"""One entry point that picks the decoder for a model and the chosen options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..models.asr import ASRModel
+from .ctc_beam import ctc_beam_search
+from .fusion import FusionLM, ShallowFusion
+from .greedy import Hypothesis, ctc_greedy, rnnt_greedy
+from .rnnt_beam import rnnt_beam_search
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """How to search.
+
+    ``beam_size`` 1 without an LM or length bonus is greedy search (up to
+    ``max_symbols_per_frame`` tokens per frame for RNN-T); anything else is beam
+    search (prefix search for CTC, one token per frame for RNN-T). ``lm_weight``
+    applies only when an LM is given to ``decode``; ``length_bonus`` is added per
+    emitted token.
+    """
+
+    beam_size: int = 1
+    max_symbols_per_frame: int = 5
+    lm_weight: float = 0.3
+    length_bonus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size: must be >= 1, got {self.beam_size}")
+        if self.max_symbols_per_frame < 1:
+            raise ValueError("max_symbols_per_frame: must be >= 1")
+        if self.lm_weight < 0:
+            raise ValueError(f"lm_weight: must be >= 0, got {self.lm_weight}")
+
+
+@torch.no_grad()
+def decode(
+    model: ASRModel, enc: torch.Tensor, lengths: torch.Tensor, options: DecodingOptions,
+    lm: FusionLM | None = None,
+) -> list[Hypothesis]:
+    """enc (B, T, D), lengths (B,) -> one hypothesis per utterance.
+
+    Uses the transducer when the model has one, otherwise the CTC head; ``lm``
+    (sharing the model's tokenizer) is fused into beam search.
+    """
+    greedy = options.beam_size == 1 and lm is None and options.length_bonus == 0
+    fusion = ShallowFusion(lm, options.lm_weight, options.length_bonus)
+    if model.joint is not None:
+        if greedy:
+            return rnnt_greedy(model, enc, lengths, options.max_symbols_per_frame)
+        return rnnt_beam_search(model, enc, lengths, options.beam_size, fusion)
+    log_probs = model.ctc_log_probs(enc)
+    if greedy:
+        return ctc_greedy(log_probs, lengths)
+    return ctc_beam_search(log_probs, lengths, options.beam_size, fusion)

@@ -1,0 +1,232 @@
+"""Speech to text with a trained model: files or arrays in, text and word timings out.
+
+Long recordings are read block by block and cut into overlapping windows, so
+memory stays bounded whatever the length: window k covers
+``[k * stride, k * stride + window)`` seconds and keeps the words whose centre
+falls in its middle part, so each word comes from the window that saw the
+most context around it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..audio.features import LogMelFeatures
+from ..audio.io import SAMPLE_RATE, AudioError, resample, stream_audio, to_mono
+from ..decoding.greedy import Hypothesis
+from ..decoding.search import DecodingOptions, decode
+from ..models.asr import ASRModel
+from ..models.lm import WordPieceLM
+from ..text.tokenizer import Tokenizer
+from .lm_dir import load_lm_for
+from .model_dir import load_model_dir, resolve_model_dir
+
+AudioInput = str | Path | np.ndarray
+
+
+@dataclass
+class Word:
+    word: str
+    start: float
+    end: float
+
+
+@dataclass
+class Transcript:
+    text: str
+    duration: float
+    words: list[Word] = field(default_factory=list)
+
+
+@dataclass
+class _Segment:
+    """One window of one input: samples and which of its words to keep."""
+
+    index: int
+    offset: float
+    samples: np.ndarray
+    keep_from: float
+    keep_to: float
+
+
+class Transcriber:
+    """Wraps a model, its tokenizer, a decoding strategy and an optional LM for shallow
+    fusion (same tokenizer as the model).
+
+    transcribe(["a.wav", array, ...]) -> ["text", ...]. Arrays are 16 kHz mono
+    float unless ``sample_rate`` says otherwise.
+    """
+
+    def __init__(
+        self,
+        model: ASRModel,
+        tokenizer: Tokenizer,
+        options: DecodingOptions | None = None,
+        window_seconds: float = 20.0,
+        overlap_seconds: float = 4.0,
+        batch_seconds: float = 160.0,
+        lm: WordPieceLM | None = None,
+    ) -> None:
+        if not 0 <= overlap_seconds < window_seconds:
+            raise ValueError("overlap_seconds: must be in [0, window_seconds)")
+        if lm is not None and lm.cfg.vocab_size != model.cfg.vocab_size:
+            raise ValueError(f"the LM has {lm.cfg.vocab_size} tokens, the model "
+                             f"{model.cfg.vocab_size}: they must share one tokenizer")
+        self.model = model.eval()
+        self.lm = lm.eval() if lm is not None else None
+        self.tokenizer = tokenizer
+        self.options = options or DecodingOptions()
+        self.features = LogMelFeatures(model.cfg.features)
+        self.window = window_seconds
+        self.overlap = overlap_seconds
+        self.batch_seconds = batch_seconds
+        self.frame_seconds = model.cfg.encoder_frame_seconds
+
+    def transcribe(
+        self, inputs: Sequence[AudioInput], sample_rate: int = SAMPLE_RATE
+    ) -> list[str]:
+        """-> one text per input; raises AudioError on the first unusable input."""
+        results = []
+        for _, result in self.iter_transcripts(inputs, sample_rate):
+            if isinstance(result, AudioError):
+                raise result
+            results.append(result.text)
+        return results
+
+    def iter_transcripts(
+        self, inputs: Sequence[AudioInput], sample_rate: int = SAMPLE_RATE
+    ) -> Iterator[tuple[AudioInput, Transcript | AudioError]]:
+        """Yield (input, Transcript or AudioError) in input order; errors do not stop the rest."""
+        pending: dict[int, list[tuple[_Segment, Hypothesis]]] = {}
+        finished: dict[int, float | AudioError] = {}  # duration, or why the input failed
+        batch: list[_Segment] = []
+        next_out = 0
+
+        def flush() -> None:
+            for segment, hyp in zip(batch, self._decode([s.samples for s in batch]), strict=True):
+                pending.setdefault(segment.index, []).append((segment, hyp))
+            batch.clear()
+
+        def ready() -> Iterator[tuple[AudioInput, Transcript | AudioError]]:
+            """Inputs, in order, whose every window has been decoded."""
+            nonlocal next_out
+            while next_out in finished and all(s.index != next_out for s in batch):
+                outcome = finished.pop(next_out)
+                parts = pending.pop(next_out, [])
+                if isinstance(outcome, AudioError):
+                    yield inputs[next_out], outcome
+                else:
+                    yield inputs[next_out], self._assemble(parts, outcome)
+                next_out += 1
+
+        limit = self.batch_seconds * SAMPLE_RATE
+        for index, item in enumerate(inputs):
+            duration = 0.0
+            try:
+                for segment in self._segments(index, item, sample_rate):
+                    batch.append(segment)
+                    duration = segment.offset + len(segment.samples) / SAMPLE_RATE
+                    if sum(len(s.samples) for s in batch) >= limit:
+                        flush()
+                        yield from ready()
+                finished[index] = duration
+            except AudioError as error:
+                finished[index] = error
+                batch[:] = [s for s in batch if s.index != index]
+            yield from ready()
+        flush()
+        yield from ready()
+
+    def _segments(self, index: int, item: AudioInput, sample_rate: int) -> Iterator[_Segment]:
+        window = int(self.window * SAMPLE_RATE)
+        stride = int((self.window - self.overlap) * SAMPLE_RATE)
+        margin = self.overlap / 2
+        blocks: Iterable[np.ndarray]
+        if isinstance(item, np.ndarray):
+            blocks = [resample(to_mono(item), sample_rate)]
+        else:
+            blocks = stream_audio(item, block_seconds=self.window)
+        buffer = np.zeros(0, dtype=np.float32)
+        offset = 0  # samples before buffer[0]
+        for block in blocks:
+            buffer = np.concatenate([buffer, block])
+            while len(buffer) > window:
+                start = offset / SAMPLE_RATE
+                keep_from = 0.0 if offset == 0 else start + margin
+                yield _Segment(index, start, buffer[:window], keep_from,
+                               start + self.window - margin)
+                buffer = buffer[stride:]
+                offset += stride
+        start = offset / SAMPLE_RATE
+        keep_from = 0.0 if offset == 0 else start + margin
+        yield _Segment(index, start, buffer, keep_from, float("inf"))
+
+    @torch.no_grad()
+    def _decode(self, waves: list[np.ndarray]) -> list[Hypothesis]:
+        shortest = self.model.cfg.min_samples
+        lengths = torch.tensor([max(len(w), shortest) for w in waves])
+        batch = torch.zeros(len(waves), int(lengths.max()))
+        for i, w in enumerate(waves):
+            batch[i, : len(w)] = torch.from_numpy(w)
+        device = next(self.model.parameters()).device
+        feats, feat_lengths = self.features.to(device)(batch.to(device), lengths.to(device))
+        enc, enc_lengths = self.model.encode(feats, feat_lengths)
+        return decode(self.model, enc, enc_lengths, self.options, self.lm)
+
+    def _assemble(self, parts: list[tuple[_Segment, Hypothesis]], duration: float) -> Transcript:
+        words: list[Word] = []
+        for segment, hyp in parts:
+            for word in self._words(hyp, segment.offset):
+                centre = (word.start + word.end) / 2
+                if segment.keep_from <= centre < segment.keep_to:
+                    words.append(word)
+        return Transcript(" ".join(w.word for w in words), duration, words)
+
+    def _words(self, hyp: Hypothesis, offset: float) -> list[Word]:
+        """Group word pieces into words; times from the frames the pieces were emitted at."""
+        groups: list[tuple[list[int], int, int]] = []
+        for token, frame in zip(hyp.tokens, hyp.frames, strict=True):
+            if not groups or self.tokenizer.is_word_start(token):
+                groups.append(([token], frame, frame))
+            else:
+                pieces, first, _ = groups[-1]
+                groups[-1] = (pieces + [token], first, frame)
+        words = []
+        for pieces, first, last in groups:
+            text = self.tokenizer.decode(pieces)
+            if text:
+                words.append(Word(text, round(offset + first * self.frame_seconds, 2),
+                                  round(offset + (last + 1) * self.frame_seconds, 2)))
+        return words
+
+
+def load_model(
+    path_or_name: str | Path | None = None,
+    options: DecodingOptions | None = None,
+    device: str = "cpu",
+    *,
+    beam_size: int | None = None,
+    lm: str | Path | WordPieceLM | None = None,
+    lm_weight: float | None = None,
+    length_bonus: float | None = None,
+) -> Transcriber:
+    """Load a model folder (or the bundled default with None / "default").
+
+    ``beam_size``, ``lm_weight`` and ``length_bonus`` override the fields of
+    ``options``; ``lm`` is an LM folder (``conformer-asr train-lm``) or a loaded
+    LM, e.g. ``load_model("exp/model", beam_size=8, lm="exp/lm", lm_weight=0.3)``.
+    """
+    model, tokenizer, _ = load_model_dir(resolve_model_dir(path_or_name))
+    overrides = {"beam_size": beam_size, "lm_weight": lm_weight, "length_bonus": length_bonus}
+    options = dataclasses.replace(options or DecodingOptions(),
+                                  **{k: v for k, v in overrides.items() if v is not None})
+    if isinstance(lm, str | Path):
+        lm = load_lm_for(lm, tokenizer)
+    return Transcriber(model.to(device), tokenizer, options,
+                       lm=lm.to(device) if lm is not None else None)

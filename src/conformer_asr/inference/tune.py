@@ -1,0 +1,120 @@
+"""Grid search of the LM weight and length bonus on a dev manifest (``conformer-asr tune``).
+
+Every utterance is encoded once; each setting only re-runs the beam search over
+the stored encoder outputs. Utterances are decoded whole (the ``Transcriber``
+cuts long recordings into windows), which suits dev sets of utterances up to
+about 30 s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..audio.features import LogMelFeatures
+from ..audio.io import AudioError, audio_duration, load_audio
+from ..decoding.fusion import FusionLM
+from ..decoding.search import DecodingOptions, decode
+from ..models.asr import ASRModel
+from ..scoring import WordErrors, word_errors
+from ..text.tokenizer import Tokenizer
+from .evaluate import Utterance, read_manifest
+
+
+@dataclass
+class TuneResult:
+    lm_weight: float
+    length_bonus: float
+    errors: WordErrors
+
+
+@dataclass
+class _Encoded:
+    """Encoder output of a batch of utterances: their manifest indices, enc (B, T, D),
+    lengths (B,)."""
+
+    indices: list[int]
+    enc: torch.Tensor
+    lengths: torch.Tensor
+
+
+@torch.no_grad()
+def _encode_all(
+    model: ASRModel, utterances: Sequence[Utterance], batch_seconds: float,
+    log: Callable[[str], None],
+) -> list[_Encoded]:
+    """Encode the readable utterances, shortest first, ``batch_seconds`` of audio a batch."""
+    device = next(model.parameters()).device
+    features = LogMelFeatures(model.cfg.features).to(device)
+    durations = {}
+    for i, utt in enumerate(utterances):
+        try:
+            durations[i] = audio_duration(utt.audio)
+        except AudioError as error:
+            log(f"skipped (scored as empty): {error}")
+    encoded: list[_Encoded] = []
+    batch: list[int] = []
+    start = time.perf_counter()
+    order = sorted(durations, key=durations.__getitem__)
+    for position, i in enumerate(order):
+        batch.append(i)
+        full = sum(durations[j] for j in batch) >= batch_seconds
+        if full or position == len(order) - 1:
+            waves = [torch.from_numpy(load_audio(utterances[j].audio)) for j in batch]
+            lengths = torch.tensor([max(len(w), model.cfg.min_samples) for w in waves])
+            padded = torch.zeros(len(waves), int(lengths.max()))
+            for row, wave in enumerate(waves):
+                padded[row, :len(wave)] = wave
+            feats, feat_lengths = features(padded.to(device), lengths.to(device))
+            enc, enc_lengths = model.encode(feats, feat_lengths)
+            encoded.append(_Encoded(batch, enc, enc_lengths))
+            batch = []
+    log(f"encoded {len(order)} utterances ({sum(durations.values()):.1f} s of audio) in "
+        f"{time.perf_counter() - start:.1f} s")
+    return encoded
+
+
+def tune(
+    model: ASRModel, tokenizer: Tokenizer, lm: FusionLM, manifest: str | Path,
+    beam_size: int, lm_weights: Sequence[float], length_bonuses: Sequence[float],
+    batch_seconds: float = 160.0, log: Callable[[str], None] = print,
+) -> list[TuneResult]:
+    """WER of every (LM weight, length bonus) pair, in grid order; ``log`` gets a table row
+    as each one finishes. ``model`` and ``lm`` must be in eval mode on one device."""
+    utterances = read_manifest(manifest)
+    encoded = _encode_all(model, utterances, batch_seconds, log)
+    log(HEADER)
+    results = []
+    for lm_weight in lm_weights:
+        for length_bonus in length_bonuses:
+            options = DecodingOptions(beam_size=beam_size, lm_weight=lm_weight,
+                                      length_bonus=length_bonus)
+            texts = [""] * len(utterances)
+            for part in encoded:
+                hyps = decode(model, part.enc, part.lengths, options, lm)
+                for i, hyp in zip(part.indices, hyps, strict=True):
+                    texts[i] = tokenizer.decode(hyp.tokens)
+            errors = sum((word_errors(u.text, text) for u, text in zip(utterances, texts,
+                                                                         strict=True)),
+                         WordErrors())
+            results.append(TuneResult(lm_weight, length_bonus, errors))
+            log(format_row(results[-1]))
+    return results
+
+
+HEADER = f"{'lm_weight':>9}  {'bonus':>6}  {'WER %':>7}  {'sub':>5}  {'del':>5}  {'ins':>5}"
+
+
+def format_row(result: TuneResult) -> str:
+    e = result.errors
+    return (f"{result.lm_weight:>9.3g}  {result.length_bonus:>6.3g}  {e.wer:>7.2f}  "
+            f"{e.substitutions:>5}  {e.deletions:>5}  {e.insertions:>5}")
+
+
+def best_result(results: Sequence[TuneResult]) -> TuneResult:
+    """Lowest WER; on ties the earliest in grid order."""
+    return min(results, key=lambda r: r.errors.wer)

@@ -1,0 +1,212 @@
+"""Beam searches against brute force, greedy search, themselves, and with an LM."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conformer_asr.decoding.ctc_beam import ctc_beam_search
+from conformer_asr.decoding.fusion import ShallowFusion
+from conformer_asr.decoding.greedy import rnnt_greedy
+from conformer_asr.decoding.rnnt_beam import rnnt_beam_search
+from conformer_asr.decoding.search import DecodingOptions, decode
+from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
+from conformer_asr.models.lm import LMConfig, WordPieceLM
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: a second thread only adds synchronisation (slow on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _label_sequences(vocab: int, max_length: int):
+    for n in range(max_length + 1):
+        yield from itertools.product(range(1, vocab), repeat=n)
+
+
+def _ctc_log_likelihood(log_probs: torch.Tensor, labels: tuple[int, ...]) -> float:
+    """log_probs (T, V) -> log P(labels), summed over all CTC alignments."""
+    target = torch.tensor([labels], dtype=torch.long).reshape(1, len(labels))
+    return -float(F.ctc_loss(log_probs[:, None], target, torch.tensor([len(log_probs)]),
+                             torch.tensor([len(labels)]), reduction="sum"))
+
+
+def _tiny_transducer(vocab: int = 3, seed: int = 0) -> ASRModel:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        encoder=EncoderConfig(d_model=16, n_layers=1, n_heads=2, conv_kernel_size=3),
+        vocab_size=vocab, pred_embed_dim=8, pred_hidden_dim=12, joint_dim=10,
+    )
+    model = ASRModel(cfg).eval()
+    with torch.no_grad():  # sharper distributions than the default init gives
+        model.joint.out.weight.mul_(4.0)
+    return model
+
+
+def _one_token_per_frame_log_likelihood(model: ASRModel, enc: torch.Tensor,
+                                        labels: tuple[int, ...]) -> float:
+    """enc (T, D) -> log P(labels) summed over the alignments that emit blank or one
+    label at each frame (the search space of the modified beam search)."""
+    assert model.predictor is not None and model.joint is not None
+    with torch.no_grad():
+        pred = model.predictor(torch.tensor([labels], dtype=torch.long).reshape(1, -1))
+        lp = model.joint.full(enc[None], pred)[0].log_softmax(dim=-1)  # (T, U+1, V)
+    frames, labels_count = enc.shape[0], len(labels)
+    alpha = [0.0] + [float("-inf")] * labels_count
+    for t in range(frames):
+        new = [float("-inf")] * (labels_count + 1)
+        for u in range(labels_count + 1):
+            stay = alpha[u] + float(lp[t, u, 0])
+            emit = alpha[u - 1] + float(lp[t, u - 1, labels[u - 1]]) if u else float("-inf")
+            new[u] = float(torch.logaddexp(torch.tensor(stay), torch.tensor(emit)))
+        alpha = new
+    return alpha[labels_count]
+
+
+class UnigramLM:
+    """A fusion LM with fixed next-token log-probabilities (V,), whatever the prefix."""
+
+    def __init__(self, log_probs: torch.Tensor) -> None:
+        self.log_probs = log_probs
+
+    def step(self, tokens, state):
+        rows = tokens.shape[0]
+        return self.log_probs.expand(rows, -1), (torch.zeros(1, rows, 1),)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_ctc_prefix_search_finds_most_probable_labelling(seed):
+    torch.manual_seed(seed)
+    frames, vocab = 5, 3
+    log_probs = (2 * torch.randn(3, frames, vocab)).log_softmax(dim=-1)
+    lengths = torch.tensor([5, 4, 2])
+    hyps = ctc_beam_search(log_probs, lengths, beam_size=64)  # > 63 prefixes: exhaustive
+    for b, hyp in enumerate(hyps):
+        lp = log_probs[b, : lengths[b]]
+        scores = {seq: _ctc_log_likelihood(lp, seq)
+                  for seq in _label_sequences(vocab, int(lengths[b]))}
+        best = max(scores, key=scores.__getitem__)
+        assert tuple(hyp.tokens) == best
+        assert hyp.score == pytest.approx(scores[best], abs=1e-4)
+        assert len(hyp.frames) == len(hyp.tokens)
+        assert hyp.frames == sorted(hyp.frames) and all(f < lengths[b] for f in hyp.frames)
+
+
+def test_rnnt_beam_of_one_is_greedy_with_one_symbol_per_frame():
+    model = _tiny_transducer(vocab=6)
+    enc = 3 * torch.randn(3, 9, 16)
+    lengths = torch.tensor([9, 6, 3])
+    greedy = rnnt_greedy(model, enc, lengths, max_symbols_per_frame=1)
+    beam = rnnt_beam_search(model, enc, lengths, beam_size=1)
+    for g, b in zip(greedy, beam, strict=True):
+        assert (b.tokens, b.frames) == (g.tokens, g.frames)
+        assert b.score == pytest.approx(g.score, abs=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rnnt_big_beam_finds_the_most_probable_sequence(seed):
+    model = _tiny_transducer(vocab=3, seed=seed)
+    enc = 3 * torch.randn(1, 5, 16)
+    lengths = torch.tensor([5])
+    hyp = rnnt_beam_search(model, enc, lengths, beam_size=64)[0]  # > 63 prefixes
+    greedy = rnnt_greedy(model, enc, lengths, max_symbols_per_frame=1)[0]
+    scores = {seq: _one_token_per_frame_log_likelihood(model, enc[0], seq)
+              for seq in _label_sequences(3, 5)}
+    best = max(scores, key=scores.__getitem__)
+    assert tuple(hyp.tokens) == best
+    assert hyp.score == pytest.approx(scores[best], abs=1e-4)
+    assert scores[tuple(hyp.tokens)] >= scores[tuple(greedy.tokens)]
+
+
+def _tiny_lm(vocab: int) -> WordPieceLM:
+    torch.manual_seed(1)
+    return WordPieceLM(LMConfig(vocab_size=vocab, embed_dim=8, hidden_dim=16, n_layers=2,
+                                dropout=0.0)).eval()
+
+
+def test_searches_are_deterministic():
+    model = _tiny_transducer(vocab=8)
+    enc = 3 * torch.randn(2, 12, 16)
+    lengths = torch.tensor([12, 7])
+    log_probs = (2 * torch.randn(2, 12, 8)).log_softmax(dim=-1)
+    fusion = ShallowFusion(_tiny_lm(8), weight=0.5, length_bonus=0.3)
+    first = (rnnt_beam_search(model, enc, lengths, 4, fusion),
+             ctc_beam_search(log_probs, lengths, 4, fusion))
+    second = (rnnt_beam_search(model, enc, lengths, 4, fusion),
+              ctc_beam_search(log_probs, lengths, 4, fusion))
+    assert first == second
+
+
+def test_ties_go_to_the_lower_token_id():
+    log_probs = torch.tensor([[[-5.0, -0.6931, -0.6931]]])  # tokens 1 and 2 tie
+    assert ctc_beam_search(log_probs, torch.tensor([1]), 2)[0].tokens == [1]
+
+
+def test_batched_search_equals_one_utterance_at_a_time():
+    model = _tiny_transducer(vocab=8)
+    enc = 3 * torch.randn(4, 10, 16)
+    lengths = torch.tensor([10, 3, 7, 1])
+    log_probs = (2 * torch.randn(4, 10, 8)).log_softmax(dim=-1)
+    fusion = ShallowFusion(_tiny_lm(8), weight=0.4, length_bonus=0.2)
+    searches = [
+        lambda i: rnnt_beam_search(model, enc[i], lengths[i], 4, fusion),
+        lambda i: ctc_beam_search(log_probs[i], lengths[i], 4, fusion),
+    ]
+    for search in searches:
+        together = search(slice(None))
+        for i, hyp in enumerate(together):
+            alone = search(slice(i, i + 1))[0]
+            assert (hyp.tokens, hyp.frames) == (alone.tokens, alone.frames)
+            assert hyp.score == pytest.approx(alone.score, abs=1e-4)
+
+
+def test_lm_fusion_picks_the_hypothesis_the_lm_prefers():
+    # CTC: token 1 is slightly more likely than token 2 at the one frame.
+    log_probs = torch.tensor([[[-3.0, -0.8, -0.9]]]).log_softmax(dim=-1)
+    lengths = torch.tensor([1])
+    assert ctc_beam_search(log_probs, lengths, 4)[0].tokens == [1]
+    prefers_two = UnigramLM(torch.tensor([-1.0, -5.0, -0.5]))
+    fused = ctc_beam_search(log_probs, lengths, 4, ShallowFusion(prefers_two, weight=0.5))
+    assert fused[0].tokens == [2]
+
+    # RNN-T: an LM that only likes one token missing from the acoustic best.
+    model = _tiny_transducer(vocab=8)
+    enc = 3 * torch.randn(1, 10, 16)
+    lengths = torch.tensor([10])
+    plain = rnnt_beam_search(model, enc, lengths, 4)[0]
+    missing = next(c for c in range(1, 8) if c not in plain.tokens)
+    lm_log_probs = torch.full((8,), -30.0)
+    lm_log_probs[[0, missing]] = -0.7
+    fused = rnnt_beam_search(model, enc, lengths, 4,
+                             ShallowFusion(UnigramLM(lm_log_probs), weight=1.0))[0]
+    assert fused.tokens != plain.tokens
+    assert set(fused.tokens) <= {missing}
+
+
+def test_length_bonus_changes_hypothesis_length():
+    model = _tiny_transducer(vocab=8)
+    enc = 3 * torch.randn(1, 10, 16)
+    lengths = torch.tensor([10])
+    plain = rnnt_beam_search(model, enc, lengths, 4)[0]
+    shorter = rnnt_beam_search(model, enc, lengths, 4, ShallowFusion(length_bonus=-20.0))[0]
+    assert len(plain.tokens) > len(shorter.tokens) == 0
+
+
+def test_decode_dispatches_on_options():
+    model = _tiny_transducer(vocab=8)
+    enc = 3 * torch.randn(2, 6, 16)
+    lengths = torch.tensor([6, 4])
+    greedy = decode(model, enc, lengths, DecodingOptions())
+    assert greedy == rnnt_greedy(model, enc, lengths)
+    beam = decode(model, enc, lengths, DecodingOptions(beam_size=3))
+    assert beam == rnnt_beam_search(model, enc, lengths, 3)
+    lm = _tiny_lm(8)
+    fused = decode(model, enc, lengths, DecodingOptions(beam_size=3, lm_weight=0.5), lm)
+    assert fused == rnnt_beam_search(model, enc, lengths, 3, ShallowFusion(lm, 0.5))
+    with pytest.raises(ValueError, match="beam_size"):
+        DecodingOptions(beam_size=0)

@@ -1,0 +1,155 @@
+"""The word-piece LM: training, its folder, test-set exclusion, and fusion through the CLI."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conformer_asr import load_model
+from conformer_asr.cli import main
+from conformer_asr.inference.lm_dir import load_lm_dir, save_lm_dir
+from conformer_asr.inference.model_dir import ModelDirError, save_model_dir
+from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
+from conformer_asr.models.lm import LMConfig, WordPieceLM, get_lm_config
+from conformer_asr.text.tokenizer import Tokenizer
+from conformer_asr.training.lm_train import LMTrainConfig, train_lm
+
+DATA = Path(__file__).parent / "data"
+SENTENCES = [
+    "the cat sat on the mat", "a dog ran home", "green leaves fall in autumn",
+    "we like fresh bread", "the dog sat on the rug", "a cat ran to the mat",
+    "fresh leaves are green", "we ran home in autumn", "the bread is fresh",
+    "a green mat for the cat",
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: a second thread only adds synchronisation (slow on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("text") / "text.txt"
+    path.write_text("\n".join(SENTENCES * 6) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory) -> Tokenizer:
+    return Tokenizer.train(SENTENCES, tmp_path_factory.mktemp("tok"), vocab_size=40)
+
+
+def _train_config(steps: int = 120) -> LMTrainConfig:
+    return LMTrainConfig(steps=steps, batch_size=8, peak_lr=1e-2, warmup_steps=10,
+                         heldout_fraction=0.1, log_every=40, checkpoint_every=40)
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory, corpus, tokenizer) -> Path:
+    out = tmp_path_factory.mktemp("lm")
+    train_lm([corpus], tokenizer, out, get_lm_config("tiny"), _train_config(), log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer) -> Path:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        encoder=EncoderConfig(d_model=32, n_layers=1, n_heads=2, conv_kernel_size=7),
+        vocab_size=tokenizer.vocab_size, pred_embed_dim=16, pred_hidden_dim=32, joint_dim=32,
+    )
+    return save_model_dir(ASRModel(cfg), tokenizer, tmp_path_factory.mktemp("model"))
+
+
+def test_perplexity_falls_and_the_lm_prefers_real_sentences(lm_dir, tokenizer):
+    lm, _, info = load_lm_dir(lm_dir)
+    assert info["heldout_perplexity"] < 0.5 * info["heldout_perplexity_start"]
+    assert lm.score("the cat sat on the mat", tokenizer) > lm.score("mat the on sat cat the",
+                                                                     tokenizer)
+
+
+def test_lm_folder_round_trip(lm_dir, tmp_path):
+    lm, tokenizer, info = load_lm_dir(lm_dir)
+    save_lm_dir(lm, tokenizer, tmp_path / "copy", info)
+    again, _, info_again = load_lm_dir(tmp_path / "copy")
+    assert again.cfg == lm.cfg and info_again == info
+    tokens = torch.tensor([0, 3, 5])
+    out, _ = lm.step(tokens, None)
+    out_again, _ = again.step(tokens, None)
+    assert torch.equal(out, out_again)
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == [
+        "config.json", "model.safetensors", "tokenizer.model"]
+
+
+def test_training_resumes_from_its_state(corpus, tokenizer, tmp_path):
+    lines = []
+    train_lm([corpus], tokenizer, tmp_path, get_lm_config("tiny"), _train_config(40),
+             log=lines.append)
+    report = train_lm([corpus], tokenizer, tmp_path, get_lm_config("tiny"), _train_config(60),
+                      log=lines.append)
+    assert "resuming at step 40" in lines and report.steps == 60
+
+
+def test_train_lm_removes_sentences_of_excluded_manifests(corpus, tokenizer, tmp_path, capsys):
+    manifest = tmp_path / "test.jsonl"
+    manifest.write_text(
+        json.dumps({"id": "a", "audio": "a.wav", "text": "The cat sat on the mat."}) + "\n"
+        + json.dumps({"id": "b", "audio": "b.wav", "text": "we like FRESH bread"}) + "\n")
+    out = tmp_path / "lm"
+    rc = main(["train-lm", "--text", str(corpus), "--tokenizer", str(tokenizer.path),
+               "--out", str(out), "--exclude", str(manifest), "--config", "tiny",
+               "--steps", "5", "--heldout-fraction", "0.1"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "removed 12 training sentences found in --exclude manifests" in printed
+    info = load_lm_dir(out)[2]
+    assert info["excluded"] == 12
+    assert info["train_sentences"] + info["heldout_sentences"] == 60 - 12
+
+
+def test_train_lm_refuses_a_manifest_without_transcripts(corpus, tokenizer, tmp_path, capsys):
+    manifest = tmp_path / "bad.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "audio": "a.wav"}) + "\n")
+    rc = main(["train-lm", "--text", str(corpus), "--tokenizer", str(tokenizer.path),
+               "--out", str(tmp_path / "lm"), "--exclude", str(manifest), "--steps", "1"])
+    assert rc == 2 and "no transcript" in capsys.readouterr().err
+    assert not (tmp_path / "lm").exists()
+
+
+def test_tune_prints_a_table_and_the_best_setting(model_dir, lm_dir, capsys):
+    rc = main(["tune", "--manifest", str(DATA / "manifest.jsonl"), "--model", str(model_dir),
+               "--lm", str(lm_dir), "--beam-size", "2", "--lm-weights", "0,0.5",
+               "--length-bonuses", "0,1"])
+    assert rc == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("encoded 4 utterances")
+    rows = lines[lines.index(next(x for x in lines if "WER" in x)) + 1:][:4]
+    assert [tuple(map(float, r.split()[:2])) for r in rows] == [(0, 0), (0, 1), (0.5, 0),
+                                                                (0.5, 1)]
+    assert lines[-2].startswith("best (beam 2)")
+
+
+def test_transcribe_and_evaluate_with_an_lm(model_dir, lm_dir, capsys):
+    transcriber = load_model(model_dir, beam_size=3, lm=str(lm_dir), lm_weight=0.2)
+    assert isinstance(transcriber.lm, WordPieceLM)
+    assert (transcriber.options.beam_size, transcriber.options.lm_weight) == (3, 0.2)
+    assert len(transcriber.transcribe([str(DATA / "clip1.wav")])) == 1
+    assert main(["evaluate", "--manifest", str(DATA / "manifest.jsonl"), "--model",
+                 str(model_dir), "--beam-size", "2", "--lm", str(lm_dir), "--lm-weight", "0.4",
+                 "--length-bonus", "0.5", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["utterances"] == 4
+    assert report["decoding"]["lm_weight"] == 0.4 and report["decoding"]["length_bonus"] == 0.5
+
+
+def test_an_lm_with_another_tokenizer_is_refused(model_dir, tmp_path):
+    other = Tokenizer.train(SENTENCES + ["zebras quietly jump"], tmp_path / "tok", vocab_size=45)
+    save_lm_dir(WordPieceLM(LMConfig(vocab_size=other.vocab_size)), other, tmp_path / "lm")
+    with pytest.raises(ModelDirError, match="another tokenizer"):
+        load_model(model_dir, beam_size=2, lm=tmp_path / "lm")
