@@ -1,0 +1,119 @@
+"""transcribe / evaluate as a user runs them, including bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conformer_asr import load_model
+from conformer_asr.inference.model_dir import save_model_dir
+from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
+from conformer_asr.text.tokenizer import Tokenizer
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("model")
+    texts = [json.loads(line)["text"] for line in (DATA / "manifest.jsonl").open()]
+    tokenizer = Tokenizer.train(texts, root / "tok", vocab_size=30)
+    cfg = ModelConfig(encoder=EncoderConfig(d_model=32, n_layers=1, n_heads=2,
+                                            conv_kernel_size=7, subsampling_factor=8),
+                      vocab_size=tokenizer.vocab_size, ctc_weight=0.5, pred_embed_dim=16,
+                      pred_hidden_dim=32, joint_dim=32)
+    return save_model_dir(ASRModel(cfg), tokenizer, root / "model")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "conformer_asr.cli", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_bad_files_are_named_and_the_rest_transcribed(model_dir, tmp_path):
+    good = DATA / "clip1.wav"
+    text = tmp_path / "notes.wav"
+    text.write_text("this is not audio")
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes((DATA / "clip2.wav").read_bytes()[:30])
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros(0, np.float32), 16000)
+    silence = tmp_path / "silence.wav"
+    sf.write(silence, np.zeros(16000, np.float32), 16000)
+    stereo8k = tmp_path / "stereo8k.wav"
+    mono, _ = sf.read(good, dtype="float32")
+    sf.write(stereo8k, np.stack([mono[::2], mono[::2]], axis=1), 8000)
+    missing = tmp_path / "missing.flac"
+    files = [good, text, corrupt, empty, silence, stereo8k, missing]
+    proc = _cli("transcribe", *map(str, files), "--model", str(model_dir), "--format", "json")
+    assert proc.returncode == 1
+    errors = proc.stderr.strip().splitlines()
+    assert len(errors) == 4
+    for bad, line in zip([text, corrupt, empty, missing], errors, strict=True):
+        assert line.startswith(f"error: {bad}: ")
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["audio"] for r in rows] == [str(good), str(silence), str(stereo8k)]
+    assert rows[1]["duration"] == pytest.approx(1.0, abs=0.01)
+    assert rows[2]["duration"] == pytest.approx(len(mono) / 16000, abs=0.01)
+
+
+def test_missing_and_mismatched_model_folders(model_dir, tmp_path):
+    proc = _cli("transcribe", str(DATA / "clip1.wav"), "--model", str(tmp_path / "nope"))
+    assert proc.returncode == 2 and "no such model folder" in proc.stderr
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "tokenizer.model"):
+        (broken / name).write_bytes((model_dir / name).read_bytes())
+    proc = _cli("transcribe", str(DATA / "clip1.wav"), "--model", str(broken))
+    assert proc.returncode == 2 and "no model.safetensors" in proc.stderr
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg["model"]["encoder"]["d_model"] = 64
+    (broken / "config.json").write_text(json.dumps(cfg))
+    (broken / "model.safetensors").write_bytes((model_dir / "model.safetensors").read_bytes())
+    proc = _cli("transcribe", str(DATA / "clip1.wav"), "--model", str(broken))
+    assert proc.returncode == 2
+    assert "weights do not match config.json" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_long_recording_is_windowed(model_dir, tmp_path):
+    """A 3-minute file goes through in 20 s windows; every window is bounded."""
+    transcriber = load_model(model_dir)
+    long = tmp_path / "long.wav"
+    clip, _ = sf.read(DATA / "clip3.wav", dtype="float32")
+    sf.write(long, np.tile(clip, int(180 * 16000 / len(clip)) + 1)[: 180 * 16000], 16000)
+    windows = list(transcriber._segments(0, long, 16000))
+    assert len(windows) == 11  # ceil((180 - 20) / 16) + 1
+    assert max(len(w.samples) for w in windows) == 20 * 16000
+    keeps = [(w.keep_from, w.keep_to) for w in windows]
+    assert keeps[0][0] == 0 and keeps[-1][1] == float("inf")
+    assert all(a[1] == b[0] for a, b in zip(keeps, keeps[1:], strict=False))
+    [result] = [r for _, r in transcriber.iter_transcripts([long])]
+    assert result.duration == pytest.approx(180.0)
+    assert all(0 <= w.start <= w.end <= 180.5 for w in result.words)
+
+
+def test_evaluate_writes_hypotheses_and_reports(model_dir, tmp_path):
+    out = tmp_path / "hyps.jsonl"
+    proc = _cli("evaluate", "--manifest", str(DATA / "manifest.jsonl"), "--model",
+                str(model_dir), "--output", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["utterances"] == 4 and report["words"] == 19
+    assert report["rtf"] > 0 and "substitutions" in report
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert ids == ["clip1", "clip2", "clip3", "clip4"]
+
+
+def test_python_api_accepts_arrays(model_dir):
+    transcriber = load_model(model_dir)
+    audio, _ = sf.read(DATA / "clip1.wav", dtype="float32")
+    from_array = transcriber.transcribe([audio, np.stack([audio, audio], axis=1)])
+    from_file = transcriber.transcribe([str(DATA / "clip1.wav")])
+    assert from_array == from_file * 2
