@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   install, then transcribe examples/*.wav with the bundled model
+#   make demo   install, then transcribe examples/ with the bundled model
 #   make test   install (system packages too), then run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,7 +19,7 @@ system-deps:
 	bash scripts/install-system-deps.sh
 
 demo: $(STAMP)
-	$(BIN)/conformer-asr transcribe examples/*.wav
+	$(BIN)/conformer-asr transcribe examples/*.wav examples/*.flac
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest

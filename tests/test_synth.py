@@ -199,7 +199,10 @@ def test_build_layout_and_audio(corpus: tuple[Path, dict]) -> None:
     assert all(manifests[split] for split in SPLITS)
     assert (out / "LICENSES.md").read_text().count("WordNet") >= 2
     assert json.loads((out / "summary.json").read_text()) == summary
+    pool = set((out / "sentences.txt").read_text().splitlines())
+    assert len(pool) > UTTERANCES
     for split, records in manifests.items():
+        assert {record["text"] for record in records} <= pool
         assert summary["splits"][split]["utterances"] == len(records)
         for record in records:
             assert tuple(record) == RECORD_KEYS

@@ -20,6 +20,8 @@ The output layout::
                                    "source", "licence"}, audio relative to OUT
     OUT/summary.json              hours, utterances, words and voices per split, build rate
     OUT/LICENSES.md               licences of the text sources and the synthesisers
+    OUT/sentences.txt             the whole normalised sentence pool, one per line: text for
+                                  ``train-lm``, whose ``--exclude`` drops the dev/test lines
     OUT/build.json                the seed and a fingerprint of the plan, checked on resume
 """
 
@@ -408,6 +410,7 @@ def build(config: SynthConfig) -> dict[str, Any]:
                             time.monotonic() - started)
         write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         write_text_atomic(out_dir / "LICENSES.md", licences_markdown(summary))
+        write_text_atomic(out_dir / "sentences.txt", "".join(f"{s.text}\n" for s in sentences))
     return summary
 
 
