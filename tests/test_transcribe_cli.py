@@ -117,3 +117,18 @@ def test_python_api_accepts_arrays(model_dir):
     from_array = transcriber.transcribe([audio, np.stack([audio, audio], axis=1)])
     from_file = transcriber.transcribe([str(DATA / "clip1.wav")])
     assert from_array == from_file * 2
+
+
+def test_int8_transcribes_and_evaluates(model_dir):
+    clip = str(DATA / "clip1.wav")
+    proc = _cli("transcribe", clip, "--model", str(model_dir), "--int8", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert "deprecated" not in proc.stderr
+    assert json.loads(proc.stdout)["audio"] == clip
+    proc = _cli("evaluate", "--manifest", str(DATA / "manifest.jsonl"), "--model",
+                str(model_dir), "--int8", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["int8"] is True and report["utterances"] == 4
+    with pytest.raises(ValueError, match="int8: .*CPU only"):
+        load_model(model_dir, device="cuda", int8=True)

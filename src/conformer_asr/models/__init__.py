@@ -11,9 +11,10 @@ from .config import (
     get_config,
 )
 from .conformer import ConformerEncoder, build_encoder
+from .quantize import quantize_int8
 
 __all__ = [
     "ASRModel", "LossOutput", "count_parameters", "NAMED_CONFIGS", "ConfigError",
     "EncoderConfig", "FeatureConfig", "ModelConfig", "SpecAugmentConfig", "get_config",
-    "ConformerEncoder", "build_encoder",
+    "ConformerEncoder", "build_encoder", "quantize_int8",
 ]

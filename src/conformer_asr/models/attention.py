@@ -35,17 +35,20 @@ def relative_positions(length: int, d_model: int, device: torch.device | None = 
 
 
 def relative_shift(scores: torch.Tensor) -> torch.Tensor:
-    """(..., T, 2T-1) scores for distances T-1..-(T-1) -> (..., T, T), [i, j] = distance i-j.
+    """(..., T, 2T-1) scores for distances T-1..-(T-1) -> (..., T, T) with [i, j] = distance i-j.
 
     Row i needs columns ``T-1-i .. 2T-2-i``: a strided view whose row stride is
-    one less than the input's, so nothing is copied.
+    one less than the input's, so nothing is copied. Any input whose columns are
+    adjacent and whose rows are at least 2T-1 apart (e.g. the first 2T-1 columns
+    of a wider buffer) is viewed as it is; anything else is copied first.
     """
     *lead, t, width = scores.shape
     assert width == 2 * t - 1, f"expected last dim {2 * t - 1}, got {width}"
-    scores = scores.contiguous()
-    lead_strides = scores.stride()[:-2]
+    if scores.stride(-1) != 1 or scores.stride(-2) < width:
+        scores = scores.contiguous()
+    *lead_strides, row_stride, _ = scores.stride()
     return scores.as_strided(
-        (*lead, t, t), (*lead_strides, width - 1, 1), scores.storage_offset() + t - 1
+        (*lead, t, t), (*lead_strides, row_stride - 1, 1), scores.storage_offset() + t - 1
     )
 
 
@@ -73,16 +76,22 @@ class RelPositionMultiHeadAttention(nn.Module):
     ) -> torch.Tensor:
         b, t, d = x.shape
         h, dh = self.n_heads, self.d_head
-        q, k, v = self.qkv(x).view(b, t, 3, h, dh).permute(2, 0, 3, 1, 4)  # each (B, H, T, dh)
-        p = self.pos_proj(pos).view(2 * t - 1, h, dh).permute(1, 2, 0)  # (H, dh, 2T-1)
-
-        scale = 1.0 / math.sqrt(dh)
-        position = relative_shift(
-            torch.matmul(q + self.pos_bias_v[:, None, :], p)
-        )  # (B, H, T, T)
-        bias = (position * scale).masked_fill(key_padding[:, None, None, :], float("-inf"))
+        scale = dh**-0.5
+        q, k, v = self.qkv(x).view(b, t, 3, h, dh).unbind(2)  # each (B, T, H, dh)
+        # Position term: one (H, B*T, dh) @ (H, dh, W) product per head, the scale applied
+        # to the small operand and the 2T-1 distances padded with zeros to W, a multiple
+        # of 8 (the GEMM's fast path). The shift is a view of the first 2T-1 columns, and
+        # the padding fill writes the additive mask in one pass.
+        width = 2 * t - 1
+        padded = -(-width // 8) * 8
+        q_v = ((q + self.pos_bias_v) * scale).permute(2, 0, 1, 3).reshape(h, b * t, dh)
+        p = F.pad(self.pos_proj(pos), (0, 0, 0, padded - width))
+        p = p.view(padded, h, dh).permute(1, 2, 0)  # (H, dh, W)
+        scores = torch.bmm(q_v, p).view(h, b, t, padded)[..., :width]
+        position = relative_shift(scores)  # (H, B, T, T)
+        bias = position.transpose(0, 1).masked_fill(key_padding[:, None, None, :], float("-inf"))
         context = F.scaled_dot_product_attention(
-            q + self.pos_bias_u[:, None, :], k, v, attn_mask=bias,
-            dropout_p=self.dropout if self.training else 0.0, scale=scale,
+            (q + self.pos_bias_u).transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+            attn_mask=bias, dropout_p=self.dropout if self.training else 0.0, scale=scale,
         )  # (B, H, T, dh)
         return self.out(context.transpose(1, 2).reshape(b, t, d))

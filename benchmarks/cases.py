@@ -1,0 +1,217 @@
+"""The benchmarks: each runs a fast path of the package against a baseline on the same
+inputs and weights, and returns one ``Row``."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+
+from conformer_asr.audio.features import LogMelFeatures
+from conformer_asr.decoding.search import DecodingOptions, decode
+from conformer_asr.losses.rnnt import rnnt_loss, rnnt_loss_reference
+from conformer_asr.models import ASRModel, quantize_int8
+
+from .measure import Call, count_flops, interleaved_medians, no_reset, peak_bytes
+from .plain import plain_encoder_like, plain_training_loss
+from .workloads import Workload, encoder_frames, random_features, random_targets
+
+MB = 2**20
+
+
+@dataclass
+class Row:
+    """One benchmark. Times are medians in seconds; ``speedup`` is baseline / fast time.
+
+    ``gflop`` is the work of one call counted on the plain path (every product an
+    explicit matmul), and both paths' MFU use it; ``extra`` holds row-specific
+    figures (``logits_mb``, ``rtf_*``, ...) and ``targets`` the goals and whether
+    they are met.
+    """
+
+    benchmark: str
+    size: str
+    batch: int
+    baseline: str
+    fast_s: float
+    baseline_s: float
+    speedup: float
+    gflop: float | None = None
+    mfu_fast: float | None = None
+    mfu_baseline: float | None = None
+    peak_mb_fast: float | None = None
+    peak_mb_baseline: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+    targets: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    work: Workload
+    repeats: int
+    peak_flops: float  # the machine's float32 matmul FLOP/s
+
+
+def compare(
+    benchmark: str, size: str, batch: int, baseline_name: str, fast: Call, baseline: Call,
+    settings: Settings, *, reset: Call = no_reset, flops: bool = False, memory: bool = False,
+) -> Row:
+    """Times ``fast`` against ``baseline``; with ``flops`` also their MFU, with ``memory``
+    their peak tensor memory. ``reset`` runs before every call, outside what is measured."""
+    fast_s, baseline_s = interleaved_medians(fast, baseline, settings.repeats, reset)
+    row = Row(benchmark, size, batch, baseline_name, fast_s, baseline_s, baseline_s / fast_s)
+    if flops:
+        reset()
+        work = count_flops(baseline)
+        row.gflop = work / 1e9
+        row.mfu_fast = work / fast_s / settings.peak_flops
+        row.mfu_baseline = work / baseline_s / settings.peak_flops
+    if memory:
+        reset()
+        row.peak_mb_fast = peak_bytes(fast) / MB
+        reset()
+        row.peak_mb_baseline = peak_bytes(baseline) / MB
+    return row
+
+
+def encoder_forward(model: ASRModel, batch: int, settings: Settings) -> Row:
+    """Encoder inference (eval, no_grad) on ``batch`` utterances: ConformerEncoder vs plain."""
+    cfg = model.cfg
+    feats, lengths = random_features(cfg, batch, settings.work.audio_seconds)
+    encoder = model.encoder.eval()
+    plain = plain_encoder_like(encoder, cfg.encoder)
+    row = compare("encoder forward", cfg.name, batch, "plain",
+                  torch.no_grad()(lambda: encoder(feats, lengths)),
+                  torch.no_grad()(lambda: plain(feats, lengths)),
+                  settings, flops=True, memory=True)
+    if cfg.name == "conformer-m" and batch == 8:
+        row.targets = {"speed-up >= 2": row.speedup >= 2.0, "MFU >= 50%": row.mfu_fast >= 0.5}
+    return row
+
+
+def int8_encoder_forward(model: ASRModel, batch: int, settings: Settings) -> Row:
+    """Encoder inference with int8 Linear layers (``quantize_int8``) vs float32."""
+    cfg = model.cfg
+    feats, lengths = random_features(cfg, batch, settings.work.audio_seconds)
+    encoder = model.encoder.eval()
+    int8_encoder = quantize_int8(model).encoder
+    row = compare("int8 encoder forward", cfg.name, batch, "fp32",
+                  torch.no_grad()(lambda: int8_encoder(feats, lengths)),
+                  torch.no_grad()(lambda: encoder(feats, lengths)), settings)
+    row.targets = {"speed-up >= 1.5": row.speedup >= 1.5}
+    return row
+
+
+def train_step(model: ASRModel, settings: Settings) -> Row:
+    """Forward and backward of the RNN-T training loss (``ASRModel.forward``'s path, with
+    the fast encoder, joint and ``rnnt_loss``) vs ``plain_training_loss``, dropout on,
+    SpecAugment off (the plain step has none)."""
+    cfg, work = model.cfg, settings.work
+    batch = work.train_batch
+    feats, lengths = random_features(cfg, batch, work.audio_seconds)
+    targets, target_lengths = random_targets(cfg.vocab_size, batch, work.target_length)
+    model.train()
+    model.spec_augment.eval()
+    plain = plain_encoder_like(model.encoder, cfg.encoder)
+
+    def fast() -> None:
+        model(feats, lengths, targets, target_lengths).loss.backward()
+
+    def baseline() -> None:
+        plain_training_loss(plain, model, feats, lengths, targets, target_lengths).backward()
+
+    def reset() -> None:
+        model.zero_grad(set_to_none=True)
+        plain.zero_grad(set_to_none=True)
+
+    row = compare("train step", cfg.name, batch, "plain", fast, baseline, settings,
+                  reset=reset, flops=True, memory=True)
+    t = encoder_frames(cfg, work.audio_seconds)
+    row.extra["logits_mb"] = batch * t * (work.target_length + 1) * cfg.vocab_size * 4 / MB
+    row.targets = {"speed-up >= 1.5": row.speedup >= 1.5}
+    model.eval()
+    return row
+
+
+def rnnt_loss_step(settings: Settings) -> Row:
+    """Forward and backward of ``rnnt_loss`` vs ``rnnt_loss_reference`` on random logits."""
+    b, t, u, v = settings.work.loss_shape
+    logits = torch.randn(b, t, u + 1, v, requires_grad=True)
+    targets = torch.randint(1, v, (b, u), dtype=torch.int32)
+    logit_lengths = torch.full((b,), t, dtype=torch.int32)
+    target_lengths = torch.full((b,), u, dtype=torch.int32)
+
+    def fast() -> None:
+        rnnt_loss(logits, targets, logit_lengths, target_lengths).backward()
+
+    def baseline() -> None:
+        rnnt_loss_reference(logits, targets, logit_lengths, target_lengths).backward()
+
+    def reset() -> None:
+        logits.grad = None
+
+    row = compare("rnnt loss fwd+bwd", f"T={t} U={u} V={v}", b, "reference", fast, baseline,
+                  settings, reset=reset, memory=True)
+    logits_mb = logits.numel() * logits.element_size() / MB
+    assert row.peak_mb_fast is not None and row.peak_mb_baseline is not None
+    row.extra = {"logits_mb": logits_mb, "peak_over_logits_fast": row.peak_mb_fast / logits_mb,
+                 "peak_over_logits_baseline": row.peak_mb_baseline / logits_mb}
+    row.targets = {"peak <= 1.5x logits": row.extra["peak_over_logits_fast"] <= 1.5}
+    return row
+
+
+@torch.no_grad()
+def _emit_like_trained(
+    model: ASRModel, enc: torch.Tensor, lengths: torch.Tensor, tokens_per_frame: float
+) -> None:
+    """Raise the blank logit of a randomly initialised model so that greedy search on its
+    encoder output, enc (1, T', D) and lengths (1,), emits about ``tokens_per_frame`` tokens
+    per frame like a trained model, instead of the most it may at every frame.
+
+    The offset is found by bisection; a random model's logits are O(1), so 0..50 holds it.
+    """
+    assert model.joint is not None
+    bias = model.joint.out.bias
+    start, low, high = float(bias[0]), 0.0, 50.0
+    for _ in range(12):
+        bias[0] = start + (low + high) / 2
+        [hypothesis] = decode(model, enc, lengths, DecodingOptions())
+        if len(hypothesis.tokens) > tokens_per_frame * enc.shape[1]:
+            low = (low + high) / 2
+        else:
+            high = (low + high) / 2
+    bias[0] = start + high
+
+
+def transcription(model: ASRModel, settings: Settings) -> Row:
+    """One utterance end to end (log-mel features, encoder, greedy search) with a randomly
+    initialised model made to emit at a trained model's rate; the baseline swaps in the
+    plain encoder. Reported as real-time factors (seconds per second of audio)."""
+    cfg, work = model.cfg, settings.work
+    model = copy.deepcopy(model).eval()
+    plain = plain_encoder_like(model.encoder, cfg.encoder)
+    features = LogMelFeatures(cfg.features)
+    samples = int(work.audio_seconds * cfg.features.sample_rate)
+    wave, lengths = 0.1 * torch.randn(1, samples), torch.tensor([samples])
+    options = DecodingOptions()
+    with torch.no_grad():
+        enc, enc_lengths = model.encode(*features(wave, lengths))
+    _emit_like_trained(model, enc, enc_lengths, work.target_length / enc.shape[1])
+
+    @torch.no_grad()
+    def fast() -> list:
+        feats, feat_lengths = features(wave, lengths)
+        return decode(model, *model.encode(feats, feat_lengths), options)
+
+    @torch.no_grad()
+    def baseline() -> list:
+        feats, feat_lengths = features(wave, lengths)
+        return decode(model, *plain(feats, feat_lengths), options)
+
+    row = compare("transcribe", cfg.name, 1, "plain", fast, baseline, settings)
+    [hypothesis] = fast()
+    row.extra = {"rtf_fast": row.fast_s / work.audio_seconds,
+                 "rtf_baseline": row.baseline_s / work.audio_seconds,
+                 "tokens_per_frame": len(hypothesis.tokens) / enc.shape[1]}
+    return row

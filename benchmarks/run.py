@@ -1,0 +1,141 @@
+"""Run every benchmark, print a table and write JSON.
+
+    python -m benchmarks.run [--sizes s m] [--threads 2] [--repeats 5]
+                             [--json benchmarks/results.json] [--quick]
+
+See benchmarks/README.md for what each row measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from conformer_asr.models import ASRModel
+
+from . import cases
+from .cases import Row, Settings
+from .measure import matmul_peak_flops
+from .workloads import FULL, QUICK, model_config
+
+
+def _number(value: float | None, scale: float = 1.0) -> str:
+    return "-" if value is None else f"{value * scale:.1f}"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _notes(row: Row) -> str:
+    extra, parts = row.extra, []
+    if "peak_over_logits_fast" in extra:
+        parts.append(f"peak {extra['peak_over_logits_fast']:.2f}x / "
+                     f"{extra['peak_over_logits_baseline']:.2f}x logits")
+    elif "logits_mb" in extra:
+        parts.append(f"logits {extra['logits_mb']:.0f} MB")
+    if "rtf_fast" in extra:
+        parts.append(f"RTF {extra['rtf_fast']:.3f} / {extra['rtf_baseline']:.3f}, "
+                     f"{extra['tokens_per_frame']:.2f} tokens/frame")
+    parts += [f"{goal}: {'yes' if met else 'NO'}" for goal, met in row.targets.items()]
+    return "; ".join(parts)
+
+
+# (header, width, cell) of each column; widths are minimums.
+COLUMNS: list[tuple[str, int, Callable[[Row], str]]] = [
+    ("benchmark", 20, lambda r: r.benchmark),
+    ("size / shape", 19, lambda r: r.size),
+    ("batch", 5, lambda r: str(r.batch)),
+    ("baseline", 9, lambda r: r.baseline),
+    ("fast ms", 9, lambda r: _number(r.fast_s, scale=1e3)),
+    ("base ms", 9, lambda r: _number(r.baseline_s, scale=1e3)),
+    ("speed-up", 8, lambda r: f"{r.speedup:.2f}x"),
+    ("GFLOP", 7, lambda r: _number(r.gflop)),
+    ("MFU fast", 8, lambda r: _percent(r.mfu_fast)),
+    ("MFU base", 8, lambda r: _percent(r.mfu_baseline)),
+    ("peak MB fast", 12, lambda r: _number(r.peak_mb_fast)),
+    ("peak MB base", 12, lambda r: _number(r.peak_mb_baseline)),
+    ("notes and targets", 0, _notes),
+]
+
+
+def format_line(cells: list[str]) -> str:
+    return "  ".join(cell.rjust(width) if i > 1 and width else cell.ljust(width)
+                     for i, (cell, (_, width, _)) in enumerate(zip(cells, COLUMNS, strict=True)))
+
+
+def format_row(row: Row) -> str:
+    return format_line([cell(row) for _, _, cell in COLUMNS])
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", choices=["s", "m", "l"], default=["s", "m"],
+                        help="model sizes (conformer-s, -m, -l)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's own choice)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed calls of each path; the median is reported "
+                             f"(default {FULL.repeats}, {QUICK.repeats} with --quick)")
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results.json"),
+                        help="where to write the results")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny models and inputs, one repeat: checks that everything runs")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    work = QUICK if args.quick else FULL
+    peak = matmul_peak_flops(work.matmul_size, work.matmul_repeats)
+    settings = Settings(work, args.repeats or work.repeats, peak)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32 matmul "
+          f"peak {peak / 1e9:.1f} GFLOP/s ({work.matmul_size}^2 mm), "
+          f"median of {settings.repeats} interleaved calls", flush=True)
+    print(format_line([header for header, _, _ in COLUMNS]), flush=True)
+    rows: list[Row] = []
+    configs = {}
+
+    def add(row: Row) -> None:
+        rows.append(row)
+        print(format_row(row), flush=True)
+
+    for size in args.sizes:
+        cfg = model_config(size, args.quick)
+        configs[cfg.name] = cfg.to_dict()
+        model = ASRModel(cfg)
+        for batch in work.encoder_batches:
+            add(cases.encoder_forward(model, batch, settings))
+        for batch in work.encoder_batches:
+            add(cases.int8_encoder_forward(model, batch, settings))
+        add(cases.train_step(model, settings))
+        add(cases.transcription(model, settings))
+    add(cases.rnnt_loss_step(settings))
+
+    results = {
+        "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "processor": platform.processor() or platform.machine(),
+                    "platform": platform.platform(), "matmul_peak_flops": peak,
+                    "matmul_size": work.matmul_size},
+        "settings": {"quick": args.quick, "sizes": args.sizes, "repeats": settings.repeats,
+                     "workload": dataclasses.asdict(work), "models": configs},
+        "rows": [dataclasses.asdict(row) for row in rows],
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

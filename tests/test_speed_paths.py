@@ -1,0 +1,124 @@
+"""The fast paths compute what the plain reference paths compute; the benchmark runs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from benchmarks.plain import plain_encoder_like, plain_state_dict
+from conformer_asr.losses.rnnt import rnnt_loss, rnnt_loss_reference
+from conformer_asr.models import ASRModel, ConformerEncoder, EncoderConfig, ModelConfig
+from conformer_asr.models.quantize import quantize_int8
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = EncoderConfig(d_model=32, n_layers=2, n_heads=4, conv_kernel_size=7, dropout=0.0)
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    """feats (3, 90, 80) with two padded utterances, lengths (3,)."""
+    return torch.randn(3, 90, 80), torch.tensor([90, 71, 40])
+
+
+def test_encoder_matches_plain_in_eval_mode():
+    torch.manual_seed(0)
+    encoder = ConformerEncoder(TINY).eval()
+    for module in encoder.modules():
+        if isinstance(module, nn.BatchNorm1d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+    plain = plain_encoder_like(encoder, TINY)
+    feats, lengths = _inputs()
+    with torch.no_grad():
+        out, out_lengths = encoder(feats, lengths)
+        expected, expected_lengths = plain(feats, lengths)
+    assert torch.equal(out_lengths, expected_lengths)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_encoder_matches_plain_in_train_mode_with_gradients():
+    torch.manual_seed(0)
+    encoder = ConformerEncoder(TINY).train()
+    plain = plain_encoder_like(encoder, TINY)
+    feats, lengths = _inputs()
+    out, _ = encoder(feats, lengths)
+    expected, _ = plain(feats, lengths)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    grads = plain_state_dict({k: p.grad for k, p in encoder.named_parameters()})
+    plain_grads = {k: p.grad for k, p in plain.named_parameters()}
+    assert grads.keys() == plain_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], atol=1e-4, rtol=1e-4, msg=name)
+    # Batch-norm running statistics were updated alike.
+    for name, value in plain_state_dict(encoder.state_dict()).items():
+        torch.testing.assert_close(value, plain.state_dict()[name], atol=1e-5, rtol=1e-5)
+
+
+def test_rnnt_loss_matches_reference_value_and_gradient():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 7, 5, 9, requires_grad=True)
+    targets = torch.randint(1, 9, (3, 4), dtype=torch.int32)
+    logit_lengths = torch.tensor([7, 5, 2], dtype=torch.int32)
+    target_lengths = torch.tensor([4, 2, 0], dtype=torch.int32)
+    args = (targets, logit_lengths, target_lengths)
+    loss = rnnt_loss(logits, *args)
+    (grad,) = torch.autograd.grad(loss, logits)
+    expected = rnnt_loss_reference(logits, *args)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-5)
+
+
+def _relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((value - reference).norm() / reference.norm())
+
+
+def test_int8_model_is_close_to_float32():
+    torch.manual_seed(0)
+    cfg = ModelConfig(encoder=TINY, vocab_size=16, pred_embed_dim=16, pred_hidden_dim=32,
+                      joint_dim=32)
+    model = ASRModel(cfg).eval()
+    int8 = quantize_int8(model)
+    assert not any(isinstance(m, nn.Linear | nn.LSTM) for m in int8.modules())
+    assert isinstance(model.encoder.blocks[0].attn.qkv, nn.Linear)  # the original is kept
+    feats, lengths = _inputs()
+    targets = torch.randint(1, 16, (3, 4))
+    with torch.no_grad():
+        enc, _ = model.encode(feats, lengths)
+        enc_int8, _ = int8.encode(feats, lengths)
+        logits = model.joint.full(enc, model.predictor(targets))
+        logits_int8 = int8.joint.full(enc_int8, int8.predictor(targets))
+    assert _relative_error(enc_int8, enc) < 0.05
+    assert _relative_error(logits_int8, logits) < 0.05
+
+
+def test_quick_benchmark_writes_json(tmp_path):
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--sizes", "s", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())
+    assert results["machine"]["matmul_peak_flops"] > 0
+    rows = results["rows"]
+    assert {r["benchmark"] for r in rows} == {
+        "encoder forward", "int8 encoder forward", "train step", "transcribe",
+        "rnnt loss fwd+bwd",
+    }
+    for row in rows:
+        assert row["fast_s"] > 0 and row["baseline_s"] > 0
+        assert row["speedup"] == pytest.approx(row["baseline_s"] / row["fast_s"])
+        if row["benchmark"] in ("encoder forward", "train step"):
+            assert row["gflop"] > 0 and row["mfu_fast"] > 0 and row["peak_mb_baseline"] > 0
+    [loss] = [r for r in rows if r["benchmark"] == "rnnt loss fwd+bwd"]
+    assert loss["extra"]["peak_over_logits_fast"] < loss["extra"]["peak_over_logits_baseline"]
+    [transcribe] = [r for r in rows if r["benchmark"] == "transcribe"]
+    assert transcribe["extra"]["rtf_fast"] > 0
+    assert "encoder forward" in proc.stdout and "rnnt loss" in proc.stdout
