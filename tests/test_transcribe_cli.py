@@ -132,3 +132,19 @@ def test_int8_transcribes_and_evaluates(model_dir):
     assert report["int8"] is True and report["utterances"] == 4
     with pytest.raises(ValueError, match="int8: .*CPU only"):
         load_model(model_dir, device="cuda", int8=True)
+
+
+def test_bundled_model_is_small_and_transcribes_the_examples():
+    """The model `transcribe` uses without --model: within its size budget, and `make demo`'s
+    command prints one line per example (no error lines)."""
+    from conformer_asr.inference.model_dir import BUNDLED_DIR
+
+    size = sum(f.stat().st_size for f in BUNDLED_DIR.iterdir())
+    assert size <= 25 * 2**20, f"bundled model is {size / 2**20:.1f} MiB"
+    examples = sorted(str(p) for p in (Path(__file__).parent.parent / "examples").glob("*.*")
+                      if p.suffix in {".wav", ".flac"})
+    result = _cli("transcribe", "--format", "json", *examples)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["audio"] for line in lines] == examples
+    assert all(line["text"] for line in lines)

@@ -43,6 +43,7 @@ def save_model_dir(
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = directory / (WEIGHTS_FILE + ".tmp")
     save_file(weights, str(tmp))
+    os.chmod(tmp, 0o644)  # safetensors creates it owner-only; a model folder is meant to be shared
     os.replace(tmp, directory / WEIGHTS_FILE)
     config = {"model": model.cfg.to_dict(), "info": info or {}}
     tmp = directory / (CONFIG_FILE + ".tmp")
