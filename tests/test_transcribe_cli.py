@@ -99,6 +99,25 @@ def test_long_recording_is_windowed(model_dir, tmp_path):
     assert all(0 <= w.start <= w.end <= 180.5 for w in result.words)
 
 
+def test_long_recording_memory_is_bounded(model_dir, tmp_path):
+    """Audio held while transcribing a 20-minute file stays near one batch of windows
+    (160 s), not the whole recording (77 MB of float32 samples)."""
+    import tracemalloc
+
+    transcriber = load_model(model_dir)
+    long = tmp_path / "long.wav"
+    rng = np.random.default_rng(0)
+    with sf.SoundFile(long, "w", 16000, 1) as f:
+        for _ in range(20):
+            f.write(0.1 * rng.standard_normal(60 * 16000).astype(np.float32))
+    tracemalloc.start()
+    [(_, result)] = list(transcriber.iter_transcripts([long]))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert result.duration == pytest.approx(1200.0)
+    assert peak < 50 * 2**20, f"peak {peak / 2**20:.0f} MiB of numpy/Python memory"
+
+
 def test_evaluate_writes_hypotheses_and_reports(model_dir, tmp_path):
     out = tmp_path / "hyps.jsonl"
     proc = _cli("evaluate", "--manifest", str(DATA / "manifest.jsonl"), "--model",

@@ -45,6 +45,9 @@ class Transcript:
     words: list[Word] = field(default_factory=list)
 
 
+_NO_SAMPLES = np.zeros(0, dtype=np.float32)
+
+
 @dataclass
 class _Segment:
     """One window of one input: samples and which of its words to keep."""
@@ -111,7 +114,10 @@ class Transcriber:
 
         def flush() -> None:
             for segment, hyp in zip(batch, self._decode([s.samples for s in batch]), strict=True):
-                pending.setdefault(segment.index, []).append((segment, hyp))
+                # Keep where the window was, not its samples: they would hold a long
+                # recording in memory until its last window is decoded.
+                decoded = dataclasses.replace(segment, samples=_NO_SAMPLES)
+                pending.setdefault(segment.index, []).append((decoded, hyp))
             batch.clear()
 
         def ready() -> Iterator[tuple[AudioInput, Transcript | AudioError]]:
