@@ -54,6 +54,11 @@ def test_encoder_matches_plain_in_train_mode_with_gradients():
     plain_grads = {k: p.grad for k, p in plain.named_parameters()}
     assert grads.keys() == plain_grads.keys()
     for name, grad in grads.items():
+        if name.endswith("depthwise_conv.bias"):
+            # Batch norm follows it, so its exact gradient is zero: both sides hold only
+            # float32 rounding noise, which differs between the two summation orders.
+            assert grad.abs().max() < 1e-3 and plain_grads[name].abs().max() < 1e-3, name
+            continue
         torch.testing.assert_close(grad, plain_grads[name], atol=1e-4, rtol=1e-4, msg=name)
     # Batch-norm running statistics were updated alike.
     for name, value in plain_state_dict(encoder.state_dict()).items():
