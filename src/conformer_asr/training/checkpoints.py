@@ -19,12 +19,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        save_atomic(checkpoint, path)
+
+
+def save_atomic(state: dict[str, Any], path: Path) -> None:
+    """torch.save to a temporary file, fsync, rename: the file is always complete."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def average_checkpoints(paths: list[Path], prefix: str = "model.") -> dict[str, torch.Tensor]:

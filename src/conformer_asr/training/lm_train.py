@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -25,6 +23,7 @@ from ..inference.lm_dir import save_lm_dir
 from ..models.config import ConfigError
 from ..models.lm import LMConfig, WordPieceLM
 from ..text.tokenizer import Tokenizer
+from .checkpoints import save_atomic
 from .lm_corpus import drop_excluded, manifest_texts, read_sentences, split_heldout
 from .schedule import noam_scheduler
 
@@ -89,16 +88,6 @@ def _batches(n: int, batch_size: int, seed: int, start: int) -> Iterator[list[in
         for i in range(position, per_epoch):
             yield order[i * batch_size:(i + 1) * batch_size].tolist()
         epoch, position = epoch + 1, 0
-
-
-def _save_state(state: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary file, fsync, rename: the file is always complete."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -196,7 +185,7 @@ def train_lm(
                 f"lr {scheduler.get_last_lr()[0]:.2e}")
             running, running_tokens = 0.0, 0
         if step % config.checkpoint_every == 0 or step == config.steps:
-            _save_state({"lm_config": lm.cfg.to_dict(), "step": step, "model": lm.state_dict(),
+            save_atomic({"lm_config": lm.cfg.to_dict(), "step": step, "model": lm.state_dict(),
                          "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict()}, state_path)
 
