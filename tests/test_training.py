@@ -1,5 +1,6 @@
 """Training CLI: end to end on the test clips, config errors, exact resume after kill -9."""
 
+import csv
 import os
 import signal
 import subprocess
@@ -52,6 +53,12 @@ def _weights(exp: Path) -> dict[str, torch.Tensor]:
     return load_file(str(exp / "model" / "model.safetensors"))
 
 
+def _train_losses(exp: Path) -> list[tuple[int, float]]:
+    with (exp / "logs" / "metrics.csv").open(newline="") as f:
+        return [(int(r["step"]), float(r["train_loss"]))
+                for r in csv.DictReader(f) if r.get("train_loss")]
+
+
 @pytest.mark.slow
 def test_resume_after_kill_is_exact(tmp_path):
     whole = tmp_path / "whole"
@@ -85,6 +92,12 @@ def test_resume_after_kill_is_exact(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    # the log keeps the history from before the kill and has each step once
+    whole_log, resumed_log = _train_losses(exp), _train_losses(killed / "exp")
+    assert [s for s, _ in resumed_log] == [s for s, _ in whole_log]
+    assert whole_log[0][0] < 10
+    torch.testing.assert_close([v for _, v in resumed_log], [v for _, v in whole_log],
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_config_overrides_and_errors(tmp_path):

@@ -13,6 +13,7 @@ Re-running the same command resumes from ``last.ckpt`` exactly where it stopped
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from ..data.augment import Augmenter
 from ..data.datamodule import SpeechDataModule, load_manifests
@@ -35,13 +38,59 @@ from .curves import plot_curves
 from .module import ASRTask
 
 
-class _PlotCurves(Callback):
-    def __init__(self, metrics_csv: Path, out_png: Path) -> None:
-        self.metrics_csv, self.out_png = metrics_csv, out_png
+class _KeepingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv; this one appends to it."""
+
+    def _check_log_dir_exists(self) -> None:
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
+
+
+class _ResumableCSVLogger(CSVLogger):
+    """Keeps the training history in metrics.csv across resumes: rows logged after the
+    checkpoint a run resumes from are dropped, since the resumed run logs those steps again."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.log_dir, exist_ok=True)
+            self._experiment = _KeepingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+    def drop_rows_from(self, step: int) -> None:
+        path = Path(self.experiment.metrics_file_path)
+        if not path.is_file():
+            return
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            fields = reader.fieldnames or []
+            # a run killed mid-write can leave a torn last line: drop it too
+            rows = [r for r in reader if (r.get("step") or "").isdigit() and int(r["step"]) < step]
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+
+
+class _TrainingLog(Callback):
+    """Trims metrics.csv to the checkpoint a run resumes from; draws curves.png after
+    each validation."""
+
+    def __init__(self, logger: _ResumableCSVLogger, out_png: Path) -> None:
+        self.logger, self.out_png = logger, out_png
+        self.metrics_csv = Path(logger.log_dir) / ExperimentWriter.NAME_METRICS_FILE
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.logger.drop_rows_from(trainer.global_step)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and not trainer.sanity_checking:
-            trainer.logger.save()  # type: ignore[union-attr]
+            self.logger.save()
             if self.metrics_csv.is_file():
                 plot_curves(self.metrics_csv, self.out_png)
 
@@ -92,7 +141,7 @@ def train(cfg: TrainConfig) -> Path:
         cfg.data.max_duration, cfg.data.num_buckets, cfg.data.num_workers, cfg.seed,
     )
     checkpoints = out / "checkpoints"
-    logger = CSVLogger(out, name="logs", version="")
+    logger = _ResumableCSVLogger(out, name="logs", version="")
     step_ckpt = ModelCheckpoint(
         dirpath=checkpoints, filename="step-{step}",
         every_n_train_steps=cfg.trainer.checkpoint_every_steps,
@@ -113,7 +162,7 @@ def train(cfg: TrainConfig) -> Path:
         log_every_n_steps=cfg.trainer.log_every_steps,
         logger=logger,
         callbacks=[step_ckpt,
-                   _PlotCurves(Path(logger.log_dir) / "metrics.csv", out / "curves.png")],
+                   _TrainingLog(logger, out / "curves.png")],
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # Lhotse samplers shard by rank themselves
         default_root_dir=out,
