@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conformer_asr import load_model
 from conformer_asr.cli import main
+from conformer_asr.decoding.search import DecodingOptions
 from conformer_asr.inference.lm_dir import load_lm_dir, save_lm_dir
 from conformer_asr.inference.model_dir import ModelDirError, save_model_dir
 from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
@@ -153,3 +155,28 @@ def test_an_lm_with_another_tokenizer_is_refused(model_dir, tmp_path):
     save_lm_dir(WordPieceLM(LMConfig(vocab_size=other.vocab_size)), other, tmp_path / "lm")
     with pytest.raises(ModelDirError, match="another tokenizer"):
         load_model(model_dir, beam_size=2, lm=tmp_path / "lm")
+
+
+def test_pack_bundles_the_lm_and_its_tuned_decoding(model_dir, lm_dir, tmp_path, capsys):
+    out = tmp_path / "packed"
+    args = ["pack", str(model_dir), "--lm", str(lm_dir), "--out", str(out), "--beam-size", "3",
+            "--lm-weight", "0.4", "--length-bonus", "0.5"]
+    assert main(args) == 0
+    assert "MiB" in capsys.readouterr().out
+    stored = load_file(str(out / "lm" / "model.safetensors"))
+    original = load_lm_dir(lm_dir)[0].state_dict()
+    assert {v.dtype for v in stored.values()} == {torch.float16}
+
+    packed = load_model(out)  # the folder's own LM and decoding, as transcribe uses it
+    assert packed.options == DecodingOptions(beam_size=3, lm_weight=0.4, length_bonus=0.5)
+    for key, value in packed.lm.state_dict().items():
+        assert torch.equal(value, original[key].half().float()), key
+    assert len(packed.transcribe([str(DATA / "clip1.wav")])) == 1
+    assert load_model(out, beam_size=2).options.lm_weight == 0.4
+
+    plain = load_model(out, lm=None)
+    assert plain.lm is None and plain.options == DecodingOptions()
+    assert main(["transcribe", str(DATA / "clip1.wav"), "--model", str(out), "--lm", "none"]) == 0
+
+    assert main(args) == 2
+    assert "not empty" in capsys.readouterr().err

@@ -158,7 +158,7 @@ def test_bundled_model_is_small_and_transcribes_the_examples():
     command prints one line per example (no error lines)."""
     from conformer_asr.inference.model_dir import BUNDLED_DIR
 
-    size = sum(f.stat().st_size for f in BUNDLED_DIR.iterdir())
+    size = sum(f.stat().st_size for f in BUNDLED_DIR.rglob("*"))
     assert size <= 25 * 2**20, f"bundled model is {size / 2**20:.1f} MiB"
     examples = sorted(str(p) for p in (Path(__file__).parent.parent / "examples").glob("*.*")
                       if p.suffix in {".wav", ".flac"})

@@ -68,7 +68,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     transcriber = _load_transcriber(args)
     report = evaluate(transcriber, args.manifest, args.output)
     if args.json:
-        decoding = {**vars(transcriber.options), "lm": args.lm}
+        decoding = {**vars(transcriber.options), "lm": transcriber.lm is not None}
         print(json.dumps({**report.to_dict(), "decoding": decoding, "int8": args.int8}))
     else:
         print(report.format())
@@ -122,10 +122,30 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pack(args: argparse.Namespace) -> int:
+    from .decoding.search import DecodingOptions
+    from .inference.pack import pack_model
+
+    decoding = DecodingOptions(beam_size=args.beam_size, lm_weight=args.lm_weight,
+                               length_bonus=args.length_bonus)
+    out = pack_model(args.model, args.lm, args.out, decoding)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"{out}: {args.model} + {args.lm} (float16), {decoding}; {size / 2**20:.1f} MiB")
+    return 0
+
+
+def _lm_flag(text: str) -> str | None:
+    return None if text == "none" else text
+
+
 def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
     """Decoding and device flags: the arguments of ``load_model``."""
-    p.add_argument("--beam-size", type=int, default=1, help="1: greedy search")
-    p.add_argument("--lm", default=None, help="LM folder for shallow fusion (train-lm)")
+    p.add_argument("--beam-size", type=int, default=None,
+                   help="1: greedy search (default: 1, or the model folder's own setting "
+                        "when it has an LM, e.g. the bundled model)")
+    p.add_argument("--lm", type=_lm_flag, default="auto",
+                   help="LM folder for shallow fusion (train-lm), or 'none' (default: the "
+                        "model folder's own lm/ if it has one)")
     p.add_argument("--lm-weight", type=float, default=None,
                    help="LM score weight (default 0.3; find it with conformer-asr tune)")
     p.add_argument("--length-bonus", type=float, default=None,
@@ -201,6 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated, e.g. 0,0.5,1")
     p.add_argument("--device", default="cpu")
     p.set_defaults(run=_tune)
+
+    p = commands.add_parser("pack", help="bundle a model folder with an LM and the decoding "
+                                         "tuned for them (what the bundled model is)")
+    p.add_argument("model", help="model folder")
+    p.add_argument("--lm", required=True, help="LM folder (train-lm), same tokenizer")
+    p.add_argument("--out", required=True, help="folder to create")
+    p.add_argument("--beam-size", type=int, default=8)
+    p.add_argument("--lm-weight", type=float, required=True, help="from conformer-asr tune")
+    p.add_argument("--length-bonus", type=float, required=True, help="from conformer-asr tune")
+    p.set_defaults(run=_pack)
 
     from .data.synth import add_synth_arguments
 

@@ -11,36 +11,30 @@ a folder with a config.json is complete.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+import torch
 
 from ..models.config import ConfigError
 from ..models.lm import LMConfig, WordPieceLM
 from ..text.tokenizer import MODEL_FILE, Tokenizer
-from .model_dir import CONFIG_FILE, WEIGHTS_FILE, ModelDirError
+from .model_dir import CONFIG_FILE, WEIGHTS_FILE, ModelDirError, load_weights, write_folder
 
 
 def save_lm_dir(
     lm: WordPieceLM, tokenizer: Tokenizer, directory: str | Path,
-    info: dict[str, Any] | None = None,
+    info: dict[str, Any] | None = None, half: bool = False,
 ) -> Path:
+    """``half`` stores the weights in float16 (half the size); they load back as float32."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if tokenizer.vocab_size != lm.cfg.vocab_size:
         raise ModelDirError(
             f"tokenizer has {tokenizer.vocab_size} pieces but the LM {lm.cfg.vocab_size}")
-    tokenizer.save(directory)
-    weights = {k: v.detach().cpu().contiguous() for k, v in lm.state_dict().items()}
-    tmp = directory / (WEIGHTS_FILE + ".tmp")
-    save_file(weights, str(tmp))
-    os.replace(tmp, directory / WEIGHTS_FILE)
-    tmp = directory / (CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps({"lm": lm.cfg.to_dict(), "info": info or {}}, indent=2) + "\n")
-    os.replace(tmp, directory / CONFIG_FILE)
-    return directory
+    dtype = torch.float16 if half else torch.float32
+    weights = {k: v.to(dtype) for k, v in lm.state_dict().items()}
+    return write_folder(directory, tokenizer, weights, {"lm": lm.cfg.to_dict(), "info": info or {}})
 
 
 def load_lm_dir(directory: str | Path) -> tuple[WordPieceLM, Tokenizer, dict[str, Any]]:
@@ -58,13 +52,7 @@ def load_lm_dir(directory: str | Path) -> tuple[WordPieceLM, Tokenizer, dict[str
         if not (directory / name).is_file():
             raise ModelDirError(f"{directory}: incomplete LM folder (no {name})")
     tokenizer = Tokenizer.load(directory)
-    lm = WordPieceLM(cfg)
-    try:
-        lm.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
-    except (RuntimeError, OSError) as error:
-        first = str(error).strip().splitlines()[0]
-        raise ModelDirError(f"{directory}: weights do not match config.json ({first})") from None
-    return lm.eval(), tokenizer, info
+    return load_weights(WordPieceLM(cfg), directory), tokenizer, info
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
@@ -77,7 +65,12 @@ def load_lm_for(directory: str | Path, tokenizer: Tokenizer) -> WordPieceLM:
     """Load an LM folder for fusion with a model whose tokenizer is ``tokenizer``; raises
     ModelDirError if the LM was trained with another one."""
     lm, lm_tokenizer, _ = load_lm_dir(directory)
+    require_same_tokenizer(lm_tokenizer, tokenizer, directory)
+    return lm
+
+
+def require_same_tokenizer(lm_tokenizer: Tokenizer, tokenizer: Tokenizer,
+                           directory: str | Path) -> None:
     if lm_tokenizer.sp.serialized_model_proto() != tokenizer.sp.serialized_model_proto():
         raise ModelDirError(f"{directory}: the LM was trained with another tokenizer than "
                             "the model's")
-    return lm

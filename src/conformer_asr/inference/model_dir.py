@@ -1,8 +1,10 @@
 """A trained model on disk: one folder with config, weights and tokenizer.
 
-    MODEL_DIR/config.json        {"model": ModelConfig fields, "info": free-form metadata}
+    MODEL_DIR/config.json        {"model": ModelConfig fields, "info": free-form metadata,
+                                  optional "decoding": DecodingOptions fields to use with lm/}
     MODEL_DIR/model.safetensors  weights
     MODEL_DIR/tokenizer.model    SentencePiece model (blank = id 0)
+    MODEL_DIR/lm/                optional: an LM folder fused by default (``conformer-asr pack``)
 
 Files are written atomically (temporary name, then rename), the config last,
 so a folder with a config.json is complete.
@@ -10,19 +12,25 @@ so a folder with a config.json is complete.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import torch
 from safetensors.torch import load_file, save_file
 
+from ..decoding.search import DecodingOptions
 from ..models import ASRModel, ModelConfig
 from ..models.config import ConfigError
 from ..text.tokenizer import MODEL_FILE, Tokenizer
 
+M = TypeVar("M", bound=torch.nn.Module)
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+LM_SUBDIR = "lm"
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "pretrained" / "default"
 
 
@@ -31,7 +39,8 @@ class ModelDirError(Exception):
 
 
 def save_model_dir(
-    model: ASRModel, tokenizer: Tokenizer, directory: str | Path, info: dict[str, Any] | None = None
+    model: ASRModel, tokenizer: Tokenizer, directory: str | Path,
+    info: dict[str, Any] | None = None, decoding: DecodingOptions | None = None,
 ) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -39,13 +48,23 @@ def save_model_dir(
         raise ModelDirError(
             f"tokenizer has {tokenizer.vocab_size} pieces but the model {model.cfg.vocab_size}"
         )
+    config: dict[str, Any] = {"model": model.cfg.to_dict(), "info": info or {}}
+    if decoding is not None:
+        config["decoding"] = dataclasses.asdict(decoding)
+    return write_folder(directory, tokenizer, model.state_dict(), config)
+
+
+def write_folder(
+    directory: Path, tokenizer: Tokenizer, weights: dict[str, torch.Tensor],
+    config: dict[str, Any],
+) -> Path:
+    """Tokenizer, weights, then config.json, each atomically (model and LM folders)."""
     tokenizer.save(directory)
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     tmp = directory / (WEIGHTS_FILE + ".tmp")
     save_file(weights, str(tmp))
-    os.chmod(tmp, 0o644)  # safetensors creates it owner-only; a model folder is meant to be shared
+    os.chmod(tmp, 0o644)  # safetensors creates it owner-only; a folder is meant to be shared
     os.replace(tmp, directory / WEIGHTS_FILE)
-    config = {"model": model.cfg.to_dict(), "info": info or {}}
     tmp = directory / (CONFIG_FILE + ".tmp")
     tmp.write_text(json.dumps(config, indent=2) + "\n")
     os.replace(tmp, directory / CONFIG_FILE)
@@ -63,6 +82,22 @@ def read_config(directory: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
         raise ModelDirError(f"{path}: invalid model config ({error})") from None
 
 
+def read_decoding(directory: str | Path) -> DecodingOptions | None:
+    """The decoding the folder recommends with its own LM (``lm/``), if it names one."""
+    path = Path(directory) / CONFIG_FILE
+    try:
+        decoding = json.loads(path.read_text()).get("decoding")
+        return DecodingOptions(**decoding) if decoding is not None else None
+    except (json.JSONDecodeError, TypeError, ValueError) as error:
+        raise ModelDirError(f"{path}: invalid decoding options ({error})") from None
+
+
+def bundled_lm_dir(directory: str | Path) -> Path | None:
+    """The folder's own LM (``lm/``), if it has one."""
+    path = Path(directory) / LM_SUBDIR
+    return path if path.is_dir() else None
+
+
 def load_model_dir(directory: str | Path) -> tuple[ASRModel, Tokenizer, dict[str, Any]]:
     """-> (model in eval mode on CPU, tokenizer, info). Raises ModelDirError."""
     directory = Path(directory)
@@ -76,13 +111,17 @@ def load_model_dir(directory: str | Path) -> tuple[ASRModel, Tokenizer, dict[str
             f"{directory}: tokenizer has {tokenizer.vocab_size} pieces, config says "
             f"{cfg.vocab_size}"
         )
-    model = ASRModel(cfg)
+    return load_weights(ASRModel(cfg), directory), tokenizer, info
+
+
+def load_weights(module: M, directory: Path) -> M:
+    """Fill ``module`` from the folder's weights (any float dtype) -> it, in eval mode."""
     try:
-        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        module.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
     except (RuntimeError, OSError) as error:
         first = str(error).strip().splitlines()[0]
         raise ModelDirError(f"{directory}: weights do not match config.json ({first})") from None
-    return model.eval(), tokenizer, info
+    return module.eval()
 
 
 def resolve_model_dir(path_or_name: str | Path | None) -> Path:

@@ -26,7 +26,7 @@ from ..models.lm import WordPieceLM
 from ..models.quantize import quantize_int8
 from ..text.tokenizer import Tokenizer
 from .lm_dir import load_lm_for
-from .model_dir import load_model_dir, resolve_model_dir
+from .model_dir import bundled_lm_dir, load_model_dir, read_decoding, resolve_model_dir
 
 AudioInput = str | Path | np.ndarray
 
@@ -219,24 +219,31 @@ def load_model(
     device: str = "cpu",
     *,
     beam_size: int | None = None,
-    lm: str | Path | WordPieceLM | None = None,
+    lm: str | Path | WordPieceLM | None = "auto",
     lm_weight: float | None = None,
     length_bonus: float | None = None,
     int8: bool = False,
 ) -> Transcriber:
     """Load a model folder (or the bundled default with None / "default").
 
-    ``beam_size``, ``lm_weight`` and ``length_bonus`` override the fields of
-    ``options``; ``lm`` is an LM folder (``conformer-asr train-lm``) or a loaded
-    LM, e.g. ``load_model("exp/model", beam_size=8, lm="exp/lm", lm_weight=0.3)``.
+    ``lm`` is an LM folder (``conformer-asr train-lm``), a loaded LM, None for no
+    LM, or "auto": the model folder's own ``lm/`` if it has one (the bundled model
+    does), decoded with the folder's recommended options unless ``options`` is given.
+    ``beam_size``, ``lm_weight`` and ``length_bonus`` override single fields, e.g.
+    ``load_model("exp/model", beam_size=8, lm="exp/lm", lm_weight=0.3)``.
     ``int8`` runs the model's Linear and LSTM layers in int8 (``quantize_int8``):
     faster on the CPU, at a small cost in accuracy; CPU only.
     """
     if int8 and torch.device(device).type != "cpu":
         raise ValueError(f"int8: int8 inference runs on the CPU only, not on {device!r}")
-    model, tokenizer, _ = load_model_dir(resolve_model_dir(path_or_name))
+    directory = resolve_model_dir(path_or_name)
+    model, tokenizer, _ = load_model_dir(directory)
     if int8:
         model = quantize_int8(model)
+    if isinstance(lm, str) and lm == "auto":
+        lm = bundled_lm_dir(directory)
+        if lm is not None and options is None:
+            options = read_decoding(directory)
     overrides = {"beam_size": beam_size, "lm_weight": lm_weight, "length_bonus": length_bonus}
     options = dataclasses.replace(options or DecodingOptions(),
                                   **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,35 @@
+"""``conformer-asr pack``: a model folder, an LM and the decoding tuned for the pair, as
+one folder that ``transcribe`` and ``load_model`` use as they are (the bundled model is one).
+
+    OUT/config.json, model.safetensors, tokenizer.model   the model folder, plus "decoding"
+    OUT/lm/                                             the LM, weights stored in float16
+
+The folder is assembled under a temporary name and renamed into place, so it is
+either complete or absent.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ..decoding.search import DecodingOptions
+from .lm_dir import load_lm_dir, require_same_tokenizer, save_lm_dir
+from .model_dir import LM_SUBDIR, ModelDirError, load_model_dir, save_model_dir
+
+
+def pack_model(
+    model_dir: str | Path, lm_dir: str | Path, out: str | Path, decoding: DecodingOptions
+) -> Path:
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ModelDirError(f"{out}: already exists and is not empty; pack writes a new folder")
+    model, tokenizer, info = load_model_dir(model_dir)
+    lm, lm_tokenizer, lm_info = load_lm_dir(lm_dir)
+    require_same_tokenizer(lm_tokenizer, tokenizer, lm_dir)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_lm_dir(lm, tokenizer, tmp / LM_SUBDIR, lm_info, half=True)
+    save_model_dir(model, tokenizer, tmp, info, decoding)
+    tmp.replace(out)
+    return out
