@@ -181,7 +181,7 @@ def train(cfg: TrainConfig) -> Path:
     chosen = steps[-cfg.trainer.average_last:] or [last]
     task.model.load_state_dict(average_checkpoints(chosen))
     info = {"averaged_checkpoints": [p.name for p in chosen], "steps": trainer.global_step,
-            "train_manifests": list(cfg.data.train)}
+            "train_manifests": [os.path.relpath(p) for p in cfg.data.train]}
     model_dir = save_model_dir(task.model.cpu(), tokenizer, out / "model", info)
     print(f"averaged {len(chosen)} checkpoints -> {model_dir}")
     return model_dir
