@@ -59,8 +59,12 @@ class _ResumableCSVLogger(CSVLogger):
             self._experiment = _KeepingWriter(log_dir=self.log_dir)
         return self._experiment
 
+    @property
+    def metrics_csv(self) -> Path:
+        return Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
+
     def drop_rows_from(self, step: int) -> None:
-        path = Path(self.experiment.metrics_file_path)
+        path = self.metrics_csv
         if not path.is_file():
             return
         with path.open(newline="") as f:
@@ -82,7 +86,6 @@ class _TrainingLog(Callback):
 
     def __init__(self, logger: _ResumableCSVLogger, out_png: Path) -> None:
         self.logger, self.out_png = logger, out_png
-        self.metrics_csv = Path(logger.log_dir) / ExperimentWriter.NAME_METRICS_FILE
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
@@ -91,8 +94,8 @@ class _TrainingLog(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and not trainer.sanity_checking:
             self.logger.save()
-            if self.metrics_csv.is_file():
-                plot_curves(self.metrics_csv, self.out_png)
+            if self.logger.metrics_csv.is_file():
+                plot_curves(self.logger.metrics_csv, self.out_png)
 
 
 def _tokenizer(cfg: TrainConfig, train_texts: list[str], out: Path) -> Tokenizer:
