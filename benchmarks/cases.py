@@ -4,6 +4,7 @@ inputs and weights, and returns one ``Row``."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -103,32 +104,45 @@ def int8_encoder_forward(model: ASRModel, batch: int, settings: Settings) -> Row
     return row
 
 
-def train_step(model: ASRModel, settings: Settings) -> Row:
+def train_step(model: ASRModel, settings: Settings, pruned: bool = False) -> Row:
     """Forward and backward of the RNN-T training loss (``ASRModel.forward``'s path, with
     the fast encoder, joint and ``rnnt_loss``) vs ``plain_training_loss``, dropout on,
-    SpecAugment off (the plain step has none)."""
+    SpecAugment off (the plain step has none).
+
+    With ``pruned`` the fast step trains with the pruned RNN-T loss instead
+    (``rnnt_prune_range`` = the workload's ``prune_range``): a different loss, so the
+    row compares training steps, not the same math, and has no MFU.
+    """
     cfg, work = model.cfg, settings.work
     batch = work.train_batch
     feats, lengths = random_features(cfg, batch, work.audio_seconds)
     targets, target_lengths = random_targets(cfg.vocab_size, batch, work.target_length)
-    model.train()
-    model.spec_augment.eval()
+    fast_model = model
+    if pruned:
+        fast_model = ASRModel(dataclasses.replace(cfg, rnnt_prune_range=work.prune_range))
+        fast_model.load_state_dict(model.state_dict(), strict=False)  # + the simple joint
+    for module in (model, fast_model):
+        module.train()
+        module.spec_augment.eval()
     plain = plain_encoder_like(model.encoder, cfg.encoder)
 
     def fast() -> None:
-        model(feats, lengths, targets, target_lengths).loss.backward()
+        fast_model(feats, lengths, targets, target_lengths).loss.backward()
 
     def baseline() -> None:
         plain_training_loss(plain, model, feats, lengths, targets, target_lengths).backward()
 
     def reset() -> None:
+        fast_model.zero_grad(set_to_none=True)
         model.zero_grad(set_to_none=True)
         plain.zero_grad(set_to_none=True)
 
-    row = compare("train step", cfg.name, batch, "plain", fast, baseline, settings,
-                  reset=reset, flops=True, memory=True)
+    name = f"train step, pruned S={work.prune_range}" if pruned else "train step"
+    row = compare(name, cfg.name, batch, "plain", fast, baseline, settings,
+                  reset=reset, flops=not pruned, memory=True)
     t = encoder_frames(cfg, work.audio_seconds)
-    row.extra["logits_mb"] = batch * t * (work.target_length + 1) * cfg.vocab_size * 4 / MB
+    positions = work.prune_range if pruned else work.target_length + 1
+    row.extra["logits_mb"] = batch * t * positions * cfg.vocab_size * 4 / MB
     row.targets = {"speed-up >= 1.5": row.speedup >= 1.5}
     model.eval()
     return row

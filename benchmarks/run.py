@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         for batch in work.encoder_batches:
             add(cases.int8_encoder_forward(model, batch, settings))
         add(cases.train_step(model, settings))
+        add(cases.train_step(model, settings, pruned=True))
         add(cases.transcription(model, settings))
     add(cases.rnnt_loss_step(settings))
 

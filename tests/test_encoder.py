@@ -155,6 +155,44 @@ def test_bad_model_configs_name_field():
         ModelConfig.from_dict({"bogus": 1})
     with pytest.raises(ConfigError, match=r"^encoder\.n_heads"):
         ModelConfig.from_dict({"encoder": {"n_heads": 0}})
+    with pytest.raises(ConfigError, match="^rnnt_prune_range"):
+        ModelConfig(rnnt_prune_range=1)
+    with pytest.raises(ConfigError, match="^rnnt_prune_range"):
+        ModelConfig(rnnt_prune_range=4, ctc_weight=1.0)
+
+
+def _transducer_batch(vocab: int):
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(3, 90, 80, generator=gen)
+    feat_lengths = torch.tensor([90, 75, 60])
+    targets = torch.randint(1, vocab, (3, 6), generator=gen)
+    return feats, feat_lengths, targets, torch.tensor([6, 4, 0])
+
+
+def test_pruned_transducer_with_full_windows_is_the_full_loss():
+    full_cfg = ModelConfig(encoder=TINY, vocab_size=12, pred_embed_dim=8, pred_hidden_dim=16,
+                           joint_dim=16)
+    torch.manual_seed(0)
+    full = ASRModel(full_cfg).eval()
+    pruned = ASRModel(dataclasses.replace(full_cfg, rnnt_prune_range=7, rnnt_simple_weight=0.0))
+    pruned.load_state_dict(full.state_dict(), strict=False)
+    pruned.eval()
+    batch = _transducer_batch(12)
+    torch.testing.assert_close(pruned(*batch).loss, full(*batch).loss)
+
+
+def test_pruned_transducer_trains_both_joints():
+    cfg = ModelConfig(encoder=TINY, vocab_size=12, pred_embed_dim=8, pred_hidden_dim=16,
+                      joint_dim=16, rnnt_prune_range=2, ctc_weight=0.3)
+    torch.manual_seed(0)
+    model = ASRModel(cfg)
+    out = model(*_transducer_batch(12))
+    assert out.rnnt is not None and bool(torch.isfinite(out.loss))
+    out.loss.backward()
+    assert model.simple_joint is not None and model.joint is not None
+    for module in (model.simple_joint, model.joint, model.predictor, model.encoder):
+        grads = [p.grad for p in module.parameters() if p.requires_grad]
+        assert all(g is not None for g in grads) and any(bool(g.abs().sum() > 0) for g in grads)
 
 
 def test_config_round_trip():

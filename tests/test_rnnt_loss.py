@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from conformer_asr.losses.pruned_rnnt import prune_windows, pruned_rnnt_loss, simple_rnnt_loss
 from conformer_asr.losses.rnnt import rnnt_loss, rnnt_loss_reference
 
 LOSSES = [rnnt_loss, rnnt_loss_reference]
@@ -201,3 +202,139 @@ def test_bad_inputs_raise_value_error_naming_the_argument(loss_fn, change, name)
                 target_lengths=target_lengths, blank=0, reduction="mean")
     with pytest.raises(ValueError, match=f"^{name} "):
         loss_fn(**change(args))
+
+
+# --- Pruned RNN-T -----------------------------------------------------------------------
+
+
+def simple_batch(seed: int, batch: int = 4, max_t: int = 6, max_u: int = 4, vocab: int = 5):
+    """Random per-frame (B, T, V) and per-label (B, U+1, V) logits, targets and lengths."""
+    logits, targets, logit_lengths, target_lengths = random_batch(seed, batch, max_t, max_u, vocab)
+    am = logits[:, :, 0].detach().clone().requires_grad_()
+    lm = logits[:, 0].detach().clone().requires_grad_()
+    return am, lm, targets, logit_lengths, target_lengths
+
+
+def gather_windows(logits: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+    """Full logits (B, T, U+1, V) at the windows' positions -> (B, T, S, V)."""
+    return logits.gather(2, windows[..., None].expand(-1, -1, -1, logits.shape[-1]))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_simple_loss_equals_the_full_loss_of_the_summed_logits(seed: int) -> None:
+    am, lm, *labels = simple_batch(seed)
+    loss, _ = simple_rnnt_loss(am, lm, *labels, reduction="none")
+    expected = rnnt_loss_reference(am[:, :, None] + lm[:, None], *labels, reduction="none")
+    torch.testing.assert_close(loss, expected)
+    grads = torch.autograd.grad(loss.sum(), (am, lm))
+    expected_grads = torch.autograd.grad(expected.sum(), (am, lm))
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_occupancy_is_the_brute_force_probability_of_passing_each_state() -> None:
+    am, lm, targets, _, _ = simple_batch(0, batch=1, max_t=4, max_u=3)
+    n_frames, n_labels = 4, 3
+    _, occupancy = simple_rnnt_loss(am, lm, targets, torch.tensor([n_frames]),
+                                    torch.tensor([n_labels]))
+    log_probs = (am[0, :, None] + lm[0, None]).log_softmax(-1).detach()
+    visits = torch.zeros(n_frames, n_labels + 1, dtype=torch.float64)
+    total = 0.0
+    for label_slots in itertools.combinations(range(n_frames + n_labels - 1), n_labels):
+        t = u = 0
+        path, score = [(0, 0)], 0.0
+        for slot in range(n_frames + n_labels - 1):
+            symbol = int(targets[0, u]) if slot in label_slots else 0
+            score += float(log_probs[t, u, symbol])
+            u, t = (u + 1, t) if slot in label_slots else (u, t + 1)
+            path.append((t, u))
+        probability = math.exp(score + float(log_probs[t, u, 0]))
+        total += probability
+        for state in path:
+            visits[state] += probability
+    torch.testing.assert_close(occupancy[0], visits / total)
+
+
+def check_windows(windows, logit_lengths, target_lengths) -> None:
+    """The guarantees of prune_windows, which make a complete alignment fit inside."""
+    width = windows.shape[-1]
+    starts = windows[..., 0]
+    assert torch.equal(windows - starts[..., None], torch.arange(width).expand_as(windows))
+    assert bool((starts[:, 0] == 0).all())
+    steps = starts[:, 1:] - starts[:, :-1]
+    assert bool((steps >= 0).all()) and bool((steps <= width - 1).all())
+    for b, (t_b, u_b) in enumerate(zip(logit_lengths.tolist(), target_lengths.tolist(),
+                                       strict=True)):
+        assert starts[b, t_b - 1] <= u_b < starts[b, t_b - 1] + width
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_prune_windows_keep_a_complete_alignment_inside(seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    batch, max_t, max_u, size = 5, 9, 12, 3
+    occupancy = torch.rand(batch, max_t, max_u + 1, generator=gen) ** 8
+    logit_lengths = torch.randint(6, max_t + 1, (batch,), generator=gen)
+    target_lengths = torch.randint(0, max_u + 1, (batch,), generator=gen)
+    windows = prune_windows(occupancy, logit_lengths, target_lengths, size)
+    assert windows.shape == (batch, max_t, size)
+    check_windows(windows, logit_lengths, target_lengths)
+
+
+def test_prune_windows_follow_a_sharp_alignment() -> None:
+    # One alignment with at most 2 labels per frame: windows of 3 contain its states.
+    path = [(0, 0), (0, 1), (1, 1), (2, 1), (2, 2), (2, 3), (3, 3), (4, 3), (4, 4), (5, 4)]
+    occupancy = torch.zeros(1, 6, 5)
+    for state in path:
+        occupancy[0][state] = 1.0
+    windows = prune_windows(occupancy, torch.tensor([6]), torch.tensor([4]), 3)
+    for t, u in path:
+        assert u in windows[0, t].tolist()
+
+
+def test_prune_windows_reject_impossible_requests() -> None:
+    occupancy = torch.ones(1, 2, 6)
+    with pytest.raises(ValueError, match="at least 2"):
+        prune_windows(occupancy, torch.tensor([2]), torch.tensor([5]), 1)
+    with pytest.raises(ValueError, match="too small"):
+        prune_windows(occupancy, torch.tensor([2]), torch.tensor([5]), 3)  # 5 > 2 * (3 - 1)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pruned_loss_with_windows_covering_everything_is_the_full_loss(seed: int) -> None:
+    logits, targets, logit_lengths, target_lengths = random_batch(seed, 4, 6, 4, 5)
+    occupancy = torch.rand(logits.shape[:3], generator=torch.Generator().manual_seed(seed))
+    windows = prune_windows(occupancy, logit_lengths, target_lengths, 5)
+    assert bool((windows == torch.arange(5)).all())
+    labels = (targets, logit_lengths, target_lengths)
+    pruned = pruned_rnnt_loss(gather_windows(logits, windows), windows, *labels,
+                              reduction="none")
+    full = rnnt_loss(logits, *labels, reduction="none")
+    torch.testing.assert_close(pruned, full)
+    torch.testing.assert_close(torch.autograd.grad(pruned.sum(), logits)[0],
+                               torch.autograd.grad(full.sum(), logits)[0])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pruned_loss_counts_only_the_alignments_inside_the_windows(seed: int) -> None:
+    logits, targets, logit_lengths, target_lengths = random_batch(
+        seed, 4, 6, 4, 5, lengths=([6, 5, 6, 4], [4, 3, 0, 4])
+    )
+    labels = (targets, logit_lengths, target_lengths)
+    occupancy = torch.rand(logits.shape[:3], generator=torch.Generator().manual_seed(seed))
+    windows = prune_windows(occupancy, logit_lengths, target_lengths, 2)
+    check_windows(windows, logit_lengths, target_lengths)
+    pruned = pruned_rnnt_loss(gather_windows(logits, windows), windows, *labels,
+                              reduction="none")
+    # Reference: the textbook loss with one extra "sink" symbol that takes all the
+    # probability at the states outside the windows and none inside them.
+    inside = torch.zeros(logits.shape[:3], dtype=torch.bool).scatter_(2, windows, True)
+    sink = torch.zeros(inside.shape, dtype=logits.dtype).masked_fill(inside, -math.inf)
+    blocked = torch.cat([logits.detach().masked_fill(~inside[..., None], -math.inf),
+                         sink[..., None]], dim=-1)
+    expected = rnnt_loss_reference(blocked, *labels, reduction="none")
+    torch.testing.assert_close(pruned, expected)
+    assert bool((pruned >= rnnt_loss(logits, *labels, reduction="none") - 1e-9).all())
+    assert torch.autograd.gradcheck(
+        lambda x: pruned_rnnt_loss(x, windows, *labels, reduction="sum"),
+        gather_windows(logits, windows).detach().requires_grad_(),
+    )

@@ -42,15 +42,30 @@ def _check_inputs(
         ``targets`` (B, U) with padding replaced by ``blank``, ``logit_lengths`` (B,)
         and ``target_lengths`` (B,), all int64 on the logits' device.
     """
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if logits.dim() != 4:
         raise ValueError(f"logits must have shape (B, T, U+1, V), got {tuple(logits.shape)}")
     if logits.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"logits must be float32 or float64, got {logits.dtype}")
-    batch, max_t, max_u1, vocab = logits.shape
+    return check_labels(logits.shape, logits.device, targets, logit_lengths, target_lengths,
+                        blank, reduction)
+
+
+def check_labels(
+    shape: tuple[int, int, int, int] | torch.Size,
+    device: torch.device,
+    targets: torch.Tensor,
+    logit_lengths: torch.Tensor,
+    target_lengths: torch.Tensor,
+    blank: int,
+    reduction: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validates the label arguments of a lattice of ``shape`` (B, T, U+1, V); as
+    :func:`_check_inputs` returns them."""
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    batch, max_t, max_u1, vocab = shape
     if max_t < 1 or max_u1 < 1 or vocab < 1:
-        raise ValueError(f"logits must have non-empty T, U+1 and V, got {tuple(logits.shape)}")
+        raise ValueError(f"logits must have non-empty T, U+1 and V, got {tuple(shape)}")
     if not 0 <= blank < vocab:
         raise ValueError(f"blank must be in [0, {vocab}), got {blank}")
     if targets.shape != (batch, max_u1 - 1) or targets.is_floating_point():
@@ -69,7 +84,6 @@ def _check_inputs(
             )
         if bool(((lengths < low) | (lengths > high)).any()):
             raise ValueError(f"{name} must lie in [{low}, {high}], got {lengths.tolist()}")
-    device = logits.device
     targets = targets.to(device=device, dtype=torch.long)
     logit_lengths = logit_lengths.to(device=device, dtype=torch.long)
     target_lengths = target_lengths.to(device=device, dtype=torch.long)
@@ -80,7 +94,7 @@ def _check_inputs(
     return targets, logit_lengths, target_lengths
 
 
-def _reduce(losses: torch.Tensor, reduction: str) -> torch.Tensor:
+def reduce_losses(losses: torch.Tensor, reduction: str) -> torch.Tensor:
     """Applies ``reduction`` to per-utterance losses (B,)."""
     if reduction == "mean":
         return losses.mean()
@@ -125,12 +139,27 @@ def _transition_log_probs(
     index = targets[:, None, :, None].expand(-1, max_t, -1, 1)
     label_lp = logits[:, :, :-1].gather(3, index).squeeze(3) - lse[:, :, :-1]
     blank_lp = logits[..., blank] - lse
-    t = torch.arange(max_t, device=logits.device)[None, :, None]
-    u = torch.arange(max_u1, device=logits.device)[None, None, :]
-    last_t, last_u = logit_lengths[:, None, None] - 1, target_lengths[:, None, None]
-    blank_lp.masked_fill_((t > last_t) | (u > last_u) | ((t == last_t) & (u < last_u)), -math.inf)
-    label_lp.masked_fill_((t > last_t) | (u[..., :-1] >= last_u), -math.inf)
+    no_blank, no_label = off_lattice(max_t, max_u1, logit_lengths, target_lengths)
+    blank_lp.masked_fill_(no_blank, -math.inf)
+    label_lp.masked_fill_(no_label, -math.inf)
     return lse, blank_lp, label_lp
+
+
+def off_lattice(
+    max_t: int, max_u1: int, logit_lengths: torch.Tensor, target_lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks of the transitions that cannot lie on a complete alignment.
+
+    Returns:
+        (B, T, U+1) for blanks: any from ``t >= T_b`` or ``u > U_b``, and from
+        ``(T_b - 1, u < U_b)``; (B, T, U) for labels: any from ``t >= T_b`` or ``u >= U_b``.
+    """
+    t = torch.arange(max_t, device=logit_lengths.device)[None, :, None]
+    u = torch.arange(max_u1, device=logit_lengths.device)[None, None, :]
+    last_t, last_u = logit_lengths[:, None, None] - 1, target_lengths[:, None, None]
+    no_blank = (t > last_t) | (u > last_u) | ((t == last_t) & (u < last_u))
+    no_label = (t > last_t) | (u[..., :-1] >= last_u)
+    return no_blank, no_label
 
 
 def _alpha(blank_lp: torch.Tensor, label_lp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,6 +234,88 @@ def _beta(
     return _unskew(beta, max_t + 1)
 
 
+def _posteriors(
+    blank_lp: torch.Tensor,
+    label_lp: torch.Tensor,
+    alpha: torch.Tensor,
+    log_scales: torch.Tensor,
+    logit_lengths: torch.Tensor,
+    target_lengths: torch.Tensor,
+    weights: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior probabilities of the blank (B, T, U+1) and label (B, T, U) transitions,
+    each utterance's multiplied by ``weights`` (B,); exactly 0 outside its lattice.
+    ``alpha`` and ``log_scales`` come from :func:`_alpha`."""
+    beta = _beta(blank_lp, label_lp, log_scales, logit_lengths, target_lengths)
+    scale = weights.to(alpha.dtype)[:, None, None]
+    blank_flow = (alpha + blank_lp + beta[:, 1:]).exp_().mul_(scale)
+    label_flow = (alpha[:, :, :-1] + label_lp + beta[:, :-1, 1:]).exp_().mul_(scale)
+    return blank_flow, label_flow
+
+
+class _LatticeNLL(torch.autograd.Function):
+    """Per-utterance negative log-likelihood (B,) of a lattice given its transition
+    log-probabilities; the gradient of each is minus its posterior probability."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        blank_lp: torch.Tensor,
+        label_lp: torch.Tensor,
+        logit_lengths: torch.Tensor,
+        target_lengths: torch.Tensor,
+    ) -> torch.Tensor:
+        alpha, log_scales = _alpha(blank_lp, label_lp)
+        ctx.save_for_backward(blank_lp, label_lp, alpha, log_scales, logit_lengths,
+                              target_lengths)
+        return -log_scales.sum(dim=1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_losses: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        blank_flow, label_flow = _posteriors(*ctx.saved_tensors, grad_losses)
+        return blank_flow.neg_(), label_flow.neg_(), None, None
+
+
+def lattice_nll(
+    blank_lp: torch.Tensor,
+    label_lp: torch.Tensor,
+    logit_lengths: torch.Tensor,
+    target_lengths: torch.Tensor,
+) -> torch.Tensor:
+    """RNN-T negative log-likelihood (B,) from transition log-probabilities.
+
+    Args:
+        blank_lp: (B, T, U+1) log-probability of blank at each state (t, u).
+        label_lp: (B, T, U) log-probability of label u + 1 at each state (t, u).
+            Transitions that must not be used, including those :func:`off_lattice`
+            marks, are -inf.
+        logit_lengths: (B,) T_b, int64.
+        target_lengths: (B,) U_b, int64.
+
+    Differentiable in ``blank_lp`` and ``label_lp``.
+    """
+    return _LatticeNLL.apply(blank_lp, label_lp, logit_lengths, target_lengths)
+
+
+def lattice_occupancy(
+    blank_lp: torch.Tensor,
+    label_lp: torch.Tensor,
+    logit_lengths: torch.Tensor,
+    target_lengths: torch.Tensor,
+) -> torch.Tensor:
+    """Posterior probability (B, T, U+1) that the alignment passes through state (t, u);
+    arguments as :func:`lattice_nll`. Not differentiable."""
+    with torch.no_grad():
+        alpha, log_scales = _alpha(blank_lp, label_lp)
+        ones = blank_lp.new_ones(blank_lp.shape[0])
+        blank_flow, label_flow = _posteriors(
+            blank_lp, label_lp, alpha, log_scales, logit_lengths, target_lengths, ones
+        )
+        blank_flow[:, :, :-1] += label_flow
+        return blank_flow
+
+
 class _RNNTLoss(torch.autograd.Function):
     """Per-utterance RNN-T negative log-likelihood (B,) with a hand-written, in-place gradient."""
 
@@ -233,12 +344,9 @@ class _RNNTLoss(torch.autograd.Function):
     def backward(ctx: FunctionCtx, grad_losses: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (logits, targets, logit_lengths, target_lengths,
          lse, blank_lp, label_lp, alpha, log_scales) = ctx.saved_tensors
-        beta = _beta(blank_lp, label_lp, log_scales, logit_lengths, target_lengths)
-        # Posterior probabilities of the blank and label transitions out of each state,
-        # scaled by the incoming gradient; exactly 0 outside each utterance's lattice.
-        scale = grad_losses.to(alpha.dtype)[:, None, None]
-        blank_flow = (alpha + blank_lp + beta[:, 1:]).exp_().mul_(scale)
-        label_flow = (alpha[:, :, :-1] + label_lp + beta[:, :-1, 1:]).exp_().mul_(scale)
+        blank_flow, label_flow = _posteriors(
+            blank_lp, label_lp, alpha, log_scales, logit_lengths, target_lengths, grad_losses
+        )
         occupancy = blank_flow.clone()  # state posterior = sum of its outgoing flows
         occupancy[:, :, :-1] += label_flow
         # d loss / d logits = softmax * occupancy - flow of the transition each logit emits.
@@ -283,7 +391,7 @@ def rnnt_loss(
         logits, targets, logit_lengths, target_lengths, blank, reduction
     )
     losses = _RNNTLoss.apply(logits, targets, logit_lengths, target_lengths, blank)
-    return _reduce(losses, reduction)
+    return reduce_losses(losses, reduction)
 
 
 def rnnt_loss_reference(
@@ -323,4 +431,4 @@ def rnnt_loss_reference(
     losses = torch.stack([
         -(alpha[t - 1][u][b] + blank_lp[t - 1][u][b]) for b, (t, u) in enumerate(ends)
     ])
-    return _reduce(losses, reduction)
+    return reduce_losses(losses, reduction)

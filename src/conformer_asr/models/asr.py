@@ -9,15 +9,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..audio.spec_augment import SpecAugment
-from ..losses import rnnt_loss
+from ..losses import prune_windows, pruned_rnnt_loss, rnnt_loss, simple_rnnt_loss
 from .config import ModelConfig
 from .conformer import ConformerEncoder
-from .transducer import JointNetwork, PredictionNetwork
+from .transducer import JointNetwork, PredictionNetwork, SimpleJoint
 
 
 @dataclass
 class LossOutput:
-    """Weighted training loss and its parts (per-utterance means; None if the head is absent)."""
+    """Weighted training loss and its parts (per-utterance means; None if the head is absent).
+
+    With the pruned RNN-T loss, ``rnnt`` is pruned + ``rnnt_simple_weight`` x simple.
+    """
 
     loss: torch.Tensor
     ctc: torch.Tensor | None
@@ -41,11 +44,14 @@ class ASRModel(nn.Module):
         self.ctc_head = nn.Linear(d, cfg.vocab_size) if cfg.has_ctc else None
         self.predictor: PredictionNetwork | None = None
         self.joint: JointNetwork | None = None
+        self.simple_joint: SimpleJoint | None = None
         if cfg.has_transducer:
             self.predictor = PredictionNetwork(
                 cfg.vocab_size, cfg.pred_embed_dim, cfg.pred_hidden_dim, cfg.encoder.dropout
             )
             self.joint = JointNetwork(d, cfg.pred_hidden_dim, cfg.joint_dim, cfg.vocab_size)
+        if cfg.rnnt_prune_range:
+            self.simple_joint = SimpleJoint(d, cfg.pred_hidden_dim, cfg.vocab_size)
 
     def encode(
         self, feats: torch.Tensor, lengths: torch.Tensor
@@ -73,10 +79,8 @@ class ASRModel(nn.Module):
                 self.ctc_log_probs(enc).transpose(0, 1), targets, enc_lengths, target_lengths,
                 blank=0, reduction="sum", zero_infinity=True,
             ) / targets.shape[0]
-        if self.predictor is not None and self.joint is not None:
-            logits = self.joint.full(enc, self.predictor(targets))
-            rnnt = rnnt_loss(logits.float(), targets.int(), enc_lengths.int(),
-                             target_lengths.int(), blank=0, reduction="mean")
+        if self.predictor is not None:
+            rnnt = self.transducer_loss(enc, enc_lengths, targets, target_lengths)
         w = self.cfg.ctc_weight
         if ctc is None:
             loss = rnnt
@@ -88,6 +92,27 @@ class ASRModel(nn.Module):
         return LossOutput(loss=loss, ctc=ctc, rnnt=rnnt)
 
 
+    def transducer_loss(
+        self,
+        enc: torch.Tensor,
+        enc_lengths: torch.Tensor,
+        targets: torch.Tensor,
+        target_lengths: torch.Tensor,
+    ) -> torch.Tensor:
+        """enc (B, T', D), enc_lengths (B,), targets (B, U), target_lengths (B,) -> the
+        RNN-T loss, full or pruned (``rnnt_prune_range``), mean over utterances."""
+        assert self.predictor is not None and self.joint is not None
+        pred = self.predictor(targets)  # (B, U+1, H)
+        labels = (targets.long(), enc_lengths.long(), target_lengths.long())
+        if self.simple_joint is None:
+            return rnnt_loss(self.joint.full(enc, pred).float(), *labels)
+        am, lm = self.simple_joint(enc, pred)
+        simple, occupancy = simple_rnnt_loss(am.float(), lm.float(), *labels)
+        windows = prune_windows(occupancy, enc_lengths, target_lengths, self.cfg.rnnt_prune_range)
+        pruned = pruned_rnnt_loss(self.joint.pruned(enc, pred, windows).float(), windows, *labels)
+        return pruned + self.cfg.rnnt_simple_weight * simple
+
+
 def count_parameters(model: ASRModel) -> dict[str, int]:
     """Parameter counts: encoder, decoder (prediction net), joint, ctc, total."""
 
@@ -97,7 +122,7 @@ def count_parameters(model: ASRModel) -> dict[str, int]:
     counts = {
         "encoder": n(model.encoder),
         "decoder": n(model.predictor),
-        "joint": n(model.joint),
+        "joint": n(model.joint) + n(model.simple_joint),
         "ctc": n(model.ctc_head),
     }
     counts["total"] = sum(counts.values())

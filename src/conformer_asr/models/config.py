@@ -127,6 +127,11 @@ class ModelConfig:
     (the paper), 1 only a CTC head, anything between builds both and trains on
     ``ctc_weight * ctc + (1 - ctc_weight) * rnnt`` (decoding then uses the
     transducer). Token 0 is the blank of both heads.
+
+    ``rnnt_prune_range`` S > 0 trains the transducer with the pruned RNN-T loss
+    (Kuang et al., 2022): the joint network runs on S label positions per frame,
+    chosen by a "simple" joint whose loss is added with ``rnnt_simple_weight``.
+    0 (the default) uses the full loss. Decoding is the same either way.
     """
 
     name: str = "custom"
@@ -138,6 +143,8 @@ class ModelConfig:
     pred_embed_dim: int = 256
     pred_hidden_dim: int = 320
     joint_dim: int = 320
+    rnnt_prune_range: int = 0
+    rnnt_simple_weight: float = 0.5
 
     def __post_init__(self) -> None:
         _require(self.vocab_size >= 2, "vocab_size", "needs at least blank + one token")
@@ -148,6 +155,13 @@ class ModelConfig:
         )
         for name in ("pred_embed_dim", "pred_hidden_dim", "joint_dim"):
             _require(getattr(self, name) > 0, name, "must be positive")
+        _require(
+            self.rnnt_prune_range == 0 or (self.rnnt_prune_range >= 2 and self.has_transducer),
+            "rnnt_prune_range",
+            f"must be 0 (full loss) or >= 2 with a transducer (ctc_weight < 1), "
+            f"got {self.rnnt_prune_range}",
+        )
+        _require(self.rnnt_simple_weight >= 0.0, "rnnt_simple_weight", "must be >= 0")
         _require(
             self.encoder.n_mels == self.features.n_mels,
             "encoder.n_mels",

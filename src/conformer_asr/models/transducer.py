@@ -53,3 +53,30 @@ class JointNetwork(nn.Module):
         """enc (B, T, D), pred (B, U+1, H) -> logits (B, T, U+1, V)."""
         return self(self.enc_proj(enc)[:, :, None, :], self.pred_proj(pred)[:, None, :, :])
 
+    def pruned(self, enc: torch.Tensor, pred: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """enc (B, T, D), pred (B, U+1, H), windows (B, T, S) label positions
+        -> logits (B, T, S, V) at frame t and label position ``windows[b, t, s]``."""
+        pred_projected = self.pred_proj(pred)  # (B, U+1, J)
+        batch, max_t, width = windows.shape
+        index = windows.reshape(batch, max_t * width, 1).expand(-1, -1, pred_projected.shape[2])
+        pred_windows = pred_projected.gather(1, index).view(batch, max_t, width, -1)
+        return self(self.enc_proj(enc)[:, :, None, :], pred_windows)
+
+
+class SimpleJoint(nn.Module):
+    """The pruned loss's cheap joint: logits ``am[t] + lm[u]``, one Linear per side.
+
+    Only training uses it, to find where the alignments lie (``simple_rnnt_loss``).
+    """
+
+    def __init__(self, enc_dim: int, pred_dim: int, vocab_size: int) -> None:
+        super().__init__()
+        self.am = nn.Linear(enc_dim, vocab_size)
+        self.lm = nn.Linear(pred_dim, vocab_size)
+
+    def forward(
+        self, enc: torch.Tensor, pred: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """enc (B, T, D), pred (B, U+1, H) -> am (B, T, V), lm (B, U+1, V)."""
+        return self.am(enc), self.lm(pred)
+
