@@ -1,7 +1,7 @@
 """Run every benchmark, print a table and write JSON.
 
     python -m benchmarks.run [--sizes s m] [--threads 2] [--repeats 5]
-                             [--json benchmarks/results.json] [--quick]
+                             [--json benchmarks/results.json] [--only train ...] [--quick]
 
 See benchmarks/README.md for what each row measures.
 """
@@ -49,7 +49,7 @@ def _notes(row: Row) -> str:
 
 # (header, width, cell) of each column; widths are minimums.
 COLUMNS: list[tuple[str, int, Callable[[Row], str]]] = [
-    ("benchmark", 20, lambda r: r.benchmark),
+    ("benchmark", 22, lambda r: r.benchmark),
     ("size / shape", 19, lambda r: r.size),
     ("batch", 5, lambda r: str(r.batch)),
     ("baseline", 9, lambda r: r.baseline),
@@ -74,6 +74,9 @@ def format_row(row: Row) -> str:
     return format_line([cell(row) for _, _, cell in COLUMNS])
 
 
+BENCHMARKS = ["encoder", "int8", "train", "transcribe", "loss"]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,6 +89,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              f"(default {FULL.repeats}, {QUICK.repeats} with --quick)")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results.json"),
                         help="where to write the results")
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=BENCHMARKS,
+                        help="run only these benchmarks (default: all)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny models and inputs, one repeat: checks that everything runs")
     return parser.parse_args(argv)
@@ -114,21 +119,25 @@ def main(argv: list[str] | None = None) -> int:
         cfg = model_config(size, args.quick)
         configs[cfg.name] = cfg.to_dict()
         model = ASRModel(cfg)
-        for batch in work.encoder_batches:
+        for batch in work.encoder_batches if "encoder" in args.only else ():
             add(cases.encoder_forward(model, batch, settings))
-        for batch in work.encoder_batches:
+        for batch in work.encoder_batches if "int8" in args.only else ():
             add(cases.int8_encoder_forward(model, batch, settings))
-        add(cases.train_step(model, settings))
-        add(cases.train_step(model, settings, pruned=True))
-        add(cases.transcription(model, settings))
-    add(cases.rnnt_loss_step(settings))
+        if "train" in args.only:
+            add(cases.train_step(model, settings))
+            add(cases.train_step(model, settings, pruned=True))
+        if "transcribe" in args.only:
+            add(cases.transcription(model, settings))
+    if "loss" in args.only:
+        add(cases.rnnt_loss_step(settings))
 
     results = {
         "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                     "processor": platform.processor() or platform.machine(),
                     "platform": platform.platform(), "matmul_peak_flops": peak,
                     "matmul_size": work.matmul_size},
-        "settings": {"quick": args.quick, "sizes": args.sizes, "repeats": settings.repeats,
+        "settings": {"quick": args.quick, "sizes": args.sizes, "only": args.only,
+                     "repeats": settings.repeats,
                      "workload": dataclasses.asdict(work), "models": configs},
         "rows": [dataclasses.asdict(row) for row in rows],
     }
