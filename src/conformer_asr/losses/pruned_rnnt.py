@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .rnnt import check_labels, lattice_nll, lattice_occupancy, off_lattice, reduce_losses
+from .rnnt import check_labels, lattice_nll, lattice_occupancy, reduce_losses
 
 
 def _simple_lattice(
@@ -80,9 +80,6 @@ def simple_rnnt_loss(
         blank, reduction,
     )
     blank_lp, label_lp = _simple_lattice(am, lm, targets, blank)
-    no_blank, no_label = off_lattice(max_t, lm.shape[1], logit_lengths, target_lengths)
-    blank_lp = blank_lp.masked_fill(no_blank, -math.inf)
-    label_lp = label_lp.masked_fill(no_label, -math.inf)
     losses = lattice_nll(blank_lp, label_lp, logit_lengths, target_lengths)
     occupancy = lattice_occupancy(blank_lp.detach(), label_lp.detach(), logit_lengths,
                                   target_lengths)
@@ -179,8 +176,5 @@ def pruned_rnnt_loss(
     outside = logits.new_full((batch, max_t, max_u1), -math.inf)
     blank_lp = outside.scatter(2, windows, blank_w)
     label_lp = outside.scatter(2, windows, label_w)[:, :, :-1]
-    no_blank, no_label = off_lattice(max_t, max_u1, logit_lengths, target_lengths)
-    blank_lp = blank_lp.masked_fill(no_blank, -math.inf)
-    label_lp = label_lp.masked_fill(no_label, -math.inf)
     return reduce_losses(lattice_nll(blank_lp, label_lp, logit_lengths, target_lengths),
                          reduction)

@@ -288,14 +288,27 @@ def lattice_nll(
     Args:
         blank_lp: (B, T, U+1) log-probability of blank at each state (t, u).
         label_lp: (B, T, U) log-probability of label u + 1 at each state (t, u).
-            Transitions that must not be used, including those :func:`off_lattice`
-            marks, are -inf.
+            Transitions that must not be used are -inf; those past each utterance's
+            lengths (:func:`off_lattice`) need not be.
         logit_lengths: (B,) T_b, int64.
         target_lengths: (B,) U_b, int64.
 
     Differentiable in ``blank_lp`` and ``label_lp``.
     """
+    blank_lp, label_lp = _on_lattice(blank_lp, label_lp, logit_lengths, target_lengths)
     return _LatticeNLL.apply(blank_lp, label_lp, logit_lengths, target_lengths)
+
+
+def _on_lattice(
+    blank_lp: torch.Tensor,
+    label_lp: torch.Tensor,
+    logit_lengths: torch.Tensor,
+    target_lengths: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copies of ``blank_lp`` and ``label_lp`` with the :func:`off_lattice` transitions -inf."""
+    no_blank, no_label = off_lattice(blank_lp.shape[1], blank_lp.shape[2], logit_lengths,
+                                     target_lengths)
+    return blank_lp.masked_fill(no_blank, -math.inf), label_lp.masked_fill(no_label, -math.inf)
 
 
 def lattice_occupancy(
@@ -307,6 +320,7 @@ def lattice_occupancy(
     """Posterior probability (B, T, U+1) that the alignment passes through state (t, u);
     arguments as :func:`lattice_nll`. Not differentiable."""
     with torch.no_grad():
+        blank_lp, label_lp = _on_lattice(blank_lp, label_lp, logit_lengths, target_lengths)
         alpha, log_scales = _alpha(blank_lp, label_lp)
         ones = blank_lp.new_ones(blank_lp.shape[0])
         blank_flow, label_flow = _posteriors(
