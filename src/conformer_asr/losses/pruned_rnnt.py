@@ -162,7 +162,7 @@ def pruned_rnnt_loss(
     if logits.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"logits must be float32 or float64, got {logits.dtype}")
     batch, max_t, width, vocab = logits.shape
-    max_u1 = targets.shape[1] + 1 if targets.dim() == 2 else 0
+    max_u1 = targets.shape[1] + 1 if targets.dim() == 2 else 1  # else check_labels says why
     targets, logit_lengths, target_lengths = check_labels(
         (batch, max_t, max_u1, vocab), logits.device, targets, logit_lengths, target_lengths,
         blank, reduction,
