@@ -101,10 +101,11 @@ def prune_windows(
         size: S >= 2, positions per frame (fewer if U+1 < S).
 
     Returns:
-        (B, T, min(S, U+1)) int64: ``start_t + [0, 1, ..., S-1]``, where ``start_t``
-        maximises the occupancy inside the window subject to ``start_0 = 0``,
-        ``0 <= start_{t+1} - start_t <= S - 1`` and ``U_b`` inside the window of
-        frame ``T_b - 1``. Frames past ``T_b`` repeat the last window.
+        (B, T, min(S, U+1)) int64: ``start_t + [0, 1, ..., S-1]``, where ``start_t`` is
+        the start whose window holds the most occupancy at frame t, then moved where
+        needed to satisfy ``start_0 = 0``, ``0 <= start_{t+1} - start_t <= S - 1`` and
+        ``U_b`` inside the window of frame ``T_b - 1``. Frames past ``T_b`` repeat the
+        last window.
 
     Raises:
         ValueError: if ``size < 2``, or an utterance has more labels than S - 1 per
