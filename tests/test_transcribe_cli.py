@@ -63,6 +63,25 @@ def test_bad_files_are_named_and_the_rest_transcribed(model_dir, tmp_path):
     assert rows[2]["duration"] == pytest.approx(len(mono) / 16000, abs=0.01)
 
 
+def test_bad_last_or_only_file_is_a_one_line_error(model_dir, tmp_path):
+    text = tmp_path / "notes.wav"
+    text.write_text("this is not audio")
+    for files in ([text], [DATA / "clip1.wav", text]):
+        proc = _cli("transcribe", *map(str, files), "--model", str(model_dir))
+        assert proc.returncode == 1
+        assert proc.stderr.strip().splitlines() == [
+            f"error: {text}: not a readable audio file (Format not recognised.)"
+        ]
+        assert len(proc.stdout.splitlines()) == len(files) - 1
+
+
+def test_batches_that_fill_up_exactly_at_the_last_input(model_dir):
+    transcriber = load_model(model_dir)
+    transcriber.batch_seconds = 0.01  # every window fills a batch: none left at the end
+    clips = [DATA / "clip1.wav", DATA / "clip2.wav"]
+    assert len(transcriber.transcribe(clips)) == 2
+
+
 def test_missing_and_mismatched_model_folders(model_dir, tmp_path):
     proc = _cli("transcribe", str(DATA / "clip1.wav"), "--model", str(tmp_path / "nope"))
     assert proc.returncode == 2 and "no such model folder" in proc.stderr

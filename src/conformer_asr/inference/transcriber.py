@@ -113,6 +113,8 @@ class Transcriber:
         next_out = 0
 
         def flush() -> None:
+            if not batch:
+                return
             for segment, hyp in zip(batch, self._decode([s.samples for s in batch]), strict=True):
                 # Keep where the window was, not its samples: they would hold a long
                 # recording in memory until its last window is decoded.
