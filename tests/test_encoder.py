@@ -41,6 +41,14 @@ def test_relative_shift_equals_pad_and_reshape():
     torch.testing.assert_close(relative_shift(scores), reference)
 
 
+def test_relative_shift_of_a_wider_buffer_is_a_view():
+    t = 5
+    buffer = torch.randn(3, t, 16)  # 2T-1 = 9 distance columns, then 7 ignored ones
+    shifted = relative_shift(buffer)
+    assert shifted.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
+    torch.testing.assert_close(shifted, relative_shift(buffer[..., : 2 * t - 1].clone()))
+
+
 def test_attention_matches_transformer_xl_formula():
     torch.manual_seed(0)
     d, h, t = 16, 2, 5

@@ -103,6 +103,27 @@ def test_int8_model_is_close_to_float32():
     assert _relative_error(logits_int8, logits) < 0.05
 
 
+def test_encoder_compiles_whole_and_matches_eager():
+    """torch.compile traces the encoder as one graph (the benchmark's compiled rows); the
+    traced graph, run by aot_eager (no C++ compiler needed), gives the same outputs and
+    gradients."""
+    torch.manual_seed(0)
+    encoder = ConformerEncoder(TINY).train()
+    feats, lengths = _inputs()
+    explained = torch._dynamo.explain(encoder)(feats, lengths)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    compiled = torch.compile(encoder, backend="aot_eager")
+    out, out_lengths = compiled(feats, lengths)
+    expected, expected_lengths = encoder(feats, lengths)
+    assert torch.equal(out_lengths, expected_lengths)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    weights = torch.randn_like(out)
+    grads = torch.autograd.grad((out * weights).sum(), list(encoder.parameters()))
+    expected_grads = torch.autograd.grad((expected * weights).sum(), list(encoder.parameters()))
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, atol=1e-4, rtol=1e-4)
+
+
 def test_quick_benchmark_writes_json(tmp_path):
     out = tmp_path / "results.json"
     proc = subprocess.run(

@@ -7,7 +7,7 @@ Score between query i and key j, per head::
 
 R is a sinusoidal table of relative distances. The position term is computed
 against all 2T-1 distances at once and then shifted so that column j holds the
-distance i - j. Here the shift is a zero-copy strided view, and the summed
+distance i - j. Here the shift is a zero-copy view, and the summed
 position term goes into ``scaled_dot_product_attention`` as an additive mask,
 so the content term, softmax and value product use torch's fused kernel.
 """
@@ -35,21 +35,18 @@ def relative_positions(length: int, d_model: int, device: torch.device | None = 
 
 
 def relative_shift(scores: torch.Tensor) -> torch.Tensor:
-    """(..., T, 2T-1) scores for distances T-1..-(T-1) -> (..., T, T) with [i, j] = distance i-j.
+    """(..., T, W) scores whose first 2T-1 columns hold distances T-1..-(T-1) (W >= 2T-1;
+    columns past 2T-1 are ignored) -> (..., T, T) with [i, j] = distance i-j.
 
-    Row i needs columns ``T-1-i .. 2T-2-i``: a strided view whose row stride is
-    one less than the input's, so nothing is copied. Any input whose columns are
-    adjacent and whose rows are at least 2T-1 apart (e.g. the first 2T-1 columns
-    of a wider buffer) is viewed as it is; anything else is copied first.
+    Row i needs columns ``T-1-i .. 2T-2-i``. Flattening the last two dims, dropping the
+    first T-1 entries and reading rows of W-1 entries moves each row one column further
+    left than the one above, so the result is a view: nothing is copied (for contiguous
+    input), and it is made of reshapes and slices only, which ``torch.compile`` traces.
     """
     *lead, t, width = scores.shape
-    assert width == 2 * t - 1, f"expected last dim {2 * t - 1}, got {width}"
-    if scores.stride(-1) != 1 or scores.stride(-2) < width:
-        scores = scores.contiguous()
-    *lead_strides, row_stride, _ = scores.stride()
-    return scores.as_strided(
-        (*lead, t, t), (*lead_strides, row_stride - 1, 1), scores.storage_offset() + t - 1
-    )
+    assert width >= 2 * t - 1, f"expected last dim >= {2 * t - 1}, got {width}"
+    flat = scores.contiguous().flatten(-2)[..., t - 1 : t - 1 + t * (width - 1)]
+    return flat.unflatten(-1, (t, width - 1))[..., :t]
 
 
 class RelPositionMultiHeadAttention(nn.Module):
@@ -80,14 +77,14 @@ class RelPositionMultiHeadAttention(nn.Module):
         q, k, v = self.qkv(x).view(b, t, 3, h, dh).unbind(2)  # each (B, T, H, dh)
         # Position term: one (H, B*T, dh) @ (H, dh, W) product per head, the scale applied
         # to the small operand and the 2T-1 distances padded with zeros to W, a multiple
-        # of 8 (the GEMM's fast path). The shift is a view of the first 2T-1 columns, and
-        # the padding fill writes the additive mask in one pass.
+        # of 8 (the GEMM's fast path). The shift is a view of that (H, B, T, W) buffer,
+        # and the padding fill writes the additive mask in one pass.
         width = 2 * t - 1
         padded = -(-width // 8) * 8
         q_v = ((q + self.pos_bias_v) * scale).permute(2, 0, 1, 3).reshape(h, b * t, dh)
         p = F.pad(self.pos_proj(pos), (0, 0, 0, padded - width))
         p = p.view(padded, h, dh).permute(1, 2, 0)  # (H, dh, W)
-        scores = torch.bmm(q_v, p).view(h, b, t, padded)[..., :width]
+        scores = torch.bmm(q_v, p).view(h, b, t, padded)
         position = relative_shift(scores)  # (H, B, T, T)
         bias = position.transpose(0, 1).masked_fill(key_padding[:, None, None, :], float("-inf"))
         context = F.scaled_dot_product_attention(
