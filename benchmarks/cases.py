@@ -14,7 +14,14 @@ from conformer_asr.decoding.search import DecodingOptions, decode
 from conformer_asr.losses.rnnt import rnnt_loss, rnnt_loss_reference
 from conformer_asr.models import ASRModel, quantize_int8
 
-from .measure import Call, count_flops, interleaved_medians, no_reset, peak_bytes
+from .measure import (
+    Call,
+    count_flops,
+    interleaved_medians,
+    no_reset,
+    peak_bytes,
+    wall_seconds,
+)
 from .plain import plain_encoder_like, plain_training_loss
 from .workloads import Workload, encoder_frames, random_features, random_targets
 
@@ -144,6 +151,54 @@ def train_step(model: ASRModel, settings: Settings, pruned: bool = False) -> Row
     positions = work.prune_range if pruned else work.target_length + 1
     row.extra["logits_mb"] = batch * t * positions * cfg.vocab_size * 4 / MB
     row.targets = {"speed-up >= 1.5": row.speedup >= 1.5}
+    model.eval()
+    return row
+
+
+def compiled_encoder_forward(model: ASRModel, batch: int, settings: Settings) -> Row:
+    """``torch.compile`` of the encoder (inductor, compiled for this input's shapes) vs the
+    same encoder run eagerly, in eval mode under no_grad. The seconds of the first call,
+    compilation included, are in ``extra["compile_s"]``."""
+    cfg = model.cfg
+    feats, lengths = random_features(cfg, batch, settings.work.audio_seconds)
+    encoder = model.encoder.eval()
+    compiled = torch.compile(encoder)
+    fast = torch.no_grad()(lambda: compiled(feats, lengths))
+    compile_s = wall_seconds(fast)
+    row = compare("encoder forward, compiled", cfg.name, batch, "eager", fast,
+                  torch.no_grad()(lambda: encoder(feats, lengths)), settings, memory=True)
+    row.extra = {"compile_s": compile_s}
+    return row
+
+
+def compiled_train_step(model: ASRModel, settings: Settings) -> Row:
+    """The train step's fast path (see ``train_step``) with the encoder compiled in place
+    (``nn.Module.compile``) vs the same step run eagerly. The seconds of the first
+    step, compilation included, are in ``extra["compile_s"]``."""
+    cfg, work = model.cfg, settings.work
+    feats, lengths = random_features(cfg, work.train_batch, work.audio_seconds)
+    targets, target_lengths = random_targets(cfg.vocab_size, work.train_batch,
+                                             work.target_length)
+    compiled = copy.deepcopy(model)
+    compiled.encoder.compile()
+    for module in (model, compiled):
+        module.train()
+        module.spec_augment.eval()
+
+    def fast() -> None:
+        compiled(feats, lengths, targets, target_lengths).loss.backward()
+
+    def baseline() -> None:
+        model(feats, lengths, targets, target_lengths).loss.backward()
+
+    def reset() -> None:
+        compiled.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
+
+    compile_s = wall_seconds(fast)
+    row = compare("train step, compiled", cfg.name, work.train_batch, "eager", fast, baseline,
+                  settings, reset=reset, memory=True)
+    row.extra = {"compile_s": compile_s}
     model.eval()
     return row
 

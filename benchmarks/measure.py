@@ -19,6 +19,13 @@ def no_reset() -> None:
     """The default ``reset``: nothing to undo between calls."""
 
 
+def wall_seconds(call: Call) -> float:
+    """Wall-clock seconds of one ``call()``."""
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
 def interleaved_medians(
     fast: Call, baseline: Call, repeats: int, reset: Call = no_reset
 ) -> tuple[float, float]:
@@ -37,9 +44,7 @@ def interleaved_medians(
     for repeat in range(repeats):
         for which in ((0, 1) if repeat % 2 == 0 else (1, 0)):
             reset()
-            start = time.perf_counter()
-            calls[which]()
-            times[which].append(time.perf_counter() - start)
+            times[which].append(wall_seconds(calls[which]))
     return statistics.median(times[0]), statistics.median(times[1])
 
 

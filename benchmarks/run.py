@@ -40,6 +40,8 @@ def _notes(row: Row) -> str:
                      f"{extra['peak_over_logits_baseline']:.2f}x logits")
     elif "logits_mb" in extra:
         parts.append(f"logits {extra['logits_mb']:.0f} MB")
+    if "compile_s" in extra:
+        parts.append(f"first call {extra['compile_s']:.0f} s (compiling)")
     if "rtf_fast" in extra:
         parts.append(f"RTF {extra['rtf_fast']:.3f} / {extra['rtf_baseline']:.3f}, "
                      f"{extra['tokens_per_frame']:.2f} tokens/frame")
@@ -75,6 +77,8 @@ def format_row(row: Row) -> str:
 
 
 BENCHMARKS = ["encoder", "int8", "train", "transcribe", "loss"]
+# Opt-in: inductor spends minutes compiling each model on a CPU.
+OPTIONAL = ["compile"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -89,8 +93,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              f"(default {FULL.repeats}, {QUICK.repeats} with --quick)")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results.json"),
                         help="where to write the results")
-    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=BENCHMARKS,
-                        help="run only these benchmarks (default: all)")
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS + OPTIONAL, default=BENCHMARKS,
+                        help="run only these benchmarks (default: all but compile, the "
+                             "torch.compile rows)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny models and inputs, one repeat: checks that everything runs")
     return parser.parse_args(argv)
@@ -128,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
             add(cases.train_step(model, settings, pruned=True))
         if "transcribe" in args.only:
             add(cases.transcription(model, settings))
+        for batch in work.encoder_batches if "compile" in args.only else ():
+            add(cases.compiled_encoder_forward(model, batch, settings))
+        if "compile" in args.only:
+            add(cases.compiled_train_step(model, settings))
     if "loss" in args.only:
         add(cases.rnnt_loss_step(settings))
 
