@@ -180,3 +180,14 @@ def test_pack_bundles_the_lm_and_its_tuned_decoding(model_dir, lm_dir, tmp_path,
 
     assert main(args) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_a_packed_folder_with_bad_decoding_options_is_refused(model_dir, lm_dir, tmp_path):
+    out = tmp_path / "packed"
+    assert main(["pack", str(model_dir), "--lm", str(lm_dir), "--out", str(out), "--beam-size",
+                 "2", "--lm-weight", "0.4", "--length-bonus", "0.5"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    config["decoding"]["beam_width"] = 4  # not a DecodingOptions field
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelDirError, match="invalid decoding options"):
+        load_model(out)

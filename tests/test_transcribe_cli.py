@@ -186,3 +186,16 @@ def test_bundled_model_is_small_and_transcribes_the_examples():
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["audio"] for line in lines] == examples
     assert all(line["text"] for line in lines)
+
+
+def test_model_info_reads_a_folder_and_names_a_bad_one(model_dir, tmp_path):
+    result = _cli("model-info", str(model_dir))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["config"]["encoder"]["d_model"] == 32
+    assert report["params"]["total"] == sum(p.numel() for p in ASRModel(
+        ModelConfig.from_dict(report["config"])).parameters())
+    (tmp_path / "config.json").write_text("{not json")
+    result = _cli("model-info", str(tmp_path))
+    assert result.returncode != 0
+    assert "invalid model config" in result.stderr and len(result.stderr.splitlines()) == 1

@@ -23,7 +23,8 @@ def _model_info(args: argparse.Namespace) -> int:
     if args.model in NAMED_CONFIGS or not Path(args.model).exists():
         cfg = get_config(args.model)
     else:
-        cfg, info = read_config(args.model)
+        folder = read_config(args.model)
+        cfg, info = folder.model, folder.info
     report = {"name": cfg.name, "params": count_parameters(ASRModel(cfg)),
               "config": cfg.to_dict()}
     if cfg.name in PAPER_PARAMS:

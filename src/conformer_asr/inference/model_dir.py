@@ -71,25 +71,30 @@ def write_folder(
     return directory
 
 
-def read_config(directory: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
+@dataclasses.dataclass(frozen=True)
+class FolderConfig:
+    """A model folder's config.json, parsed."""
+
+    model: ModelConfig
+    info: dict[str, Any]  # free-form metadata (training steps, corpus, ...)
+    decoding: DecodingOptions | None  # recommended with the folder's own LM, if it has one
+
+
+def read_config(directory: str | Path) -> FolderConfig:
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise ModelDirError(f"{directory}: not a model folder (no {CONFIG_FILE})")
     try:
         data = json.loads(path.read_text())
-        return ModelConfig.from_dict(data["model"]), data.get("info", {})
+        model = ModelConfig.from_dict(data["model"])
     except (json.JSONDecodeError, KeyError, ConfigError) as error:
         raise ModelDirError(f"{path}: invalid model config ({error})") from None
-
-
-def read_decoding(directory: str | Path) -> DecodingOptions | None:
-    """The decoding the folder recommends with its own LM (``lm/``), if it names one."""
-    path = Path(directory) / CONFIG_FILE
     try:
-        decoding = json.loads(path.read_text()).get("decoding")
-        return DecodingOptions(**decoding) if decoding is not None else None
-    except (json.JSONDecodeError, TypeError, ValueError) as error:
+        decoding = data.get("decoding")
+        decoding = DecodingOptions(**decoding) if decoding is not None else None
+    except (TypeError, ValueError) as error:
         raise ModelDirError(f"{path}: invalid decoding options ({error})") from None
+    return FolderConfig(model, data.get("info", {}), decoding)
 
 
 def bundled_lm_dir(directory: str | Path) -> Path | None:
@@ -98,20 +103,20 @@ def bundled_lm_dir(directory: str | Path) -> Path | None:
     return path if path.is_dir() else None
 
 
-def load_model_dir(directory: str | Path) -> tuple[ASRModel, Tokenizer, dict[str, Any]]:
-    """-> (model in eval mode on CPU, tokenizer, info). Raises ModelDirError."""
+def load_model_dir(directory: str | Path) -> tuple[ASRModel, Tokenizer, FolderConfig]:
+    """-> (model in eval mode on CPU, tokenizer, parsed config.json). Raises ModelDirError."""
     directory = Path(directory)
-    cfg, info = read_config(directory)
+    config = read_config(directory)
     for name in (WEIGHTS_FILE, MODEL_FILE):
         if not (directory / name).is_file():
             raise ModelDirError(f"{directory}: incomplete model folder (no {name})")
     tokenizer = Tokenizer.load(directory)
-    if tokenizer.vocab_size != cfg.vocab_size:
+    if tokenizer.vocab_size != config.model.vocab_size:
         raise ModelDirError(
             f"{directory}: tokenizer has {tokenizer.vocab_size} pieces, config says "
-            f"{cfg.vocab_size}"
+            f"{config.model.vocab_size}"
         )
-    return load_weights(ASRModel(cfg), directory), tokenizer, info
+    return load_weights(ASRModel(config.model), directory), tokenizer, config
 
 
 def load_weights(module: M, directory: Path) -> M:

@@ -24,12 +24,12 @@ def pack_model(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ModelDirError(f"{out}: already exists and is not empty; pack writes a new folder")
-    model, tokenizer, info = load_model_dir(model_dir)
+    model, tokenizer, config = load_model_dir(model_dir)
     lm, lm_tokenizer, lm_info = load_lm_dir(lm_dir)
     require_same_tokenizer(lm_tokenizer, tokenizer, lm_dir)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_lm_dir(lm, tokenizer, tmp / LM_SUBDIR, lm_info, half=True)
-    save_model_dir(model, tokenizer, tmp, info, decoding)
+    save_model_dir(model, tokenizer, tmp, config.info, decoding)
     tmp.replace(out)
     return out

@@ -26,7 +26,7 @@ from ..models.lm import WordPieceLM
 from ..models.quantize import quantize_int8
 from ..text.tokenizer import Tokenizer
 from .lm_dir import load_lm_for
-from .model_dir import bundled_lm_dir, load_model_dir, read_decoding, resolve_model_dir
+from .model_dir import bundled_lm_dir, load_model_dir, resolve_model_dir
 
 AudioInput = str | Path | np.ndarray
 
@@ -239,13 +239,13 @@ def load_model(
     if int8 and torch.device(device).type != "cpu":
         raise ValueError(f"int8: int8 inference runs on the CPU only, not on {device!r}")
     directory = resolve_model_dir(path_or_name)
-    model, tokenizer, _ = load_model_dir(directory)
+    model, tokenizer, config = load_model_dir(directory)
     if int8:
         model = quantize_int8(model)
     if isinstance(lm, str) and lm == "auto":
         lm = bundled_lm_dir(directory)
         if lm is not None and options is None:
-            options = read_decoding(directory)
+            options = config.decoding
     overrides = {"beam_size": beam_size, "lm_weight": lm_weight, "length_bonus": length_bonus}
     options = dataclasses.replace(options or DecodingOptions(),
                                   **{k: v for k, v in overrides.items() if v is not None})
