@@ -338,3 +338,15 @@ def test_pruned_loss_counts_only_the_alignments_inside_the_windows(seed: int) ->
         lambda x: pruned_rnnt_loss(x, windows, *labels, reduction="sum"),
         gather_windows(logits, windows).detach().requires_grad_(),
     )
+
+
+def test_losses_name_a_wrong_dtype():
+    t, u, v = 3, 2, 4
+    targets, lengths = torch.ones(1, u, dtype=torch.int64), torch.tensor([t])
+    target_lengths = torch.tensor([u])
+    with pytest.raises(ValueError, match="logits must be float32 or float64, got torch.float16"):
+        rnnt_loss(torch.zeros(1, t, u + 1, v, dtype=torch.float16), targets, lengths,
+                  target_lengths)
+    with pytest.raises(ValueError, match=r"am and lm must be float32 or float64 \(one dtype\)"):
+        simple_rnnt_loss(torch.zeros(1, t, v), torch.zeros(1, u + 1, v, dtype=torch.float64),
+                         targets, lengths, target_lengths)

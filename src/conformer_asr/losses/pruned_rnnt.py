@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .rnnt import check_labels, lattice_nll, lattice_occupancy, reduce_losses
+from .rnnt import check_float, check_labels, lattice_nll, lattice_occupancy, reduce_losses
 
 
 def _simple_lattice(
@@ -72,8 +72,7 @@ def simple_rnnt_loss(
     if am.dim() != 3 or lm.dim() != 3 or am.shape[::2] != lm.shape[::2]:
         raise ValueError(f"am must be (B, T, V) and lm (B, U+1, V), got {tuple(am.shape)} "
                          f"and {tuple(lm.shape)}")
-    if am.dtype not in (torch.float32, torch.float64) or lm.dtype != am.dtype:
-        raise ValueError(f"am and lm must both be float32 or float64, got {am.dtype}, {lm.dtype}")
+    check_float(am=am, lm=lm)
     batch, max_t, vocab = am.shape
     targets, logit_lengths, target_lengths = check_labels(
         (batch, max_t, lm.shape[1], vocab), am.device, targets, logit_lengths, target_lengths,
@@ -160,8 +159,7 @@ def pruned_rnnt_loss(
     if logits.dim() != 4 or windows.shape != logits.shape[:3]:
         raise ValueError(f"logits must be (B, T, S, V) and windows (B, T, S), got "
                          f"{tuple(logits.shape)} and {tuple(windows.shape)}")
-    if logits.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"logits must be float32 or float64, got {logits.dtype}")
+    check_float(logits=logits)
     batch, max_t, width, vocab = logits.shape
     max_u1 = targets.shape[1] + 1 if targets.dim() == 2 else 1  # else check_labels says why
     targets, logit_lengths, target_lengths = check_labels(

@@ -44,10 +44,18 @@ def _check_inputs(
     """
     if logits.dim() != 4:
         raise ValueError(f"logits must have shape (B, T, U+1, V), got {tuple(logits.shape)}")
-    if logits.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"logits must be float32 or float64, got {logits.dtype}")
+    check_float(logits=logits)
     return check_labels(logits.shape, logits.device, targets, logit_lengths, target_lengths,
                         blank, reduction)
+
+
+def check_float(**tensors: torch.Tensor) -> None:
+    """ValueError unless the named tensors are all float32 or all float64."""
+    dtypes = [tensor.dtype for tensor in tensors.values()]
+    if dtypes[0] not in (torch.float32, torch.float64) or len(set(dtypes)) > 1:
+        both = " (one dtype)" if len(dtypes) > 1 else ""
+        raise ValueError(f"{' and '.join(tensors)} must be float32 or float64{both}, got "
+                         f"{', '.join(map(str, dtypes))}")
 
 
 def check_labels(
