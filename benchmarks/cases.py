@@ -111,6 +111,32 @@ def int8_encoder_forward(model: ASRModel, batch: int, settings: Settings) -> Row
     return row
 
 
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _training_batch(model: ASRModel, settings: Settings) -> Batch:
+    """Random feats (B, T, n_mels), lengths (B,), targets (B, U) and target lengths (B,)
+    of the workload's training step."""
+    work = settings.work
+    feats, lengths = random_features(model.cfg, work.train_batch, work.audio_seconds)
+    targets, target_lengths = random_targets(model.cfg.vocab_size, work.train_batch,
+                                             work.target_length)
+    return feats, lengths, targets, target_lengths
+
+
+def _training_mode(model: ASRModel) -> None:
+    """Dropout and batch-norm statistics on, SpecAugment off (the plain step has none)."""
+    model.train()
+    model.spec_augment.eval()
+
+
+def _loss_backward(model: ASRModel, batch: Batch) -> Call:
+    """Puts ``model`` in ``_training_mode`` and returns a call that runs forward and
+    backward of its training loss on ``batch``."""
+    _training_mode(model)
+    return lambda: model(*batch).loss.backward()
+
+
 def train_step(model: ASRModel, settings: Settings, pruned: bool = False) -> Row:
     """Forward and backward of the RNN-T training loss (``ASRModel.forward``'s path, with
     the fast encoder, joint and ``rnnt_loss``) vs ``plain_training_loss``, dropout on,
@@ -121,23 +147,17 @@ def train_step(model: ASRModel, settings: Settings, pruned: bool = False) -> Row
     row compares training steps, not the same math, and has no MFU.
     """
     cfg, work = model.cfg, settings.work
-    batch = work.train_batch
-    feats, lengths = random_features(cfg, batch, work.audio_seconds)
-    targets, target_lengths = random_targets(cfg.vocab_size, batch, work.target_length)
+    batch = _training_batch(model, settings)
     fast_model = model
     if pruned:
         fast_model = ASRModel(dataclasses.replace(cfg, rnnt_prune_range=work.prune_range))
         fast_model.load_state_dict(model.state_dict(), strict=False)  # + the simple joint
-    for module in (model, fast_model):
-        module.train()
-        module.spec_augment.eval()
+    _training_mode(model)  # the plain step uses its prediction network and joint
+    fast = _loss_backward(fast_model, batch)
     plain = plain_encoder_like(model.encoder, cfg.encoder)
 
-    def fast() -> None:
-        fast_model(feats, lengths, targets, target_lengths).loss.backward()
-
     def baseline() -> None:
-        plain_training_loss(plain, model, feats, lengths, targets, target_lengths).backward()
+        plain_training_loss(plain, model, *batch).backward()
 
     def reset() -> None:
         fast_model.zero_grad(set_to_none=True)
@@ -145,11 +165,11 @@ def train_step(model: ASRModel, settings: Settings, pruned: bool = False) -> Row
         plain.zero_grad(set_to_none=True)
 
     name = f"train step, pruned S={work.prune_range}" if pruned else "train step"
-    row = compare(name, cfg.name, batch, "plain", fast, baseline, settings,
+    row = compare(name, cfg.name, work.train_batch, "plain", fast, baseline, settings,
                   reset=reset, flops=not pruned, memory=True)
     t = encoder_frames(cfg, work.audio_seconds)
     positions = work.prune_range if pruned else work.target_length + 1
-    row.extra["logits_mb"] = batch * t * positions * cfg.vocab_size * 4 / MB
+    row.extra["logits_mb"] = work.train_batch * t * positions * cfg.vocab_size * 4 / MB
     row.targets = {"speed-up >= 1.5": row.speedup >= 1.5}
     model.eval()
     return row
@@ -175,29 +195,18 @@ def compiled_train_step(model: ASRModel, settings: Settings) -> Row:
     """The train step's fast path (see ``train_step``) with the encoder compiled in place
     (``nn.Module.compile``) vs the same step run eagerly. The seconds of the first
     step, compilation included, are in ``extra["compile_s"]``."""
-    cfg, work = model.cfg, settings.work
-    feats, lengths = random_features(cfg, work.train_batch, work.audio_seconds)
-    targets, target_lengths = random_targets(cfg.vocab_size, work.train_batch,
-                                             work.target_length)
+    batch = _training_batch(model, settings)
     compiled = copy.deepcopy(model)
     compiled.encoder.compile()
-    for module in (model, compiled):
-        module.train()
-        module.spec_augment.eval()
-
-    def fast() -> None:
-        compiled(feats, lengths, targets, target_lengths).loss.backward()
-
-    def baseline() -> None:
-        model(feats, lengths, targets, target_lengths).loss.backward()
+    fast, baseline = _loss_backward(compiled, batch), _loss_backward(model, batch)
 
     def reset() -> None:
         compiled.zero_grad(set_to_none=True)
         model.zero_grad(set_to_none=True)
 
     compile_s = wall_seconds(fast)
-    row = compare("train step, compiled", cfg.name, work.train_batch, "eager", fast, baseline,
-                  settings, reset=reset, memory=True)
+    row = compare("train step, compiled", model.cfg.name, settings.work.train_batch, "eager",
+                  fast, baseline, settings, reset=reset, memory=True)
     row.extra = {"compile_s": compile_s}
     model.eval()
     return row

@@ -133,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             add(cases.train_step(model, settings, pruned=True))
         if "transcribe" in args.only:
             add(cases.transcription(model, settings))
-        for batch in work.encoder_batches if "compile" in args.only else ():
-            add(cases.compiled_encoder_forward(model, batch, settings))
         if "compile" in args.only:
+            for batch in work.encoder_batches:
+                add(cases.compiled_encoder_forward(model, batch, settings))
             add(cases.compiled_train_step(model, settings))
     if "loss" in args.only:
         add(cases.rnnt_loss_step(settings))

@@ -89,9 +89,9 @@ def read_config(directory: str | Path) -> FolderConfig:
         model = ModelConfig.from_dict(data["model"])
     except (json.JSONDecodeError, KeyError, ConfigError) as error:
         raise ModelDirError(f"{path}: invalid model config ({error})") from None
+    raw_decoding = data.get("decoding")
     try:
-        decoding = data.get("decoding")
-        decoding = DecodingOptions(**decoding) if decoding is not None else None
+        decoding = DecodingOptions(**raw_decoding) if raw_decoding is not None else None
     except (TypeError, ValueError) as error:
         raise ModelDirError(f"{path}: invalid decoding options ({error})") from None
     return FolderConfig(model, data.get("info", {}), decoding)
