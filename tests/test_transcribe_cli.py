@@ -1,6 +1,7 @@
 """transcribe / evaluate as a user runs them, including bad input."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -199,3 +200,15 @@ def test_model_info_reads_a_folder_and_names_a_bad_one(model_dir, tmp_path):
     result = _cli("model-info", str(tmp_path))
     assert result.returncode != 0
     assert "invalid model config" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(model_dir):
+    """`conformer-asr model-info ... | head -1`: the pipe closes before the report is written."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "wb") as stdout:
+        result = subprocess.run([sys.executable, "-m", "conformer_asr.cli", "model-info",
+                                 str(model_dir)], stdout=stdout, stderr=subprocess.PIPE,
+                                text=True, timeout=120)
+    assert result.returncode == 141
+    assert result.stderr == ""
