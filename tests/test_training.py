@@ -1,5 +1,6 @@
 """Training CLI: end to end on the test clips, config errors, exact resume after kill -9."""
 
+import copy
 import csv
 import os
 import signal
@@ -13,6 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
 from conformer_asr.models.config import ConfigError
 from conformer_asr.training.config import load_config, parse_config
 from conformer_asr.training.schedule import noam_factor
@@ -31,7 +33,8 @@ def _config(tmp_path: Path, **trainer) -> Path:
             "tokenizer": {"vocab_size": 30}, "max_duration": 3.3, "num_workers": 1,
             "augment": {"noise_prob": 0.5, "reverb_prob": 0.0},
         },
-        "optim": {"peak_lr": 0.003, "warmup_steps": 5},
+        "optim": {"peak_lr": 0.003, "warmup_steps": 5,  # weight noise from before the kill
+                  "decoder_weight_noise": 0.05, "weight_noise_start_step": 8},
         "trainer": {"max_steps": 24, "val_every_steps": 6, "checkpoint_every_steps": 5,
                     "average_last": 1, "log_every_steps": 2, **trainer},
         "out_dir": str(tmp_path / "exp"),
@@ -102,7 +105,8 @@ def test_resume_after_kill_is_exact(tmp_path):
 
 def test_config_overrides_and_errors(tmp_path):
     config = _config(tmp_path)
-    cfg = load_config(config, ["trainer.max_steps=7", "model.ctc_weight=1.0"])
+    cfg = load_config(config, ["trainer.max_steps=7", "model.ctc_weight=1.0",
+                               "optim.decoder_weight_noise=0"])
     assert cfg.trainer.max_steps == 7 and cfg.model.ctc_weight == 1.0
     with pytest.raises(ConfigError, match=r"^trainer\.bogus"):
         load_config(config, ["trainer.bogus=1"])
@@ -115,6 +119,44 @@ def test_config_overrides_and_errors(tmp_path):
     base = parse_config({"model": {"base": "conformer-m", "ctc_weight": 0.3},
                          "data": {"train": "x.jsonl"}})
     assert base.model.encoder.d_model == 256 and base.model.ctc_weight == 0.3
+    noisy = load_config(config, ["optim.decoder_weight_noise=0.075",
+                                 "optim.weight_noise_start_step=100"])  # the paper recipes' values
+    assert [noisy.optim.weight_noise(s) for s in (0, 99, 100)] == [0.0, 0.0, 0.075]
+    with pytest.raises(ConfigError, match=r"^optim\.decoder_weight_noise"):
+        load_config(config, ["optim.decoder_weight_noise=-1"])
+    with pytest.raises(ConfigError, match="no transducer decoder"):
+        load_config(config, ["optim.decoder_weight_noise=0.1", "model.ctc_weight=1.0"])
+
+
+def test_decoder_weight_noise_trains_the_clean_weights():
+    """Variational noise: the prediction network runs on w + n, and its gradients are
+    those of a copy whose weights were set to w + n by hand (same draws)."""
+    cfg = ModelConfig(encoder=EncoderConfig(d_model=32, n_layers=1, n_heads=2, dropout=0.0),
+                      vocab_size=12, pred_embed_dim=8, pred_hidden_dim=16, joint_dim=16)
+    model = ASRModel(cfg).train()
+    targets = torch.randint(1, 12, (3, 5))
+    weights = torch.randn(3, 6, 16)
+
+    torch.manual_seed(1)
+    out = model.predict(targets, weight_noise=0.1)
+    (out * weights).sum().backward()
+
+    reference = copy.deepcopy(model.predictor)
+    reference.zero_grad()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    expected = reference(targets)
+    (expected * weights).sum().backward()
+
+    torch.testing.assert_close(out, expected)
+    for (name, p), q in zip(model.predictor.named_parameters(), reference.parameters(),
+                            strict=True):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    assert not torch.allclose(out, model.predict(targets))  # the noise does change the output
+    model.eval()
+    torch.testing.assert_close(model.predict(targets, weight_noise=0.1), model.predict(targets))
 
 
 def test_train_cli_reports_bad_config_in_one_line(tmp_path):

@@ -70,8 +70,13 @@ class ASRModel(nn.Module):
         feat_lengths: torch.Tensor,
         targets: torch.Tensor,
         target_lengths: torch.Tensor,
+        pred_weight_noise: float = 0.0,
     ) -> LossOutput:
-        """feats (B, T, F), feat_lengths (B,), targets (B, U) padded, target_lengths (B,)."""
+        """feats (B, T, F), feat_lengths (B,), targets (B, U) padded, target_lengths (B,).
+
+        ``pred_weight_noise`` > 0 is the standard deviation of the variational noise on the
+        prediction network's weights (training mode only; see ``predict``).
+        """
         enc, enc_lengths = self.encode(feats, feat_lengths)
         ctc = rnnt = None
         if self.ctc_head is not None:
@@ -80,7 +85,8 @@ class ASRModel(nn.Module):
                 blank=0, reduction="sum", zero_infinity=True,
             ) / targets.shape[0]
         if self.predictor is not None:
-            rnnt = self.transducer_loss(enc, enc_lengths, targets, target_lengths)
+            rnnt = self.transducer_loss(enc, enc_lengths, targets, target_lengths,
+                                        pred_weight_noise)
         w = self.cfg.ctc_weight
         if ctc is None:
             loss = rnnt
@@ -91,6 +97,20 @@ class ASRModel(nn.Module):
         assert loss is not None
         return LossOutput(loss=loss, ctc=ctc, rnnt=rnnt)
 
+    def predict(self, targets: torch.Tensor, weight_noise: float = 0.0) -> torch.Tensor:
+        """targets (B, U) -> prediction network outputs (B, U+1, H).
+
+        In training mode with ``weight_noise`` > 0 the network runs on its weights plus
+        fresh Gaussian noise of that standard deviation (the paper's variational noise on
+        the decoder; Graves, 2011): the loss sees noisy weights, the gradients and the
+        update go to the clean ones.
+        """
+        assert self.predictor is not None, "this model has no transducer"
+        if not (self.training and weight_noise > 0):
+            return self.predictor(targets)
+        noisy = {name: p + weight_noise * torch.randn_like(p)
+                 for name, p in self.predictor.named_parameters()}
+        return torch.func.functional_call(self.predictor, noisy, (targets,))
 
     def transducer_loss(
         self,
@@ -98,11 +118,12 @@ class ASRModel(nn.Module):
         enc_lengths: torch.Tensor,
         targets: torch.Tensor,
         target_lengths: torch.Tensor,
+        pred_weight_noise: float = 0.0,
     ) -> torch.Tensor:
         """enc (B, T', D), enc_lengths (B,), targets (B, U), target_lengths (B,) -> the
         RNN-T loss, full or pruned (``rnnt_prune_range``), mean over utterances."""
-        assert self.predictor is not None and self.joint is not None
-        pred = self.predictor(targets)  # (B, U+1, H)
+        assert self.joint is not None
+        pred = self.predict(targets, pred_weight_noise)  # (B, U+1, H)
         labels = (targets.long(), enc_lengths.long(), target_lengths.long())
         if self.simple_joint is None:
             return rnnt_loss(self.joint.full(enc, pred).float(), *labels)

@@ -61,7 +61,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     """Adam with the Noam schedule (the paper: betas 0.9/0.98, eps 1e-9, 10k warm-up,
-    peak 0.05 / sqrt(d_model), L2 1e-6)."""
+    peak 0.05 / sqrt(d_model), L2 1e-6), and the paper's variational noise on the
+    transducer's decoder weights: standard deviation ``decoder_weight_noise`` from step
+    ``weight_noise_start_step`` on (the paper gives neither value; 0 turns it off)."""
 
     peak_lr: float | None = None  # None: 0.05 / sqrt(d_model)
     warmup_steps: int = 10000
@@ -69,6 +71,8 @@ class OptimConfig:
     eps: float = 1e-9
     weight_decay: float = 1e-6
     grad_clip: float = 5.0
+    decoder_weight_noise: float = 0.0
+    weight_noise_start_step: int = 0
 
     def __post_init__(self) -> None:
         if self.warmup_steps < 1:
@@ -77,9 +81,16 @@ class OptimConfig:
             raise ConfigError("optim.peak_lr: must be positive")
         if self.grad_clip < 0:
             raise ConfigError("optim.grad_clip: must be >= 0 (0 disables clipping)")
+        if self.decoder_weight_noise < 0 or self.weight_noise_start_step < 0:
+            raise ConfigError("optim.decoder_weight_noise and optim.weight_noise_start_step: "
+                              "must be >= 0")
 
     def peak(self, d_model: int) -> float:
         return self.peak_lr if self.peak_lr is not None else 0.05 / math.sqrt(d_model)
+
+    def weight_noise(self, step: int) -> float:
+        """Standard deviation of the decoder's weight noise at optimizer step ``step``."""
+        return self.decoder_weight_noise if step >= self.weight_noise_start_step else 0.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,11 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     out_dir: str = "exp/run"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.optim.decoder_weight_noise > 0 and not self.model.has_transducer:
+            raise ConfigError("optim.decoder_weight_noise: the model has no transducer decoder "
+                              "(model.ctc_weight is 1)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

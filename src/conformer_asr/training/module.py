@@ -53,7 +53,8 @@ class ASRTask(L.LightningModule):
         self._note_issues(batch.issues)
         if len(batch) == 0:
             return None
-        out = self.model(batch.feats, batch.feat_lengths, batch.targets, batch.target_lengths)
+        out = self.model(batch.feats, batch.feat_lengths, batch.targets, batch.target_lengths,
+                         pred_weight_noise=self.optim.weight_noise(self.global_step))
         now = time.perf_counter()
         start, seconds = self._clock or (now, 0.0)
         seconds += batch.seconds
