@@ -226,8 +226,9 @@ def test_simple_loss_equals_the_full_loss_of_the_summed_logits(seed: int) -> Non
     loss, _ = simple_rnnt_loss(am, lm, *labels, reduction="none")
     expected = rnnt_loss_reference(am[:, :, None] + lm[:, None], *labels, reduction="none")
     torch.testing.assert_close(loss, expected)
-    grads = torch.autograd.grad(loss.sum(), (am, lm))
-    expected_grads = torch.autograd.grad(expected.sum(), (am, lm))
+    weights = torch.arange(1.0, loss.shape[0] + 1, dtype=loss.dtype)  # per-utterance grads
+    grads = torch.autograd.grad((loss * weights).sum(), (am, lm))
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (am, lm))
     for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want)
 

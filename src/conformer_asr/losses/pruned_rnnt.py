@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .rnnt import check_float, check_labels, lattice_nll, lattice_occupancy, reduce_losses
+from .rnnt import check_float, check_labels, lattice_nll, reduce_losses
 
 
 def _simple_lattice(
@@ -79,9 +79,7 @@ def simple_rnnt_loss(
         blank, reduction,
     )
     blank_lp, label_lp = _simple_lattice(am, lm, targets, blank)
-    losses = lattice_nll(blank_lp, label_lp, logit_lengths, target_lengths)
-    occupancy = lattice_occupancy(blank_lp.detach(), label_lp.detach(), logit_lengths,
-                                  target_lengths)
+    losses, occupancy = lattice_nll(blank_lp, label_lp, logit_lengths, target_lengths)
     return reduce_losses(losses, reduction), occupancy
 
 
@@ -175,5 +173,5 @@ def pruned_rnnt_loss(
     outside = logits.new_full((batch, max_t, max_u1), -math.inf)
     blank_lp = outside.scatter(2, windows, blank_w)
     label_lp = outside.scatter(2, windows, label_w)[:, :, :-1]
-    return reduce_losses(lattice_nll(blank_lp, label_lp, logit_lengths, target_lengths),
-                         reduction)
+    losses, _ = lattice_nll(blank_lp, label_lp, logit_lengths, target_lengths)
+    return reduce_losses(losses, reduction)

@@ -263,7 +263,9 @@ def _posteriors(
 
 class _LatticeNLL(torch.autograd.Function):
     """Per-utterance negative log-likelihood (B,) of a lattice given its transition
-    log-probabilities; the gradient of each is minus its posterior probability."""
+    log-probabilities, and the occupancy (B, T, U+1). The gradient of each loss is minus
+    its transitions' posterior probabilities, which the occupancy sums: both come from
+    one forward and one backward recursion, run here in ``forward``."""
 
     @staticmethod
     def forward(
@@ -272,17 +274,26 @@ class _LatticeNLL(torch.autograd.Function):
         label_lp: torch.Tensor,
         logit_lengths: torch.Tensor,
         target_lengths: torch.Tensor,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         alpha, log_scales = _alpha(blank_lp, label_lp)
-        ctx.save_for_backward(blank_lp, label_lp, alpha, log_scales, logit_lengths,
-                              target_lengths)
-        return -log_scales.sum(dim=1)
+        ones = blank_lp.new_ones(blank_lp.shape[0])
+        blank_flow, label_flow = _posteriors(
+            blank_lp, label_lp, alpha, log_scales, logit_lengths, target_lengths, ones
+        )
+        ctx.save_for_backward(blank_flow, label_flow)
+        occupancy = blank_flow.clone()
+        occupancy[:, :, :-1] += label_flow
+        ctx.mark_non_differentiable(occupancy)
+        return -log_scales.sum(dim=1), occupancy
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad_losses: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        blank_flow, label_flow = _posteriors(*ctx.saved_tensors, grad_losses)
-        return blank_flow.neg_(), label_flow.neg_(), None, None
+    def backward(
+        ctx: FunctionCtx, grad_losses: torch.Tensor, grad_occupancy: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
+        blank_flow, label_flow = ctx.saved_tensors
+        scale = -grad_losses.to(blank_flow.dtype)[:, None, None]
+        return blank_flow * scale, label_flow * scale, None, None
 
 
 def lattice_nll(
@@ -290,8 +301,9 @@ def lattice_nll(
     label_lp: torch.Tensor,
     logit_lengths: torch.Tensor,
     target_lengths: torch.Tensor,
-) -> torch.Tensor:
-    """RNN-T negative log-likelihood (B,) from transition log-probabilities.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RNN-T negative log-likelihood from transition log-probabilities, and where the
+    alignments lie.
 
     Args:
         blank_lp: (B, T, U+1) log-probability of blank at each state (t, u).
@@ -301,7 +313,10 @@ def lattice_nll(
         logit_lengths: (B,) T_b, int64.
         target_lengths: (B,) U_b, int64.
 
-    Differentiable in ``blank_lp`` and ``label_lp``.
+    Returns:
+        The losses (B,), differentiable in ``blank_lp`` and ``label_lp``, and the
+        occupancy (B, T, U+1): the posterior probability that the alignment passes
+        through state (t, u) (no gradient).
     """
     blank_lp, label_lp = _on_lattice(blank_lp, label_lp, logit_lengths, target_lengths)
     return _LatticeNLL.apply(blank_lp, label_lp, logit_lengths, target_lengths)
@@ -317,25 +332,6 @@ def _on_lattice(
     no_blank, no_label = off_lattice(blank_lp.shape[1], blank_lp.shape[2], logit_lengths,
                                      target_lengths)
     return blank_lp.masked_fill(no_blank, -math.inf), label_lp.masked_fill(no_label, -math.inf)
-
-
-def lattice_occupancy(
-    blank_lp: torch.Tensor,
-    label_lp: torch.Tensor,
-    logit_lengths: torch.Tensor,
-    target_lengths: torch.Tensor,
-) -> torch.Tensor:
-    """Posterior probability (B, T, U+1) that the alignment passes through state (t, u);
-    arguments as :func:`lattice_nll`. Not differentiable."""
-    with torch.no_grad():
-        blank_lp, label_lp = _on_lattice(blank_lp, label_lp, logit_lengths, target_lengths)
-        alpha, log_scales = _alpha(blank_lp, label_lp)
-        ones = blank_lp.new_ones(blank_lp.shape[0])
-        blank_flow, label_flow = _posteriors(
-            blank_lp, label_lp, alpha, log_scales, logit_lengths, target_lengths, ones
-        )
-        blank_flow[:, :, :-1] += label_flow
-        return blank_flow
 
 
 class _RNNTLoss(torch.autograd.Function):
