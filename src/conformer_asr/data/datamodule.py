@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import lightning as L
 import torch
 from lhotse import CutSet
@@ -61,10 +63,14 @@ class SpeechDataModule(L.LightningDataModule):
         buckets = min(self.num_buckets, len(self.train_cuts) // 10)
         common = {"max_duration": self.max_duration, "shuffle": True, "seed": self.seed,
                   "drop_last": distributed}  # drop_last: equal batch counts on every rank
-        sampler = EpochSampler(
-            DynamicBucketingSampler(self.train_cuts, num_buckets=buckets, **common)
-            if buckets >= 2 else SimpleCutSampler(self.train_cuts, **common)  # tiny sets
-        )
+        with warnings.catch_warnings():
+            # The manifests are read eagerly on purpose (checked and filtered up front, see
+            # load_manifests); Lhotse's warning about the memory this costs does not apply.
+            warnings.filterwarnings("ignore", "You are using DynamicBucketingSampler")
+            sampler = EpochSampler(
+                DynamicBucketingSampler(self.train_cuts, num_buckets=buckets, **common)
+                if buckets >= 2 else SimpleCutSampler(self.train_cuts, **common)  # tiny sets
+            )
         sampler.set_epoch(self.trainer.current_epoch if self.trainer else 0)
         sampler.skip, self.skip_batches = self.skip_batches, 0
         dataset = SpeechDataset(self.tokenizer, self.model_cfg, self.augmenter, self.seed)
