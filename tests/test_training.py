@@ -6,17 +6,25 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import yaml
+from lhotse import CutSet
 from safetensors.torch import load_file
 
+from conformer_asr.data.datamodule import load_manifests
+from conformer_asr.data.dataset import SpeechDataset
+from conformer_asr.data.manifest import DataIssues
 from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
 from conformer_asr.models.config import ConfigError
-from conformer_asr.training.config import load_config, parse_config
+from conformer_asr.text.tokenizer import Tokenizer
+from conformer_asr.training.config import OptimConfig, load_config, parse_config
+from conformer_asr.training.module import ASRTask
 from conformer_asr.training.schedule import noam_factor
 
 DATA = Path(__file__).parent / "data"
@@ -176,3 +184,25 @@ def test_noam_schedule_peaks_at_warmup():
     assert noam_factor(400, 100) == pytest.approx(0.5)
 
 
+
+
+def test_validation_reports_the_mean_loss_per_utterance():
+    """val_loss averages over utterances, whatever the batch sizes (it once divided the
+    summed loss by the number of batches)."""
+    cuts = list(load_manifests([str(DATA / "manifest.jsonl")], DataIssues()))
+    tokenizer = Tokenizer.train([c.supervisions[0].text for c in cuts],
+                                Path(tempfile.mkdtemp()) / "tok", vocab_size=30)
+    cfg = ModelConfig(encoder=EncoderConfig(d_model=32, n_layers=1, n_heads=2),
+                      vocab_size=tokenizer.vocab_size, ctc_weight=1.0)
+    task = ASRTask(cfg, OptimConfig(), tokenizer)
+    dataset = SpeechDataset(tokenizer, cfg)
+    batches = [dataset[(0, CutSet.from_cuts(part))] for part in (cuts[:3], cuts[3:4])]
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=lambda b: b)
+    metrics = trainer.validate(task, dataloaders=loader, verbose=False)[0]
+    task.model.eval()
+    with torch.no_grad():
+        losses = [float(task.model(b.feats, b.feat_lengths, b.targets, b.target_lengths).loss)
+                  * len(b) for b in batches]
+    assert metrics["val_loss"] == pytest.approx(sum(losses) / 4, rel=1e-5)

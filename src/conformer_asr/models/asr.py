@@ -72,12 +72,25 @@ class ASRModel(nn.Module):
         target_lengths: torch.Tensor,
         pred_weight_noise: float = 0.0,
     ) -> LossOutput:
-        """feats (B, T, F), feat_lengths (B,), targets (B, U) padded, target_lengths (B,).
+        """feats (B, T, F), feat_lengths (B,), targets (B, U) padded, target_lengths (B,):
+        ``encode``, then ``loss``."""
+        enc, enc_lengths = self.encode(feats, feat_lengths)
+        return self.loss(enc, enc_lengths, targets, target_lengths, pred_weight_noise)
+
+    def loss(
+        self,
+        enc: torch.Tensor,
+        enc_lengths: torch.Tensor,
+        targets: torch.Tensor,
+        target_lengths: torch.Tensor,
+        pred_weight_noise: float = 0.0,
+    ) -> LossOutput:
+        """enc (B, T', D), enc_lengths (B,) from ``encode``; targets (B, U) padded,
+        target_lengths (B,).
 
         ``pred_weight_noise`` > 0 is the standard deviation of the variational noise on the
         prediction network's weights (training mode only; see ``predict``).
         """
-        enc, enc_lengths = self.encode(feats, feat_lengths)
         ctc = rnnt = None
         if self.ctc_head is not None:
             ctc = F.ctc_loss(

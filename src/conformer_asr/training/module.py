@@ -31,7 +31,7 @@ class ASRTask(L.LightningModule):
         self.issues = DataIssues()
         self.batches_this_epoch = 0  # consumed batches, for exact mid-epoch resume
         self._val_errors = WordErrors()
-        self._val_loss: list[float] = []
+        self._val_loss = (0.0, 0)  # (sum of per-utterance losses, utterances)
         self._clock: tuple[float, float] | None = None  # (start time, audio seconds since)
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -73,9 +73,10 @@ class ASRTask(L.LightningModule):
         self._note_issues(batch.issues)
         if len(batch) == 0:
             return
-        out = self.model(batch.feats, batch.feat_lengths, batch.targets, batch.target_lengths)
-        self._val_loss.append(float(out.loss) * len(batch))
         enc, lengths = self.model.encode(batch.feats, batch.feat_lengths)
+        out = self.model.loss(enc, lengths, batch.targets, batch.target_lengths)
+        loss_sum, utterances = self._val_loss
+        self._val_loss = (loss_sum + float(out.loss) * len(batch), utterances + len(batch))
         for hyp, ref in zip(decode(self.model, enc, lengths, DecodingOptions()), batch.texts,
                             strict=True):
             self._val_errors += word_errors(ref, self.tokenizer.decode(hyp.tokens))
@@ -83,8 +84,8 @@ class ASRTask(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         e = self._val_errors
         totals = torch.tensor(
-            [e.substitutions + e.deletions + e.insertions, e.words, sum(self._val_loss),
-             len(self._val_loss)], dtype=torch.float64, device=self.device,
+            [e.substitutions + e.deletions + e.insertions, e.words, *self._val_loss],
+            dtype=torch.float64, device=self.device,
         )
         errors, words, loss_sum, utterances = (
             self.trainer.strategy.reduce(totals, reduce_op="sum").tolist()
@@ -94,7 +95,7 @@ class ASRTask(L.LightningModule):
         if utterances > 0:
             self.log("val_loss", loss_sum / utterances)
         self._val_errors = WordErrors()
-        self._val_loss = []
+        self._val_loss = (0.0, 0)
 
     def _note_issues(self, issues: DataIssues) -> None:
         if issues.total:
