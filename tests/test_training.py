@@ -99,6 +99,8 @@ def test_resume_after_kill_is_exact(tmp_path):
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     assert "resuming from" in out
+    for chatter in ("Tip:", "is deprecated", "exists and is not empty"):
+        assert chatter not in out, chatter
     a, b = _weights(exp), _weights(killed / "exp")
     assert a.keys() == b.keys()
     for key in a:
@@ -206,3 +208,26 @@ def test_validation_reports_the_mean_loss_per_utterance():
         losses = [float(task.model(b.feats, b.feat_lengths, b.targets, b.target_lengths).loss)
                   * len(b) for b in batches]
     assert metrics["val_loss"] == pytest.approx(sum(losses) / 4, rel=1e-5)
+
+
+def test_resume_with_fewer_kept_checkpoints_deletes_the_surplus(tmp_path):
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from conformer_asr.training.checkpoints import KeepLastCheckpoints
+
+    def fit(max_steps: int, keep: int, resume: bool) -> None:
+        keeper = KeepLastCheckpoints(tmp_path, every_steps=1, keep=keep)
+        trainer = L.Trainer(
+            max_steps=max_steps, callbacks=[keeper],
+            logger=False, enable_progress_bar=False, enable_model_summary=False,
+            limit_val_batches=0, default_root_dir=tmp_path,
+        )
+        trainer.fit(BoringModel(), ckpt_path=str(tmp_path / "last.ckpt") if resume else None)
+
+    def files() -> list[str]:
+        return sorted(p.name for p in tmp_path.glob("*.ckpt"))
+
+    fit(max_steps=6, keep=6, resume=False)
+    assert files() == ["last.ckpt"] + [f"step-{i}.ckpt" for i in range(1, 7)]
+    fit(max_steps=8, keep=2, resume=True)  # Lightning alone would keep all eight
+    assert files() == ["last.ckpt", "step-7.ckpt", "step-8.ckpt"]

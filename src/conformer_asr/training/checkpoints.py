@@ -6,7 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
@@ -20,6 +22,33 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_atomic(checkpoint, path)
+
+
+class KeepLastCheckpoints(ModelCheckpoint):
+    """Writes ``step-N.ckpt`` every ``every_steps`` steps and ``last.ckpt``; keeps ``keep`` of them.
+
+    Lightning's top-k bookkeeping only deletes a file when it tracks exactly k of them,
+    so a run resumed with a smaller ``keep`` (say after averaging 10 once) would never
+    delete again; here the surplus from the restored state is removed at the start.
+    """
+
+    def __init__(self, dirpath: Path, every_steps: int, keep: int) -> None:
+        super().__init__(
+            dirpath=dirpath, filename="step-{step}", every_n_train_steps=every_steps,
+            save_top_k=keep, monitor="step", mode="max", save_last=True,
+            auto_insert_metric_name=False,
+        )
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        by_step = sorted(self.best_k_models, key=lambda path: int(self.best_k_models[path]))
+        surplus = by_step[:-self.save_top_k]
+        for path in surplus:
+            del self.best_k_models[path]
+            if os.path.exists(path) and self._should_remove_checkpoint(trainer, path, ""):
+                self._remove_checkpoint(trainer, path)
+        if surplus:
+            self.kth_best_model_path = by_step[-self.save_top_k]
+            self.kth_value = self.best_k_models[self.kth_best_model_path]
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:

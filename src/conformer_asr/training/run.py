@@ -13,15 +13,19 @@ Re-running the same command resumes from ``last.ckpt`` exactly where it stopped
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import logging
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
@@ -32,7 +36,7 @@ from ..data.manifest import DataIssues
 from ..inference.model_dir import save_model_dir
 from ..models.config import ConfigError, ModelConfig
 from ..text.tokenizer import Tokenizer
-from .checkpoints import AtomicCheckpointIO, average_checkpoints
+from .checkpoints import AtomicCheckpointIO, KeepLastCheckpoints, average_checkpoints
 from .config import TrainConfig
 from .curves import plot_curves
 from .module import ASRTask
@@ -118,6 +122,28 @@ def _write_yaml(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡 Tip")
+
+
+@contextlib.contextmanager
+def _without_lightning_chatter() -> Iterator[None]:
+    """Hide messages that say nothing about this run: Lightning's advertisement for its
+    cloud logger, a deprecation inside Lightning's own use of torch, and the warning
+    about a non-empty checkpoint folder, which is where a resumed run is meant to write."""
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    tips = _DropTips()
+    rank_zero_log.addFilter(tips)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+            warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
+            yield
+    finally:
+        rank_zero_log.removeFilter(tips)
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) and return the exported model folder."""
     out = Path(cfg.out_dir)
@@ -145,36 +171,33 @@ def train(cfg: TrainConfig) -> Path:
     )
     checkpoints = out / "checkpoints"
     logger = _ResumableCSVLogger(out, name="logs", version="")
-    step_ckpt = ModelCheckpoint(
-        dirpath=checkpoints, filename="step-{step}",
-        every_n_train_steps=cfg.trainer.checkpoint_every_steps,
-        save_top_k=cfg.trainer.average_last, monitor="step", mode="max", save_last=True,
-        auto_insert_metric_name=False,
-    )
-    trainer = L.Trainer(
-        max_steps=cfg.trainer.max_steps,
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
-        num_nodes=cfg.trainer.num_nodes,
-        precision=_precision(cfg),  # type: ignore[arg-type]
-        gradient_clip_val=cfg.optim.grad_clip or None,
-        val_check_interval=cfg.trainer.val_every_steps if dev_cuts is not None else None,
-        check_val_every_n_epoch=None,
-        limit_val_batches=1.0 if dev_cuts is not None else 0,
-        num_sanity_val_steps=0,
-        log_every_n_steps=cfg.trainer.log_every_steps,
-        logger=logger,
-        callbacks=[step_ckpt,
-                   _TrainingLog(logger, out / "curves.png")],
-        plugins=[AtomicCheckpointIO()],
-        use_distributed_sampler=False,  # Lhotse samplers shard by rank themselves
-        default_root_dir=out,
-        enable_model_summary=True,
-    )
-    last = checkpoints / "last.ckpt"
-    if last.is_file():
-        print(f"resuming from {last}")
-    trainer.fit(task, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+    step_ckpt = KeepLastCheckpoints(checkpoints, cfg.trainer.checkpoint_every_steps,
+                                    keep=cfg.trainer.average_last)
+    with _without_lightning_chatter():
+        trainer = L.Trainer(
+            max_steps=cfg.trainer.max_steps,
+            accelerator=cfg.trainer.accelerator,
+            devices=cfg.trainer.devices,
+            num_nodes=cfg.trainer.num_nodes,
+            precision=_precision(cfg),  # type: ignore[arg-type]
+            gradient_clip_val=cfg.optim.grad_clip or None,
+            val_check_interval=cfg.trainer.val_every_steps if dev_cuts is not None else None,
+            check_val_every_n_epoch=None,
+            limit_val_batches=1.0 if dev_cuts is not None else 0,
+            num_sanity_val_steps=0,
+            log_every_n_steps=cfg.trainer.log_every_steps,
+            logger=logger,
+            callbacks=[step_ckpt,
+                       _TrainingLog(logger, out / "curves.png")],
+            plugins=[AtomicCheckpointIO()],
+            use_distributed_sampler=False,  # Lhotse samplers shard by rank themselves
+            default_root_dir=out,
+            enable_model_summary=True,
+        )
+        last = checkpoints / "last.ckpt"
+        if last.is_file():
+            print(f"resuming from {last}")
+        trainer.fit(task, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
 
     if task.issues.total:
         print(f"bad data skipped during training: {task.issues.summary()}")
