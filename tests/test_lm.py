@@ -91,11 +91,14 @@ def test_lm_folder_round_trip(lm_dir, tmp_path):
 
 def test_training_resumes_from_its_state(corpus, tokenizer, tmp_path):
     lines = []
-    train_lm([corpus], tokenizer, tmp_path, get_lm_config("tiny"), _train_config(40),
-             log=lines.append)
+    first = train_lm([corpus], tokenizer, tmp_path, get_lm_config("tiny"), _train_config(40),
+                     log=lines.append)
     report = train_lm([corpus], tokenizer, tmp_path, get_lm_config("tiny"), _train_config(60),
                       log=lines.append)
     assert "resuming at step 40" in lines and report.steps == 60
+    # the report compares with the untrained LM, not with the LM at the resumed step
+    assert report.heldout_perplexity_start == first.heldout_perplexity_start
+    assert report.heldout_perplexity < first.heldout_perplexity
 
 
 def test_train_lm_removes_sentences_of_excluded_manifests(corpus, tokenizer, tmp_path, capsys):

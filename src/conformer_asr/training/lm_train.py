@@ -125,17 +125,18 @@ def _load_corpus(
 def _resume(
     path: Path, lm: WordPieceLM, optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler, device: str,
-) -> int:
-    """Load the training state at ``path`` if there is one -> the step to continue from."""
+) -> tuple[int, float | None]:
+    """Load the training state at ``path`` if there is one
+    -> (the step to continue from, the held-out perplexity at step 0 if recorded)."""
     if not path.is_file():
-        return 0
+        return 0, None
     state = torch.load(path, map_location=device, weights_only=True)
     if state["lm_config"] != lm.cfg.to_dict():
         raise ValueError(f"{path}: a run with another LM config; use a new --out")
     lm.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    return state["step"]
+    return state["step"], state.get("heldout_perplexity_start")
 
 
 def train_lm(
@@ -157,11 +158,13 @@ def train_lm(
     optimizer = torch.optim.Adam(lm.parameters(), lr=config.peak_lr)
     scheduler = noam_scheduler(optimizer, config.warmup_steps)
     state_path = out_dir / STATE_FILE
-    step = _resume(state_path, lm, optimizer, scheduler, device)
+    step, start_ppl = _resume(state_path, lm, optimizer, scheduler, device)
     if step:
         log(f"resuming at step {step}")
-    start_ppl = perplexity(lm, corpus.heldout)
-    log(f"held-out perplexity {start_ppl:.2f} at step {step}")
+    ppl = perplexity(lm, corpus.heldout)
+    log(f"held-out perplexity {ppl:.2f} at step {step}")
+    if start_ppl is None:  # a new run (or a state from before step 0's value was kept)
+        start_ppl = ppl
 
     out_dir.mkdir(parents=True, exist_ok=True)
     batches = _batches(len(corpus.train), config.batch_size, config.seed, step)
@@ -187,7 +190,8 @@ def train_lm(
         if step % config.checkpoint_every == 0 or step == config.steps:
             save_atomic({"lm_config": lm.cfg.to_dict(), "step": step, "model": lm.state_dict(),
                          "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict()}, state_path)
+                         "scheduler": scheduler.state_dict(),
+                         "heldout_perplexity_start": start_ppl}, state_path)
 
     report = LMTrainReport(
         sentences=corpus.sentences, excluded=corpus.excluded,
