@@ -210,13 +210,13 @@ def test_validation_reports_the_mean_loss_per_utterance():
     assert metrics["val_loss"] == pytest.approx(sum(losses) / 4, rel=1e-5)
 
 
-def test_resume_with_fewer_kept_checkpoints_deletes_the_surplus(tmp_path):
+def test_resume_with_other_checkpoint_settings_keeps_the_newest(tmp_path):
     from lightning.pytorch.demos.boring_classes import BoringModel
 
     from conformer_asr.training.checkpoints import KeepLastCheckpoints
 
-    def fit(max_steps: int, keep: int, resume: bool) -> None:
-        keeper = KeepLastCheckpoints(tmp_path, every_steps=1, keep=keep)
+    def fit(max_steps: int, every: int, keep: int, resume: bool) -> None:
+        keeper = KeepLastCheckpoints(tmp_path, every_steps=every, keep=keep)
         trainer = L.Trainer(
             max_steps=max_steps, callbacks=[keeper],
             logger=False, enable_progress_bar=False, enable_model_summary=False,
@@ -225,9 +225,15 @@ def test_resume_with_fewer_kept_checkpoints_deletes_the_surplus(tmp_path):
         trainer.fit(BoringModel(), ckpt_path=str(tmp_path / "last.ckpt") if resume else None)
 
     def files() -> list[str]:
-        return sorted(p.name for p in tmp_path.glob("*.ckpt"))
+        return sorted((p.name for p in tmp_path.glob("*.ckpt")), key=lambda n: (len(n), n))
 
-    fit(max_steps=6, keep=6, resume=False)
+    def last_step() -> int:
+        return torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"]
+
+    fit(max_steps=6, every=1, keep=6, resume=False)
     assert files() == ["last.ckpt"] + [f"step-{i}.ckpt" for i in range(1, 7)]
-    fit(max_steps=8, keep=2, resume=True)  # Lightning alone would keep all eight
+    fit(max_steps=8, every=1, keep=2, resume=True)  # Lightning alone would keep all eight
     assert files() == ["last.ckpt", "step-7.ckpt", "step-8.ckpt"]
+    # another interval: Lightning restores no callback state and wrote last-v1.ckpt
+    fit(max_steps=12, every=2, keep=2, resume=True)
+    assert files() == ["last.ckpt", "step-10.ckpt", "step-12.ckpt"] and last_step() == 12

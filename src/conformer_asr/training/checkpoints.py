@@ -27,28 +27,45 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class KeepLastCheckpoints(ModelCheckpoint):
     """Writes ``step-N.ckpt`` every ``every_steps`` steps and ``last.ckpt``; keeps ``keep`` of them.
 
-    Lightning's top-k bookkeeping only deletes a file when it tracks exactly k of them,
-    so a run resumed with a smaller ``keep`` (say after averaging 10 once) would never
-    delete again; here the surplus from the restored state is removed at the start.
+    Which step files exist is read from the folder when training starts, not taken from
+    the callback state in the resumed checkpoint: Lightning's top-k bookkeeping stops
+    deleting once it tracks more than k files (a run resumed with a smaller ``keep``), and
+    it restores no state at all when ``every_steps`` or ``keep`` changed. ``last.ckpt``
+    keeps its name: Lightning would otherwise write ``last-v1.ckpt`` beside a stale
+    ``last.ckpt`` whenever its state was not restored, and the next resume went back.
     """
 
     def __init__(self, dirpath: Path, every_steps: int, keep: int) -> None:
         super().__init__(
             dirpath=dirpath, filename="step-{step}", every_n_train_steps=every_steps,
             save_top_k=keep, monitor="step", mode="max", save_last=True,
-            auto_insert_metric_name=False,
+            auto_insert_metric_name=False, enable_version_counter=False,
         )
 
+    @property
+    def state_key(self) -> str:
+        return "KeepLastCheckpoints"
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        by_step = sorted(self.best_k_models, key=lambda path: int(self.best_k_models[path]))
-        surplus = by_step[:-self.save_top_k]
-        for path in surplus:
-            del self.best_k_models[path]
-            if os.path.exists(path) and self._should_remove_checkpoint(trainer, path, ""):
-                self._remove_checkpoint(trainer, path)
-        if surplus:
-            self.kth_best_model_path = by_step[-self.save_top_k]
+        on_disk = step_checkpoints(Path(self.dirpath or "."))
+        for path in on_disk[:-self.save_top_k]:
+            self._remove_checkpoint(trainer, str(path))
+        kept = on_disk[-self.save_top_k:]
+        self.best_k_models = {str(p): torch.tensor(checkpoint_step(p)) for p in kept}
+        if kept:
+            self.kth_best_model_path, self.best_model_path = str(kept[0]), str(kept[-1])
             self.kth_value = self.best_k_models[self.kth_best_model_path]
+            self.best_model_score = self.best_k_models[self.best_model_path]
+
+
+def checkpoint_step(path: Path) -> int:
+    """The training step in a ``step-N.ckpt`` file name."""
+    return int(path.stem.split("-")[1])
+
+
+def step_checkpoints(folder: Path) -> list[Path]:
+    """The ``step-N.ckpt`` files in ``folder``, oldest first."""
+    return sorted(folder.glob("step-*.ckpt"), key=checkpoint_step)
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:

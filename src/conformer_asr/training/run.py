@@ -36,7 +36,12 @@ from ..data.manifest import DataIssues
 from ..inference.model_dir import save_model_dir
 from ..models.config import ConfigError, ModelConfig
 from ..text.tokenizer import Tokenizer
-from .checkpoints import AtomicCheckpointIO, KeepLastCheckpoints, average_checkpoints
+from .checkpoints import (
+    AtomicCheckpointIO,
+    KeepLastCheckpoints,
+    average_checkpoints,
+    step_checkpoints,
+)
 from .config import TrainConfig
 from .curves import plot_curves
 from .module import ASRTask
@@ -203,8 +208,7 @@ def train(cfg: TrainConfig) -> Path:
         print(f"bad data skipped during training: {task.issues.summary()}")
     if not trainer.is_global_zero:
         return out / "model"
-    steps = sorted(checkpoints.glob("step-*.ckpt"), key=lambda p: int(p.stem.split("-")[1]))
-    chosen = steps[-cfg.trainer.average_last:] or [last]
+    chosen = step_checkpoints(checkpoints)[-cfg.trainer.average_last:] or [last]
     task.model.load_state_dict(average_checkpoints(chosen))
     info = {"averaged_checkpoints": [p.name for p in chosen], "steps": trainer.global_step,
             "train_manifests": [os.path.relpath(p) for p in cfg.data.train]}
