@@ -2,6 +2,7 @@
 
 import copy
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from conformer_asr.models.config import ConfigError
 from conformer_asr.text.tokenizer import Tokenizer
 from conformer_asr.training.config import OptimConfig, load_config, parse_config
 from conformer_asr.training.module import ASRTask
+from conformer_asr.training.run import train
 from conformer_asr.training.schedule import noam_factor
 
 DATA = Path(__file__).parent / "data"
@@ -237,3 +239,50 @@ def test_resume_with_other_checkpoint_settings_keeps_the_newest(tmp_path):
     # another interval: Lightning restores no callback state and wrote last-v1.ckpt
     fit(max_steps=12, every=2, keep=2, resume=True)
     assert files() == ["last.ckpt", "step-10.ckpt", "step-12.ckpt"] and last_step() == 12
+
+
+def test_init_from_starts_a_run_from_a_trained_model_folder(tmp_path):
+    """A fine-tuning run takes the folder's architecture, tokenizer and weights; its model
+    section may change dropout but not the architecture."""
+    source = tmp_path / "source"
+    source.mkdir()
+    proc = _train(_config(source, max_steps=2, average_last=1))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    folder = source / "exp" / "model"
+
+    raw = yaml.safe_load(_config(source).read_text())
+    raw["data"].pop("tokenizer")
+    raw["model"] = {"encoder": {"dropout": 0.0}}
+    raw.update(init_from=str(folder), out_dir=str(tmp_path / "tuned"),
+               optim={"peak_lr": 1e-9, "warmup_steps": 1})  # the weights barely move
+    raw["trainer"].update(max_steps=1)
+    tuned_yaml = tmp_path / "tuned.yaml"
+    tuned_yaml.write_text(yaml.safe_dump(raw))
+    proc = _train(tuned_yaml)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert f"starting from the weights of {folder} (2 steps)" in out
+    assert "eval mode" not in out  # dropout is on while fine-tuning
+
+    tuned, start = _weights(tmp_path / "tuned"), _weights(source / "exp")
+    assert tuned.keys() == start.keys()
+    for name, value in start.items():
+        torch.testing.assert_close(tuned[name], value, atol=1e-6, rtol=0, msg=name)
+    config = json.loads((tmp_path / "tuned" / "model" / "config.json").read_text())
+    assert config["model"]["encoder"]["dropout"] == 0.0
+    assert config["model"]["encoder"]["d_model"] == 32
+    assert config["info"]["init_from"]["info"]["steps"] == 2
+    assert (tmp_path / "tuned" / "model" / "tokenizer.model").read_bytes() == \
+        (folder / "tokenizer.model").read_bytes()
+
+    with pytest.raises(ConfigError, match=r"^data\.tokenizer: init_from"):
+        parse_config({**raw, "data": {**raw["data"], "tokenizer": {"vocab_size": 30}}})
+    with pytest.raises(ConfigError, match=r"^init_from: .*no such model folder"):
+        parse_config({**raw, "init_from": str(tmp_path / "missing")})
+    with pytest.raises(ConfigError, match=r"^model\.base"):
+        parse_config({**raw, "model": {"base": "conformer-s"}})
+    wider = parse_config({**raw, "model": {"encoder": {"d_model": 64}},
+                          "out_dir": str(tmp_path / "wider")})
+    with pytest.raises(ConfigError, match=r"^init_from: .*not the architecture"):
+        train(wider)

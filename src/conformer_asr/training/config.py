@@ -6,9 +6,12 @@
     trainer: {max_steps: ..., val_every_steps: ..., ...}
     out_dir: exp/name
     seed: 0
+    init_from: exp/other/model     # optional: start from a trained model folder ("default":
+                                   # the bundled model); it brings the architecture and
+                                   # tokenizer, and ``model`` may only change e.g. dropout
 
-Relative paths in ``data`` are resolved against the YAML file's folder, ``out_dir``
-against the current directory.
+Relative paths in ``data`` are resolved against the YAML file's folder, ``out_dir`` and
+``init_from`` against the current directory.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from typing import Any
 import yaml
 
 from ..data.augment import AugmentConfig
+from ..inference.model_dir import ModelDirError, read_config, resolve_model_dir
 from ..models.config import ConfigError, ModelConfig, build_section, get_config
+from ..text.tokenizer import MODEL_FILE
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     out_dir: str = "exp/run"
     seed: int = 0
+    init_from: str | None = None  # a model folder whose weights start the run
 
     def __post_init__(self) -> None:
         if self.optim.decoder_weight_noise > 0 and not self.model.has_transducer:
@@ -150,18 +156,40 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def _model_from(raw: dict[str, Any]) -> ModelConfig:
+def _model_from(raw: dict[str, Any], init_from: Path | None) -> ModelConfig:
+    """The ``model`` section over its ``base`` size, or over the ``init_from`` folder's."""
     raw = dict(raw)
     base = raw.pop("base", None)
-    if base is None:
+    if init_from is not None:
+        if base is not None:
+            raise ConfigError("model.base: init_from already sets the architecture")
+        merged = _folder_config(init_from).to_dict()
+    elif base is None:
         return ModelConfig.from_dict(raw)
-    merged = get_config(base).to_dict()
+    else:
+        merged = get_config(base).to_dict()
     for key, value in raw.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = {**merged[key], **value}
         else:
             merged[key] = value
     return ModelConfig.from_dict(merged)
+
+
+def _folder_config(folder: Path) -> ModelConfig:
+    try:
+        return read_config(folder).model
+    except ModelDirError as error:
+        raise ConfigError(f"init_from: {error}") from None
+
+
+def _init_folder(value: Any) -> Path | None:
+    if value is None:
+        return None
+    try:
+        return resolve_model_dir(str(value)).resolve()
+    except ModelDirError as error:
+        raise ConfigError(f"init_from: {error}") from None
 
 
 def _resolve(path: str, root: Path) -> str:
@@ -173,19 +201,25 @@ def parse_config(raw: dict[str, Any], root: Path = Path(".")) -> TrainConfig:
     """Build and validate a TrainConfig from a nested dict (paths relative to ``root``)."""
     if not isinstance(raw, dict):
         raise ConfigError("config: expected a mapping at the top level")
-    known = {"model", "data", "optim", "trainer", "out_dir", "seed"}
+    known = {"model", "data", "optim", "trainer", "out_dir", "seed", "init_from"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown section (known: {', '.join(sorted(known))})")
-    if "model" not in raw or "data" not in raw:
-        raise ConfigError(f"{'model' if 'model' not in raw else 'data'}: section is required")
+    init_from = _init_folder(raw.get("init_from"))
+    if "data" not in raw or ("model" not in raw and init_from is None):
+        raise ConfigError(f"{'data' if 'data' not in raw else 'model'}: section is required")
     data = dict(raw["data"] or {})
     train = data.get("train", [])
     data["train"] = tuple(_resolve(p, root) for p in ([train] if isinstance(train, str) else train))
     if data.get("dev"):
         data["dev"] = _resolve(data["dev"], root)
     tokenizer = dict(data.get("tokenizer") or {})
-    if tokenizer.get("path"):
+    if init_from is not None:
+        if tokenizer:
+            raise ConfigError("data.tokenizer: init_from brings its model's tokenizer; "
+                              "remove this section")
+        tokenizer["path"] = str(init_from / MODEL_FILE)
+    elif tokenizer.get("path"):
         tokenizer["path"] = _resolve(tokenizer["path"], root)
     data["tokenizer"] = build_section(TokenizerConfig, tokenizer, "data.tokenizer")
     if data.get("augment") is not None:
@@ -194,12 +228,13 @@ def parse_config(raw: dict[str, Any], root: Path = Path(".")) -> TrainConfig:
     if "betas" in optim:
         optim["betas"] = tuple(optim["betas"])
     return TrainConfig(
-        model=_model_from(raw["model"] or {}),
+        model=_model_from(raw.get("model") or {}, init_from),
         data=build_section(DataConfig, data, "data"),
         optim=build_section(OptimConfig, optim, "optim"),
         trainer=build_section(TrainerConfig, raw.get("trainer") or {}, "trainer"),
         out_dir=_resolve(str(raw.get("out_dir", "exp/run")), Path(".")),
         seed=int(raw.get("seed", 0)),
+        init_from=str(init_from) if init_from is not None else None,
     )
 
 

@@ -33,7 +33,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from ..data.augment import Augmenter
 from ..data.datamodule import SpeechDataModule, load_manifests
 from ..data.manifest import DataIssues
-from ..inference.model_dir import save_model_dir
+from ..inference.model_dir import ModelDirError, load_weights, read_config, save_model_dir
 from ..models.config import ConfigError, ModelConfig
 from ..text.tokenizer import Tokenizer
 from .checkpoints import (
@@ -149,6 +149,16 @@ def _without_lightning_chatter() -> Iterator[None]:
         rank_zero_log.removeFilter(tips)
 
 
+def _start_from(task: ASRTask, folder: Path) -> int:
+    """Load ``folder``'s weights into a fresh run -> the steps that folder was trained for."""
+    try:
+        load_weights(task.model, folder).train()  # Lightning keeps the mode it finds
+    except ModelDirError as error:
+        raise ConfigError(f"init_from: {error}; the model section may change training "
+                          "settings (dropout, SpecAugment) but not the architecture") from None
+    return int(read_config(folder).info.get("steps", 0))
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) and return the exported model folder."""
     out = Path(cfg.out_dir)
@@ -202,6 +212,9 @@ def train(cfg: TrainConfig) -> Path:
         last = checkpoints / "last.ckpt"
         if last.is_file():
             print(f"resuming from {last}")
+        elif cfg.init_from:
+            steps = _start_from(task, Path(cfg.init_from))
+            print(f"starting from the weights of {cfg.init_from} ({steps} steps)")
         trainer.fit(task, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
 
     if task.issues.total:
@@ -212,6 +225,8 @@ def train(cfg: TrainConfig) -> Path:
     task.model.load_state_dict(average_checkpoints(chosen))
     info = {"averaged_checkpoints": [p.name for p in chosen], "steps": trainer.global_step,
             "train_manifests": [os.path.relpath(p) for p in cfg.data.train]}
+    if cfg.init_from:
+        info["init_from"] = {"folder": cfg.init_from, "info": read_config(cfg.init_from).info}
     model_dir = save_model_dir(task.model.cpu(), tokenizer, out / "model", info)
     print(f"averaged {len(chosen)} checkpoints -> {model_dir}")
     return model_dir
