@@ -226,7 +226,8 @@ def train(cfg: TrainConfig) -> Path:
     info = {"averaged_checkpoints": [p.name for p in chosen], "steps": trainer.global_step,
             "train_manifests": [os.path.relpath(p) for p in cfg.data.train]}
     if cfg.init_from:
-        info["init_from"] = {"folder": cfg.init_from, "info": read_config(cfg.init_from).info}
+        info["init_from"] = {"folder": os.path.relpath(cfg.init_from),
+                             "info": read_config(cfg.init_from).info}
     model_dir = save_model_dir(task.model.cpu(), tokenizer, out / "model", info)
     print(f"averaged {len(chosen)} checkpoints -> {model_dir}")
     return model_dir
