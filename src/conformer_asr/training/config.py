@@ -156,14 +156,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def _model_from(raw: dict[str, Any], init_from: Path | None) -> ModelConfig:
+def _model_from(raw: dict[str, Any], init_model: ModelConfig | None) -> ModelConfig:
     """The ``model`` section over its ``base`` size, or over the ``init_from`` folder's."""
     raw = dict(raw)
     base = raw.pop("base", None)
-    if init_from is not None:
+    if init_model is not None:
         if base is not None:
             raise ConfigError("model.base: init_from already sets the architecture")
-        merged = _folder_config(init_from).to_dict()
+        merged = init_model.to_dict()
     elif base is None:
         return ModelConfig.from_dict(raw)
     else:
@@ -176,18 +176,13 @@ def _model_from(raw: dict[str, Any], init_from: Path | None) -> ModelConfig:
     return ModelConfig.from_dict(merged)
 
 
-def _folder_config(folder: Path) -> ModelConfig:
-    try:
-        return read_config(folder).model
-    except ModelDirError as error:
-        raise ConfigError(f"init_from: {error}") from None
-
-
-def _init_folder(value: Any) -> Path | None:
+def _init_source(value: Any) -> tuple[Path, ModelConfig] | None:
+    """``init_from`` -> (the model folder, its model config), or None when not given."""
     if value is None:
         return None
     try:
-        return resolve_model_dir(str(value)).resolve()
+        folder = resolve_model_dir(str(value)).resolve()
+        return folder, read_config(folder).model
     except ModelDirError as error:
         raise ConfigError(f"init_from: {error}") from None
 
@@ -205,7 +200,8 @@ def parse_config(raw: dict[str, Any], root: Path = Path(".")) -> TrainConfig:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown section (known: {', '.join(sorted(known))})")
-    init_from = _init_folder(raw.get("init_from"))
+    source = _init_source(raw.get("init_from"))
+    init_from, init_model = source if source is not None else (None, None)
     if "data" not in raw or ("model" not in raw and init_from is None):
         raise ConfigError(f"{'data' if 'data' not in raw else 'model'}: section is required")
     data = dict(raw["data"] or {})
@@ -228,7 +224,7 @@ def parse_config(raw: dict[str, Any], root: Path = Path(".")) -> TrainConfig:
     if "betas" in optim:
         optim["betas"] = tuple(optim["betas"])
     return TrainConfig(
-        model=_model_from(raw.get("model") or {}, init_from),
+        model=_model_from(raw.get("model") or {}, init_model),
         data=build_section(DataConfig, data, "data"),
         optim=build_section(OptimConfig, optim, "optim"),
         trainer=build_section(TrainerConfig, raw.get("trainer") or {}, "trainer"),

@@ -149,14 +149,13 @@ def _without_lightning_chatter() -> Iterator[None]:
         rank_zero_log.removeFilter(tips)
 
 
-def _start_from(task: ASRTask, folder: Path) -> int:
-    """Load ``folder``'s weights into a fresh run -> the steps that folder was trained for."""
+def _start_from(task: ASRTask, folder: Path) -> None:
+    """Load ``folder``'s weights into a fresh run."""
     try:
         load_weights(task.model, folder).train()  # Lightning keeps the mode it finds
     except ModelDirError as error:
         raise ConfigError(f"init_from: {error}; the model section may change training "
                           "settings (dropout, SpecAugment) but not the architecture") from None
-    return int(read_config(folder).info.get("steps", 0))
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -179,6 +178,7 @@ def train(cfg: TrainConfig) -> Path:
     _write_yaml(out / "config.yaml", resolved)
 
     task = ASRTask(model_cfg, cfg.optim, tokenizer)
+    source_info = read_config(cfg.init_from).info if cfg.init_from else {}
     augmenter = Augmenter(cfg.data.augment, seed=cfg.seed) if cfg.data.augment else None
     data = SpeechDataModule(
         train_cuts, dev_cuts, tokenizer, model_cfg, augmenter,
@@ -213,8 +213,9 @@ def train(cfg: TrainConfig) -> Path:
         if last.is_file():
             print(f"resuming from {last}")
         elif cfg.init_from:
-            steps = _start_from(task, Path(cfg.init_from))
-            print(f"starting from the weights of {cfg.init_from} ({steps} steps)")
+            _start_from(task, Path(cfg.init_from))
+            print(f"starting from the weights of {cfg.init_from} "
+                  f"({source_info.get('steps', 0)} steps)")
         trainer.fit(task, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
 
     if task.issues.total:
@@ -226,8 +227,7 @@ def train(cfg: TrainConfig) -> Path:
     info = {"averaged_checkpoints": [p.name for p in chosen], "steps": trainer.global_step,
             "train_manifests": [os.path.relpath(p) for p in cfg.data.train]}
     if cfg.init_from:
-        info["init_from"] = {"folder": os.path.relpath(cfg.init_from),
-                             "info": read_config(cfg.init_from).info}
+        info["init_from"] = {"folder": os.path.relpath(cfg.init_from), "info": source_info}
     model_dir = save_model_dir(task.model.cpu(), tokenizer, out / "model", info)
     print(f"averaged {len(chosen)} checkpoints -> {model_dir}")
     return model_dir
