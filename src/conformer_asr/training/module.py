@@ -33,6 +33,9 @@ class ASRTask(L.LightningModule):
         self._val_errors = WordErrors()
         self._val_loss = (0.0, 0)  # (sum of per-utterance losses, utterances)
         self._clock: tuple[float, float] | None = None  # (start time, audio seconds since)
+        # {"folder", "info"} of the model folder a fresh run started from (init_from); kept in
+        # the checkpoints, so a resumed run still records it if the folder changed since
+        self.init_source: dict[str, Any] | None = None
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.Adam(
@@ -118,6 +121,7 @@ class ASRTask(L.LightningModule):
         if not state:
             return
         self.batches_this_epoch = state["batches_this_epoch"]
+        self.init_source = state.get("init_source")
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if datamodule is not None:
             datamodule.skip_batches = self.batches_this_epoch

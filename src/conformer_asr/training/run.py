@@ -178,7 +178,6 @@ def train(cfg: TrainConfig) -> Path:
     _write_yaml(out / "config.yaml", resolved)
 
     task = ASRTask(model_cfg, cfg.optim, tokenizer)
-    source_info = read_config(cfg.init_from).info if cfg.init_from else {}
     augmenter = Augmenter(cfg.data.augment, seed=cfg.seed) if cfg.data.augment else None
     data = SpeechDataModule(
         train_cuts, dev_cuts, tokenizer, model_cfg, augmenter,
@@ -214,6 +213,8 @@ def train(cfg: TrainConfig) -> Path:
             print(f"resuming from {last}")
         elif cfg.init_from:
             _start_from(task, Path(cfg.init_from))
+            source_info = read_config(cfg.init_from).info
+            task.init_source = {"folder": os.path.relpath(cfg.init_from), "info": source_info}
             print(f"starting from the weights of {cfg.init_from} "
                   f"({source_info.get('steps', 0)} steps)")
         trainer.fit(task, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
@@ -226,8 +227,8 @@ def train(cfg: TrainConfig) -> Path:
     task.model.load_state_dict(average_checkpoints(chosen))
     info = {"averaged_checkpoints": [p.name for p in chosen], "steps": trainer.global_step,
             "train_manifests": [os.path.relpath(p) for p in cfg.data.train]}
-    if cfg.init_from:
-        info["init_from"] = {"folder": os.path.relpath(cfg.init_from), "info": source_info}
+    if task.init_source:
+        info["init_from"] = task.init_source
     model_dir = save_model_dir(task.model.cpu(), tokenizer, out / "model", info)
     print(f"averaged {len(chosen)} checkpoints -> {model_dir}")
     return model_dir
