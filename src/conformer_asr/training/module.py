@@ -108,6 +108,7 @@ class ASRTask(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["resume"] = {
             "batches_this_epoch": self.batches_this_epoch,
+            "init_source": self.init_source,
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
