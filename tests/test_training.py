@@ -279,10 +279,9 @@ def test_init_from_starts_a_run_from_a_trained_model_folder(tmp_path):
     assert (tmp_path / "tuned" / "model" / "tokenizer.model").read_bytes() == \
         (folder / "tokenizer.model").read_bytes()
 
-    # the source folder is replaced; resuming the run still records what it started from
-    source_config = json.loads((folder / "config.json").read_text())
-    source_config["info"]["steps"] = 99
-    (folder / "config.json").write_text(json.dumps(source_config))
+    # the source folder is gone; the run resumes from its own folder and still records
+    # what it started from
+    folder.rename(tmp_path / "moved")
     raw["trainer"].update(max_steps=2)
     tuned_yaml.write_text(yaml.safe_dump(raw))
     proc = _train(tuned_yaml)
@@ -290,11 +289,14 @@ def test_init_from_starts_a_run_from_a_trained_model_folder(tmp_path):
     assert proc.returncode == 0 and "resuming from" in out, out[-3000:]
     config = json.loads((tmp_path / "tuned" / "model" / "config.json").read_text())
     assert config["info"]["steps"] == 2 and config["info"]["init_from"]["info"]["steps"] == 2
+    assert config["model"]["encoder"]["d_model"] == 32
+    (tmp_path / "moved").rename(folder)
 
     with pytest.raises(ConfigError, match=r"^data\.tokenizer: init_from"):
         parse_config({**raw, "data": {**raw["data"], "tokenizer": {"vocab_size": 30}}})
     with pytest.raises(ConfigError, match=r"^init_from: .*no such model folder"):
-        parse_config({**raw, "init_from": str(tmp_path / "missing")})
+        parse_config({**raw, "init_from": str(tmp_path / "missing"),
+                      "out_dir": str(tmp_path / "new")})
     with pytest.raises(ConfigError, match=r"^model\.base"):
         parse_config({**raw, "model": {"base": "conformer-s"}})
     wider = parse_config({**raw, "model": {"encoder": {"d_model": 64}},

@@ -11,7 +11,9 @@
                                    # tokenizer, and ``model`` may only change e.g. dropout
 
 Relative paths in ``data`` are resolved against the YAML file's folder, ``out_dir`` and
-``init_from`` against the current directory.
+``init_from`` against the current directory. A run that has a checkpoint resumes from it; an
+``init_from`` run then takes its architecture and tokenizer from its own folder, so resuming
+needs neither the source folder nor the same bundled model.
 """
 
 from __future__ import annotations
@@ -176,13 +178,31 @@ def _model_from(raw: dict[str, Any], init_model: ModelConfig | None) -> ModelCon
     return ModelConfig.from_dict(merged)
 
 
-def _init_source(value: Any) -> tuple[Path, ModelConfig] | None:
-    """``init_from`` -> (the model folder, its model config), or None when not given."""
+def last_checkpoint(out_dir: str | Path) -> Path:
+    """The checkpoint that a run in ``out_dir`` resumes from when it exists."""
+    return Path(out_dir) / "checkpoints" / "last.ckpt"
+
+
+def run_tokenizer(out_dir: str | Path) -> Path:
+    """Where a run keeps the tokenizer it trained or was given by ``init_from``."""
+    return Path(out_dir) / "tokenizer" / MODEL_FILE
+
+
+def _init_source(value: Any, out_dir: Path) -> tuple[str, ModelConfig, Path] | None:
+    """``init_from`` -> (the model folder, its model config, its tokenizer file), or None.
+
+    A run that has a checkpoint reads the last two from its own folder (``config.yaml`` and
+    the tokenizer copy it saved when it started).
+    """
     if value is None:
         return None
+    recorded_files = (last_checkpoint(out_dir), run_tokenizer(out_dir), out_dir / "config.yaml")
+    if all(path.is_file() for path in recorded_files):
+        recorded = yaml.safe_load((out_dir / "config.yaml").read_text())
+        return str(value), ModelConfig.from_dict(recorded["model"]), run_tokenizer(out_dir)
     try:
         folder = resolve_model_dir(str(value)).resolve()
-        return folder, read_config(folder).model
+        return str(folder), read_config(folder).model, folder / MODEL_FILE
     except ModelDirError as error:
         raise ConfigError(f"init_from: {error}") from None
 
@@ -200,8 +220,9 @@ def parse_config(raw: dict[str, Any], root: Path = Path(".")) -> TrainConfig:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown section (known: {', '.join(sorted(known))})")
-    source = _init_source(raw.get("init_from"))
-    init_from, init_model = source if source is not None else (None, None)
+    out_dir = Path(_resolve(str(raw.get("out_dir", "exp/run")), Path(".")))
+    source = _init_source(raw.get("init_from"), out_dir)
+    init_from, init_model, init_tokenizer = source if source is not None else (None, None, None)
     if "data" not in raw or ("model" not in raw and init_from is None):
         raise ConfigError(f"{'data' if 'data' not in raw else 'model'}: section is required")
     data = dict(raw["data"] or {})
@@ -214,7 +235,7 @@ def parse_config(raw: dict[str, Any], root: Path = Path(".")) -> TrainConfig:
         if tokenizer:
             raise ConfigError("data.tokenizer: init_from brings its model's tokenizer; "
                               "remove this section")
-        tokenizer["path"] = str(init_from / MODEL_FILE)
+        tokenizer["path"] = str(init_tokenizer)
     elif tokenizer.get("path"):
         tokenizer["path"] = _resolve(tokenizer["path"], root)
     data["tokenizer"] = build_section(TokenizerConfig, tokenizer, "data.tokenizer")
@@ -228,9 +249,9 @@ def parse_config(raw: dict[str, Any], root: Path = Path(".")) -> TrainConfig:
         data=build_section(DataConfig, data, "data"),
         optim=build_section(OptimConfig, optim, "optim"),
         trainer=build_section(TrainerConfig, raw.get("trainer") or {}, "trainer"),
-        out_dir=_resolve(str(raw.get("out_dir", "exp/run")), Path(".")),
+        out_dir=str(out_dir),
         seed=int(raw.get("seed", 0)),
-        init_from=str(init_from) if init_from is not None else None,
+        init_from=init_from,
     )
 
 

@@ -1,7 +1,7 @@
 """``conformer-asr train``: config in, checkpoints, logs, curves and a model folder out.
 
     OUT_DIR/config.yaml            the resolved configuration
-    OUT_DIR/tokenizer/             SentencePiece model (trained here unless given)
+    OUT_DIR/tokenizer/             SentencePiece model (trained here, or init_from's copy)
     OUT_DIR/checkpoints/           step-N.ckpt (the last few) and last.ckpt, written atomically
     OUT_DIR/logs/metrics.csv       loss, lr, dev WER, throughput per logged step
     OUT_DIR/curves.png             training curves
@@ -42,7 +42,7 @@ from .checkpoints import (
     average_checkpoints,
     step_checkpoints,
 )
-from .config import TrainConfig
+from .config import TrainConfig, last_checkpoint, run_tokenizer
 from .curves import plot_curves
 from .module import ASRTask
 
@@ -110,9 +110,10 @@ class _TrainingLog(Callback):
 def _tokenizer(cfg: TrainConfig, train_texts: list[str], out: Path) -> Tokenizer:
     if cfg.data.tokenizer.path:
         return Tokenizer(cfg.data.tokenizer.path)
-    if (out / "tokenizer" / "tokenizer.model").is_file():
-        return Tokenizer.load(out / "tokenizer")
-    return Tokenizer.train(train_texts, out / "tokenizer", vocab_size=cfg.data.tokenizer.vocab_size)
+    if run_tokenizer(out).is_file():
+        return Tokenizer(run_tokenizer(out))
+    return Tokenizer.train(train_texts, run_tokenizer(out).parent,
+                           vocab_size=cfg.data.tokenizer.vocab_size)
 
 
 def _precision(cfg: TrainConfig) -> str:
@@ -183,7 +184,8 @@ def train(cfg: TrainConfig) -> Path:
         train_cuts, dev_cuts, tokenizer, model_cfg, augmenter,
         cfg.data.max_duration, cfg.data.num_buckets, cfg.data.num_workers, cfg.seed,
     )
-    checkpoints = out / "checkpoints"
+    last = last_checkpoint(out)
+    checkpoints = last.parent
     logger = _ResumableCSVLogger(out, name="logs", version="")
     step_ckpt = KeepLastCheckpoints(checkpoints, cfg.trainer.checkpoint_every_steps,
                                     keep=cfg.trainer.average_last)
@@ -208,11 +210,11 @@ def train(cfg: TrainConfig) -> Path:
             default_root_dir=out,
             enable_model_summary=True,
         )
-        last = checkpoints / "last.ckpt"
         if last.is_file():
             print(f"resuming from {last}")
         elif cfg.init_from:
             _start_from(task, Path(cfg.init_from))
+            tokenizer.save(run_tokenizer(out).parent)  # a resume needs no source folder
             source_info = read_config(cfg.init_from).info
             task.init_source = {"folder": os.path.relpath(cfg.init_from), "info": source_info}
             print(f"starting from the weights of {cfg.init_from} "
