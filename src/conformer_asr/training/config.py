@@ -183,6 +183,11 @@ def last_checkpoint(out_dir: str | Path) -> Path:
     return Path(out_dir) / "checkpoints" / "last.ckpt"
 
 
+def run_config(out_dir: str | Path) -> Path:
+    """Where a run writes its resolved configuration (the architecture a resume reads)."""
+    return Path(out_dir) / "config.yaml"
+
+
 def run_tokenizer(out_dir: str | Path) -> Path:
     """Where a run keeps the tokenizer it trained or was given by ``init_from``."""
     return Path(out_dir) / "tokenizer" / MODEL_FILE
@@ -196,9 +201,9 @@ def _init_source(value: Any, out_dir: Path) -> tuple[str, ModelConfig, Path] | N
     """
     if value is None:
         return None
-    recorded_files = (last_checkpoint(out_dir), run_tokenizer(out_dir), out_dir / "config.yaml")
+    recorded_files = (last_checkpoint(out_dir), run_tokenizer(out_dir), run_config(out_dir))
     if all(path.is_file() for path in recorded_files):
-        recorded = yaml.safe_load((out_dir / "config.yaml").read_text())
+        recorded = yaml.safe_load(run_config(out_dir).read_text())
         return str(value), ModelConfig.from_dict(recorded["model"]), run_tokenizer(out_dir)
     try:
         folder = resolve_model_dir(str(value)).resolve()

@@ -42,7 +42,7 @@ from .checkpoints import (
     average_checkpoints,
     step_checkpoints,
 )
-from .config import TrainConfig, last_checkpoint, run_tokenizer
+from .config import TrainConfig, last_checkpoint, run_config, run_tokenizer
 from .curves import plot_curves
 from .module import ASRTask
 
@@ -176,7 +176,7 @@ def train(cfg: TrainConfig) -> Path:
     tokenizer = _tokenizer(cfg, [c.supervisions[0].text for c in train_cuts], out)
     model_cfg = ModelConfig.from_dict({**cfg.model.to_dict(), "vocab_size": tokenizer.vocab_size})
     resolved = {**cfg.to_dict(), "model": model_cfg.to_dict()}
-    _write_yaml(out / "config.yaml", resolved)
+    _write_yaml(run_config(out), resolved)
 
     task = ASRTask(model_cfg, cfg.optim, tokenizer)
     augmenter = Augmenter(cfg.data.augment, seed=cfg.seed) if cfg.data.augment else None
