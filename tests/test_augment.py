@@ -164,8 +164,19 @@ def test_yaml_lists_become_tuples():
     ("noise_prob", 1.5), ("noise_prob", "often"), ("reverb_prob", -0.1),
     ("snr_db", (30.0, 5.0)), ("snr_db", (5.0,)), ("rt60", (0.0, 0.5)),
     ("gain_db", (-10.0, 40.0)), ("noise_kinds", ()), ("noise_kinds", ("jet engine",)),
-    ("num_rirs", 0),
+    ("num_rirs", 0), ("vtlp", (0.5, 1.0)), ("vtlp", (1.1, 0.9)),
 ])
 def test_invalid_values_name_the_field(field, value):
     with pytest.raises(ConfigError, match=rf"^augment\.{field}: "):
         AugmentConfig(**{field: value})
+
+
+def test_vtlp_warp_factor_drawn_in_range_and_off_draws_nothing():
+    off = Augmenter(AugmentConfig(**OFF))
+    rng = np.random.default_rng(0)
+    assert off.warp_factor(rng) == 1.0
+    assert rng.random() == np.random.default_rng(0).random()  # the stream was not consumed
+    on = Augmenter(AugmentConfig(**OFF, vtlp=(0.9, 1.1)))
+    draws = [on.warp_factor(np.random.default_rng(seed)) for seed in range(200)]
+    assert 0.9 <= min(draws) < 0.92 and 1.08 < max(draws) <= 1.1
+    assert draws == [on.warp_factor(np.random.default_rng(seed)) for seed in range(200)]

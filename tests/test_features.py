@@ -3,7 +3,13 @@ import numpy as np
 import pytest
 import torch
 
-from conformer_asr.audio.features import LogMelFeatures, mel_filterbank, num_frames
+from conformer_asr.audio.features import (
+    VTLP_KNEE_HZ,
+    LogMelFeatures,
+    mel_filterbank,
+    num_frames,
+    warp_frequencies,
+)
 from conformer_asr.models.config import FeatureConfig
 
 
@@ -82,3 +88,60 @@ def test_gpu_matches_cpu():
     cpu, _ = extractor(wave, lengths)
     gpu, _ = extractor.cuda()(wave.cuda(), lengths.cuda())
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("factor", [0.85, 0.95, 1.1, 1.2])
+def test_vtlp_warp_is_scaling_then_a_line_to_nyquist(factor):
+    """Brute force: the warp, written point by point from Jaitly & Hinton's definition."""
+    nyquist = 8000.0
+    hz = torch.linspace(0.0, nyquist, 1001, dtype=torch.float64)
+    knee = VTLP_KNEE_HZ * min(factor, 1.0) / factor
+    expected = [f * factor if f <= knee else
+                knee * factor + (f - knee) * (nyquist - knee * factor) / (nyquist - knee)
+                for f in hz.tolist()]
+    warped = warp_frequencies(hz, factor, nyquist)
+    np.testing.assert_allclose(warped.numpy(), expected, atol=1e-9)
+    assert warped[0] == 0 and abs(float(warped[-1]) - nyquist) < 1e-9
+    assert (warped.diff() > 0).all()
+
+
+def _centroid_channel(log_mel: torch.Tensor) -> float:
+    energy = log_mel.exp().mean(0)
+    return float((energy * torch.arange(energy.numel())).sum() / energy.sum())
+
+
+@pytest.mark.parametrize(("tone_hz", "factor"), [(500, 1.15), (1000, 0.9), (2500, 1.1)])
+def test_vtlp_moves_a_tone_to_where_the_scaled_tone_would_be(tone_hz, factor):
+    """Below the knee, warping by a factor puts a tone in the mel channel that the tone
+    at ``factor`` times its frequency has without warping (within a quarter channel)."""
+    extractor = LogMelFeatures()
+    t = torch.arange(16000, dtype=torch.float64) / 16000
+
+    def tone(hz: float) -> torch.Tensor:
+        return torch.sin(2 * torch.pi * hz * t).float()[None]
+
+    warped = extractor.log_mel(tone(tone_hz), torch.tensor([factor]))[0]
+    scaled = extractor.log_mel(tone(tone_hz * factor))[0]
+    plain = extractor.log_mel(tone(tone_hz))[0]
+    assert abs(_centroid_channel(warped) - _centroid_channel(scaled)) < 0.25
+    assert abs(_centroid_channel(warped) - _centroid_channel(plain)) > 1.0
+
+
+def test_vtlp_batch_warps_each_utterance_with_its_own_factor():
+    extractor = LogMelFeatures()
+    waves = [_speechlike(s, i) for i, s in enumerate((0.6, 1.0, 0.8))]
+    lengths = torch.tensor([len(w) for w in waves])
+    batch = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(w) for w in waves],
+                                            batch_first=True)
+    warps = torch.tensor([0.9, 1.0, 1.12])
+    feats, _ = extractor(batch, lengths, warps)
+    for i, w in enumerate(waves):
+        n = num_frames(len(w), 400, 160)
+        filters = mel_filterbank(512, 80, 16000, float(warps[i]))
+        reference = LogMelFeatures()
+        reference.filters = filters
+        single, _ = reference(torch.from_numpy(w)[None], torch.tensor([len(w)]))
+        torch.testing.assert_close(feats[i, :n], single[0], atol=1e-4, rtol=1e-4)
+    unwarped, _ = extractor(batch, lengths)
+    torch.testing.assert_close(feats[1], unwarped[1], atol=1e-4, rtol=1e-4)
+    assert (feats[0] - unwarped[0]).abs().max() > 0.1

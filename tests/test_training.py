@@ -18,8 +18,10 @@ import yaml
 from lhotse import CutSet
 from safetensors.torch import load_file
 
+from conformer_asr.audio.features import LogMelFeatures, mel_filterbank
+from conformer_asr.data.augment import AugmentConfig, Augmenter
 from conformer_asr.data.datamodule import load_manifests
-from conformer_asr.data.dataset import SpeechDataset
+from conformer_asr.data.dataset import SpeechDataset, utterance_rng
 from conformer_asr.data.manifest import DataIssues
 from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
 from conformer_asr.models.config import ConfigError
@@ -41,7 +43,7 @@ def _config(tmp_path: Path, **trainer) -> Path:
         "data": {
             "train": str(DATA / "manifest.jsonl"), "dev": str(DATA / "manifest.jsonl"),
             "tokenizer": {"vocab_size": 30}, "max_duration": 3.3, "num_workers": 1,
-            "augment": {"noise_prob": 0.5, "reverb_prob": 0.0},
+            "augment": {"noise_prob": 0.5, "reverb_prob": 0.0, "vtlp": [0.9, 1.1]},
         },
         "optim": {"peak_lr": 0.003, "warmup_steps": 5,  # weight noise from before the kill
                   "decoder_weight_noise": 0.05, "weight_noise_start_step": 8},
@@ -188,6 +190,28 @@ def test_noam_schedule_peaks_at_warmup():
     assert noam_factor(400, 100) == pytest.approx(0.5)
 
 
+
+
+def test_dataset_warps_each_utterance_by_its_own_drawn_factor():
+    """With VTLP on, each utterance's features are those of the filterbank warped by the
+    factor its own (seed, epoch, id) stream draws after the waveform steps."""
+    cuts = list(load_manifests([str(DATA / "manifest.jsonl")], DataIssues()))[:3]
+    tokenizer = Tokenizer.train([c.supervisions[0].text for c in cuts],
+                                Path(tempfile.mkdtemp()) / "tok", vocab_size=30)
+    cfg = ModelConfig(encoder=EncoderConfig(d_model=32, n_layers=1, n_heads=2),
+                      vocab_size=tokenizer.vocab_size)
+    augment = AugmentConfig(speed=(1.0,), noise_prob=0.0, reverb_prob=0.0, gain_db=(0, 0),
+                            vtlp=(0.85, 1.15))
+    warped = SpeechDataset(tokenizer, cfg, Augmenter(augment), seed=3)[(2, CutSet.from_cuts(cuts))]
+    plain = SpeechDataset(tokenizer, cfg)[(2, CutSet.from_cuts(cuts))]
+    for i, cut in enumerate(cuts):
+        factor = Augmenter(augment).warp_factor(utterance_rng(3, 2, cut.id))
+        reference = LogMelFeatures(cfg.features)
+        reference.filters = mel_filterbank(512, 80, 16000, factor)
+        samples = torch.from_numpy(cut.load_audio().mean(axis=0))
+        expected, n = reference(samples[None], torch.tensor([samples.numel()]))
+        torch.testing.assert_close(warped.feats[i, : int(n)], expected[0], atol=1e-4, rtol=1e-4)
+        assert (warped.feats[i] - plain.feats[i]).abs().max() > 0.1
 
 
 def test_validation_reports_the_mean_loss_per_utterance():

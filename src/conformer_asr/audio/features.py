@@ -1,4 +1,5 @@
-"""80-channel log-mel filterbank features in torch (CPU or GPU, batched, length-aware)."""
+"""80-channel log-mel filterbank features in torch (CPU or GPU, batched, length-aware),
+with optional per-utterance vocal tract length perturbation (VTLP) for training."""
 
 from __future__ import annotations
 
@@ -19,9 +20,27 @@ def mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
     return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
 
 
-def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int) -> torch.Tensor:
-    """Triangular HTK-mel filters from 0 Hz to Nyquist, peak 1: (n_fft // 2 + 1, n_mels)."""
+VTLP_KNEE_HZ = 4800.0  # Jaitly & Hinton (2013): below ~this the warp is a pure scaling
+
+
+def warp_frequencies(hz: torch.Tensor, factor: float, nyquist: float) -> torch.Tensor:
+    """VTLP's piecewise-linear frequency warp (Jaitly & Hinton, 2013): ``hz * factor`` up
+    to a knee at ``VTLP_KNEE_HZ * min(factor, 1) / factor``, then the straight line that
+    takes the knee to ``nyquist``, so that 0 and Nyquist stay fixed."""
+    knee = VTLP_KNEE_HZ * min(factor, 1.0) / factor
+    above = nyquist - (nyquist - knee * factor) / (nyquist - knee) * (nyquist - hz)
+    return torch.where(hz <= knee, hz * factor, above)
+
+
+def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int,
+                   warp: float = 1.0) -> torch.Tensor:
+    """Triangular HTK-mel filters from 0 Hz to Nyquist, peak 1: (n_fft // 2 + 1, n_mels).
+
+    ``warp`` != 1 evaluates the filters at the VTLP-warped bin frequencies: a formant at
+    f Hz then lands in the channel that f * warp would have (below the knee)."""
     bins_hz = torch.linspace(0.0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    if warp != 1.0:
+        bins_hz = warp_frequencies(bins_hz, warp, sample_rate / 2)
     top = hz_to_mel(torch.tensor(sample_rate / 2, dtype=torch.float64))
     edges_hz = mel_to_hz(torch.linspace(0.0, float(top), n_mels + 2, dtype=torch.float64))
     low, centre, high = edges_hz[:-2], edges_hz[1:-1], edges_hz[2:]
@@ -44,14 +63,15 @@ def num_frames(num_samples: torch.Tensor | int, win_length: int, hop_length: int
 class LogMelFeatures(nn.Module):
     """Waveforms -> per-utterance normalised log-mel features.
 
-    forward(wave (B, N) float in [-1, 1], lengths (B,) samples)
+    forward(wave (B, N) float in [-1, 1], lengths (B,) samples, warps (B,) or None)
         -> (feats (B, T, n_mels), frame_lengths (B,))
 
     Frames of ``win_length`` samples every ``hop_length`` (no centring), Hann
     window, zero-padded to ``n_fft``, power spectrum, HTK mel filters,
     ``log(max(mel, 1e-10))``. Each utterance is then normalised to zero mean
     and unit variance per channel over its own valid frames (which removes
-    gain and stationary channel colouring); padded frames are zero.
+    gain and stationary channel colouring); padded frames are zero. ``warps`` gives
+    each utterance its own VTLP factor (training augmentation; see ``mel_filterbank``).
     """
 
     def __init__(self, cfg: FeatureConfig | None = None) -> None:
@@ -66,20 +86,26 @@ class LogMelFeatures(nn.Module):
             persistent=False,
         )
 
-    def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
-        """(B, N) -> (B, T, n_mels) unnormalised log-mel over all frames."""
+    def log_mel(self, wave: torch.Tensor, warps: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N), warps (B,) or None -> (B, T, n_mels) unnormalised log-mel over all frames."""
         frames = wave.unfold(-1, self.cfg.win_length, self.cfg.hop_length)  # (B, T, win)
         spectrum = torch.fft.rfft(frames * self.window, n=self.cfg.n_fft)
         power = spectrum.real.square() + spectrum.imag.square()
-        return torch.log(torch.clamp(power @ self.filters, min=LOG_FLOOR))
+        if warps is None:
+            return torch.log(torch.clamp(power @ self.filters, min=LOG_FLOOR))
+        cfg = self.cfg
+        filters = torch.stack([  # (B, n_fft // 2 + 1, n_mels)
+            mel_filterbank(cfg.n_fft, cfg.n_mels, cfg.sample_rate, float(w)) for w in warps
+        ]).to(power.device)
+        return torch.log(torch.clamp(torch.bmm(power, filters), min=LOG_FLOOR))
 
     @torch.no_grad()
     def forward(
-        self, wave: torch.Tensor, lengths: torch.Tensor
+        self, wave: torch.Tensor, lengths: torch.Tensor, warps: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if wave.shape[-1] < self.cfg.win_length:
             wave = torch.nn.functional.pad(wave, (0, self.cfg.win_length - wave.shape[-1]))
-        feats = self.log_mel(wave.float())
+        feats = self.log_mel(wave.float(), warps)
         frame_lengths = num_frames(lengths, self.cfg.win_length, self.cfg.hop_length)
         valid = (
             torch.arange(feats.shape[1], device=feats.device)[None, :] < frame_lengths[:, None]

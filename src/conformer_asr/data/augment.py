@@ -17,6 +17,11 @@ Order of the steps, as in a real recording chain:
 The result is then scaled down if needed so that no sample lies outside [-1, 1]
 (scaling, not clipping, so no distortion is added). Nothing here reads audio files:
 the noises and rooms are synthesised, so there is no third-party audio to license.
+
+One more perturbation acts on the features, not the waveform: vocal tract length
+perturbation (VTLP, Jaitly & Hinton 2013), a per-utterance warp of the frequency axis
+that moves formants as a longer or shorter vocal tract would, at the same pitch and
+tempo. ``Augmenter.warp_factor`` draws it; the feature extractor applies it.
 """
 
 from __future__ import annotations
@@ -247,6 +252,7 @@ class AugmentConfig:
     rt60: tuple[float, float] = (0.2, 0.8)  # seconds, range of the RIR bank's rooms (>= 0.15)
     num_rirs: int = 64  # size of the RIR bank
     gain_db: tuple[float, float] = (-10.0, 6.0)
+    vtlp: tuple[float, float] = (1.0, 1.0)  # VTLP warp factor range, drawn uniformly; off
 
     def __post_init__(self) -> None:
         speed = _floats(self.speed, "augment.speed")
@@ -259,6 +265,7 @@ class AugmentConfig:
         set_(self, "snr_db", _range(self.snr_db, "augment.snr_db", -20.0, 100.0))
         set_(self, "rt60", _range(self.rt60, "augment.rt60", 0.15, 2.0))
         set_(self, "gain_db", _range(self.gain_db, "augment.gain_db", -60.0, 20.0))
+        set_(self, "vtlp", _range(self.vtlp, "augment.vtlp", 0.8, 1.25))
         kinds = self.noise_kinds
         if isinstance(kinds, str) or not isinstance(kinds, (list, tuple)) or not kinds:
             raise ConfigError(f"augment.noise_kinds: expected a non-empty list, got {kinds!r}")
@@ -273,7 +280,7 @@ class AugmentConfig:
 
     @property
     def is_identity(self) -> bool:
-        """True when no step can change the audio."""
+        """True when no step can change the audio (VTLP changes only the features)."""
         return (set(self.speed) == {1.0} and self.noise_prob == 0 and self.reverb_prob == 0
                 and self.gain_db == (0.0, 0.0))
 
@@ -319,3 +326,8 @@ class Augmenter:
             out = out / peak
         return out.astype(np.float32)
 
+    def warp_factor(self, rng: np.random.Generator) -> float:
+        """The utterance's VTLP factor, drawn from ``rng`` (1.0, drawing nothing, when off)."""
+        if self.cfg.vtlp == (1.0, 1.0):
+            return 1.0
+        return float(rng.uniform(*self.cfg.vtlp))

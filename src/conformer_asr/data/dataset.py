@@ -97,7 +97,7 @@ class SpeechDataset(torch.utils.data.Dataset):
     def __getitem__(self, item: tuple[int, CutSet]) -> Batch:
         epoch, cuts = item
         issues = DataIssues()
-        waves, tokens, kept = [], [], []
+        waves, warps, tokens, kept = [], [], [], []
         for cut in cuts:
             try:
                 samples = cut.load_audio()
@@ -108,8 +108,11 @@ class SpeechDataset(torch.utils.data.Dataset):
             if cut.sampling_rate != SAMPLE_RATE:
                 issues.add("wrong sample rate", f"{cut.id} ({cut.sampling_rate} Hz)")
                 continue
+            warp = 1.0
             if self.augmenter is not None:
-                samples = self.augmenter(samples, utterance_rng(self.seed, epoch, cut.id))
+                rng = utterance_rng(self.seed, epoch, cut.id)
+                samples = self.augmenter(samples, rng)
+                warp = self.augmenter.warp_factor(rng)
             if len(samples) < self.min_samples or not np.any(samples):
                 issues.add("empty or too short audio", cut.id)
                 continue
@@ -119,19 +122,21 @@ class SpeechDataset(torch.utils.data.Dataset):
                 issues.add("text the tokenizer cannot encode", f"{cut.id} ({text!r:.60})")
                 continue
             waves.append(torch.from_numpy(samples))
+            warps.append(warp)
             tokens.append(torch.tensor(ids))
             kept.append(cut)
-        return self._collate(waves, tokens, kept, issues)
+        return self._collate(waves, warps, tokens, kept, issues)
 
-    def _collate(self, waves: list[torch.Tensor], tokens: list[torch.Tensor], cuts: list,
-                 issues: DataIssues) -> Batch:
+    def _collate(self, waves: list[torch.Tensor], warps: list[float],
+                 tokens: list[torch.Tensor], cuts: list, issues: DataIssues) -> Batch:
         if not cuts:
             empty = torch.zeros(0, dtype=torch.long)
             return Batch(torch.zeros(0, 1, self.features.cfg.n_mels), empty, empty[:, None],
                          empty, [], [], [], 0.0, issues)
         lengths = torch.tensor([len(w) for w in waves])
         feats, feat_lengths = self.features(
-            torch.nn.utils.rnn.pad_sequence(waves, batch_first=True), lengths
+            torch.nn.utils.rnn.pad_sequence(waves, batch_first=True), lengths,
+            None if set(warps) == {1.0} else torch.tensor(warps),
         )
         return Batch(
             feats=feats,
