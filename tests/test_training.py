@@ -192,12 +192,19 @@ def test_noam_schedule_peaks_at_warmup():
 
 
 
-def test_dataset_warps_each_utterance_by_its_own_drawn_factor():
-    """With VTLP on, each utterance's features are those of the filterbank warped by the
-    factor its own (seed, epoch, id) stream draws after the waveform steps."""
-    cuts = list(load_manifests([str(DATA / "manifest.jsonl")], DataIssues()))[:3]
+def _cuts_and_tokenizer(count: int) -> tuple[list, Tokenizer]:
+    """The first ``count`` cuts of the test manifest and a tokenizer trained on them."""
+    cuts = list(load_manifests([str(DATA / "manifest.jsonl")], DataIssues()))[:count]
     tokenizer = Tokenizer.train([c.supervisions[0].text for c in cuts],
                                 Path(tempfile.mkdtemp()) / "tok", vocab_size=30)
+    return cuts, tokenizer
+
+
+def test_dataset_warps_each_utterance_by_its_own_drawn_factor():
+    """With VTLP on, each utterance's features are those of the filterbank warped by the
+    factor its own (seed, epoch, id) stream draws (the waveform steps are off here and
+    draw nothing, so the factor is the stream's first draw)."""
+    cuts, tokenizer = _cuts_and_tokenizer(3)
     cfg = ModelConfig(encoder=EncoderConfig(d_model=32, n_layers=1, n_heads=2),
                       vocab_size=tokenizer.vocab_size)
     augment = AugmentConfig(speed=(1.0,), noise_prob=0.0, reverb_prob=0.0, gain_db=(0, 0),
@@ -217,9 +224,7 @@ def test_dataset_warps_each_utterance_by_its_own_drawn_factor():
 def test_validation_reports_the_mean_loss_per_utterance():
     """val_loss averages over utterances, whatever the batch sizes (it once divided the
     summed loss by the number of batches)."""
-    cuts = list(load_manifests([str(DATA / "manifest.jsonl")], DataIssues()))
-    tokenizer = Tokenizer.train([c.supervisions[0].text for c in cuts],
-                                Path(tempfile.mkdtemp()) / "tok", vocab_size=30)
+    cuts, tokenizer = _cuts_and_tokenizer(4)
     cfg = ModelConfig(encoder=EncoderConfig(d_model=32, n_layers=1, n_heads=2),
                       vocab_size=tokenizer.vocab_size, ctc_weight=1.0)
     task = ASRTask(cfg, OptimConfig(), tokenizer)
