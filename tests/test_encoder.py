@@ -19,7 +19,8 @@ from conformer_asr.models.attention import (
     relative_shift,
 )
 from conformer_asr.models.config import NAMED_CONFIGS, PAPER_PARAMS
-from conformer_asr.models.conformer import MaskedBatchNorm1d
+from conformer_asr.models.conformer import ConvolutionModule, MaskedBatchNorm1d
+from conformer_asr.models.subsampling import SLICE_FRAMES, Conv2dSubsampling
 
 TINY = EncoderConfig(d_model=32, n_layers=2, n_heads=4, conv_kernel_size=7, dropout=0.0)
 
@@ -116,6 +117,42 @@ def test_masked_batch_norm_uses_valid_frames_only():
                                atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(bn.running_mean, reference.running_mean)
     torch.testing.assert_close(bn.running_var, reference.running_var)
+
+
+@pytest.mark.parametrize("factor", [4, 8])
+@pytest.mark.parametrize("out_frames", [1, SLICE_FRAMES, SLICE_FRAMES + 1, 3 * SLICE_FRAMES - 1])
+def test_sliced_subsampling_is_the_whole_convolution(factor, out_frames):
+    """Slice by slice, the stack gives what it gives run once over the whole input,
+    forward and backward, for 1 slice, exactly 1, a 1-frame tail and several."""
+    torch.manual_seed(0)
+    sub = Conv2dSubsampling(n_mels=20, channels=8, d_model=16, dropout=0.0, factor=factor)
+    frames = out_frames * factor + factor - 1 + (factor - 1)  # longest input giving out_frames
+    feats = torch.randn(2, frames, 20, requires_grad=True)
+    out, _ = sub(feats, torch.tensor([frames, frames]))
+    whole = sub.conv(feats.unsqueeze(1))  # (B, C, T', F')
+    b, c, t, f = whole.shape
+    expected = sub.out(whole.transpose(1, 2).reshape(b, t, c * f))
+    assert out.shape[1] == out_frames
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+    weights = torch.randn_like(out)
+    grad, = torch.autograd.grad((out * weights).sum(), feats)
+    expected_grad, = torch.autograd.grad((expected * weights).sum(), feats)
+    torch.testing.assert_close(grad, expected_grad, atol=1e-6, rtol=1e-6)
+
+
+def test_channels_last_depthwise_is_the_conv1d():
+    torch.manual_seed(0)
+    module = ConvolutionModule(d_model=12, kernel_size=7, dropout=0.0)
+    x = torch.randn(3, 20, 12, requires_grad=True)  # (B, T, D)
+    y = module.depthwise_channels_last(x)
+    expected = module.depthwise(x.transpose(1, 2))  # (B, D, T)
+    torch.testing.assert_close(y, expected, atol=1e-6, rtol=1e-6)
+    weights = torch.randn_like(y)
+    grads = torch.autograd.grad((y * weights).sum(), [x, module.depthwise.weight])
+    expected_grads = torch.autograd.grad((expected * weights).sum(),
+                                         [x, module.depthwise.weight])
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad)  # float32 sums in another order
 
 
 def test_encoder_contract_shapes():

@@ -83,9 +83,22 @@ class ConvolutionModule(nn.Module):
     def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         """x (B, T, D), pad (B, T) bool (True = padding) -> (B, T, D)."""
         x = F.glu(self.pointwise_in(self.norm(x)), dim=-1)
-        x = x.masked_fill(pad[:, :, None], 0.0).transpose(1, 2)  # (B, D, T)
-        x = self.batch_norm(self.depthwise(x), ~pad).transpose(1, 2)
+        x = x.masked_fill(pad[:, :, None], 0.0)
+        x = self.batch_norm(self.depthwise_channels_last(x), ~pad).transpose(1, 2)
         return self.dropout(self.pointwise_out(F.silu(x)))
+
+    def depthwise_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D) -> (B, D, T): ``self.depthwise`` applied to x read as (B, D, T).
+
+        The (B, T, D) memory is handed over as a channels-last (B, D, 1, T) image
+        and convolved with a (D, 1, 1, k) kernel: the same sums, but oneDNN's
+        channels-last depthwise kernel is more than 10x faster on a CPU than its
+        Conv1d over the transposed (B, D, T) view.
+        """
+        conv = self.depthwise
+        y = F.conv2d(x.transpose(1, 2).unsqueeze(2), conv.weight.unsqueeze(2), conv.bias,
+                     padding=(0, conv.padding[0]), groups=conv.groups)
+        return y.squeeze(2)
 
 
 class ConformerBlock(nn.Module):
