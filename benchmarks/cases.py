@@ -6,10 +6,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from conformer_asr import load_model
 from conformer_asr.audio.features import LogMelFeatures
+from conformer_asr.audio.io import audio_duration
 from conformer_asr.decoding.search import DecodingOptions, decode
 from conformer_asr.losses.rnnt import rnnt_loss, rnnt_loss_reference
 from conformer_asr.models import ASRModel, quantize_int8
@@ -26,6 +29,7 @@ from .plain import plain_encoder_like, plain_training_loss
 from .workloads import Workload, encoder_frames, random_features, random_targets
 
 MB = 2**20
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @dataclass
@@ -294,4 +298,22 @@ def transcription(model: ASRModel, settings: Settings) -> Row:
     row.extra = {"rtf_fast": row.fast_s / work.audio_seconds,
                  "rtf_baseline": row.baseline_s / work.audio_seconds,
                  "tokens_per_frame": len(hypothesis.tokens) / enc.shape[1]}
+    return row
+
+
+def bundled_transcription(settings: Settings) -> Row:
+    """The bundled model transcribing the shipped ``examples/`` audio as
+    ``conformer-asr transcribe examples/*.wav examples/*.flac`` does: reading and resampling
+    the files, features, encoder and its default search (beam search with its LM). The
+    baseline is the same with the plain encoder swapped in. The ``batch`` column counts
+    the files; the row reports real-time factors over their total duration."""
+    fast = load_model()
+    plain = copy.deepcopy(fast)
+    plain.model.encoder = plain_encoder_like(fast.model.encoder, fast.model.cfg.encoder)
+    paths = sorted(str(p) for p in EXAMPLES.iterdir() if p.suffix in (".wav", ".flac"))
+    seconds = sum(audio_duration(path) for path in paths)
+    row = compare("transcribe, bundled", fast.model.cfg.name, len(paths), "plain",
+                  lambda: fast.transcribe(paths), lambda: plain.transcribe(paths), settings)
+    row.extra = {"rtf_fast": row.fast_s / seconds, "rtf_baseline": row.baseline_s / seconds,
+                 "audio_seconds": seconds}
     return row

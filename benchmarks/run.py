@@ -43,8 +43,11 @@ def _notes(row: Row) -> str:
     if "compile_s" in extra:
         parts.append(f"first call {extra['compile_s']:.0f} s (compiling)")
     if "rtf_fast" in extra:
-        parts.append(f"RTF {extra['rtf_fast']:.3f} / {extra['rtf_baseline']:.3f}, "
-                     f"{extra['tokens_per_frame']:.2f} tokens/frame")
+        parts.append(f"RTF {extra['rtf_fast']:.3f} / {extra['rtf_baseline']:.3f}")
+    if "tokens_per_frame" in extra:
+        parts.append(f"{extra['tokens_per_frame']:.2f} tokens/frame")
+    if "audio_seconds" in extra:
+        parts.append(f"{extra['audio_seconds']:.1f} s of audio")
     parts += [f"{goal}: {'yes' if met else 'NO'}" for goal, met in row.targets.items()]
     return "; ".join(parts)
 
@@ -137,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             for batch in work.encoder_batches:
                 add(cases.compiled_encoder_forward(model, batch, settings))
             add(cases.compiled_train_step(model, settings))
+    if "transcribe" in args.only:
+        add(cases.bundled_transcription(settings))
     if "loss" in args.only:
         add(cases.rnnt_loss_step(settings))
 

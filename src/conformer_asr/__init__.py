@@ -1,7 +1,7 @@
 """conformer-asr: Conformer speech recognition.
 
     >>> import conformer_asr
-    >>> conformer_asr.load_model().transcribe(["examples/hello.wav"])  # doctest: +SKIP
+    >>> conformer_asr.load_model().transcribe(["examples/weather.wav"])  # doctest: +SKIP
 """
 
 from .inference.transcriber import Transcriber, load_model
