@@ -56,7 +56,7 @@ class Conv2dSubsampling(nn.Module):
         x = feats.unsqueeze(1)  # (B, 1, T, F)
         frames = subsampled_lengths(feats.shape[1], self.factor)
         field = 2 * self.factor - 1  # input frames that one output frame sees
-        slices = []
+        slices = []  # an input too short for one output frame still runs (and fails) once
         for start in range(0, max(frames, 1), SLICE_FRAMES):
             end = (start + SLICE_FRAMES - 1) * self.factor + field
             slices.append(self.conv(x[:, :, start * self.factor : end]))
