@@ -123,10 +123,10 @@ def test_masked_batch_norm_uses_valid_frames_only():
 @pytest.mark.parametrize("out_frames", [1, SLICE_FRAMES, SLICE_FRAMES + 1, 3 * SLICE_FRAMES - 1])
 def test_sliced_subsampling_is_the_whole_convolution(factor, out_frames):
     """Slice by slice, the stack gives what it gives run once over the whole input,
-    forward and backward, for 1 slice, exactly 1, a 1-frame tail and several."""
+    forward and backward: one short slice, one full slice, a 1-frame tail, several."""
     torch.manual_seed(0)
     sub = Conv2dSubsampling(n_mels=20, channels=8, d_model=16, dropout=0.0, factor=factor)
-    frames = out_frames * factor + factor - 1 + (factor - 1)  # longest input giving out_frames
+    frames = out_frames * factor + 2 * (factor - 1)  # the longest input giving out_frames
     feats = torch.randn(2, frames, 20, requires_grad=True)
     out, _ = sub(feats, torch.tensor([frames, frames]))
     whole = sub.conv(feats.unsqueeze(1))  # (B, C, T', F')
