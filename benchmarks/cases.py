@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from conformer_asr import load_model
 from conformer_asr.audio.features import LogMelFeatures
@@ -113,6 +114,24 @@ def int8_encoder_forward(model: ASRModel, batch: int, settings: Settings) -> Row
                   torch.no_grad()(lambda: encoder(feats, lengths)), settings)
     row.targets = {"speed-up >= 1.5": row.speedup >= 1.5}
     return row
+
+
+def int8_linear_layers(model: ASRModel, batch: int, settings: Settings) -> Row:
+    """The encoder's Linear layers alone, each called once on random input of the size it
+    gets in the encoder, (batch x T', in_features): int8 (``quantize_int8``) vs float32.
+    ``quantize_int8`` changes nothing else in the encoder, so this speed-up bounds the int8
+    encoder's."""
+    rows = batch * encoder_frames(model.cfg, settings.work.audio_seconds)
+    layers = nn.ModuleList(m for m in model.encoder.modules() if isinstance(m, nn.Linear))
+    int8_layers = quantize_int8(layers)
+    inputs = {n: torch.randn(rows, n) for n in {layer.in_features for layer in layers}}
+
+    def run(modules: nn.ModuleList) -> Call:
+        return torch.no_grad()(lambda: [m(inputs[layer.in_features])
+                                        for m, layer in zip(modules, layers, strict=True)])
+
+    return compare("int8 Linear layers", model.cfg.name, batch, "fp32", run(int8_layers),
+                   run(layers.eval()), settings)
 
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]

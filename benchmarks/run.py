@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             add(cases.encoder_forward(model, batch, settings))
         for batch in work.encoder_batches if "int8" in args.only else ():
             add(cases.int8_encoder_forward(model, batch, settings))
+        if "int8" in args.only:
+            add(cases.int8_linear_layers(model, max(work.encoder_batches), settings))
         if "train" in args.only:
             add(cases.train_step(model, settings))
             add(cases.train_step(model, settings, pruned=True))

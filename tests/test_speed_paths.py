@@ -135,8 +135,8 @@ def test_quick_benchmark_writes_json(tmp_path):
     assert results["machine"]["matmul_peak_flops"] > 0
     rows = results["rows"]
     assert {r["benchmark"] for r in rows} == {
-        "encoder forward", "int8 encoder forward", "train step", "train step, pruned S=2",
-        "transcribe", "transcribe, bundled", "rnnt loss fwd+bwd",
+        "encoder forward", "int8 encoder forward", "int8 Linear layers", "train step",
+        "train step, pruned S=2", "transcribe", "transcribe, bundled", "rnnt loss fwd+bwd",
     }
     for row in rows:
         assert row["fast_s"] > 0 and row["baseline_s"] > 0
