@@ -131,7 +131,7 @@ def int8_linear_layers(model: ASRModel, batch: int, settings: Settings) -> Row:
                                         for m, layer in zip(modules, layers, strict=True)])
 
     return compare("int8 Linear layers", model.cfg.name, batch, "fp32", run(int8_layers),
-                   run(layers.eval()), settings)
+                   run(layers), settings)
 
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
