@@ -148,8 +148,8 @@ def test_quick_benchmark_writes_json(tmp_path):
     [transcribe] = [r for r in rows if r["benchmark"] == "transcribe"]
     assert transcribe["extra"]["rtf_fast"] > 0
     [bundled] = [r for r in rows if r["benchmark"] == "transcribe, bundled"]
-    assert bundled["batch"] == 4 and bundled["extra"]["audio_seconds"] == pytest.approx(10.95,
-                                                                                        abs=0.01)
+    assert bundled["batch"] == 4
+    assert bundled["extra"]["audio_seconds"] == pytest.approx(10.95, abs=0.01)
     assert "encoder forward" in proc.stdout and "rnnt loss" in proc.stdout
 
 
