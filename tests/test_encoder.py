@@ -12,6 +12,7 @@ from conformer_asr.models import (
     build_encoder,
     count_parameters,
     get_config,
+    load_encoder_and_heads,
 )
 from conformer_asr.models.attention import (
     RelPositionMultiHeadAttention,
@@ -238,6 +239,37 @@ def test_pruned_transducer_trains_both_joints():
     for module in (model.simple_joint, model.joint, model.predictor, model.encoder):
         grads = [p.grad for p in module.parameters() if p.requires_grad]
         assert all(g is not None for g in grads) and any(bool(g.abs().sum() > 0) for g in grads)
+
+
+def test_a_ctc_model_starts_a_transducer_with_its_encoder_and_ctc_head():
+    ctc_cfg = ModelConfig(encoder=TINY, vocab_size=12, ctc_weight=1.0)
+    torch.manual_seed(0)
+    source = ASRModel(ctc_cfg).state_dict()
+    hybrid = ASRModel(dataclasses.replace(ctc_cfg, ctc_weight=0.3, pred_embed_dim=8,
+                                          pred_hidden_dim=16, joint_dim=16, rnnt_prune_range=2))
+    fresh = {k: v.clone() for k, v in hybrid.state_dict().items()}
+    assert load_encoder_and_heads(hybrid, source) == ["predictor", "joint", "simple_joint"]
+    for name, value in hybrid.state_dict().items():
+        expected = source[name] if name.split(".")[0] in ("encoder", "ctc_head") else fresh[name]
+        torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=name)
+
+    # back to CTC alone: the transducer is left out; a head of another shape starts fresh
+    assert load_encoder_and_heads(ASRModel(ctc_cfg), hybrid.state_dict()) == []
+    wider_joint = ASRModel(dataclasses.replace(hybrid.cfg, joint_dim=24))
+    assert load_encoder_and_heads(wider_joint, hybrid.state_dict()) == ["joint"]
+    torch.testing.assert_close(wider_joint.predictor.state_dict(), hybrid.predictor.state_dict())
+    torch.manual_seed(1)  # with one seed, the full-loss model draws the same transducer
+    full_loss = ASRModel(dataclasses.replace(hybrid.cfg, rnnt_prune_range=0))
+    torch.manual_seed(1)
+    pruned_state = ASRModel(hybrid.cfg).state_dict()
+    for name, value in full_loss.state_dict().items():
+        torch.testing.assert_close(value, pruned_state[name], rtol=0, atol=0, msg=name)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        load_encoder_and_heads(ASRModel(dataclasses.replace(
+            ctc_cfg, encoder=dataclasses.replace(TINY, d_model=48))), source)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        load_encoder_and_heads(ASRModel(dataclasses.replace(
+            ctc_cfg, encoder=dataclasses.replace(TINY, n_layers=3))), source)
 
 
 def test_config_round_trip():

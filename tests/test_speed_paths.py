@@ -151,24 +151,3 @@ def test_quick_benchmark_writes_json(tmp_path):
     assert bundled["batch"] == 4
     assert bundled["extra"]["audio_seconds"] == pytest.approx(10.95, abs=0.01)
     assert "encoder forward" in proc.stdout and "rnnt loss" in proc.stdout
-
-
-def test_pruned_training_start_folders_differ_only_in_the_loss(tmp_path):
-    """``benchmarks.pruned_training`` writes two start folders: the bundled encoder and CTC
-    head, one shared new transducer, and the pruned one's simple joint on top."""
-    from benchmarks.pruned_training import main
-    from conformer_asr.inference.model_dir import BUNDLED_DIR, load_model_dir
-
-    assert main(["--out", str(tmp_path)]) == 0
-    bundled = load_model_dir(BUNDLED_DIR)[0].state_dict()
-    full, _, full_dir = load_model_dir(tmp_path / "rnnt-init-full")
-    pruned, _, pruned_dir = load_model_dir(tmp_path / "rnnt-init-pruned")
-    assert full_dir.model.rnnt_prune_range == 0 and pruned_dir.model.rnnt_prune_range == 5
-    full_weights, pruned_weights = full.state_dict(), pruned.state_dict()
-    assert {k for k in pruned_weights if k not in full_weights} == {
-        k for k in pruned_weights if k.startswith("simple_joint.")}
-    for name, weight in full_weights.items():
-        assert torch.equal(weight, pruned_weights[name]), name
-        if name in bundled:
-            assert torch.equal(weight, bundled[name]), name
-    assert any(k.startswith("predictor.") for k in full_weights)

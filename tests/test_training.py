@@ -272,7 +272,7 @@ def test_resume_with_other_checkpoint_settings_keeps_the_newest(tmp_path):
 
 def test_init_from_starts_a_run_from_a_trained_model_folder(tmp_path):
     """A fine-tuning run takes the folder's architecture, tokenizer and weights; its model
-    section may change dropout but not the architecture."""
+    section may change dropout and the heads but not the encoder."""
     source = tmp_path / "source"
     source.mkdir()
     proc = _train(_config(source, max_steps=2, average_last=1))
@@ -330,5 +330,22 @@ def test_init_from_starts_a_run_from_a_trained_model_folder(tmp_path):
         parse_config({**raw, "model": {"base": "conformer-s"}})
     wider = parse_config({**raw, "model": {"encoder": {"d_model": 64}},
                           "out_dir": str(tmp_path / "wider")})
-    with pytest.raises(ConfigError, match=r"^init_from: .*not the architecture"):
+    with pytest.raises(ConfigError, match=r"^init_from: .*not the encoder"):
         train(wider)
+
+    # the heads may change: a narrower joint and the pruned loss's simple joint start new
+    raw["model"] = {"joint_dim": 16, "rnnt_prune_range": 2}
+    raw.update(out_dir=str(tmp_path / "pruned"))
+    raw["trainer"].update(max_steps=1)
+    tuned_yaml.write_text(yaml.safe_dump(raw))
+    proc = _train(tuned_yaml)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert "(2 steps); new heads: joint, simple_joint" in out
+    pruned = _weights(tmp_path / "pruned")
+    kept = [n for n in start if n.startswith(("encoder.", "ctc_head.", "predictor."))]
+    assert len(kept) == len([n for n in pruned if not n.startswith(("joint.", "simple_joint."))])
+    for name in kept:
+        if not name.endswith(batch_norm_stats):
+            torch.testing.assert_close(pruned[name], start[name], atol=1e-6, rtol=0, msg=name)
+    assert any(n.startswith("simple_joint.") for n in pruned)

@@ -147,6 +147,37 @@ class ASRModel(nn.Module):
         return pruned + self.cfg.rnnt_simple_weight * simple
 
 
+HEADS = ("ctc_head", "predictor", "joint", "simple_joint")
+
+
+def load_encoder_and_heads(model: ASRModel, state: dict[str, torch.Tensor]) -> list[str]:
+    """Start ``model`` from another recogniser's weights ``state`` (its ``state_dict``).
+
+    The encoder must match exactly (RuntimeError otherwise). Each of ``model``'s heads
+    (CTC, prediction network, joint, simple joint) loads when ``state`` has it with the
+    same names and shapes and keeps its own weights otherwise, so a trained CTC model can
+    start a hybrid or transducer one. Heads in ``state`` that ``model`` lacks are ignored.
+    Returns the names of the heads that kept their own weights.
+    """
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k.removeprefix(prefix + "."): v for k, v in state.items()
+                if k.startswith(prefix + ".")}
+
+    model.encoder.load_state_dict(part("encoder"))
+    kept = []
+    for name in HEADS:
+        head = getattr(model, name)
+        if head is None:
+            continue
+        own, given = head.state_dict(), part(name)
+        if given.keys() == own.keys() and all(given[k].shape == own[k].shape for k in own):
+            head.load_state_dict(given)
+        else:
+            kept.append(name)
+    return kept
+
+
 def count_parameters(model: ASRModel) -> dict[str, int]:
     """Parameter counts: encoder, decoder (prediction net), joint, ctc, total."""
 

@@ -8,7 +8,8 @@
     seed: 0
     init_from: exp/other/model     # optional: start from a trained model folder ("default":
                                    # the bundled model); it brings the architecture and
-                                   # tokenizer, and ``model`` may only change e.g. dropout
+                                   # tokenizer, and ``model`` may change e.g. dropout or the
+                                   # heads (new heads start untrained) but not the encoder
 
 Relative paths in ``data`` are resolved against the YAML file's folder, ``out_dir`` and
 ``init_from`` against the current directory. A run that has a checkpoint resumes from it; an

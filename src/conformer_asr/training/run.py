@@ -29,11 +29,13 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from safetensors.torch import load_file
 
 from ..data.augment import Augmenter
 from ..data.datamodule import SpeechDataModule, load_manifests
 from ..data.manifest import DataIssues
-from ..inference.model_dir import ModelDirError, load_weights, read_config, save_model_dir
+from ..inference.model_dir import WEIGHTS_FILE, read_config, save_model_dir
+from ..models import load_encoder_and_heads
 from ..models.config import ConfigError, ModelConfig
 from ..text.tokenizer import Tokenizer
 from .checkpoints import (
@@ -150,13 +152,16 @@ def _without_lightning_chatter() -> Iterator[None]:
         rank_zero_log.removeFilter(tips)
 
 
-def _start_from(task: ASRTask, folder: Path) -> None:
-    """Load ``folder``'s weights into a fresh run."""
+def _start_from(task: ASRTask, folder: Path) -> list[str]:
+    """Load ``folder``'s encoder, and every head it shares with this run, into a fresh run
+    -> the heads that start untrained."""
     try:
-        load_weights(task.model, folder).train()  # Lightning keeps the mode it finds
-    except ModelDirError as error:
-        raise ConfigError(f"init_from: {error}; the model section may change training "
-                          "settings (dropout, SpecAugment) but not the architecture") from None
+        return load_encoder_and_heads(task.model, load_file(str(folder / WEIGHTS_FILE)))
+    except (RuntimeError, OSError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise ConfigError(f"init_from: {folder}: its encoder does not match this run's "
+                          f"({first}); the model section may change the heads and training "
+                          "settings (dropout, SpecAugment), not the encoder") from None
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -213,12 +218,13 @@ def train(cfg: TrainConfig) -> Path:
         if last.is_file():
             print(f"resuming from {last}")
         elif cfg.init_from:
-            _start_from(task, Path(cfg.init_from))
+            untrained = _start_from(task, Path(cfg.init_from))
             tokenizer.save(run_tokenizer(out).parent)  # a resume needs no source folder
             source_info = read_config(cfg.init_from).info
             task.init_source = {"folder": os.path.relpath(cfg.init_from), "info": source_info}
             print(f"starting from the weights of {cfg.init_from} "
-                  f"({source_info.get('steps', 0)} steps)")
+                  f"({source_info.get('steps', 0)} steps)"
+                  + (f"; new heads: {', '.join(untrained)}" if untrained else ""))
         trainer.fit(task, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
 
     if task.issues.total:
