@@ -141,6 +141,17 @@ def test_config_overrides_and_errors(tmp_path):
     with pytest.raises(ConfigError, match="no transducer decoder"):
         load_config(config, ["optim.decoder_weight_noise=0.1", "model.ctc_weight=1.0"])
 
+    # YAML 1.1 reads 1e-4 as a string: a number field takes it; a wrong type is named
+    small_lr = load_config(config, ["optim.peak_lr=1e-4", "optim.grad_clip=2"])
+    assert small_lr.optim.peak_lr == 1e-4 and isinstance(small_lr.optim.grad_clip, float)
+    for override, message in [("optim.peak_lr=fast", r"^optim\.peak_lr: expected a number"),
+                              ("trainer.max_steps=1e4", r"^trainer\.max_steps: expected an int"),
+                              ("trainer.max_steps=true", r"^trainer\.max_steps: expected an int"),
+                              ("model.encoder.d_model=[1]", r"^encoder\.d_model: expected an int"),
+                              ("model.name=3", r"^model\.name: expected a string")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(config, [override])
+
 
 def test_decoder_weight_noise_trains_the_clean_weights():
     """Variational noise: the prediction network runs on w + n, and its gradients are

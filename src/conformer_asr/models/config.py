@@ -7,6 +7,8 @@ once with an error that names the field (``ConfigError: encoder.n_heads: ...``).
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,7 +215,34 @@ def build_section(cls: type, values: Any, where: str) -> Any:
     if unknown:
         known_list = ", ".join(sorted(known))
         raise ConfigError(f"{where}.{unknown[0]}: unknown field (known: {known_list})")
-    return cls(**values)
+    hints = typing.get_type_hints(cls)
+    return cls(**{name: _scalar(value, hints[name], f"{where}.{name}")
+                  for name, value in values.items()})
+
+
+def _scalar(value: Any, hint: Any, where: str) -> Any:
+    """``value`` checked against a field typed ``int``, ``float``, ``str`` or ``bool`` (or
+    one of those or None); values of other fields pass unchanged. A float field takes an
+    integer, and a string such as "1e-4", which YAML 1.1 does not read as a number."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    kinds = [t for t in allowed if t is not type(None)]
+    if len(kinds) != 1 or kinds[0] not in (int, float, str, bool):
+        return value
+    kind = kinds[0]
+    if kind is float and not isinstance(value, bool):
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    raise ConfigError(f"{where}: expected {names[kind]}, got {value!r}")
 
 
 # The paper's Table 1. Decoder widths are the paper's (320 / 640 LSTM units);
