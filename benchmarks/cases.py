@@ -63,7 +63,19 @@ class Row:
 class Settings:
     work: Workload
     repeats: int
-    peak_flops: float  # the machine's float32 matmul FLOP/s
+    peak_flops: float  # the device's matmul FLOP/s in the benchmarks' precision
+    bf16: bool = False  # both paths run under bfloat16 autocast (the GPU table)
+
+    def in_precision(self, call: Call) -> Call:
+        """``call`` as the benchmarks run it: under bfloat16 autocast with ``bf16``."""
+        if not self.bf16:
+            return call
+
+        def autocast_call() -> object:
+            with torch.autocast(torch.get_default_device().type, dtype=torch.bfloat16):
+                return call()
+
+        return autocast_call
 
 
 def compare(
@@ -72,6 +84,7 @@ def compare(
 ) -> Row:
     """Times ``fast`` against ``baseline``; with ``flops`` also their MFU, with ``memory``
     their peak tensor memory. ``reset`` runs before every call, outside what is measured."""
+    fast, baseline = settings.in_precision(fast), settings.in_precision(baseline)
     fast_s, baseline_s = interleaved_medians(fast, baseline, settings.repeats, reset)
     row = Row(benchmark, size, batch, baseline_name, fast_s, baseline_s, baseline_s / fast_s)
     if flops:
@@ -193,6 +206,9 @@ def train_step(model: ASRModel, settings: Settings, pruned: bool = False) -> Row
     t = encoder_frames(cfg, work.audio_seconds)
     positions = work.prune_range if pruned else work.target_length + 1
     row.extra["logits_mb"] = work.train_batch * t * positions * cfg.vocab_size * 4 / MB
+    audio_seconds = work.train_batch * work.audio_seconds  # per step: audio hours per hour
+    row.extra["audio_h_per_h_fast"] = audio_seconds / row.fast_s
+    row.extra["audio_h_per_h_baseline"] = audio_seconds / row.baseline_s
     row.targets = {"speed-up >= 1.5": row.speedup >= 1.5}
     model.eval()
     return row
@@ -207,7 +223,7 @@ def compiled_encoder_forward(model: ASRModel, batch: int, settings: Settings) ->
     encoder = model.encoder.eval()
     compiled = torch.compile(encoder)
     fast = torch.no_grad()(lambda: compiled(feats, lengths))
-    compile_s = wall_seconds(fast)
+    compile_s = wall_seconds(settings.in_precision(fast))
     row = compare("encoder forward, compiled", cfg.name, batch, "eager", fast,
                   torch.no_grad()(lambda: encoder(feats, lengths)), settings, memory=True)
     row.extra = {"compile_s": compile_s}
@@ -227,7 +243,7 @@ def compiled_train_step(model: ASRModel, settings: Settings) -> Row:
         compiled.zero_grad(set_to_none=True)
         model.zero_grad(set_to_none=True)
 
-    compile_s = wall_seconds(fast)
+    compile_s = wall_seconds(settings.in_precision(fast))
     row = compare("train step, compiled", model.cfg.name, settings.work.train_batch, "eager",
                   fast, baseline, settings, reset=reset, memory=True)
     row.extra = {"compile_s": compile_s}
@@ -326,7 +342,7 @@ def bundled_transcription(settings: Settings) -> Row:
     the files, features, encoder and its default search (beam search with its LM). The
     baseline is the same with the plain encoder swapped in. The ``batch`` column counts
     the files; the row reports real-time factors over their total duration."""
-    fast = load_model()
+    fast = load_model(device=str(torch.get_default_device()))
     plain = copy.deepcopy(fast)
     plain.model.encoder = plain_encoder_like(fast.model.encoder, fast.model.cfg.encoder)
     paths = sorted(str(p) for p in EXAMPLES.iterdir() if p.suffix in (".wav", ".flac"))

@@ -1,5 +1,8 @@
 """How things are measured: interleaved wall-clock medians, peak tensor memory, FLOPs,
-and the machine's float32 matmul peak (the denominator of MFU)."""
+and the machine's matmul peak (the denominator of MFU).
+
+Everything runs on torch's default device (``torch.set_default_device``): the CPU, or a
+GPU, where times wait for the GPU to finish and memory is read from CUDA's allocator."""
 
 from __future__ import annotations
 
@@ -19,10 +22,22 @@ def no_reset() -> None:
     """The default ``reset``: nothing to undo between calls."""
 
 
+def on_gpu() -> bool:
+    """Whether the benchmarks run on a CUDA device (the default device)."""
+    return torch.get_default_device().type == "cuda"
+
+
+def _synchronize() -> None:
+    if on_gpu():
+        torch.cuda.synchronize()
+
+
 def wall_seconds(call: Call) -> float:
-    """Wall-clock seconds of one ``call()``."""
+    """Wall-clock seconds of one ``call()``, until the device has finished it."""
+    _synchronize()
     start = time.perf_counter()
     call()
+    _synchronize()
     return time.perf_counter() - start
 
 
@@ -57,15 +72,22 @@ def _walk(events: list[_ProfilerEvent]) -> Iterator[_ProfilerEvent]:
 def peak_bytes(call: Call) -> int:
     """Peak bytes of tensor memory held during ``call()`` beyond what was held before it.
 
-    The profiler (``profile_memory=True``) records every allocation and free that
-    goes through PyTorch's allocator, with its size (negative for frees); the peak
-    is the largest running sum of those sizes in time order. Tensors that exist
-    before the call (inputs, weights) are not counted; everything the call
-    allocates (activations, saved tensors, gradients, outputs) is. Memory that
-    libraries allocate behind PyTorch's back (oneDNN or BLAS scratch space) is not
-    seen. The allocation records are read from the profiler's event tree, a private
-    but long-standing part of ``torch.profiler``.
+    Tensors that exist before the call (inputs, weights) are not counted; everything the
+    call allocates (activations, saved tensors, gradients, outputs) is. On a GPU this is
+    CUDA's allocator's peak. On the CPU, the profiler (``profile_memory=True``) records
+    every allocation and free that goes through PyTorch's allocator, with its size
+    (negative for frees); the peak is the largest running sum of those sizes in time
+    order. Memory that libraries allocate behind PyTorch's back (oneDNN or BLAS scratch
+    space) is not seen. The allocation records are read from the profiler's event tree, a
+    private but long-standing part of ``torch.profiler``.
     """
+    if on_gpu():
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        call()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         call()
     events = prof.profiler.kineto_results.experimental_event_tree()
@@ -89,14 +111,10 @@ def count_flops(call: Call) -> int:
     return counter.get_total_flops()
 
 
-def matmul_peak_flops(size: int, repeats: int) -> float:
-    """This machine's float32 FLOP/s for a (size, size) @ (size, size) ``torch.mm``,
+def matmul_peak_flops(size: int, repeats: int, dtype: torch.dtype = torch.float32) -> float:
+    """The device's FLOP/s for a (size, size) @ (size, size) ``torch.mm`` in ``dtype``,
     best of ``repeats`` after a warm-up, with the current thread count."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
+    best = min(wall_seconds(lambda: torch.mm(a, b)) for _ in range(repeats))
     return 2 * size**3 / best

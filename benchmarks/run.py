@@ -2,6 +2,7 @@
 
     python -m benchmarks.run [--sizes s m] [--threads 2] [--repeats 5]
                              [--json benchmarks/results.json] [--only train ...] [--quick]
+                             [--device cuda] [--precision bf16] [--train-batch 64]
 
 See benchmarks/README.md for what each row measures.
 """
@@ -44,6 +45,9 @@ def _notes(row: Row) -> str:
         parts.append(f"first call {extra['compile_s']:.0f} s (compiling)")
     if "rtf_fast" in extra:
         parts.append(f"RTF {extra['rtf_fast']:.3f} / {extra['rtf_baseline']:.3f}")
+    if "audio_h_per_h_fast" in extra:
+        parts.append(f"{extra['audio_h_per_h_fast']:.0f} / "
+                     f"{extra['audio_h_per_h_baseline']:.0f} audio h/h")
     if "tokens_per_frame" in extra:
         parts.append(f"{extra['tokens_per_frame']:.2f} tokens/frame")
     if "audio_seconds" in extra:
@@ -101,6 +105,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "torch.compile rows)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny models and inputs, one repeat: checks that everything runs")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device, e.g. cuda (the int8 rows run on the CPU in fp32 "
+                             "only)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="fp32, or bf16 autocast for both paths (auto: bf16 on a GPU)")
+    parser.add_argument("--train-batch", type=int, default=None,
+                        help="utterances per training step (default: the workload's, 8)")
     return parser.parse_args(argv)
 
 
@@ -108,13 +119,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type != "cpu":  # the default-device mode costs every torch call some time
+        torch.set_default_device(device)
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type != "cpu")
     torch.manual_seed(0)
     work = QUICK if args.quick else FULL
-    peak = matmul_peak_flops(work.matmul_size, work.matmul_repeats)
-    settings = Settings(work, args.repeats or work.repeats, peak)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32 matmul "
-          f"peak {peak / 1e9:.1f} GFLOP/s ({work.matmul_size}^2 mm), "
+    if args.train_batch is not None:
+        work = dataclasses.replace(work, train_batch=args.train_batch)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    matmul_size = work.matmul_size if device.type == "cpu" else 2 * work.matmul_size
+    peak = matmul_peak_flops(matmul_size, work.matmul_repeats, dtype)
+    settings = Settings(work, args.repeats or work.repeats, peak, bf16)
+    where = (f"{torch.get_num_threads()} threads" if device.type == "cpu"
+             else torch.cuda.get_device_name(device))
+    print(f"torch {torch.__version__}, {where}, {'bf16' if bf16 else 'float32'} matmul "
+          f"peak {peak / 1e9:.1f} GFLOP/s ({matmul_size}^2 mm), "
           f"median of {settings.repeats} interleaved calls", flush=True)
+    only = [b for b in args.only if b != "int8" or (device.type == "cpu" and not bf16)]
+    if only != args.only:
+        print("int8 rows skipped: they compare int8 with float32, on the CPU", flush=True)
     print(format_line([header for header, _, _ in COLUMNS]), flush=True)
     rows: list[Row] = []
     configs = {}
@@ -127,32 +151,33 @@ def main(argv: list[str] | None = None) -> int:
         cfg = model_config(size, args.quick)
         configs[cfg.name] = cfg.to_dict()
         model = ASRModel(cfg)
-        for batch in work.encoder_batches if "encoder" in args.only else ():
+        for batch in work.encoder_batches if "encoder" in only else ():
             add(cases.encoder_forward(model, batch, settings))
-        for batch in work.encoder_batches if "int8" in args.only else ():
+        for batch in work.encoder_batches if "int8" in only else ():
             add(cases.int8_encoder_forward(model, batch, settings))
-        if "int8" in args.only:
+        if "int8" in only:
             add(cases.int8_linear_layers(model, max(work.encoder_batches), settings))
-        if "train" in args.only:
+        if "train" in only:
             add(cases.train_step(model, settings))
             add(cases.train_step(model, settings, pruned=True))
-        if "transcribe" in args.only:
+        if "transcribe" in only:
             add(cases.transcription(model, settings))
-        if "compile" in args.only:
+        if "compile" in only:
             for batch in work.encoder_batches:
                 add(cases.compiled_encoder_forward(model, batch, settings))
             add(cases.compiled_train_step(model, settings))
-    if "transcribe" in args.only:
+    if "transcribe" in only:
         add(cases.bundled_transcription(settings))
-    if "loss" in args.only:
+    if "loss" in only:
         add(cases.rnnt_loss_step(settings))
 
     results = {
         "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                     "processor": platform.processor() or platform.machine(),
-                    "platform": platform.platform(), "matmul_peak_flops": peak,
-                    "matmul_size": work.matmul_size},
-        "settings": {"quick": args.quick, "sizes": args.sizes, "only": args.only,
+                    "platform": platform.platform(), "device": where,
+                    "matmul_peak_flops": peak, "matmul_size": matmul_size},
+        "settings": {"quick": args.quick, "sizes": args.sizes, "only": only,
+                     "precision": "bf16" if bf16 else "fp32",
                      "repeats": settings.repeats,
                      "workload": dataclasses.asdict(work), "models": configs},
         "rows": [dataclasses.asdict(row) for row in rows],

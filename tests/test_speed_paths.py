@@ -143,6 +143,8 @@ def test_quick_benchmark_writes_json(tmp_path):
         assert row["speedup"] == pytest.approx(row["baseline_s"] / row["fast_s"])
         if row["benchmark"] in ("encoder forward", "train step"):
             assert row["gflop"] > 0 and row["mfu_fast"] > 0 and row["peak_mb_baseline"] > 0
+        if row["benchmark"].startswith("train step"):  # 2 utterances of 1 s per step
+            assert row["extra"]["audio_h_per_h_fast"] == pytest.approx(2.0 / row["fast_s"])
     [loss] = [r for r in rows if r["benchmark"] == "rnnt loss fwd+bwd"]
     assert loss["extra"]["peak_over_logits_fast"] < loss["extra"]["peak_over_logits_baseline"]
     [transcribe] = [r for r in rows if r["benchmark"] == "transcribe"]
@@ -151,3 +153,22 @@ def test_quick_benchmark_writes_json(tmp_path):
     assert bundled["batch"] == 4
     assert bundled["extra"]["audio_seconds"] == pytest.approx(10.95, abs=0.01)
     assert "encoder forward" in proc.stdout and "rnnt loss" in proc.stdout
+
+
+def test_quick_benchmark_in_bf16(tmp_path):
+    """``--precision bf16`` (the GPU table's) runs both paths under bfloat16 autocast and
+    measures MFU against a bfloat16 matmul; the encoder rows run so on the CPU too (the
+    transducer's LSTM has no bfloat16 kernel on this CPU)."""
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--sizes", "s", "--only",
+         "encoder", "int8", "--precision", "bf16", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())
+    assert results["settings"]["precision"] == "bf16" and "bf16 matmul peak" in proc.stdout
+    assert "int8 rows skipped" in proc.stdout  # int8 against float32 only
+    assert {r["benchmark"] for r in results["rows"]} == {"encoder forward"}
+    for row in results["rows"]:
+        assert row["fast_s"] > 0 and row["baseline_s"] > 0
