@@ -343,6 +343,13 @@ def test_init_from_starts_a_run_from_a_trained_model_folder(tmp_path):
                           "out_dir": str(tmp_path / "wider")})
     with pytest.raises(ConfigError, match=r"^init_from: .*not the encoder"):
         train(wider)
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    for name in ("config.json", "tokenizer.model"):
+        (no_weights / name).write_bytes((folder / name).read_bytes())
+    with pytest.raises(ConfigError, match=r"^init_from: .*no model\.safetensors"):
+        train(parse_config({**raw, "init_from": str(no_weights),
+                            "out_dir": str(tmp_path / "no-weights-run")}))
 
     # the heads may change: a narrower joint and the pruned loss's simple joint start new
     raw["model"] = {"joint_dim": 16, "rnnt_prune_range": 2}

@@ -100,6 +100,10 @@ def test_missing_and_mismatched_model_folders(model_dir, tmp_path):
     assert proc.returncode == 2
     assert "weights do not match config.json" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    proc = _cli("transcribe", str(DATA / "clip1.wav"), "--model", str(broken))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "model.safetensors: unreadable weights" in proc.stderr
 
 
 def test_long_recording_is_windowed(model_dir, tmp_path):

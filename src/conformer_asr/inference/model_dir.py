@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..decoding.search import DecodingOptions
@@ -119,11 +120,24 @@ def load_model_dir(directory: str | Path) -> tuple[ASRModel, Tokenizer, FolderCo
     return load_weights(ASRModel(config.model), directory), tokenizer, config
 
 
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The folder's weights by name. Raises ModelDirError if the file is missing or not
+    a safetensors file."""
+    path = directory / WEIGHTS_FILE
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise ModelDirError(f"{directory}: incomplete model folder (no {WEIGHTS_FILE})") from None
+    except (OSError, SafetensorError) as error:
+        raise ModelDirError(f"{path}: unreadable weights ({error})") from None
+
+
 def load_weights(module: M, directory: Path) -> M:
     """Fill ``module`` from the folder's weights (any float dtype) -> it, in eval mode."""
+    weights = read_weights(directory)
     try:
-        module.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
-    except (RuntimeError, OSError) as error:
+        module.load_state_dict(weights)
+    except RuntimeError as error:
         first = str(error).strip().splitlines()[0]
         raise ModelDirError(f"{directory}: weights do not match config.json ({first})") from None
     return module.eval()

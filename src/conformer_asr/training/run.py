@@ -29,12 +29,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
-from safetensors.torch import load_file
 
 from ..data.augment import Augmenter
 from ..data.datamodule import SpeechDataModule, load_manifests
 from ..data.manifest import DataIssues
-from ..inference.model_dir import WEIGHTS_FILE, read_config, save_model_dir
+from ..inference.model_dir import ModelDirError, read_config, read_weights, save_model_dir
 from ..models import load_encoder_and_heads
 from ..models.config import ConfigError, ModelConfig
 from ..text.tokenizer import Tokenizer
@@ -156,8 +155,12 @@ def _start_from(task: ASRTask, folder: Path) -> list[str]:
     """Load ``folder``'s encoder, and every head it shares with this run, into a fresh run
     -> the heads that start untrained."""
     try:
-        return load_encoder_and_heads(task.model, load_file(str(folder / WEIGHTS_FILE)))
-    except (RuntimeError, OSError) as error:
+        weights = read_weights(folder)
+    except ModelDirError as error:
+        raise ConfigError(f"init_from: {error}") from None
+    try:
+        return load_encoder_and_heads(task.model, weights)
+    except RuntimeError as error:
         first = str(error).strip().splitlines()[0]
         raise ConfigError(f"init_from: {folder}: its encoder does not match this run's "
                           f"({first}); the model section may change the heads and training "
