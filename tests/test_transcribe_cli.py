@@ -104,6 +104,10 @@ def test_missing_and_mismatched_model_folders(model_dir, tmp_path):
     proc = _cli("transcribe", str(DATA / "clip1.wav"), "--model", str(broken))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "model.safetensors: unreadable weights" in proc.stderr
+    (broken / "tokenizer.model").write_bytes(b"not a tokenizer")
+    proc = _cli("transcribe", str(DATA / "clip1.wav"), "--model", str(broken))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "tokenizer.model: not a SentencePiece model" in proc.stderr
 
 
 def test_long_recording_is_windowed(model_dir, tmp_path):

@@ -32,7 +32,10 @@ class Tokenizer:
         if not model_path.is_file():
             raise FileNotFoundError(f"{model_path}: tokenizer model not found")
         self.path = model_path
-        self.sp = spm.SentencePieceProcessor(model_file=str(model_path))
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(model_path))
+        except (RuntimeError, OSError):
+            raise ValueError(f"{model_path}: not a SentencePiece model") from None
         if self.sp.pad_id() != BLANK_ID or self.sp.unk_id() != UNK_ID:
             raise ValueError(f"{model_path}: not a conformer-asr tokenizer (blank must be id 0)")
 
