@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 from conformer_asr import load_model
 from conformer_asr.cli import main
 from conformer_asr.decoding.search import DecodingOptions
-from conformer_asr.inference.lm_dir import load_lm_dir, save_lm_dir
-from conformer_asr.inference.model_dir import ModelDirError, save_model_dir
+from conformer_asr.inference.lm_dir import load_lm_dir, load_tokenizer, save_lm_dir
+from conformer_asr.inference.model_dir import BUNDLED_DIR, ModelDirError, save_model_dir
 from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
 from conformer_asr.models.lm import LMConfig, WordPieceLM, get_lm_config
 from conformer_asr.text.tokenizer import Tokenizer
@@ -194,3 +194,12 @@ def test_a_packed_folder_with_bad_decoding_options_is_refused(model_dir, lm_dir,
     (out / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelDirError, match="invalid decoding options"):
         load_model(out)
+
+
+def test_train_lm_tokenizer_of_a_folder_a_file_or_the_bundled_model(tokenizer, tmp_path):
+    bundled = (BUNDLED_DIR / "tokenizer.model").read_bytes()
+    assert load_tokenizer("default").sp.serialized_model_proto() == bundled
+    assert load_tokenizer(BUNDLED_DIR).sp.serialized_model_proto() == bundled
+    assert load_tokenizer(tokenizer.path).vocab_size == tokenizer.vocab_size
+    with pytest.raises(FileNotFoundError, match="tokenizer model not found"):
+        load_tokenizer(tmp_path / "missing")

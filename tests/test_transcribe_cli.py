@@ -51,13 +51,16 @@ def test_bad_files_are_named_and_the_rest_transcribed(model_dir, tmp_path):
     mono, _ = sf.read(good, dtype="float32")
     sf.write(stereo8k, np.stack([mono[::2], mono[::2]], axis=1), 8000)
     missing = tmp_path / "missing.flac"
-    files = [good, text, corrupt, empty, silence, stereo8k, missing]
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    files = [good, text, corrupt, empty, silence, stereo8k, missing, folder]
     proc = _cli("transcribe", *map(str, files), "--model", str(model_dir), "--format", "json")
     assert proc.returncode == 1
     errors = proc.stderr.strip().splitlines()
-    assert len(errors) == 4
-    for bad, line in zip([text, corrupt, empty, missing], errors, strict=True):
+    assert len(errors) == 5
+    for bad, line in zip([text, corrupt, empty, missing, folder], errors, strict=True):
         assert line.startswith(f"error: {bad}: ")
+    assert errors[-1].endswith("a folder, not an audio file")
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["audio"] for r in rows] == [str(good), str(silence), str(stereo8k)]
     assert rows[1]["duration"] == pytest.approx(1.0, abs=0.01)

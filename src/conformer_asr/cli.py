@@ -198,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", nargs="+", required=True,
                    help="text files (.txt or .txt.gz), one sentence per line")
     p.add_argument("--tokenizer", required=True,
-                   help="the acoustic model's folder, or its tokenizer.model")
+                   help="the acoustic model's folder ('default': the bundled model), or "
+                        "its tokenizer.model")
     p.add_argument("--out", required=True, help="LM folder to write (resumes if stopped)")
     p.add_argument("--exclude", nargs="+", default=[], metavar="MANIFEST",
                    help="dev/test manifests: their transcripts are removed from the text")

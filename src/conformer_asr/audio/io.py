@@ -33,7 +33,8 @@ def resample(samples: np.ndarray, rate: int, target_rate: int = SAMPLE_RATE) -> 
 def _open(path: str | Path) -> sf.SoundFile:
     path = Path(path)
     if not path.is_file():
-        raise AudioError(f"{path}: no such file")
+        reason = "a folder, not an audio file" if path.is_dir() else "no such file"
+        raise AudioError(f"{path}: {reason}")
     try:
         return sf.SoundFile(path)
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:

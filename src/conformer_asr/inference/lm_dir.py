@@ -19,7 +19,14 @@ import torch
 from ..models.config import ConfigError
 from ..models.lm import LMConfig, WordPieceLM
 from ..text.tokenizer import MODEL_FILE, Tokenizer
-from .model_dir import CONFIG_FILE, WEIGHTS_FILE, ModelDirError, load_weights, write_folder
+from .model_dir import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    ModelDirError,
+    load_weights,
+    resolve_model_dir,
+    write_folder,
+)
 
 
 def save_lm_dir(
@@ -56,8 +63,9 @@ def load_lm_dir(directory: str | Path) -> tuple[WordPieceLM, Tokenizer, dict[str
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    """A tokenizer.model file, or the tokenizer of a model or LM folder."""
-    path = Path(path)
+    """A tokenizer.model file, or the tokenizer of a model or LM folder ("default": the
+    bundled model's)."""
+    path = resolve_model_dir(path) if str(path) == "default" else Path(path)
     return Tokenizer.load(path) if path.is_dir() else Tokenizer(path)
 
 
