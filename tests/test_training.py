@@ -148,9 +148,24 @@ def test_config_overrides_and_errors(tmp_path):
                               ("trainer.max_steps=1e4", r"^trainer\.max_steps: expected an int"),
                               ("trainer.max_steps=true", r"^trainer\.max_steps: expected an int"),
                               ("model.encoder.d_model=[1]", r"^encoder\.d_model: expected an int"),
-                              ("model.name=3", r"^model\.name: expected a string")]:
+                              ("model.name=3", r"^model\.name: expected a string"),
+                              ("optim.betas=0.9", r"^optim\.betas: expected a list"),
+                              ("optim.betas=[0.9,a]", r"^optim\.betas: expected a list"),
+                              ("optim.betas=[0.9]", r"^optim\.betas: expected two numbers")]:
         with pytest.raises(ConfigError, match=message):
             load_config(config, [override])
+
+
+def test_trainer_settings_that_lightning_refuses_are_config_errors(tmp_path, capsys):
+    from conformer_asr.cli import main
+
+    config = _config(tmp_path)
+    for override, message in [("trainer.devices=abc", "devices"),
+                              ("trainer.precision=fp64x", "Precision 'fp64x' is invalid")]:
+        with pytest.raises(ConfigError, match=f"^trainer: .*{message}"):
+            train(load_config(config, [override]))
+    assert main(["train", str(config), "--set", f"data.train={tmp_path / 'none.jsonl'}"]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'none.jsonl'}: no such manifest\n"
 
 
 def test_decoder_weight_noise_trains_the_clean_weights():

@@ -245,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .audio.io import AudioError
+    from .data.manifest import ManifestError
     from .inference.model_dir import ModelDirError
     from .models.config import ConfigError
 
@@ -253,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         code = args.run(args)
         sys.stdout.flush()
         return code
-    except (ConfigError, ModelDirError, AudioError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, ModelDirError, AudioError, ManifestError, FileNotFoundError,
+            ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

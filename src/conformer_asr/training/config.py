@@ -87,6 +87,8 @@ class OptimConfig:
             raise ConfigError("optim.warmup_steps: must be >= 1")
         if self.peak_lr is not None and self.peak_lr <= 0:
             raise ConfigError("optim.peak_lr: must be positive")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas: expected two numbers in [0, 1), got {self.betas}")
         if self.grad_clip < 0:
             raise ConfigError("optim.grad_clip: must be >= 0 (0 disables clipping)")
         if self.decoder_weight_noise < 0 or self.weight_noise_start_step < 0:
@@ -249,7 +251,10 @@ def parse_config(raw: dict[str, Any], root: Path = Path(".")) -> TrainConfig:
         data["augment"] = build_section(AugmentConfig, data["augment"], "data.augment")
     optim = dict(raw.get("optim") or {})
     if "betas" in optim:
-        optim["betas"] = tuple(optim["betas"])
+        betas = optim["betas"]
+        if not (isinstance(betas, list) and all(type(b) in (int, float) for b in betas)):
+            raise ConfigError(f"optim.betas: expected a list of two numbers, got {betas!r}")
+        optim["betas"] = tuple(float(b) for b in betas)
     return TrainConfig(
         model=_model_from(raw.get("model") or {}, init_model),
         data=build_section(DataConfig, data, "data"),

@@ -25,6 +25,7 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -197,27 +198,31 @@ def train(cfg: TrainConfig) -> Path:
     logger = _ResumableCSVLogger(out, name="logs", version="")
     step_ckpt = KeepLastCheckpoints(checkpoints, cfg.trainer.checkpoint_every_steps,
                                     keep=cfg.trainer.average_last)
+    callbacks = [step_ckpt, _TrainingLog(logger, out / "curves.png")]
     with _without_lightning_chatter():
-        trainer = L.Trainer(
-            max_steps=cfg.trainer.max_steps,
-            accelerator=cfg.trainer.accelerator,
-            devices=cfg.trainer.devices,
-            num_nodes=cfg.trainer.num_nodes,
-            precision=_precision(cfg),  # type: ignore[arg-type]
-            gradient_clip_val=cfg.optim.grad_clip or None,
-            val_check_interval=cfg.trainer.val_every_steps if dev_cuts is not None else None,
-            check_val_every_n_epoch=None,
-            limit_val_batches=1.0 if dev_cuts is not None else 0,
-            num_sanity_val_steps=0,
-            log_every_n_steps=cfg.trainer.log_every_steps,
-            logger=logger,
-            callbacks=[step_ckpt,
-                       _TrainingLog(logger, out / "curves.png")],
-            plugins=[AtomicCheckpointIO()],
-            use_distributed_sampler=False,  # Lhotse samplers shard by rank themselves
-            default_root_dir=out,
-            enable_model_summary=True,
-        )
+        try:
+            trainer = L.Trainer(
+                max_steps=cfg.trainer.max_steps,
+                accelerator=cfg.trainer.accelerator,
+                devices=cfg.trainer.devices,
+                num_nodes=cfg.trainer.num_nodes,
+                precision=_precision(cfg),  # type: ignore[arg-type]
+                gradient_clip_val=cfg.optim.grad_clip or None,
+                val_check_interval=cfg.trainer.val_every_steps if dev_cuts is not None else None,
+                check_val_every_n_epoch=None,
+                limit_val_batches=1.0 if dev_cuts is not None else 0,
+                num_sanity_val_steps=0,
+                log_every_n_steps=cfg.trainer.log_every_steps,
+                logger=logger,
+                callbacks=callbacks,
+                plugins=[AtomicCheckpointIO()],
+                use_distributed_sampler=False,  # Lhotse samplers shard by rank themselves
+                default_root_dir=out,
+                enable_model_summary=True,
+            )
+        except (MisconfigurationException, ValueError, TypeError, ImportError) as error:
+            # the arguments are all config values: Lightning's own checks name the problem
+            raise ConfigError(f"trainer: {str(error).strip().splitlines()[0]}") from None
         if last.is_file():
             print(f"resuming from {last}")
         elif cfg.init_from:
