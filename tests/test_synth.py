@@ -267,3 +267,9 @@ def test_command_line(corpus: tuple[Path, dict], capsys: pytest.CaptureFixture[s
     assert run_synth(args) == 0
     assert json.loads(capsys.readouterr().out)["run"]["skipped"] == UTTERANCES
     assert run_synth(parser.parse_args(["--out", str(corpus[0])])) == 2
+    capsys.readouterr()
+    for bad, message in [(["--hours", "-1.0"], "hours must be positive"),
+                         (["--utterances", "0"], "utterances must be at least 1")]:
+        assert run_synth(parser.parse_args(["--out", str(corpus[0] / "new"), *bad])) == 2
+        assert capsys.readouterr().err == f"error: {message}, got {bad[1]}\n"
+    assert not (corpus[0] / "new").exists()

@@ -382,6 +382,10 @@ def build(config: SynthConfig) -> dict[str, Any]:
         raise SynthError("give a number of utterances, a number of hours, or both")
     if config.jobs < 1:
         raise SynthError("jobs must be at least 1")
+    if config.utterances is not None and config.utterances < 1:
+        raise SynthError(f"utterances must be at least 1, got {config.utterances}")
+    if config.hours is not None and not config.hours > 0:
+        raise SynthError(f"hours must be positive, got {config.hours}")
     missing = missing_engines(config.engines)
     if missing:
         raise SynthError("; ".join(f"{engine}: {why}" for engine, why in missing.items()))
