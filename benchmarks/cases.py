@@ -16,7 +16,7 @@ from conformer_asr.audio.features import LogMelFeatures
 from conformer_asr.audio.io import audio_duration
 from conformer_asr.decoding.search import DecodingOptions, decode
 from conformer_asr.losses.rnnt import rnnt_loss, rnnt_loss_reference
-from conformer_asr.models import ASRModel, quantize_int8
+from conformer_asr.models import ASRModel, load_encoder_and_heads, quantize_int8
 
 from .measure import (
     Call,
@@ -187,7 +187,7 @@ def train_step(model: ASRModel, settings: Settings, pruned: bool = False) -> Row
     fast_model = model
     if pruned:
         fast_model = ASRModel(dataclasses.replace(cfg, rnnt_prune_range=work.prune_range))
-        fast_model.load_state_dict(model.state_dict(), strict=False)  # + the simple joint
+        load_encoder_and_heads(fast_model, model.state_dict())  # the simple joint is new
     _training_mode(model)  # the plain step uses its prediction network and joint
     fast = _loss_backward(fast_model, batch)
     plain = plain_encoder_like(model.encoder, cfg.encoder)

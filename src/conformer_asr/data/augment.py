@@ -33,7 +33,7 @@ import numpy as np
 import soxr
 
 from ..audio.io import SAMPLE_RATE
-from ..models.config import ConfigError
+from ..models.config import ConfigError, float_tuple
 
 
 def _white(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -214,17 +214,8 @@ def _convolve(samples: np.ndarray, rir: np.ndarray) -> np.ndarray:
 # --- configuration and the augmenter ----------------------------------------------------
 
 
-def _floats(value: object, name: str) -> tuple[float, ...]:
-    if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        raise ConfigError(f"{name}: expected a list of numbers, got {value!r}")
-    try:
-        return tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}: expected a list of numbers, got {value!r}") from None
-
-
 def _range(value: object, name: str, low: float, high: float) -> tuple[float, float]:
-    pair = _floats(value, name)
+    pair = float_tuple(value, name)
     if len(pair) != 2 or not low <= pair[0] <= pair[1] <= high:
         raise ConfigError(f"{name}: must be [min, max] with {low} <= min <= max <= {high}, "
                           f"got {list(value)}")
@@ -255,7 +246,7 @@ class AugmentConfig:
     vtlp: tuple[float, float] = (1.0, 1.0)  # VTLP warp factor range, drawn uniformly; off
 
     def __post_init__(self) -> None:
-        speed = _floats(self.speed, "augment.speed")
+        speed = float_tuple(self.speed, "augment.speed")
         if not speed or not all(0.5 <= s <= 2.0 for s in speed):
             raise ConfigError(f"augment.speed: give factors in [0.5, 2], got {list(self.speed)}")
         set_ = object.__setattr__

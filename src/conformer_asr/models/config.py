@@ -220,6 +220,16 @@ def build_section(cls: type, values: Any, where: str) -> Any:
                   for name, value in values.items()})
 
 
+def float_tuple(value: object, name: str) -> tuple[float, ...]:
+    """A list (or tuple) of numbers from a config -> a tuple of floats; ConfigError else."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{name}: expected a list of numbers, got {value!r}")
+    try:
+        return tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected a list of numbers, got {value!r}") from None
+
+
 def _scalar(value: Any, hint: Any, where: str) -> Any:
     """``value`` checked against a field typed ``int``, ``float``, ``str`` or ``bool`` (or
     one of those or None); values of other fields pass unchanged. A float field takes an

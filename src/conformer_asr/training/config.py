@@ -30,7 +30,7 @@ import yaml
 
 from ..data.augment import AugmentConfig
 from ..inference.model_dir import ModelDirError, read_config, resolve_model_dir
-from ..models.config import ConfigError, ModelConfig, build_section, get_config
+from ..models.config import ConfigError, ModelConfig, build_section, float_tuple, get_config
 from ..text.tokenizer import MODEL_FILE
 
 
@@ -87,8 +87,10 @@ class OptimConfig:
             raise ConfigError("optim.warmup_steps: must be >= 1")
         if self.peak_lr is not None and self.peak_lr <= 0:
             raise ConfigError("optim.peak_lr: must be positive")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ConfigError(f"optim.betas: expected two numbers in [0, 1), got {self.betas}")
+        betas = float_tuple(self.betas, "optim.betas")  # YAML gives a list
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ConfigError(f"optim.betas: expected two numbers in [0, 1), got {betas}")
+        object.__setattr__(self, "betas", betas)
         if self.grad_clip < 0:
             raise ConfigError("optim.grad_clip: must be >= 0 (0 disables clipping)")
         if self.decoder_weight_noise < 0 or self.weight_noise_start_step < 0:
@@ -249,16 +251,10 @@ def parse_config(raw: dict[str, Any], root: Path = Path(".")) -> TrainConfig:
     data["tokenizer"] = build_section(TokenizerConfig, tokenizer, "data.tokenizer")
     if data.get("augment") is not None:
         data["augment"] = build_section(AugmentConfig, data["augment"], "data.augment")
-    optim = dict(raw.get("optim") or {})
-    if "betas" in optim:
-        betas = optim["betas"]
-        if not (isinstance(betas, list) and all(type(b) in (int, float) for b in betas)):
-            raise ConfigError(f"optim.betas: expected a list of two numbers, got {betas!r}")
-        optim["betas"] = tuple(float(b) for b in betas)
     return TrainConfig(
         model=_model_from(raw.get("model") or {}, init_model),
         data=build_section(DataConfig, data, "data"),
-        optim=build_section(OptimConfig, optim, "optim"),
+        optim=build_section(OptimConfig, raw.get("optim") or {}, "optim"),
         trainer=build_section(TrainerConfig, raw.get("trainer") or {}, "trainer"),
         out_dir=str(out_dir),
         seed=int(raw.get("seed", 0)),
