@@ -15,6 +15,7 @@ from conformer_asr import load_model
 from conformer_asr.audio.features import LogMelFeatures
 from conformer_asr.audio.io import audio_duration
 from conformer_asr.decoding.search import DecodingOptions, decode
+from conformer_asr.inference.transcriber import Transcriber
 from conformer_asr.losses.rnnt import rnnt_loss, rnnt_loss_reference
 from conformer_asr.models import ASRModel, load_encoder_and_heads, quantize_int8
 
@@ -336,19 +337,41 @@ def transcription(model: ASRModel, settings: Settings) -> Row:
     return row
 
 
+def _shipped_examples() -> tuple[list[str], float]:
+    """The shipped ``examples/`` audio, as ``transcribe examples/*.wav examples/*.flac``
+    takes it: (paths, total seconds)."""
+    paths = sorted(str(p) for p in EXAMPLES.iterdir() if p.suffix in (".wav", ".flac"))
+    return paths, sum(audio_duration(path) for path in paths)
+
+
+def _transcribe_examples(
+    benchmark: str, baseline_name: str, fast: Transcriber, baseline: Transcriber,
+    settings: Settings,
+) -> Row:
+    """Two transcribers on the shipped examples; the ``batch`` column counts the files,
+    and the row reports real-time factors over their total duration."""
+    paths, seconds = _shipped_examples()
+    row = compare(benchmark, fast.model.cfg.name, len(paths), baseline_name,
+                  lambda: fast.transcribe(paths), lambda: baseline.transcribe(paths), settings)
+    row.extra = {"rtf_fast": row.fast_s / seconds, "rtf_baseline": row.baseline_s / seconds,
+                 "audio_seconds": seconds}
+    return row
+
+
 def bundled_transcription(settings: Settings) -> Row:
-    """The bundled model transcribing the shipped ``examples/`` audio as
-    ``conformer-asr transcribe examples/*.wav examples/*.flac`` does: reading and resampling
-    the files, features, encoder and its default search (beam search with its LM). The
-    baseline is the same with the plain encoder swapped in. The ``batch`` column counts
-    the files; the row reports real-time factors over their total duration."""
+    """The bundled model transcribing the shipped examples with its default search (beam
+    search with its LM): reading and resampling the files, features, encoder, search.
+    The baseline is the same with the plain encoder swapped in."""
     fast = load_model(device=str(torch.get_default_device()))
     plain = copy.deepcopy(fast)
     plain.model.encoder = plain_encoder_like(fast.model.encoder, fast.model.cfg.encoder)
-    paths = sorted(str(p) for p in EXAMPLES.iterdir() if p.suffix in (".wav", ".flac"))
-    seconds = sum(audio_duration(path) for path in paths)
-    row = compare("transcribe, bundled", fast.model.cfg.name, len(paths), "plain",
-                  lambda: fast.transcribe(paths), lambda: plain.transcribe(paths), settings)
-    row.extra = {"rtf_fast": row.fast_s / seconds, "rtf_baseline": row.baseline_s / seconds,
-                 "audio_seconds": seconds}
+    return _transcribe_examples("transcribe, bundled", "plain", fast, plain, settings)
+
+
+def int8_bundled_transcription(settings: Settings) -> Row:
+    """The bundled model transcribing the shipped examples with ``--int8`` (the model's and
+    the LM's Linear and LSTM layers in int8) against float32, default search."""
+    row = _transcribe_examples("int8 transcribe, bundled", "fp32", load_model(int8=True),
+                               load_model(), settings)
+    row.targets = {"speed-up >= 1.5": row.speedup >= 1.5}
     return row

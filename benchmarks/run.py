@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             add(cases.compiled_train_step(model, settings))
     if "transcribe" in only:
         add(cases.bundled_transcription(settings))
+    if "int8" in only:
+        add(cases.int8_bundled_transcription(settings))
     if "loss" in only:
         add(cases.rnnt_loss_step(settings))
 

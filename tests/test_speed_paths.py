@@ -136,7 +136,8 @@ def test_quick_benchmark_writes_json(tmp_path):
     rows = results["rows"]
     assert {r["benchmark"] for r in rows} == {
         "encoder forward", "int8 encoder forward", "int8 Linear layers", "train step",
-        "train step, pruned S=2", "transcribe", "transcribe, bundled", "rnnt loss fwd+bwd",
+        "train step, pruned S=2", "transcribe", "transcribe, bundled", "int8 transcribe, bundled",
+        "rnnt loss fwd+bwd",
     }
     for row in rows:
         assert row["fast_s"] > 0 and row["baseline_s"] > 0
@@ -149,9 +150,10 @@ def test_quick_benchmark_writes_json(tmp_path):
     assert loss["extra"]["peak_over_logits_fast"] < loss["extra"]["peak_over_logits_baseline"]
     [transcribe] = [r for r in rows if r["benchmark"] == "transcribe"]
     assert transcribe["extra"]["rtf_fast"] > 0
-    [bundled] = [r for r in rows if r["benchmark"] == "transcribe, bundled"]
-    assert bundled["batch"] == 4
-    assert bundled["extra"]["audio_seconds"] == pytest.approx(10.95, abs=0.01)
+    for name in ("transcribe, bundled", "int8 transcribe, bundled"):
+        [bundled] = [r for r in rows if r["benchmark"] == name]
+        assert bundled["batch"] == 4
+        assert bundled["extra"]["audio_seconds"] == pytest.approx(10.95, abs=0.01)
     assert "encoder forward" in proc.stdout and "rnnt loss" in proc.stdout
 
 

@@ -154,7 +154,8 @@ def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
                    help="score added per emitted token (default 0)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--int8", action="store_true",
-                   help="run Linear and LSTM layers in int8: faster on the CPU (CPU only)")
+                   help="run the Linear and LSTM layers of the model and its LM in int8: faster "
+                        "on the CPU (CPU only)")
 
 
 def _synth(args: argparse.Namespace) -> int:

@@ -119,7 +119,7 @@ class WordPieceLM(nn.Module):
     def token_log_probs(self, sentences: Sequence[Sequence[int]]) -> torch.Tensor:
         """Token-id lists -> (B, U + 1) log-probability of each token and of the end
         symbol, 0 at padding."""
-        inputs, targets = boundary_batch(sentences, self.out.weight.device)
+        inputs, targets = boundary_batch(sentences, self.embed.weight.device)
         logits, _ = self(inputs)
         log_probs = logits.float().log_softmax(dim=-1)
         valid = targets != IGNORE
