@@ -337,20 +337,15 @@ def transcription(model: ASRModel, settings: Settings) -> Row:
     return row
 
 
-def _shipped_examples() -> tuple[list[str], float]:
-    """The shipped ``examples/`` audio, as ``transcribe examples/*.wav examples/*.flac``
-    takes it: (paths, total seconds)."""
-    paths = sorted(str(p) for p in EXAMPLES.iterdir() if p.suffix in (".wav", ".flac"))
-    return paths, sum(audio_duration(path) for path in paths)
-
-
 def _transcribe_examples(
     benchmark: str, baseline_name: str, fast: Transcriber, baseline: Transcriber,
     settings: Settings,
 ) -> Row:
-    """Two transcribers on the shipped examples; the ``batch`` column counts the files,
-    and the row reports real-time factors over their total duration."""
-    paths, seconds = _shipped_examples()
+    """Two transcribers on the shipped ``examples/`` audio, as ``conformer-asr transcribe
+    examples/*.wav examples/*.flac`` takes it; the ``batch`` column counts the files, and
+    the row reports real-time factors over their total duration."""
+    paths = sorted(str(p) for p in EXAMPLES.iterdir() if p.suffix in (".wav", ".flac"))
+    seconds = sum(audio_duration(path) for path in paths)
     row = compare(benchmark, fast.model.cfg.name, len(paths), baseline_name,
                   lambda: fast.transcribe(paths), lambda: baseline.transcribe(paths), settings)
     row.extra = {"rtf_fast": row.fast_s / seconds, "rtf_baseline": row.baseline_s / seconds,

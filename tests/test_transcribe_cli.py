@@ -184,7 +184,6 @@ def test_int8_transcribes_and_evaluates(model_dir):
         load_model(model_dir, device="cuda", int8=True)
 
 
-
 def test_int8_runs_the_lm_in_int8_too():
     """--int8 quantises the bundled LM as well; an LM passed in is copied, not changed, and
     the int8 LM's next-token log-probabilities stay close to float32's."""
@@ -195,12 +194,13 @@ def test_int8_runs_the_lm_in_int8_too():
         assert not any(isinstance(m, torch.nn.Linear | torch.nn.LSTM)
                        for m in transcriber.lm.modules())
     assert isinstance(float32.lm.lstm, torch.nn.LSTM)
-    tokens = torch.tensor(float32.tokenizer.encode("the weather is fine today"))
+    tokens = float32.tokenizer.encode("the weather is fine today")
     with torch.no_grad():
-        expected = float32.lm.token_log_probs([tokens.tolist()])
-        got = int8.lm.token_log_probs([tokens.tolist()])
+        expected = float32.lm.token_log_probs([tokens])
+        got = int8.lm.token_log_probs([tokens])
     assert (got - expected).abs().max() < 0.25
     assert (got - expected).abs().mean() < 0.05
+
 
 def test_bundled_model_is_small_and_transcribes_the_examples():
     """The model `transcribe` uses without --model: within its size budget, and `make demo`'s
