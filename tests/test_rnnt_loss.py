@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
+from conformer_asr.losses import rnnt as rnnt_module
 from conformer_asr.losses.pruned_rnnt import prune_windows, pruned_rnnt_loss, simple_rnnt_loss
-from conformer_asr.losses.rnnt import rnnt_loss, rnnt_loss_reference
+from conformer_asr.losses.rnnt import logsumexp_over_vocab, rnnt_loss, rnnt_loss_reference
 
 LOSSES = [rnnt_loss, rnnt_loss_reference]
 
@@ -129,6 +130,18 @@ def test_float32_gradient_stays_accurate_on_long_lattices():
         rnnt_loss(x, *args, reduction="sum").backward()
         grads.append(x.grad)
     torch.testing.assert_close(grads[1], grads[0].float(), rtol=0, atol=2e-4)
+
+
+def test_loss_is_unchanged_when_the_logsumexp_runs_one_frame_at_a_time(monkeypatch):
+    logits, *labels = random_batch(10, 3, 9, 4, 6, dtype=torch.float32)
+    whole = logits.logsumexp(dim=-1)
+    monkeypatch.setattr(rnnt_module, "_LSE_SLICE_BYTES", 1)  # one frame per slice
+    torch.testing.assert_close(logsumexp_over_vocab(logits), whole, rtol=0, atol=0)
+    loss = rnnt_loss(logits, *labels, reduction="sum")
+    expected = rnnt_loss_reference(logits, *labels, reduction="sum")
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(torch.autograd.grad(loss, logits)[0],
+                               torch.autograd.grad(expected, logits)[0], rtol=1e-4, atol=1e-5)
 
 
 def test_reductions_are_consistent():

@@ -13,6 +13,7 @@ from benchmarks.plain import plain_encoder_like, plain_state_dict
 from conformer_asr.losses.rnnt import rnnt_loss, rnnt_loss_reference
 from conformer_asr.models import ASRModel, ConformerEncoder, EncoderConfig, ModelConfig
 from conformer_asr.models.quantize import quantize_int8
+from conformer_asr.models.transducer import JointNetwork
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = EncoderConfig(d_model=32, n_layers=2, n_heads=4, conv_kernel_size=7, dropout=0.0)
@@ -78,6 +79,25 @@ def test_rnnt_loss_matches_reference_value_and_gradient():
     (expected_grad,) = torch.autograd.grad(expected, logits)
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-5)
+
+
+def test_joint_matches_the_textbook_joint_with_gradients():
+    torch.manual_seed(0)
+    joint = JointNetwork(enc_dim=12, pred_dim=10, joint_dim=16, vocab_size=9)
+    enc, pred = torch.randn(2, 7, 12), torch.randn(2, 5, 10)
+    fast = joint.full(enc, pred)
+    plain = joint.out(torch.tanh(joint.enc_proj(enc)[:, :, None] + joint.pred_proj(pred)[:, None]))
+    torch.testing.assert_close(fast, plain)
+    weights = torch.randn_like(plain)
+    fast_grads = torch.autograd.grad((fast * weights).sum(), list(joint.parameters()))
+    plain_grads = torch.autograd.grad((plain * weights).sum(), list(joint.parameters()))
+    for got, expected in zip(fast_grads, plain_grads, strict=True):
+        torch.testing.assert_close(got, expected)
+    # The int8 joint (no weight tensor to multiply by) takes its own module's path.
+    int8 = quantize_int8(joint)
+    assert not isinstance(int8.out, nn.Linear)
+    with torch.no_grad():
+        assert _relative_error(int8.full(enc, pred), plain.detach()) < 0.05
 
 
 def _relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:

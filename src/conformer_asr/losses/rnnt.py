@@ -23,9 +23,12 @@ import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 _REDUCTIONS = ("none", "mean", "sum")
-# The logsumexp over V runs on this many chunks along T so that its temporary
-# stays a small fraction of the logits.
-_LSE_CHUNKS = 8
+# The logsumexp over V runs on slices along T of about this many bytes. Its
+# temporaries then stay small, in cache, and under glibc's mmap threshold (at most
+# 32 MiB): larger blocks are mapped afresh on every call, and faulting in new pages
+# cost more than the logsumexp itself (M-size logits: 290 ms in 50 MB slices, 125 ms
+# in 4 MB ones).
+_LSE_SLICE_BYTES = 4 * 2**20
 
 
 def _check_inputs(
@@ -126,6 +129,14 @@ def _unskew(s: torch.Tensor, rows: int) -> torch.Tensor:
     return s.gather(1, n.expand(s.shape[0], -1, -1))
 
 
+def logsumexp_over_vocab(logits: torch.Tensor) -> torch.Tensor:
+    """logits (B, T, ..., V) -> (B, T, ...): logsumexp over the last dimension, computed on
+    slices along T of about ``_LSE_SLICE_BYTES``."""
+    frame_bytes = logits[:, :1].numel() * logits.element_size()
+    frames = max(1, _LSE_SLICE_BYTES // max(frame_bytes, 1))
+    return torch.cat([s.logsumexp(dim=-1) for s in logits.split(frames, dim=1)], dim=1)
+
+
 def _transition_log_probs(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -142,8 +153,7 @@ def _transition_log_probs(
         ``u > U_b``, labels from ``u = U_b``, and blanks from ``(T_b - 1, u < U_b)``.
     """
     max_t, max_u1 = logits.shape[1:3]
-    chunk = -(-max_t // _LSE_CHUNKS)
-    lse = torch.cat([c.logsumexp(dim=-1) for c in logits.split(chunk, dim=1)], dim=1)
+    lse = logsumexp_over_vocab(logits)
     index = targets[:, None, :, None].expand(-1, max_t, -1, 1)
     label_lp = logits[:, :, :-1].gather(3, index).squeeze(3) - lse[:, :, :-1]
     blank_lp = logits[..., blank] - lse

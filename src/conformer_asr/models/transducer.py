@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (1, B, H)
@@ -47,7 +48,12 @@ class JointNetwork(nn.Module):
 
     def forward(self, enc_projected: torch.Tensor, pred_projected: torch.Tensor) -> torch.Tensor:
         """Broadcastable projected inputs, e.g. (B, T, 1, J) + (B, 1, U+1, J) -> (B, T, U+1, V)."""
-        return self.out(torch.tanh(enc_projected + pred_projected))
+        hidden = torch.tanh_(enc_projected + pred_projected)  # the sum is a temporary
+        if not isinstance(self.out, nn.Linear):  # e.g. int8 (quantize_int8)
+            return self.out(hidden)
+        # Adding the bias after the product: nn.Linear's addmm first copies the bias into
+        # every row of its output, an extra pass over training's largest tensor.
+        return F.linear(hidden, self.out.weight).add_(self.out.bias)
 
     def full(self, enc: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
         """enc (B, T, D), pred (B, U+1, H) -> logits (B, T, U+1, V)."""
