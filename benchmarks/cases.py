@@ -23,6 +23,7 @@ from .measure import (
     Call,
     count_flops,
     interleaved_medians,
+    matmul_peak_flops,
     no_reset,
     peak_bytes,
     wall_seconds,
@@ -64,8 +65,16 @@ class Row:
 class Settings:
     work: Workload
     repeats: int
-    peak_flops: float  # the device's matmul FLOP/s in the benchmarks' precision
+    peak_flops: float  # the device's matmul FLOP/s in the benchmarks' precision, at the start
+    matmul_size: int  # N of the N x N matmul that measured it
     bf16: bool = False  # both paths run under bfloat16 autocast (the GPU table)
+
+    def peak_flops_now(self) -> float:
+        """The larger of ``peak_flops`` and the peak measured now: a shared machine's speed
+        drifts within a run, and a peak that read low would overstate every MFU."""
+        dtype = torch.bfloat16 if self.bf16 else torch.float32
+        return max(self.peak_flops,
+                   matmul_peak_flops(self.matmul_size, self.work.matmul_repeats, dtype))
 
     def in_precision(self, call: Call) -> Call:
         """``call`` as the benchmarks run it: under bfloat16 autocast with ``bf16``."""
@@ -91,9 +100,11 @@ def compare(
     if flops:
         reset()
         work = count_flops(baseline)
+        peak = settings.peak_flops_now()
         row.gflop = work / 1e9
-        row.mfu_fast = work / fast_s / settings.peak_flops
-        row.mfu_baseline = work / baseline_s / settings.peak_flops
+        row.mfu_fast = work / fast_s / peak
+        row.mfu_baseline = work / baseline_s / peak
+        row.extra["peak_gflops"] = peak / 1e9
     if memory:
         reset()
         row.peak_mb_fast = peak_bytes(fast) / MB

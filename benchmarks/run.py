@@ -41,6 +41,8 @@ def _notes(row: Row) -> str:
                      f"{extra['peak_over_logits_baseline']:.2f}x logits")
     elif "logits_mb" in extra:
         parts.append(f"logits {extra['logits_mb']:.0f} MB")
+    if "peak_gflops" in extra:
+        parts.append(f"MFU of {extra['peak_gflops']:.1f} GFLOP/s")
     if "compile_s" in extra:
         parts.append(f"first call {extra['compile_s']:.0f} s (compiling)")
     if "rtf_fast" in extra:
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.bfloat16 if bf16 else torch.float32
     matmul_size = work.matmul_size if device.type == "cpu" else 2 * work.matmul_size
     peak = matmul_peak_flops(matmul_size, work.matmul_repeats, dtype)
-    settings = Settings(work, args.repeats or work.repeats, peak, bf16)
+    settings = Settings(work, args.repeats or work.repeats, peak, matmul_size, bf16)
     where = (f"{torch.get_num_threads()} threads" if device.type == "cpu"
              else torch.cuda.get_device_name(device))
     print(f"torch {torch.__version__}, {where}, {'bf16' if bf16 else 'float32'} matmul "
