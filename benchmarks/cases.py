@@ -104,7 +104,7 @@ def compare(
         row.gflop = work / 1e9
         row.mfu_fast = work / fast_s / peak
         row.mfu_baseline = work / baseline_s / peak
-        row.extra["peak_gflops"] = peak / 1e9
+        row.extra["peak_flops"] = peak
     if memory:
         reset()
         row.peak_mb_fast = peak_bytes(fast) / MB

@@ -41,8 +41,8 @@ def _notes(row: Row) -> str:
                      f"{extra['peak_over_logits_baseline']:.2f}x logits")
     elif "logits_mb" in extra:
         parts.append(f"logits {extra['logits_mb']:.0f} MB")
-    if "peak_gflops" in extra:
-        parts.append(f"MFU of {extra['peak_gflops']:.1f} GFLOP/s")
+    if "peak_flops" in extra:
+        parts.append(f"MFU of {extra['peak_flops'] / 1e9:.1f} GFLOP/s")
     if "compile_s" in extra:
         parts.append(f"first call {extra['compile_s']:.0f} s (compiling)")
     if "rtf_fast" in extra:
