@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from conformer_asr.decoding.ctc_beam import ctc_beam_search
 from conformer_asr.decoding.fusion import ShallowFusion
 from conformer_asr.decoding.greedy import rnnt_greedy
+from conformer_asr.decoding.lexicon import Lexicon
 from conformer_asr.decoding.rnnt_beam import rnnt_beam_search
 from conformer_asr.decoding.search import DecodingOptions, decode
 from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
@@ -208,5 +209,50 @@ def test_decode_dispatches_on_options():
     lm = _tiny_lm(8)
     fused = decode(model, enc, lengths, DecodingOptions(beam_size=3, lm_weight=0.5), lm)
     assert fused == rnnt_beam_search(model, enc, lengths, 3, ShallowFusion(lm, 0.5))
+    lexicon = Lexicon({"a"}, ["<blank>"] + [f"\u2581{c}" for c in "abcdefg"])
+    penalised = decode(model, enc, lengths, DecodingOptions(oov_penalty=1.0), lexicon=lexicon)
+    assert penalised == rnnt_beam_search(
+        model, enc, lengths, 1, ShallowFusion(lexicon=lexicon, oov_penalty=1.0))
+    assert decode(model, enc, lengths, DecodingOptions(), lexicon=lexicon) == greedy
     with pytest.raises(ValueError, match="beam_size"):
         DecodingOptions(beam_size=0)
+
+
+PIECES = ["<blank>", "\u2581a", "b"]  # spell the words a, ab, abb, ... (and b, bb, ...)
+
+
+def _unknown_words(labels: tuple[int, ...], known: set[str]) -> int:
+    """Words outside ``known`` in the text the pieces spell, as SentencePiece joins them."""
+    text = "".join(PIECES[i] for i in labels).replace("\u2581", " ")
+    return sum(word not in known for word in text.split())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_searches_with_a_lexicon_find_the_best_penalised_sequence(seed):
+    penalty, known = 2.0, {"ab", "a"} if seed % 2 else {"ab"}
+    fusion = ShallowFusion(lexicon=Lexicon(known, PIECES), oov_penalty=penalty)
+    torch.manual_seed(seed)
+    log_probs = (2 * torch.randn(5, 3)).log_softmax(dim=-1)
+    model = _tiny_transducer(vocab=3, seed=seed)
+    enc = 3 * torch.randn(5, 16)
+    searches = [
+        (ctc_beam_search(log_probs[None], torch.tensor([5]), 64, fusion)[0],
+         lambda seq: _ctc_log_likelihood(log_probs, seq)),
+        (rnnt_beam_search(model, enc[None], torch.tensor([5]), 64, fusion)[0],
+         lambda seq: _one_token_per_frame_log_likelihood(model, enc, seq)),
+    ]
+    for hyp, log_likelihood in searches:  # > 63 sequences in the beam: exhaustive
+        scores = {seq: log_likelihood(seq) - penalty * _unknown_words(seq, known)
+                  for seq in _label_sequences(3, 5)}
+        best = max(scores, key=scores.__getitem__)
+        assert tuple(hyp.tokens) == best
+        assert hyp.score == pytest.approx(scores[best], abs=1e-4)
+
+
+def test_the_oov_penalty_turns_a_non_word_into_a_word():
+    # Two frames: "a" (blank after it) beats "ab", but only "ab" is a word.
+    probs = torch.tensor([[[0.05, 0.9, 0.05], [0.55, 0.05, 0.4]]])
+    lengths = torch.tensor([2])
+    assert ctc_beam_search(probs.log(), lengths, 4)[0].tokens == [1]
+    fusion = ShallowFusion(lexicon=Lexicon({"ab"}, PIECES), oov_penalty=2.0)
+    assert ctc_beam_search(probs.log(), lengths, 4, fusion)[0].tokens == [1, 2]

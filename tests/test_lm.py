@@ -9,8 +9,14 @@ from safetensors.torch import load_file
 
 from conformer_asr import load_model
 from conformer_asr.cli import main
+from conformer_asr.decoding.lexicon import Lexicon
 from conformer_asr.decoding.search import DecodingOptions
-from conformer_asr.inference.lm_dir import load_lm_dir, load_tokenizer, save_lm_dir
+from conformer_asr.inference.lm_dir import (
+    load_lm_dir,
+    load_tokenizer,
+    read_lexicon_words,
+    save_lm_dir,
+)
 from conformer_asr.inference.model_dir import BUNDLED_DIR, ModelDirError, save_model_dir
 from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
 from conformer_asr.models.lm import LMConfig, WordPieceLM, get_lm_config
@@ -89,6 +95,14 @@ def test_lm_folder_round_trip(lm_dir, tmp_path):
         "config.json", "model.safetensors", "tokenizer.model"]
 
 
+def test_train_lm_writes_a_lexicon_of_its_text_and_the_dictionary(lm_dir):
+    words = read_lexicon_words(lm_dir)
+    assert words == sorted(set(words))
+    assert {w for s in SENTENCES for w in s.split()} <= set(words)
+    assert {"zebra", "quietly", "don't"} <= set(words)  # from the CMU dictionary
+    assert "a." not in words and "'bout" not in words  # never a normalised transcript's word
+
+
 def test_training_resumes_from_its_state(corpus, tokenizer, tmp_path):
     lines = []
     first = train_lm([corpus], tokenizer, tmp_path, get_lm_config("tiny"), _train_config(40),
@@ -130,27 +144,45 @@ def test_train_lm_refuses_a_manifest_without_transcripts(corpus, tokenizer, tmp_
 def test_tune_prints_a_table_and_the_best_setting(model_dir, lm_dir, capsys):
     rc = main(["tune", "--manifest", str(DATA / "manifest.jsonl"), "--model", str(model_dir),
                "--lm", str(lm_dir), "--beam-size", "2", "--lm-weights", "0,0.5",
-               "--length-bonuses", "0,1"])
+               "--length-bonuses", "0,1", "--oov-penalties", "0,3"])
     assert rc == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("encoded 4 utterances")
-    rows = lines[lines.index(next(x for x in lines if "WER" in x)) + 1:][:4]
-    assert [tuple(map(float, r.split()[:2])) for r in rows] == [(0, 0), (0, 1), (0.5, 0),
-                                                                (0.5, 1)]
+    rows = lines[lines.index(next(x for x in lines if "WER" in x)) + 1:][:8]
+    assert [tuple(map(float, r.split()[:3])) for r in rows] == [
+        (w, b, p) for w in (0, 0.5) for b in (0, 1) for p in (0, 3)]
     assert lines[-2].startswith("best (beam 2)")
 
 
+def test_oov_penalties_without_a_lexicon_are_refused(model_dir, lm_dir, tmp_path, capsys):
+    lm, tokenizer, info = load_lm_dir(lm_dir)
+    save_lm_dir(lm, tokenizer, tmp_path / "lm", info)  # no words: no lexicon
+    assert main(["tune", "--manifest", str(DATA / "manifest.jsonl"), "--model", str(model_dir),
+                 "--lm", str(tmp_path / "lm"), "--oov-penalties", "0,2"]) == 2
+    assert "no lexicon.txt" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="needs a lexicon"):
+        load_model(model_dir, beam_size=2, lm=tmp_path / "lm", oov_penalty=2.0)
+    assert main(["pack", str(model_dir), "--lm", str(tmp_path / "lm"), "--out",
+                 str(tmp_path / "packed"), "--lm-weight", "0.4", "--length-bonus", "0.5",
+                 "--oov-penalty", "2"]) == 2
+    assert "no lexicon.txt" in capsys.readouterr().err and not (tmp_path / "packed").exists()
+
+
 def test_transcribe_and_evaluate_with_an_lm(model_dir, lm_dir, capsys):
-    transcriber = load_model(model_dir, beam_size=3, lm=str(lm_dir), lm_weight=0.2)
-    assert isinstance(transcriber.lm, WordPieceLM)
-    assert (transcriber.options.beam_size, transcriber.options.lm_weight) == (3, 0.2)
+    transcriber = load_model(model_dir, beam_size=3, lm=str(lm_dir), lm_weight=0.2,
+                             oov_penalty=1.5)
+    assert isinstance(transcriber.lm, WordPieceLM) and isinstance(transcriber.lexicon, Lexicon)
+    assert transcriber.lexicon.words == set(read_lexicon_words(lm_dir))
+    assert (transcriber.options.beam_size, transcriber.options.lm_weight,
+            transcriber.options.oov_penalty) == (3, 0.2, 1.5)
     assert len(transcriber.transcribe([str(DATA / "clip1.wav")])) == 1
     assert main(["evaluate", "--manifest", str(DATA / "manifest.jsonl"), "--model",
                  str(model_dir), "--beam-size", "2", "--lm", str(lm_dir), "--lm-weight", "0.4",
-                 "--length-bonus", "0.5", "--json"]) == 0
+                 "--length-bonus", "0.5", "--oov-penalty", "2", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["utterances"] == 4
     assert report["decoding"]["lm_weight"] == 0.4 and report["decoding"]["length_bonus"] == 0.5
+    assert report["decoding"]["oov_penalty"] == 2
 
 
 def test_an_lm_with_another_tokenizer_is_refused(model_dir, tmp_path):
@@ -163,15 +195,18 @@ def test_an_lm_with_another_tokenizer_is_refused(model_dir, tmp_path):
 def test_pack_bundles_the_lm_and_its_tuned_decoding(model_dir, lm_dir, tmp_path, capsys):
     out = tmp_path / "packed"
     args = ["pack", str(model_dir), "--lm", str(lm_dir), "--out", str(out), "--beam-size", "3",
-            "--lm-weight", "0.4", "--length-bonus", "0.5"]
+            "--lm-weight", "0.4", "--length-bonus", "0.5", "--oov-penalty", "1.5"]
     assert main(args) == 0
     assert "MiB" in capsys.readouterr().out
+    assert (out / "lm" / "lexicon.txt").read_text() == (lm_dir / "lexicon.txt").read_text()
     stored = load_file(str(out / "lm" / "model.safetensors"))
     original = load_lm_dir(lm_dir)[0].state_dict()
     assert {v.dtype for v in stored.values()} == {torch.float16}
 
     packed = load_model(out)  # the folder's own LM and decoding, as transcribe uses it
-    assert packed.options == DecodingOptions(beam_size=3, lm_weight=0.4, length_bonus=0.5)
+    assert packed.options == DecodingOptions(beam_size=3, lm_weight=0.4, length_bonus=0.5,
+                                             oov_penalty=1.5)
+    assert packed.lexicon is not None
     for key, value in packed.lm.state_dict().items():
         assert torch.equal(value, original[key].half().float()), key
     assert len(packed.transcribe([str(DATA / "clip1.wav")])) == 1

@@ -41,7 +41,7 @@ def _load_transcriber(args: argparse.Namespace) -> Transcriber:
 
     return load_model(args.model, beam_size=args.beam_size, lm=args.lm,
                       lm_weight=args.lm_weight, length_bonus=args.length_bonus,
-                      device=args.device, int8=args.int8)
+                      oov_penalty=args.oov_penalty, device=args.device, int8=args.int8)
 
 
 def _transcribe(args: argparse.Namespace) -> int:
@@ -111,15 +111,19 @@ def _floats(text: str) -> list[float]:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from .inference.lm_dir import load_lm_for
-    from .inference.model_dir import load_model_dir, resolve_model_dir
+    from .inference.lm_dir import load_lexicon_for, load_lm_for
+    from .inference.model_dir import ModelDirError, load_model_dir, resolve_model_dir
     from .inference.tune import best_result, format_row, tune
 
     model, tokenizer, _ = load_model_dir(resolve_model_dir(args.model))
     lm = load_lm_for(args.lm, tokenizer)
+    lexicon = load_lexicon_for(args.lm, tokenizer)
+    if lexicon is None and any(args.oov_penalties):
+        raise ModelDirError(f"{args.lm}: no lexicon.txt, so --oov-penalties must be 0 "
+                            "(train-lm writes one)")
     results = tune(model.to(args.device), tokenizer, lm.to(args.device), args.manifest,
                    args.beam_size, args.lm_weights, args.length_bonuses,
-                   log=lambda line: print(line, flush=True))
+                   args.oov_penalties, lexicon, log=lambda line: print(line, flush=True))
     print(f"best (beam {args.beam_size}):\n{format_row(best_result(results))}")
     return 0
 
@@ -129,7 +133,7 @@ def _pack(args: argparse.Namespace) -> int:
     from .inference.pack import pack_model
 
     decoding = DecodingOptions(beam_size=args.beam_size, lm_weight=args.lm_weight,
-                               length_bonus=args.length_bonus)
+                               length_bonus=args.length_bonus, oov_penalty=args.oov_penalty)
     out = pack_model(args.model, args.lm, args.out, decoding)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"{out}: {args.model} + {args.lm} (float16), {decoding}; {size / 2**20:.1f} MiB")
@@ -152,6 +156,8 @@ def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
                    help="LM score weight (default 0.3; find it with conformer-asr tune)")
     p.add_argument("--length-bonus", type=float, default=None,
                    help="score added per emitted token (default 0)")
+    p.add_argument("--oov-penalty", type=float, default=None,
+                   help="score taken per word outside the LM folder's lexicon (default 0)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--int8", action="store_true",
                    help="run the Linear and LSTM layers of the model and its LM in int8: faster "
@@ -195,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set trainer.max_steps=1000")
     p.set_defaults(run=_train)
 
-    p = commands.add_parser("train-lm", help="train a word-piece LSTM LM for shallow fusion")
+    p = commands.add_parser("train-lm", help="train a word-piece LSTM LM and write it with its "
+                                             "lexicon, for shallow fusion")
     p.add_argument("--text", nargs="+", required=True,
                    help="text files (.txt or .txt.gz), one sentence per line")
     p.add_argument("--tokenizer", required=True,
@@ -214,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.set_defaults(run=_train_lm)
 
-    p = commands.add_parser("tune", help="grid-search LM weight and length bonus on a dev set")
+    p = commands.add_parser("tune", help="grid-search LM weight, length bonus and OOV "
+                                         "penalty on a dev set")
     p.add_argument("--manifest", required=True, help='dev lines {"id", "audio", "text"}')
     p.add_argument("--model", default=None, help="model folder (default: the bundled model)")
     p.add_argument("--lm", required=True, help="LM folder (conformer-asr train-lm)")
@@ -223,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated, e.g. 0.1,0.2,0.3")
     p.add_argument("--length-bonuses", type=_floats, default=[0.0, 0.5, 1.0, 1.5],
                    help="comma-separated, e.g. 0,0.5,1")
+    p.add_argument("--oov-penalties", type=_floats, default=[0.0],
+                   help="comma-separated, e.g. 0,2,4 (needs the LM folder's lexicon.txt)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(run=_tune)
 
@@ -234,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam-size", type=int, default=8)
     p.add_argument("--lm-weight", type=float, required=True, help="from conformer-asr tune")
     p.add_argument("--length-bonus", type=float, required=True, help="from conformer-asr tune")
+    p.add_argument("--oov-penalty", type=float, default=0.0, help="from conformer-asr tune")
     p.set_defaults(run=_pack)
 
     from .data.synth import add_synth_arguments

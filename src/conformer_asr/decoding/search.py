@@ -10,6 +10,7 @@ from ..models.asr import ASRModel
 from .ctc_beam import ctc_beam_search
 from .fusion import FusionLM, ShallowFusion
 from .greedy import Hypothesis, ctc_greedy, rnnt_greedy
+from .lexicon import Lexicon
 from .rnnt_beam import rnnt_beam_search
 
 
@@ -20,14 +21,16 @@ class DecodingOptions:
     ``beam_size`` 1 without an LM or length bonus is greedy search (up to
     ``max_symbols_per_frame`` tokens per frame for RNN-T); anything else is beam
     search (prefix search for CTC, one token per frame for RNN-T). ``lm_weight``
-    applies only when an LM is given to ``decode``; ``length_bonus`` is added per
-    emitted token.
+    applies only when an LM is given to ``decode``, ``oov_penalty`` only when a
+    lexicon is (it is subtracted for every word a hypothesis spells outside the
+    lexicon); ``length_bonus`` is added per emitted token.
     """
 
     beam_size: int = 1
     max_symbols_per_frame: int = 5
     lm_weight: float = 0.3
     length_bonus: float = 0.0
+    oov_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
@@ -36,20 +39,24 @@ class DecodingOptions:
             raise ValueError("max_symbols_per_frame: must be >= 1")
         if self.lm_weight < 0:
             raise ValueError(f"lm_weight: must be >= 0, got {self.lm_weight}")
+        if self.oov_penalty < 0:
+            raise ValueError(f"oov_penalty: must be >= 0, got {self.oov_penalty}")
 
 
 @torch.no_grad()
 def decode(
     model: ASRModel, enc: torch.Tensor, lengths: torch.Tensor, options: DecodingOptions,
-    lm: FusionLM | None = None,
+    lm: FusionLM | None = None, lexicon: Lexicon | None = None,
 ) -> list[Hypothesis]:
     """enc (B, T, D), lengths (B,) -> one hypothesis per utterance.
 
-    Uses the transducer when the model has one, otherwise the CTC head; ``lm``
-    (sharing the model's tokenizer) is fused into beam search.
+    Uses the transducer when the model has one, otherwise the CTC head; ``lm`` and
+    ``lexicon`` (sharing the model's tokenizer) are fused into beam search.
     """
-    greedy = options.beam_size == 1 and lm is None and options.length_bonus == 0
-    fusion = ShallowFusion(lm, options.lm_weight, options.length_bonus)
+    fusion = ShallowFusion(lm, options.lm_weight, options.length_bonus, lexicon,
+                           options.oov_penalty)
+    greedy = (options.beam_size == 1 and lm is None and options.length_bonus == 0
+              and (lexicon is None or options.oov_penalty == 0))
     if model.joint is not None:
         if greedy:
             return rnnt_greedy(model, enc, lengths, options.max_symbols_per_frame)

@@ -3,6 +3,7 @@
     LM_DIR/config.json        {"lm": LMConfig fields, "info": training metadata}
     LM_DIR/model.safetensors  weights
     LM_DIR/tokenizer.model    the recogniser's SentencePiece model it was trained with
+    LM_DIR/lexicon.txt        optional: known words, one per line, for the OOV penalty
 
 Files are written atomically (temporary name, then rename), the config last, so
 a folder with a config.json is complete.
@@ -11,11 +12,14 @@ a folder with a config.json is complete.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..decoding.lexicon import Lexicon
 from ..models.config import ConfigError
 from ..models.lm import LMConfig, WordPieceLM
 from ..text.tokenizer import MODEL_FILE, Tokenizer
@@ -28,17 +32,25 @@ from .model_dir import (
     write_folder,
 )
 
+LEXICON_FILE = "lexicon.txt"
+
 
 def save_lm_dir(
     lm: WordPieceLM, tokenizer: Tokenizer, directory: str | Path,
-    info: dict[str, Any] | None = None, half: bool = False,
+    info: dict[str, Any] | None = None, half: bool = False, words: Iterable[str] = (),
 ) -> Path:
-    """``half`` stores the weights in float16 (half the size); they load back as float32."""
+    """``half`` stores the weights in float16 (half the size); they load back as float32.
+    ``words``, if any, become the folder's lexicon."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if tokenizer.vocab_size != lm.cfg.vocab_size:
         raise ModelDirError(
             f"tokenizer has {tokenizer.vocab_size} pieces but the LM {lm.cfg.vocab_size}")
+    lexicon = sorted(set(words))
+    if lexicon:
+        tmp = directory / (LEXICON_FILE + ".tmp")
+        tmp.write_text("".join(word + "\n" for word in lexicon))
+        os.replace(tmp, directory / LEXICON_FILE)
     dtype = torch.float16 if half else torch.float32
     weights = {k: v.to(dtype) for k, v in lm.state_dict().items()}
     return write_folder(directory, tokenizer, weights, {"lm": lm.cfg.to_dict(), "info": info or {}})
@@ -60,6 +72,18 @@ def load_lm_dir(directory: str | Path) -> tuple[WordPieceLM, Tokenizer, dict[str
             raise ModelDirError(f"{directory}: incomplete LM folder (no {name})")
     tokenizer = Tokenizer.load(directory)
     return load_weights(WordPieceLM(cfg), directory), tokenizer, info
+
+
+def read_lexicon_words(directory: str | Path) -> list[str]:
+    """The words of an LM folder's lexicon; [] if it has none."""
+    path = Path(directory) / LEXICON_FILE
+    return path.read_text().split() if path.is_file() else []
+
+
+def load_lexicon_for(directory: str | Path, tokenizer: Tokenizer) -> Lexicon | None:
+    """An LM folder's lexicon, spelled with ``tokenizer``'s pieces; None if it has none."""
+    words = read_lexicon_words(directory)
+    return Lexicon(words, tokenizer.pieces(range(tokenizer.vocab_size))) if words else None
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

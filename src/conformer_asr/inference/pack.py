@@ -2,7 +2,8 @@
 one folder that ``transcribe`` and ``load_model`` use as they are (the bundled model is one).
 
     OUT/config.json, model.safetensors, tokenizer.model   the model folder, plus "decoding"
-    OUT/lm/                                             the LM, weights stored in float16
+    OUT/lm/                                             the LM, weights stored in float16,
+                                                        and its lexicon if it has one
 
 The folder is assembled under a temporary name and renamed into place, so it is
 either complete or absent.
@@ -14,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from ..decoding.search import DecodingOptions
-from .lm_dir import load_lm_dir, require_same_tokenizer, save_lm_dir
+from .lm_dir import load_lm_dir, read_lexicon_words, require_same_tokenizer, save_lm_dir
 from .model_dir import LM_SUBDIR, ModelDirError, load_model_dir, save_model_dir
 
 
@@ -27,9 +28,13 @@ def pack_model(
     model, tokenizer, config = load_model_dir(model_dir)
     lm, lm_tokenizer, lm_info = load_lm_dir(lm_dir)
     require_same_tokenizer(lm_tokenizer, tokenizer, lm_dir)
+    words = read_lexicon_words(lm_dir)
+    if decoding.oov_penalty and not words:
+        raise ModelDirError(f"{lm_dir}: no lexicon.txt, so the OOV penalty must be 0 "
+                            "(train-lm writes one)")
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_lm_dir(lm, tokenizer, tmp / LM_SUBDIR, lm_info, half=True)
+    save_lm_dir(lm, tokenizer, tmp / LM_SUBDIR, lm_info, half=True, words=words)
     save_model_dir(model, tokenizer, tmp, config.info, decoding)
     tmp.replace(out)
     return out

@@ -20,12 +20,13 @@ import torch
 from ..audio.features import LogMelFeatures
 from ..audio.io import SAMPLE_RATE, AudioError, resample, stream_audio, to_mono
 from ..decoding.greedy import Hypothesis
+from ..decoding.lexicon import Lexicon
 from ..decoding.search import DecodingOptions, decode
 from ..models.asr import ASRModel
 from ..models.lm import WordPieceLM
 from ..models.quantize import quantize_int8
 from ..text.tokenizer import Tokenizer
-from .lm_dir import load_lm_for
+from .lm_dir import load_lexicon_for, load_lm_for
 from .model_dir import bundled_lm_dir, load_model_dir, resolve_model_dir
 
 AudioInput = str | Path | np.ndarray
@@ -60,8 +61,8 @@ class _Segment:
 
 
 class Transcriber:
-    """Wraps a model, its tokenizer, a decoding strategy and an optional LM for shallow
-    fusion (same tokenizer as the model).
+    """Wraps a model, its tokenizer, a decoding strategy and an optional LM and lexicon
+    for shallow fusion (same tokenizer as the model).
 
     transcribe(["a.wav", array, ...]) -> ["text", ...]. Arrays are 16 kHz mono
     float unless ``sample_rate`` says otherwise.
@@ -76,14 +77,19 @@ class Transcriber:
         overlap_seconds: float = 4.0,
         batch_seconds: float = 160.0,
         lm: WordPieceLM | None = None,
+        lexicon: Lexicon | None = None,
     ) -> None:
         if not 0 <= overlap_seconds < window_seconds:
             raise ValueError("overlap_seconds: must be in [0, window_seconds)")
+        if options is not None and options.oov_penalty and lexicon is None:
+            raise ValueError("oov_penalty: needs a lexicon, which comes with an LM folder "
+                             "(train-lm writes its lexicon.txt)")
         if lm is not None and lm.cfg.vocab_size != model.cfg.vocab_size:
             raise ValueError(f"the LM has {lm.cfg.vocab_size} tokens, the model "
                              f"{model.cfg.vocab_size}: they must share one tokenizer")
         self.model = model.eval()
         self.lm = lm.eval() if lm is not None else None
+        self.lexicon = lexicon
         self.tokenizer = tokenizer
         self.options = options or DecodingOptions()
         self.features = LogMelFeatures(model.cfg.features)
@@ -186,7 +192,7 @@ class Transcriber:
         device = next(self.model.parameters()).device
         feats, feat_lengths = self.features.to(device)(batch.to(device), lengths.to(device))
         enc, enc_lengths = self.model.encode(feats, feat_lengths)
-        return decode(self.model, enc, enc_lengths, self.options, self.lm)
+        return decode(self.model, enc, enc_lengths, self.options, self.lm, self.lexicon)
 
     def _assemble(self, parts: list[tuple[_Segment, Hypothesis]], duration: float) -> Transcript:
         words: list[Word] = []
@@ -224,6 +230,7 @@ def load_model(
     lm: str | Path | WordPieceLM | None = "auto",
     lm_weight: float | None = None,
     length_bonus: float | None = None,
+    oov_penalty: float | None = None,
     int8: bool = False,
 ) -> Transcriber:
     """Load a model folder (or the bundled default with None / "default").
@@ -231,7 +238,8 @@ def load_model(
     ``lm`` is an LM folder (``conformer-asr train-lm``), a loaded LM, None for no
     LM, or "auto": the model folder's own ``lm/`` if it has one (the bundled model
     does), decoded with the folder's recommended options unless ``options`` is given.
-    ``beam_size``, ``lm_weight`` and ``length_bonus`` override single fields, e.g.
+    An LM folder's lexicon comes with it (for ``oov_penalty``). ``beam_size``,
+    ``lm_weight``, ``length_bonus`` and ``oov_penalty`` override single fields, e.g.
     ``load_model("exp/model", beam_size=8, lm="exp/lm", lm_weight=0.3)``.
     ``int8`` runs the Linear and LSTM layers of the model and of its LM in int8
     (``quantize_int8``; a loaded LM passed in is copied, not changed): faster on the
@@ -247,12 +255,15 @@ def load_model(
         lm = bundled_lm_dir(directory)
         if lm is not None and options is None:
             options = config.decoding
-    overrides = {"beam_size": beam_size, "lm_weight": lm_weight, "length_bonus": length_bonus}
+    overrides = {"beam_size": beam_size, "lm_weight": lm_weight, "length_bonus": length_bonus,
+                 "oov_penalty": oov_penalty}
     options = dataclasses.replace(options or DecodingOptions(),
                                   **{k: v for k, v in overrides.items() if v is not None})
+    lexicon = None
     if isinstance(lm, str | Path):
+        lexicon = load_lexicon_for(lm, tokenizer)
         lm = load_lm_for(lm, tokenizer)
     if int8 and lm is not None:
         lm = quantize_int8(lm)
     return Transcriber(model.to(device), tokenizer, options,
-                       lm=lm.to(device) if lm is not None else None)
+                       lm=lm.to(device) if lm is not None else None, lexicon=lexicon)

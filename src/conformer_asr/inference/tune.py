@@ -1,4 +1,5 @@
-"""Grid search of the LM weight and length bonus on a dev manifest (``conformer-asr tune``).
+"""Grid search of the LM weight, length bonus and OOV penalty on a dev manifest
+(``conformer-asr tune``).
 
 Every utterance is encoded once; each setting only re-runs the beam search over
 the stored encoder outputs. Utterances are decoded whole (the ``Transcriber``
@@ -9,7 +10,7 @@ about 30 s.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 from ..audio.features import LogMelFeatures
 from ..audio.io import AudioError, audio_duration, load_audio
 from ..decoding.fusion import FusionLM
+from ..decoding.lexicon import Lexicon
 from ..decoding.search import DecodingOptions, decode
 from ..models.asr import ASRModel
 from ..scoring import WordErrors, word_errors
@@ -29,6 +31,7 @@ from .evaluate import Utterance, read_manifest
 class TuneResult:
     lm_weight: float
     length_bonus: float
+    oov_penalty: float
     errors: WordErrors
 
 
@@ -81,38 +84,48 @@ def _encode_all(
 def tune(
     model: ASRModel, tokenizer: Tokenizer, lm: FusionLM, manifest: str | Path,
     beam_size: int, lm_weights: Sequence[float], length_bonuses: Sequence[float],
+    oov_penalties: Sequence[float] = (0.0,), lexicon: Lexicon | None = None,
     batch_seconds: float = 160.0, log: Callable[[str], None] = print,
 ) -> list[TuneResult]:
-    """WER of every (LM weight, length bonus) pair, in grid order; ``log`` gets a table row
-    as each one finishes. ``model`` and ``lm`` must be in eval mode on one device."""
+    """WER of every (LM weight, length bonus, OOV penalty), in grid order; ``log`` gets a
+    table row as each one finishes. ``model`` and ``lm`` must be in eval mode on one
+    device; the penalties need ``lexicon``."""
     utterances = read_manifest(manifest)
     encoded = _encode_all(model, utterances, batch_seconds, log)
     log(HEADER)
     results = []
-    for lm_weight in lm_weights:
-        for length_bonus in length_bonuses:
-            options = DecodingOptions(beam_size=beam_size, lm_weight=lm_weight,
-                                      length_bonus=length_bonus)
-            texts = [""] * len(utterances)
-            for part in encoded:
-                hyps = decode(model, part.enc, part.lengths, options, lm)
-                for i, hyp in zip(part.indices, hyps, strict=True):
-                    texts[i] = tokenizer.decode(hyp.tokens)
-            errors = sum((word_errors(u.text, text) for u, text in zip(utterances, texts,
-                                                                         strict=True)),
-                         WordErrors())
-            results.append(TuneResult(lm_weight, length_bonus, errors))
-            log(format_row(results[-1]))
+    for options in _grid(beam_size, lm_weights, length_bonuses, oov_penalties):
+        texts = [""] * len(utterances)
+        for part in encoded:
+            hyps = decode(model, part.enc, part.lengths, options, lm, lexicon)
+            for i, hyp in zip(part.indices, hyps, strict=True):
+                texts[i] = tokenizer.decode(hyp.tokens)
+        errors = sum((word_errors(u.text, text) for u, text in zip(utterances, texts,
+                                                                     strict=True)),
+                     WordErrors())
+        results.append(TuneResult(options.lm_weight, options.length_bonus,
+                                  options.oov_penalty, errors))
+        log(format_row(results[-1]))
     return results
 
 
-HEADER = f"{'lm_weight':>9}  {'bonus':>6}  {'WER %':>7}  {'sub':>5}  {'del':>5}  {'ins':>5}"
+def _grid(beam_size: int, lm_weights: Sequence[float], length_bonuses: Sequence[float],
+          oov_penalties: Sequence[float]) -> Iterator[DecodingOptions]:
+    for lm_weight in lm_weights:
+        for length_bonus in length_bonuses:
+            for oov_penalty in oov_penalties:
+                yield DecodingOptions(beam_size=beam_size, lm_weight=lm_weight,
+                                      length_bonus=length_bonus, oov_penalty=oov_penalty)
+
+
+HEADER = (f"{'lm_weight':>9}  {'bonus':>6}  {'oov':>5}  {'WER %':>7}  {'sub':>5}  {'del':>5}  "
+          f"{'ins':>5}")
 
 
 def format_row(result: TuneResult) -> str:
     e = result.errors
-    return (f"{result.lm_weight:>9.3g}  {result.length_bonus:>6.3g}  {e.wer:>7.2f}  "
-            f"{e.substitutions:>5}  {e.deletions:>5}  {e.insertions:>5}")
+    return (f"{result.lm_weight:>9.3g}  {result.length_bonus:>6.3g}  {result.oov_penalty:>5.3g}  "
+            f"{e.wer:>7.2f}  {e.substitutions:>5}  {e.deletions:>5}  {e.insertions:>5}")
 
 
 def best_result(results: Sequence[TuneResult]) -> TuneResult:

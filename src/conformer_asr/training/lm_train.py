@@ -1,6 +1,7 @@
 """Train a word-piece LSTM language model on text (``conformer-asr train-lm``).
 
     OUT_DIR/config.json, model.safetensors, tokenizer.model   the LM folder (``lm_dir.py``)
+    OUT_DIR/lexicon.txt      the words of the training text and of the CMU dictionary
     OUT_DIR/train_state.pt   weights, optimiser, schedule and step, for resuming
 
 A plain PyTorch loop: batches of random sentences, Adam with the Noam schedule,
@@ -22,6 +23,7 @@ import torch
 from ..inference.lm_dir import save_lm_dir
 from ..models.config import ConfigError
 from ..models.lm import LMConfig, WordPieceLM
+from ..text.dictionary import dictionary_words
 from ..text.tokenizer import Tokenizer
 from .checkpoints import save_atomic
 from .lm_corpus import drop_excluded, manifest_texts, read_sentences, split_heldout
@@ -98,6 +100,7 @@ class _Corpus:
     heldout: list[list[int]]
     sentences: int
     excluded: int
+    words: set[str]  # every word of the kept sentences
 
 
 def _load_corpus(
@@ -116,7 +119,7 @@ def _load_corpus(
     train, heldout = split_heldout(kept, config.heldout_fraction, config.max_heldout,
                                    config.seed)
     corpus = _Corpus(tokenizer.sp.encode(train), tokenizer.sp.encode(heldout),
-                     len(sentences), excluded)
+                     len(sentences), excluded, {word for s in kept for word in s.split()})
     log(f"training on {len(corpus.train)} sentences ({sum(map(len, corpus.train))} tokens), "
         f"{len(corpus.heldout)} held out")
     return corpus
@@ -202,5 +205,5 @@ def train_lm(
     log(f"held-out perplexity {report.heldout_perplexity:.2f} after {step} steps")
     info = {**dataclasses.asdict(report), "text": [str(p) for p in texts],
             "exclude": [str(p) for p in exclude], "train": dataclasses.asdict(config)}
-    save_lm_dir(lm.eval(), tokenizer, out_dir, info)
+    save_lm_dir(lm.eval(), tokenizer, out_dir, info, words=corpus.words | dictionary_words())
     return report

