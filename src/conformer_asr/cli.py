@@ -153,11 +153,14 @@ def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
                    help="LM folder for shallow fusion (train-lm), or 'none' (default: the "
                         "model folder's own lm/ if it has one)")
     p.add_argument("--lm-weight", type=float, default=None,
-                   help="LM score weight (default 0.3; find it with conformer-asr tune)")
+                   help="LM score weight (default 0.3, or the model folder's own setting; "
+                        "find it with conformer-asr tune)")
     p.add_argument("--length-bonus", type=float, default=None,
-                   help="score added per emitted token (default 0)")
+                   help="score added per emitted token (default 0, or the model folder's own "
+                        "setting)")
     p.add_argument("--oov-penalty", type=float, default=None,
-                   help="score taken per word outside the LM folder's lexicon (default 0)")
+                   help="score taken per word outside the LM folder's lexicon (default 0, or "
+                        "the model folder's own setting)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--int8", action="store_true",
                    help="run the Linear and LSTM layers of the model and its LM in int8: faster "
