@@ -112,15 +112,12 @@ def _floats(text: str) -> list[float]:
 
 def _tune(args: argparse.Namespace) -> int:
     from .inference.lm_dir import load_lexicon_for, load_lm_for
-    from .inference.model_dir import ModelDirError, load_model_dir, resolve_model_dir
+    from .inference.model_dir import load_model_dir, resolve_model_dir
     from .inference.tune import best_result, format_row, tune
 
     model, tokenizer, _ = load_model_dir(resolve_model_dir(args.model))
     lm = load_lm_for(args.lm, tokenizer)
     lexicon = load_lexicon_for(args.lm, tokenizer)
-    if lexicon is None and any(args.oov_penalties):
-        raise ModelDirError(f"{args.lm}: no lexicon.txt, so --oov-penalties must be 0 "
-                            "(train-lm writes one)")
     results = tune(model.to(args.device), tokenizer, lm.to(args.device), args.manifest,
                    args.beam_size, args.lm_weights, args.length_bonuses,
                    args.oov_penalties, lexicon, log=lambda line: print(line, flush=True))

@@ -90,6 +90,9 @@ def tune(
     """WER of every (LM weight, length bonus, OOV penalty), in grid order; ``log`` gets a
     table row as each one finishes. ``model`` and ``lm`` must be in eval mode on one
     device; the penalties need ``lexicon``."""
+    if lexicon is None and any(oov_penalties):
+        raise ValueError("oov_penalties: the LM folder has no lexicon.txt, so they must be 0 "
+                         "(train-lm writes one)")
     utterances = read_manifest(manifest)
     encoded = _encode_all(model, utterances, batch_seconds, log)
     log(HEADER)
