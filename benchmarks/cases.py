@@ -69,12 +69,15 @@ class Settings:
     matmul_size: int  # N of the N x N matmul that measured it
     bf16: bool = False  # both paths run under bfloat16 autocast (the GPU table)
 
+    def measure_peak(self) -> float:
+        """The device's matmul FLOP/s now, in the benchmarks' precision."""
+        dtype = torch.bfloat16 if self.bf16 else torch.float32
+        return matmul_peak_flops(self.matmul_size, self.work.matmul_repeats, dtype)
+
     def peak_flops_now(self) -> float:
         """The larger of ``peak_flops`` and the peak measured now: a shared machine's speed
         drifts within a run, and a peak that read low would overstate every MFU."""
-        dtype = torch.bfloat16 if self.bf16 else torch.float32
-        return max(self.peak_flops,
-                   matmul_peak_flops(self.matmul_size, self.work.matmul_repeats, dtype))
+        return max(self.peak_flops, self.measure_peak())
 
     def in_precision(self, call: Call) -> Call:
         """``call`` as the benchmarks run it: under bfloat16 autocast with ``bf16``."""

@@ -22,7 +22,6 @@ from conformer_asr.models import ASRModel
 
 from . import cases
 from .cases import Row, Settings
-from .measure import matmul_peak_flops
 from .workloads import FULL, QUICK, model_config
 
 
@@ -129,10 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     work = QUICK if args.quick else FULL
     if args.train_batch is not None:
         work = dataclasses.replace(work, train_batch=args.train_batch)
-    dtype = torch.bfloat16 if bf16 else torch.float32
     matmul_size = work.matmul_size if device.type == "cpu" else 2 * work.matmul_size
-    peak = matmul_peak_flops(matmul_size, work.matmul_repeats, dtype)
-    settings = Settings(work, args.repeats or work.repeats, peak, matmul_size, bf16)
+    settings = Settings(work, args.repeats or work.repeats, 0.0, matmul_size, bf16)
+    peak = settings.measure_peak()
+    settings = dataclasses.replace(settings, peak_flops=peak)
     where = (f"{torch.get_num_threads()} threads" if device.type == "cpu"
              else torch.cuda.get_device_name(device))
     print(f"torch {torch.__version__}, {where}, {'bf16' if bf16 else 'float32'} matmul "
