@@ -70,16 +70,6 @@ class _ResumableCSVLogger(CSVLogger):
             self._experiment = _KeepingWriter(log_dir=self.log_dir)
         return self._experiment
 
-    # Set when a checkpoint is written: Lightning logs a step's row only after the
-    # checkpoint of that step, so the row is written at once rather than at the next flush.
-    flush_next_row = False
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        super().log_metrics(metrics, step)
-        if self.flush_next_row:
-            self.flush_next_row = False
-            self.save()
-
     @property
     def metrics_csv(self) -> Path:
         return Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
@@ -102,10 +92,8 @@ class _ResumableCSVLogger(CSVLogger):
 
 
 class _TrainingLog(Callback):
-    """Trims metrics.csv to the checkpoint a run resumes from; writes the rows logged so
-    far when a checkpoint is written, and the checkpointed step's own row right after
-    it, so a run killed after a checkpoint keeps its log up to it; draws curves.png
-    after each validation."""
+    """Trims metrics.csv to the checkpoint a run resumes from; draws curves.png after
+    each validation."""
 
     def __init__(self, logger: _ResumableCSVLogger, out_png: Path) -> None:
         self.logger, self.out_png = logger, out_png
@@ -113,12 +101,6 @@ class _TrainingLog(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
             self.logger.drop_rows_from(trainer.global_step)
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
-        if trainer.is_global_zero:  # called before the checkpoint file is written
-            self.logger.save()
-            self.logger.flush_next_row = True
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and not trainer.sanity_checking:
@@ -213,7 +195,9 @@ def train(cfg: TrainConfig) -> Path:
     )
     last = last_checkpoint(out)
     checkpoints = last.parent
-    logger = _ResumableCSVLogger(out, name="logs", version="")
+    # Each row is appended as it is logged (Lightning's default buffers 100 steps): a run
+    # killed after a checkpoint keeps the rows logged before it.
+    logger = _ResumableCSVLogger(out, name="logs", version="", flush_logs_every_n_steps=1)
     step_ckpt = KeepLastCheckpoints(checkpoints, cfg.trainer.checkpoint_every_steps,
                                     keep=cfg.trainer.average_last)
     callbacks = [step_ckpt, _TrainingLog(logger, out / "curves.png")]
