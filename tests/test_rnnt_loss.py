@@ -144,6 +144,21 @@ def test_loss_is_unchanged_when_the_logsumexp_runs_one_frame_at_a_time(monkeypat
                                torch.autograd.grad(expected, logits)[0], rtol=1e-4, atol=1e-5)
 
 
+def test_gradient_written_over_the_logits_is_the_same_gradient():
+    """``overwrite_logits``: the logits' memory holds the gradient after backward, and
+    what flows back to the tensors the logits came from is unchanged."""
+    source, *labels = random_batch(11, 3, 7, 4, 6, dtype=torch.float32)
+    source.requires_grad_()
+    expected = rnnt_loss_reference(source * 2.0, *labels)
+    (expected_grad,) = torch.autograd.grad(expected, source)
+    logits = source * 2.0  # an intermediate, as the joint network's output is
+    loss = rnnt_loss(logits, *labels, overwrite_logits=True)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    (grad,) = torch.autograd.grad(loss, source)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits * 2.0, grad)  # d loss / d logits, in the logits
+
+
 def test_reductions_are_consistent():
     args = random_batch(4, 3, 6, 4, 5)
     losses = rnnt_loss(*args, reduction="none")

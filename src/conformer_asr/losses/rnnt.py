@@ -355,6 +355,7 @@ class _RNNTLoss(torch.autograd.Function):
         logit_lengths: torch.Tensor,
         target_lengths: torch.Tensor,
         blank: int,
+        overwrite_logits: bool,
     ) -> torch.Tensor:
         lse, blank_lp, label_lp = _transition_log_probs(
             logits, targets, logit_lengths, target_lengths, blank
@@ -365,6 +366,7 @@ class _RNNTLoss(torch.autograd.Function):
             log_scales,
         )
         ctx.blank = blank
+        ctx.overwrite_logits = overwrite_logits
         return -log_scales.sum(dim=1)
 
     @staticmethod
@@ -378,11 +380,12 @@ class _RNNTLoss(torch.autograd.Function):
         occupancy = blank_flow.clone()  # state posterior = sum of its outgoing flows
         occupancy[:, :, :-1] += label_flow
         # d loss / d logits = softmax * occupancy - flow of the transition each logit emits.
-        grad = torch.sub(logits, lse.unsqueeze(-1)).exp_().mul_(occupancy.unsqueeze(-1))
+        grad = logits if ctx.overwrite_logits else torch.empty_like(logits)
+        torch.sub(logits, lse.unsqueeze(-1), out=grad).exp_().mul_(occupancy.unsqueeze(-1))
         grad[..., ctx.blank] -= blank_flow
         index = targets[:, None, :, None].expand(-1, logits.shape[1], -1, 1)
         grad[:, :, :-1].scatter_add_(3, index, label_flow.neg_().unsqueeze(-1))
-        return grad, None, None, None, None
+        return grad, None, None, None, None, None
 
 
 def rnnt_loss(
@@ -392,6 +395,7 @@ def rnnt_loss(
     target_lengths: torch.Tensor,
     blank: int = 0,
     reduction: str = "mean",
+    overwrite_logits: bool = False,
 ) -> torch.Tensor:
     """RNN-T loss (negative log-likelihood), same meaning as ``torchaudio.functional.rnnt_loss``.
 
@@ -407,6 +411,12 @@ def rnnt_loss(
         blank: Blank id in [0, V).
         reduction: ``"none"`` for per-utterance losses (B,), ``"mean"`` over the batch
             or ``"sum"``.
+        overwrite_logits: The backward pass writes the gradient into the logits'
+            memory instead of a new tensor: no allocation of the largest tensor of a
+            training step (on a CPU, faulting in its fresh pages costs more than
+            computing the gradient). The logits hold the gradient after
+            ``backward()``: use it only when nothing reads them again, as for the
+            joint network's output in ``ASRModel``.
 
     Returns:
         The loss, (B,) or scalar depending on ``reduction``.
@@ -418,7 +428,8 @@ def rnnt_loss(
     targets, logit_lengths, target_lengths = _check_inputs(
         logits, targets, logit_lengths, target_lengths, blank, reduction
     )
-    losses = _RNNTLoss.apply(logits, targets, logit_lengths, target_lengths, blank)
+    losses = _RNNTLoss.apply(logits, targets, logit_lengths, target_lengths, blank,
+                             overwrite_logits)
     return reduce_losses(losses, reduction)
 
 

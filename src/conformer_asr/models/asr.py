@@ -139,7 +139,8 @@ class ASRModel(nn.Module):
         pred = self.predict(targets, pred_weight_noise)  # (B, U+1, H)
         labels = (targets.long(), enc_lengths.long(), target_lengths.long())
         if self.simple_joint is None:
-            return rnnt_loss(self.joint.full(enc, pred).float(), *labels)
+            logits = self.joint.full(enc, pred).float()  # (B, T', U+1, V), read by the loss only
+            return rnnt_loss(logits, *labels, overwrite_logits=True)
         am, lm = self.simple_joint(enc, pred)
         simple, occupancy = simple_rnnt_loss(am.float(), lm.float(), *labels)
         windows = prune_windows(occupancy, enc_lengths, target_lengths, self.cfg.rnnt_prune_range)
