@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dropout import dropout
+
 
 def relative_positions(length: int, d_model: int, device: torch.device | None = None,
                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -87,8 +89,28 @@ class RelPositionMultiHeadAttention(nn.Module):
         scores = torch.bmm(q_v, p).view(h, b, t, padded)
         position = relative_shift(scores)  # (H, B, T, T)
         bias = position.transpose(0, 1).masked_fill(key_padding[:, None, None, :], float("-inf"))
-        context = F.scaled_dot_product_attention(
-            (q + self.pos_bias_u).transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-            attn_mask=bias, dropout_p=self.dropout if self.training else 0.0, scale=scale,
-        )  # (B, H, T, dh)
+        q_u, k, v = (q + self.pos_bias_u).transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if self.training and self.dropout > 0.0 and x.device.type == "cpu":
+            context = attention_with_dropout(q_u, k, v, bias, scale, self.dropout)
+        else:
+            context = F.scaled_dot_product_attention(
+                q_u, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0,
+                scale=scale,
+            )  # (B, H, T, dh)
         return self.out(context.transpose(1, 2).reshape(b, t, d))
+
+
+def attention_with_dropout(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
+    p: float,
+) -> torch.Tensor:
+    """q, k, v (B, H, T, dh), bias (B, H, T, T) -> (B, H, T, dh):
+    ``scaled_dot_product_attention`` with dropout ``p`` on the attention weights.
+
+    On a CPU, torch's version with dropout runs these same unfused steps, but draws
+    its mask with ``bernoulli_``, which costs more than the rest of the attention on
+    AMD processors; :func:`~conformer_asr.models.dropout.dropout` is several times
+    cheaper. Every query must have a key with a finite bias.
+    """
+    scores = torch.matmul(q, k.transpose(-2, -1)).mul_(scale).add_(bias)
+    return torch.matmul(dropout(scores.softmax(dim=-1), p), v)

@@ -8,6 +8,7 @@ from torch import nn
 
 from .attention import RelPositionMultiHeadAttention, relative_positions
 from .config import EncoderConfig, get_config
+from .dropout import Dropout
 from .subsampling import Conv2dSubsampling
 
 
@@ -25,9 +26,9 @@ class FeedForward(nn.Module):
             nn.LayerNorm(d_model),
             nn.Linear(d_model, multiplier * d_model),
             nn.SiLU(),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(multiplier * d_model, d_model),
-            nn.Dropout(dropout),
+            Dropout(dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,7 +79,7 @@ class ConvolutionModule(nn.Module):
         )
         self.batch_norm = MaskedBatchNorm1d(d_model)
         self.pointwise_out = nn.Linear(d_model, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         """x (B, T, D), pad (B, T) bool (True = padding) -> (B, T, D)."""
@@ -110,7 +111,7 @@ class ConformerBlock(nn.Module):
         self.ffn1 = FeedForward(d, cfg.ffn_multiplier, cfg.dropout)
         self.attn_norm = nn.LayerNorm(d)
         self.attn = RelPositionMultiHeadAttention(d, cfg.n_heads, cfg.dropout)
-        self.attn_dropout = nn.Dropout(cfg.dropout)
+        self.attn_dropout = Dropout(cfg.dropout)
         self.conv = ConvolutionModule(d, cfg.conv_kernel_size, cfg.dropout)
         self.ffn2 = FeedForward(d, cfg.ffn_multiplier, cfg.dropout)
         self.final_norm = nn.LayerNorm(d)

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..text.tokenizer import BLANK_ID, Tokenizer
 from .config import ConfigError, build_section
+from .dropout import Dropout
 
 BOUNDARY = BLANK_ID  # sentence start and end
 IGNORE = -100  # padding in targets (cross_entropy's default ignore_index)
@@ -98,7 +99,7 @@ class WordPieceLM(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
         self.lstm = nn.LSTM(cfg.embed_dim, cfg.hidden_dim, num_layers=cfg.n_layers,
                             dropout=cfg.dropout if cfg.n_layers > 1 else 0.0, batch_first=True)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.hidden_dim, cfg.vocab_size)
 
     def forward(

@@ -8,6 +8,8 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from .dropout import Dropout
+
 LengthsT = TypeVar("LengthsT", int, torch.Tensor)
 
 
@@ -47,7 +49,7 @@ class Conv2dSubsampling(nn.Module):
             freq = (freq - 1) // 2
         self.conv = nn.Sequential(*layers)
         self.out = nn.Linear(channels * freq, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(
         self, feats: torch.Tensor, lengths: torch.Tensor

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dropout import Dropout
+
 LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (1, B, H)
 
 
@@ -16,7 +18,7 @@ class PredictionNetwork(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed_dim)
         self.lstm = nn.LSTM(embed_dim, hidden_dim, num_layers=1, batch_first=True)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.hidden_dim = hidden_dim
 
     def forward(self, targets: torch.Tensor) -> torch.Tensor:
