@@ -137,6 +137,11 @@ def test_loss_is_unchanged_when_the_logsumexp_runs_one_frame_at_a_time(monkeypat
     whole = logits.logsumexp(dim=-1)
     monkeypatch.setattr(rnnt_module, "_LSE_SLICE_BYTES", 1)  # one frame per slice
     torch.testing.assert_close(logsumexp_over_vocab(logits), whole, rtol=0, atol=0)
+    infinite = logits.clone()
+    infinite[0, 1, 2] = -math.inf  # a row of -inf: -inf
+    infinite[1, 2, 0, 3] = math.inf  # a +inf entry: +inf
+    infinite[2, 0, 1, :2] = -math.inf  # some -inf entries: finite
+    torch.testing.assert_close(logsumexp_over_vocab(infinite), infinite.logsumexp(dim=-1))
     loss = rnnt_loss(logits, *labels, reduction="sum")
     expected = rnnt_loss_reference(logits, *labels, reduction="sum")
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-4)
