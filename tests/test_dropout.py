@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conformer_asr.models import ConformerEncoder, EncoderConfig
 from conformer_asr.models.attention import attention_with_dropout
 from conformer_asr.models.dropout import Dropout, drop_mask, dropout
 
@@ -32,10 +33,14 @@ def test_mask_drops_at_its_rate_in_every_16_bit_lane(keep):
     _assert_rate(flat[:-1] & flat[1:], rate**2)
 
 
-def test_odd_sizes_and_empty_tensors():
+def test_odd_sizes_empty_tensors_and_p_near_1():
     for shape in [(0,), (1,), (3, 5, 7)]:
         x = torch.randn(*shape)
         assert dropout(x, 0.3).shape == x.shape
+    # p too close to 1 for 16 bits (keep rounds to 0) is torch's dropout.
+    assert dropout(torch.ones(1000), 1.0).eq(0).all()
+    near_1 = dropout(torch.ones(1000), 1 - 2**-18)
+    assert (near_1.eq(0) | near_1.eq(2**18)).all()
 
 
 def test_dropout_zeroes_or_scales_and_keeps_the_mean():
@@ -104,3 +109,13 @@ def test_attention_with_dropout_is_sdpa_with_the_mask_applied_to_the_weights():
     probs = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * 0.5 + bias, dim=-1)
     probs = probs.masked_fill(dropped, 0.0) * (2**16 / round(0.8 * 2**16))
     torch.testing.assert_close(out, probs @ v)
+
+
+def test_encoder_with_dropout_traces_as_one_graph():
+    """Under torch.compile, dropout is F.dropout (the 16-bit mask's in-place draw would
+    break the graph at every dropout)."""
+    cfg = EncoderConfig(d_model=32, n_layers=2, n_heads=4, conv_kernel_size=7, dropout=0.1)
+    encoder = ConformerEncoder(cfg).train()
+    feats, lengths = torch.randn(2, 60, 80), torch.tensor([60, 41])
+    explained = torch._dynamo.explain(encoder)(feats, lengths)
+    assert explained.graph_break_count == 0, explained.break_reasons

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dropout import dropout
+from .dropout import draws_own_mask, dropout
 
 
 def relative_positions(length: int, d_model: int, device: torch.device | None = None,
@@ -90,7 +90,7 @@ class RelPositionMultiHeadAttention(nn.Module):
         position = relative_shift(scores)  # (H, B, T, T)
         bias = position.transpose(0, 1).masked_fill(key_padding[:, None, None, :], float("-inf"))
         q_u, k, v = (q + self.pos_bias_u).transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if self.training and self.dropout > 0.0 and x.device.type == "cpu":
+        if self.training and self.dropout > 0.0 and draws_own_mask(x):
             context = attention_with_dropout(q_u, k, v, bias, scale, self.dropout)
         else:
             context = F.scaled_dot_product_attention(
@@ -110,7 +110,8 @@ def attention_with_dropout(
     On a CPU, torch's version with dropout runs these same unfused steps, but draws
     its mask with ``bernoulli_``, which costs more than the rest of the attention on
     AMD processors; :func:`~conformer_asr.models.dropout.dropout` is several times
-    cheaper. Every query must have a key with a finite bias.
+    cheaper (:func:`~conformer_asr.models.dropout.draws_own_mask`). Every query must
+    have a key with a finite bias.
     """
     scores = torch.matmul(q, k.transpose(-2, -1)).mul_(scale).add_(bias)
     return torch.matmul(dropout(scores.softmax(dim=-1), p), v)

@@ -6,7 +6,8 @@ times slower than the rest of dropout, and a Conformer training step calls it
 about a hundred times. Here each element takes 16 random bits instead, drawn 64
 at a time, and is kept when they fall below ``round((1 - p) * 2**16)``: a keep
 probability within 2**-17 of ``1 - p``, and kept elements are scaled by exactly
-its inverse, so the expected output still equals the input. Other devices use
+its inverse, so the expected output still equals the input. Other devices, and
+code that ``torch.compile`` traces (its generated code draws masks of its own), use
 ``F.dropout``.
 """
 
@@ -47,13 +48,19 @@ class _ZeroAndScale(torch.autograd.Function):
         return grad.masked_fill(dropped, 0.0).mul_(ctx.scale), None, None
 
 
+def draws_own_mask(x: torch.Tensor) -> bool:
+    """Whether :func:`dropout` on ``x`` draws its 16-bit mask: on the CPU, outside
+    ``torch.compile``."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """``F.dropout(x, p, training)``, with a faster mask on the CPU (module docstring)."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or p >= 1.0:
-        return F.dropout(x, p, training)
     keep = round((1.0 - p) * _LEVELS)
+    if keep == 0 or not draws_own_mask(x):
+        return F.dropout(x, p, training)
     return _ZeroAndScale.apply(x, drop_mask(x.shape, keep), _LEVELS / keep)
 
 
