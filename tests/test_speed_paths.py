@@ -1,5 +1,6 @@
 """The fast paths compute what the plain reference paths compute; the benchmark runs."""
 
+import copy
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from torch import nn
 from benchmarks.plain import plain_encoder_like, plain_state_dict
 from conformer_asr.losses.rnnt import rnnt_loss, rnnt_loss_reference
 from conformer_asr.models import ASRModel, ConformerEncoder, EncoderConfig, ModelConfig
-from conformer_asr.models.quantize import quantize_int8
+from conformer_asr.models.quantize import BF16Conv2d, bf16_convolutions_are_fast, quantize_int8
 from conformer_asr.models.transducer import JointNetwork
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,6 +122,21 @@ def test_int8_model_is_close_to_float32():
         logits_int8 = int8.joint.full(enc_int8, int8.predictor(targets))
     assert _relative_error(enc_int8, enc) < 0.05
     assert _relative_error(logits_int8, logits) < 0.05
+    # The subsampling's convolutions run in bfloat16 where the CPU has the kernels.
+    convs = [type(m) for m in int8.encoder.subsampling.conv if not isinstance(m, nn.ReLU)]
+    assert convs == [BF16Conv2d if bf16_convolutions_are_fast() else nn.Conv2d] * 2
+    assert isinstance(model.encoder.subsampling.conv[0], nn.Conv2d)  # the original is kept
+
+
+def test_bf16_convolution_is_close_to_float32():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3, stride=2)
+    x = torch.randn(2, 8, 21, 40)
+    with torch.no_grad():
+        expected = conv(x)
+        out = BF16Conv2d(copy.deepcopy(conv))(x)
+    assert out.dtype == torch.float32 and out.shape == expected.shape
+    assert 0 < _relative_error(out, expected) < 0.01  # bfloat16 rounding, nothing more
 
 
 def test_encoder_compiles_whole_and_matches_eager():

@@ -160,8 +160,9 @@ def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
                         "the model folder's own setting)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--int8", action="store_true",
-                   help="run the Linear and LSTM layers of the model and its LM in int8: faster "
-                        "on the CPU (CPU only)")
+                   help="run the Linear and LSTM layers of the model and its LM in int8 (and "
+                        "the subsampling convolutions in bfloat16 on AVX-512 CPUs): faster on "
+                        "the CPU (CPU only)")
 
 
 def _synth(args: argparse.Namespace) -> int:

@@ -241,7 +241,8 @@ def load_model(
     An LM folder's lexicon comes with it (for ``oov_penalty``). ``beam_size``,
     ``lm_weight``, ``length_bonus`` and ``oov_penalty`` override single fields, e.g.
     ``load_model("exp/model", beam_size=8, lm="exp/lm", lm_weight=0.3)``.
-    ``int8`` runs the Linear and LSTM layers of the model and of its LM in int8
+    ``int8`` runs the Linear and LSTM layers of the model and of its LM in int8, and
+    the model's subsampling convolutions in bfloat16 on CPUs with bfloat16 kernels
     (``quantize_int8``; a loaded LM passed in is copied, not changed): faster on the
     CPU, at a small cost in accuracy; CPU only.
     """

@@ -1,4 +1,6 @@
-"""Dynamic int8 quantisation of a model for CPU inference."""
+"""Reduced-precision copies of a model for CPU inference: dynamic int8 for the
+Linear and LSTM layers, bfloat16 for the 2-D convolutions where the CPU has fast
+bfloat16 kernels."""
 
 from __future__ import annotations
 
@@ -16,8 +18,11 @@ def quantize_int8(model: ModuleT) -> ModuleT:
 
     Linear and LSTM layers become dynamically quantised ones: weights are stored
     as int8 once, activations are quantised batch by batch as they arrive, and
-    the products run in int8 on the CPU. Convolutions, normalisation, attention
-    and embeddings stay in float32. CPU only, inference only (no gradients).
+    the products run in int8 on the CPU. The 2-D convolutions (the encoder's
+    subsampling) run in bfloat16 where oneDNN has bfloat16 kernels for this CPU
+    (:func:`bf16_convolutions_are_fast`, AVX-512), and in float32 elsewhere. Other
+    convolutions, normalisation, attention and embeddings stay in float32. CPU only,
+    inference only (no gradients).
     """
     with warnings.catch_warnings():
         # torch.ao.quantization is deprecated in favour of the separate torchao
@@ -27,4 +32,35 @@ def quantize_int8(model: ModuleT) -> ModuleT:
         quantized = torch.ao.quantization.quantize_dynamic(
             model, {nn.Linear, nn.LSTM}, dtype=torch.qint8
         )
+    if bf16_convolutions_are_fast():
+        _convolve_in_bf16(quantized)
     return quantized.eval()
+
+
+def bf16_convolutions_are_fast() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions natively on this CPU (AVX-512 and
+    newer); on others they are emulated and slower than float32."""
+    return torch.backends.mkldnn.is_available() and bool(
+        torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+
+
+class BF16Conv2d(nn.Module):
+    """``conv`` with its weights converted to bfloat16 (in place): float32 (B, C, H, W)
+    in, computed in bfloat16, float32 out."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv.to(torch.bfloat16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.to(torch.bfloat16)).to(x.dtype)
+
+
+def _convolve_in_bf16(module: nn.Module) -> None:
+    """Replaces every ``nn.Conv2d`` below ``module`` by a :class:`BF16Conv2d` of it."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Conv2d):
+            setattr(module, name, BF16Conv2d(child))
+        else:
+            _convolve_in_bf16(child)
