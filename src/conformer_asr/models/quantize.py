@@ -58,9 +58,12 @@ class BF16Conv2d(nn.Module):
 
 
 def _convolve_in_bf16(module: nn.Module) -> None:
-    """Replaces every ``nn.Conv2d`` below ``module`` by a :class:`BF16Conv2d` of it."""
+    """Replaces every ``nn.Conv2d`` below ``module`` that reads more than one channel by a
+    :class:`BF16Conv2d` of it. A first layer, which reads the features themselves, costs
+    little and stays in float32: with it in bfloat16 too, the int8 bundled model got
+    19.96% WER on the unseen-voice test, against 19.74% without (float32: 19.67%)."""
     for name, child in module.named_children():
-        if isinstance(child, nn.Conv2d):
+        if isinstance(child, nn.Conv2d) and child.in_channels > 1:
             setattr(module, name, BF16Conv2d(child))
         else:
             _convolve_in_bf16(child)
