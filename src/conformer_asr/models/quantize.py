@@ -1,6 +1,6 @@
 """Reduced-precision copies of a model for CPU inference: dynamic int8 for the
-Linear and LSTM layers, bfloat16 for the 2-D convolutions where the CPU has fast
-bfloat16 kernels."""
+Linear and LSTM layers, bfloat16 for the multi-channel 2-D convolutions where the CPU
+has fast bfloat16 kernels."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ def quantize_int8(model: ModuleT) -> ModuleT:
 
     Linear and LSTM layers become dynamically quantised ones: weights are stored
     as int8 once, activations are quantised batch by batch as they arrive, and
-    the products run in int8 on the CPU. The 2-D convolutions (the encoder's
-    subsampling) run in bfloat16 where oneDNN has bfloat16 kernels for this CPU
-    (:func:`bf16_convolutions_are_fast`, AVX-512), and in float32 elsewhere. Other
+    the products run in int8 on the CPU. The 2-D convolutions after the first (the
+    encoder's subsampling) run in bfloat16 where oneDNN has bfloat16 kernels for this
+    CPU (:func:`bf16_convolutions_are_fast`, AVX-512), and in float32 elsewhere. Other
     convolutions, normalisation, attention and embeddings stay in float32. CPU only,
     inference only (no gradients).
     """
