@@ -126,7 +126,8 @@ def test_int8_model_is_close_to_float32():
     # the first, on the features, in float32.
     convs = [type(m) for m in int8.encoder.subsampling.conv if not isinstance(m, nn.ReLU)]
     assert convs == [nn.Conv2d, BF16Conv2d if bf16_convolutions_are_fast() else nn.Conv2d]
-    assert isinstance(model.encoder.subsampling.conv[0], nn.Conv2d)  # the original is kept
+    original = model.encoder.subsampling.conv[2]  # the original second convolution is kept
+    assert isinstance(original, nn.Conv2d) and original.weight.dtype == torch.float32
 
 
 def test_bf16_convolution_is_close_to_float32():
