@@ -85,7 +85,8 @@ class RelPositionMultiHeadAttention(nn.Module):
         # Position term: one (H, B*T, dh) @ (H, dh, W) product per head, the scale applied
         # to the small operand and the 2T-1 distances padded with zeros to W, a multiple
         # of 8 (the GEMM's fast path). The shift is a view of that (H, B, T, W) buffer,
-        # and the padding fill writes the additive mask in one pass.
+        # and the padding fill writes the additive mask in one pass, in the query's dtype
+        # (which the mask's must match).
         width = 2 * t - 1
         padded = -(-width // 8) * 8
         q_v = ((q + self.pos_bias_v) * scale).permute(2, 0, 1, 3).reshape(h, b * t, dh)
@@ -94,9 +95,8 @@ class RelPositionMultiHeadAttention(nn.Module):
         if self.position_dtype is not None:
             q_v, p = q_v.to(self.position_dtype), p.to(self.position_dtype)
         scores = torch.bmm(q_v, p).view(h, b, t, padded)
-        position = relative_shift(scores)  # (H, B, T, T)
-        bias = position.transpose(0, 1).masked_fill(key_padding[:, None, None, :], float("-inf"))
-        bias = bias.to(q.dtype)  # the mask's dtype must be the query's
+        position = relative_shift(scores).transpose(0, 1)  # (B, H, T, T)
+        bias = torch.where(key_padding[:, None, None, :], float("-inf"), position.to(q.dtype))
         q_u, k, v = (q + self.pos_bias_u).transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.training and self.dropout > 0.0 and draws_own_mask(x):
             context = attention_with_dropout(q_u, k, v, bias, scale, self.dropout)

@@ -61,8 +61,7 @@ class Conv2dSubsampling(nn.Module):
         slices = []  # an input too short for one output frame still runs (and fails) once
         for start in range(0, max(frames, 1), SLICE_FRAMES):
             end = (start + SLICE_FRAMES - 1) * self.factor + field
-            slices.append(self.conv(x[:, :, start * self.factor : end]))
-        x = torch.cat(slices, dim=2)  # (B, C, T', F')
-        b, c, t, f = x.shape
-        x = self.out(x.transpose(1, 2).reshape(b, t, c * f))
+            slices.append(self.conv(x[:, :, start * self.factor : end]).transpose(1, 2))
+        x = torch.cat(slices, dim=1)  # (B, T', C, F'): the one copy also transposes
+        x = self.out(x.flatten(2))
         return self.dropout(x), subsampled_lengths(lengths, self.factor)
