@@ -13,7 +13,7 @@ from torch import nn
 from benchmarks.plain import plain_encoder_like, plain_state_dict
 from conformer_asr.losses.rnnt import rnnt_loss, rnnt_loss_reference
 from conformer_asr.models import ASRModel, ConformerEncoder, EncoderConfig, ModelConfig
-from conformer_asr.models.quantize import BF16Conv2d, bf16_kernels_are_fast, quantize_int8
+from conformer_asr.models.quantize import BF16Conv2d, bf16_convolutions_are_fast, quantize_int8
 from conformer_asr.models.transducer import JointNetwork
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,13 +125,9 @@ def test_int8_model_is_close_to_float32():
     # The subsampling's second convolution runs in bfloat16 where the CPU has the kernels;
     # the first, on the features, in float32.
     convs = [type(m) for m in int8.encoder.subsampling.conv if not isinstance(m, nn.ReLU)]
-    assert convs == [nn.Conv2d, BF16Conv2d if bf16_kernels_are_fast() else nn.Conv2d]
+    assert convs == [nn.Conv2d, BF16Conv2d if bf16_convolutions_are_fast() else nn.Conv2d]
     original = model.encoder.subsampling.conv[2]  # the original second convolution is kept
     assert isinstance(original, nn.Conv2d) and original.weight.dtype == torch.float32
-    # So does the attention's position term; the original's stays float32.
-    bf16 = torch.bfloat16 if bf16_kernels_are_fast() else None
-    assert [b.attn.position_dtype for b in int8.encoder.blocks] == [bf16] * TINY.n_layers
-    assert all(b.attn.position_dtype is None for b in model.encoder.blocks)
 
 
 def test_bf16_convolution_is_close_to_float32():

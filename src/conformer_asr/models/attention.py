@@ -55,10 +55,6 @@ class RelPositionMultiHeadAttention(nn.Module):
     """Self-attention with content bias u and position bias v per head.
 
     forward(x (B, T, D), pos (2T-1, D), key_padding (B, T) bool, True = padded) -> (B, T, D)
-
-    ``position_dtype``, None by default, can name a dtype for the position term's product
-    (``quantize_int8`` sets bfloat16 where the CPU has bfloat16 kernels: with a head
-    width of 36-64 the float32 product runs far below the machine's peak).
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
@@ -73,7 +69,6 @@ class RelPositionMultiHeadAttention(nn.Module):
         nn.init.xavier_uniform_(self.pos_bias_u)
         nn.init.xavier_uniform_(self.pos_bias_v)
         self.dropout = dropout
-        self.position_dtype: torch.dtype | None = None
 
     def forward(
         self, x: torch.Tensor, pos: torch.Tensor, key_padding: torch.Tensor
@@ -85,18 +80,15 @@ class RelPositionMultiHeadAttention(nn.Module):
         # Position term: one (H, B*T, dh) @ (H, dh, W) product per head, the scale applied
         # to the small operand and the 2T-1 distances padded with zeros to W, a multiple
         # of 8 (the GEMM's fast path). The shift is a view of that (H, B, T, W) buffer,
-        # and the padding fill writes the additive mask in one pass, in the query's dtype
-        # (which the mask's must match).
+        # and the padding fill writes the additive mask in one pass.
         width = 2 * t - 1
         padded = -(-width // 8) * 8
         q_v = ((q + self.pos_bias_v) * scale).permute(2, 0, 1, 3).reshape(h, b * t, dh)
         p = F.pad(self.pos_proj(pos), (0, 0, 0, padded - width))
         p = p.view(padded, h, dh).permute(1, 2, 0)  # (H, dh, W)
-        if self.position_dtype is not None:
-            q_v, p = q_v.to(self.position_dtype), p.to(self.position_dtype)
         scores = torch.bmm(q_v, p).view(h, b, t, padded)
         position = relative_shift(scores).transpose(0, 1)  # (B, H, T, T)
-        bias = torch.where(key_padding[:, None, None, :], float("-inf"), position.to(q.dtype))
+        bias = torch.where(key_padding[:, None, None, :], float("-inf"), position)
         q_u, k, v = (q + self.pos_bias_u).transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.training and self.dropout > 0.0 and draws_own_mask(x):
             context = attention_with_dropout(q_u, k, v, bias, scale, self.dropout)
