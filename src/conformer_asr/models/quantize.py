@@ -4,11 +4,14 @@ has fast bfloat16 kernels."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import TypeVar
 
 import torch
 from torch import nn
+from torch.ao.nn.quantized import dynamic as dynamic_quantized
+from torch.ao.quantization import get_default_dynamic_quant_module_mappings
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
@@ -18,23 +21,77 @@ def quantize_int8(model: ModuleT) -> ModuleT:
 
     Linear and LSTM layers become dynamically quantised ones: weights are stored
     as int8 once, activations are quantised batch by batch as they arrive, and
-    the products run in int8 on the CPU. The 2-D convolutions after the first (the
-    encoder's subsampling) run in bfloat16 where oneDNN has bfloat16 kernels for this
-    CPU (:func:`bf16_convolutions_are_fast`, AVX-512), and in float32 elsewhere. Other
-    convolutions, normalisation, attention and embeddings stay in float32. CPU only,
-    inference only (no gradients).
+    the products run in int8 on the CPU. Activations get all 8 bits where the CPU's
+    int8 products cannot overflow (:func:`full_range_int8_is_exact`: VNNI), which
+    halves their rounding error, and 7 elsewhere (torch's default). The 2-D
+    convolutions after the first (the encoder's subsampling) run in bfloat16 where
+    oneDNN has bfloat16 kernels for this CPU (:func:`bf16_convolutions_are_fast`,
+    AVX-512), and in float32 elsewhere. Other convolutions, normalisation, attention
+    and embeddings stay in float32. CPU only, inference only (no gradients).
     """
     with warnings.catch_warnings():
         # torch.ao.quantization is deprecated in favour of the separate torchao
         # package; its dynamic quantisation still works in the pinned torch.
         warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated")
         warnings.filterwarnings("ignore", ".*quantized tensor creation functions")
+        full_range = full_range_int8_is_exact()
+        mapping = get_default_dynamic_quant_module_mappings()
+        if full_range:
+            mapping = {**mapping, nn.Linear: FullRangeDynamicLinear}
         quantized = torch.ao.quantization.quantize_dynamic(
-            model, {nn.Linear, nn.LSTM}, dtype=torch.qint8
+            model, {nn.Linear, nn.LSTM}, dtype=torch.qint8, mapping=mapping
         )
+    if full_range:
+        _lstms_in_full_range(quantized)
     if bf16_convolutions_are_fast():
         _convolve_in_bf16(quantized)
     return quantized.eval()
+
+
+@functools.cache
+def full_range_int8_is_exact() -> bool:
+    """Whether fbgemm's int8 products are exact with activations quantised to all 8 bits.
+
+    Without VNNI (AVX2, AVX-512 before VNNI) fbgemm adds pairs of uint8 x int8 products
+    in 16 bits, which can overflow with 8-bit activations (255 * 127 * 2 > 32767); that
+    is why torch quantises activations to 7 bits by default (``reduce_range``). With
+    VNNI each product goes straight into 32 bits. Rather than trust CPU flags, this
+    runs the overflowing case: activations all 255, weights all 127.
+    """
+    weight = torch.full((8, 64), 127.0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated")
+        warnings.filterwarnings("ignore", ".*quantized tensor creation functions")
+        layer = dynamic_quantized.Linear(64, 8, bias_=False)
+        layer.set_weight_bias(torch.quantize_per_tensor(weight, 1.0, 0, torch.qint8), None)
+    x = torch.ones(2, 64)
+    x[0, 0] = 0.0  # the range is [0, 1]: every other activation quantises to 255
+    with torch.no_grad():
+        out = torch.ops.quantized.linear_dynamic(x, layer._packed_params._packed_params, False)
+    return bool(torch.allclose(out, x @ weight.T, rtol=0.01))
+
+
+class FullRangeDynamicLinear(dynamic_quantized.Linear):
+    """torch's dynamically quantised Linear with activations quantised to all 8 bits
+    (``reduce_range=False``); only where :func:`full_range_int8_is_exact`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.ops.quantized.linear_dynamic(
+            x, self._packed_params._packed_params, reduce_range=False)
+        return out.to(x.dtype)
+
+
+def _lstms_in_full_range(module: nn.Module) -> None:
+    """Rebuilds the cells of every dynamically quantised LSTM below ``module`` with
+    activations quantised to all 8 bits (torch builds them with ``reduce_range``)."""
+    for lstm in module.modules():
+        if not isinstance(lstm, dynamic_quantized.LSTM):
+            continue
+        for packed in lstm._all_weight_values:
+            (kind, (bias_ih, bias_hh), _, _, (w_ih, w_hh)), _ = packed.param.__getstate__()
+            assert kind == "quantized_dynamic", kind
+            packed.param = torch.ops.quantized.make_quantized_cell_params_dynamic(
+                w_ih, w_hh, bias_ih, bias_hh, False)
 
 
 def bf16_convolutions_are_fast() -> bool:
