@@ -12,8 +12,15 @@ from torch import nn
 
 from benchmarks.plain import plain_encoder_like, plain_state_dict
 from conformer_asr.losses.rnnt import rnnt_loss, rnnt_loss_reference
-from conformer_asr.models import ASRModel, ConformerEncoder, EncoderConfig, ModelConfig
-from conformer_asr.models.quantize import BF16Conv2d, bf16_convolutions_are_fast, quantize_int8
+from conformer_asr.models import ASRModel, ConformerEncoder, EncoderConfig, ModelConfig, quantize
+from conformer_asr.models.lstm_step import FEW_ROWS, lstm_step
+from conformer_asr.models.quantize import (
+    BF16Conv2d,
+    FullRangeDynamicLinear,
+    bf16_convolutions_are_fast,
+    full_range_int8_is_exact,
+    quantize_int8,
+)
 from conformer_asr.models.transducer import JointNetwork
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,6 +135,78 @@ def test_int8_model_is_close_to_float32():
     assert convs == [nn.Conv2d, BF16Conv2d if bf16_convolutions_are_fast() else nn.Conv2d]
     original = model.encoder.subsampling.conv[2]  # the original second convolution is kept
     assert isinstance(original, nn.Conv2d) and original.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_lstm_step_matches_the_module_over_a_sequence(layers):
+    """Stepping token by token, few rows (the arithmetic in ``lstm_step``) and many rows
+    (the module), gives what ``nn.LSTM`` gives over the whole sequence."""
+    torch.manual_seed(0)
+    lstm = nn.LSTM(6, 10, num_layers=layers, dropout=0.3 if layers > 1 else 0.0,
+                   batch_first=True).eval()
+    for rows in (3, FEW_ROWS):
+        x = torch.randn(rows, 5, 6)
+        with torch.no_grad():
+            expected, (h, c) = lstm(x)
+            state, outs = None, []
+            for t in range(x.shape[1]):
+                out, state = lstm_step(lstm, x[:, t], state)
+                outs.append(out)
+        torch.testing.assert_close(torch.stack(outs, dim=1), expected)
+        torch.testing.assert_close(state, (h, c))
+
+
+def test_lstm_step_computes_few_rows_itself():
+    lstm = nn.LSTM(6, 10, batch_first=True).eval()
+    lstm.forward = None  # type: ignore[method-assign]  # calling the module would fail
+    out, (h, c) = lstm_step(lstm, torch.randn(FEW_ROWS - 1, 6), None)
+    assert out.shape == (FEW_ROWS - 1, 10) and h.shape == c.shape == (1, FEW_ROWS - 1, 10)
+
+
+def _overflow_prone_linear() -> tuple[nn.Sequential, torch.Tensor]:
+    """A layer and an input whose int8 product overflows 16-bit pair sums at 8-bit
+    activations: every weight and activation quantises to its largest value."""
+    layer = nn.Sequential(nn.Linear(64, 8, bias=False))
+    nn.init.constant_(layer[0].weight, 0.5)
+    x = torch.full((2, 64), 3.0)
+    x[0, 0] = 0.0
+    return layer, x
+
+
+@pytest.mark.parametrize("full_range", [True, False])
+def test_int8_activation_range_follows_the_probe(monkeypatch, full_range):
+    """Activations get all 8 bits only where the probe found the products exact, and the
+    int8 layer is exact either way on the case that overflows 16-bit sums."""
+    if full_range and not full_range_int8_is_exact():
+        pytest.skip("this CPU's int8 products overflow at 8-bit activations (no VNNI)")
+    monkeypatch.setattr(quantize, "full_range_int8_is_exact", lambda: full_range)
+    layer, x = _overflow_prone_linear()
+    int8 = quantize_int8(layer)
+    assert isinstance(int8[0], FullRangeDynamicLinear) is full_range
+    with torch.no_grad():
+        torch.testing.assert_close(int8(x), layer(x), rtol=0.01, atol=0.0)
+    lstm = quantize_int8(nn.Sequential(nn.LSTM(8, 16, num_layers=2)))[0]
+    for packed in lstm._all_weight_values:
+        (_, _, _, (reduce_range,), _), _ = packed.param.__getstate__()
+        assert reduce_range == (not full_range)
+
+
+@pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated")
+def test_full_range_int8_halves_the_activation_error():
+    """On CPUs where it is exact, 8-bit activations round half as coarsely as torch's
+    default 7: the int8 Linear and LSTM outputs are closer to float32."""
+    if not full_range_int8_is_exact():
+        pytest.skip("this CPU's int8 products overflow at 8-bit activations (no VNNI)")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.LSTM(256, 128, batch_first=True))
+    x = torch.randn(4, 50, 64)
+    default = torch.ao.quantization.quantize_dynamic(model, {nn.Linear, nn.LSTM},
+                                                      dtype=torch.qint8)
+    with torch.no_grad():
+        expected = model(x)[0]
+        error_full = _relative_error(quantize_int8(model)(x)[0], expected)
+        error_default = _relative_error(default(x)[0], expected)
+    assert error_full < 0.75 * error_default, (error_full, error_default)
 
 
 def test_bf16_convolution_is_close_to_float32():

@@ -19,10 +19,10 @@ from torch import nn
 from ..text.tokenizer import BLANK_ID, Tokenizer
 from .config import ConfigError, build_section
 from .dropout import Dropout
+from .lstm_step import LSTMState, lstm_step
 
 BOUNDARY = BLANK_ID  # sentence start and end
 IGNORE = -100  # padding in targets (cross_entropy's default ignore_index)
-LMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (layers, N, hidden)
 
 
 @dataclass(frozen=True)
@@ -103,19 +103,19 @@ class WordPieceLM(nn.Module):
         self.out = nn.Linear(cfg.hidden_dim, cfg.vocab_size)
 
     def forward(
-        self, inputs: torch.Tensor, state: LMState | None = None
-    ) -> tuple[torch.Tensor, LMState]:
+        self, inputs: torch.Tensor, state: LSTMState | None = None
+    ) -> tuple[torch.Tensor, LSTMState]:
         """inputs (B, U) token ids -> (logits (B, U, V) for the next token, state)."""
         out, state = self.lstm(self.dropout(self.embed(inputs)), state)
         return self.out(self.dropout(out)), state
 
     def step(
-        self, tokens: torch.Tensor, state: LMState | None
-    ) -> tuple[torch.Tensor, LMState]:
+        self, tokens: torch.Tensor, state: LSTMState | None
+    ) -> tuple[torch.Tensor, LSTMState]:
         """tokens (N,), state -> (log P(next token) (N, V), state). Start with token 0
         and state None."""
-        logits, state = self(tokens[:, None], state)
-        return logits[:, 0].float().log_softmax(dim=-1), state
+        out, state = lstm_step(self.lstm, self.dropout(self.embed(tokens)), state)
+        return self.out(self.dropout(out)).float().log_softmax(dim=-1), state
 
     def token_log_probs(self, sentences: Sequence[Sequence[int]]) -> torch.Tensor:
         """Token-id lists -> (B, U + 1) log-probability of each token and of the end

@@ -7,8 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dropout import Dropout
-
-LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (1, B, H)
+from .lstm_step import LSTMState, lstm_step
 
 
 class PredictionNetwork(nn.Module):
@@ -31,8 +30,7 @@ class PredictionNetwork(nn.Module):
         self, tokens: torch.Tensor, state: LSTMState | None
     ) -> tuple[torch.Tensor, LSTMState]:
         """One step: tokens (B,), state -> (out (B, H), new state)."""
-        out, state = self.lstm(self.embed(tokens)[:, None, :], state)
-        return out[:, 0], state
+        return lstm_step(self.lstm, self.embed(tokens), state)
 
 
 class JointNetwork(nn.Module):
