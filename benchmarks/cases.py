@@ -28,7 +28,7 @@ from .measure import (
     peak_bytes,
     wall_seconds,
 )
-from .plain import plain_encoder_like, plain_training_loss
+from .plain import plain_encoder_like, plain_lm_like, plain_training_loss
 from .workloads import Workload, encoder_frames, random_features, random_targets
 
 MB = 2**20
@@ -353,34 +353,44 @@ def transcription(model: ASRModel, settings: Settings) -> Row:
 
 def _transcribe_examples(
     benchmark: str, baseline_name: str, fast: Transcriber, baseline: Transcriber,
-    settings: Settings,
+    settings: Settings, one_at_a_time: bool,
 ) -> Row:
     """Two transcribers on the shipped ``examples/`` audio, as ``conformer-asr transcribe
-    examples/*.wav examples/*.flac`` takes it; the ``batch`` column counts the files, and
-    the row reports real-time factors over their total duration."""
+    examples/*.wav examples/*.flac`` takes it (the ``batch`` column counts the files), or
+    with ``one_at_a_time`` in one call per file, as a server takes requests (``batch`` 1).
+    The row reports real-time factors over the files' total duration."""
     paths = sorted(str(p) for p in EXAMPLES.iterdir() if p.suffix in (".wav", ".flac"))
     seconds = sum(audio_duration(path) for path in paths)
-    row = compare(benchmark, fast.model.cfg.name, len(paths), baseline_name,
-                  lambda: fast.transcribe(paths), lambda: baseline.transcribe(paths), settings)
+
+    def run(transcriber: Transcriber) -> Call:
+        if one_at_a_time:
+            return lambda: [transcriber.transcribe([path]) for path in paths]
+        return lambda: transcriber.transcribe(paths)
+
+    row = compare(benchmark, fast.model.cfg.name, 1 if one_at_a_time else len(paths),
+                  baseline_name, run(fast), run(baseline), settings)
     row.extra = {"rtf_fast": row.fast_s / seconds, "rtf_baseline": row.baseline_s / seconds,
                  "audio_seconds": seconds}
     return row
 
 
-def bundled_transcription(settings: Settings) -> Row:
+def bundled_transcription(settings: Settings, one_at_a_time: bool) -> Row:
     """The bundled model transcribing the shipped examples with its default search (beam
     search with its LM): reading and resampling the files, features, encoder, search.
-    The baseline is the same with the plain encoder swapped in."""
+    The baseline is the same with the plain encoder and the plainly stepped LM swapped in."""
     fast = load_model(device=str(torch.get_default_device()))
     plain = copy.deepcopy(fast)
     plain.model.encoder = plain_encoder_like(fast.model.encoder, fast.model.cfg.encoder)
-    return _transcribe_examples("transcribe, bundled", "plain", fast, plain, settings)
+    assert fast.lm is not None, "the bundled model comes with its LM"
+    plain.lm = plain_lm_like(fast.lm)
+    return _transcribe_examples("transcribe, bundled", "plain", fast, plain, settings,
+                                one_at_a_time)
 
 
-def int8_bundled_transcription(settings: Settings) -> Row:
+def int8_bundled_transcription(settings: Settings, one_at_a_time: bool) -> Row:
     """The bundled model transcribing the shipped examples with ``--int8`` (the model's and
     the LM's Linear and LSTM layers in int8) against float32, default search."""
     row = _transcribe_examples("int8 transcribe, bundled", "fp32", load_model(int8=True),
-                               load_model(), settings)
+                               load_model(), settings, one_at_a_time)
     row.targets = {"speed-up >= 1.5": row.speedup >= 1.5}
     return row

@@ -1,4 +1,5 @@
-"""A textbook Conformer encoder and transducer loss step: the baseline of every benchmark.
+"""A textbook Conformer encoder, transducer loss step and LM step: the baseline of every
+benchmark.
 
 The same math as ``conformer_asr.models``, written the plain way (as in ESPnet or
 the Transformer-XL paper): separate q/k/v projections, explicit scores ``q k^T``,
@@ -6,7 +7,8 @@ the pad-and-reshape relative shift, masked softmax, dropout, ``probs @ v``;
 Conv1d pointwise convolutions on (B, D, T); Swish as ``x * sigmoid(x)``; BatchNorm
 statistics of valid frames picked by boolean indexing. ``plain_state_dict`` maps
 a ``ConformerEncoder`` state dict (or its gradients) onto this model, so both can
-run with the same weights and be compared.
+run with the same weights and be compared. ``PlainStepLM`` steps the LM's LSTM module
+one token at a time, as ``nn.LSTM`` is usually called.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from torch import nn
 
 from conformer_asr.losses.rnnt import rnnt_loss_reference
 from conformer_asr.models import ASRModel, EncoderConfig
+from conformer_asr.models.lm import WordPieceLM
+from conformer_asr.models.lstm_step import LSTMState
 
 
 def sinusoids(length: int, d_model: int) -> torch.Tensor:
@@ -259,3 +263,20 @@ def plain_training_loss(
     logits = joint.out(torch.tanh(hidden))  # (B, T', U+1, V)
     return rnnt_loss_reference(logits, targets.int(), enc_lengths.int(), target_lengths.int(),
                                blank=0, reduction="mean")
+
+
+class PlainStepLM(WordPieceLM):
+    """``WordPieceLM`` whose ``step`` calls the whole module on a one-token sequence."""
+
+    def step(
+        self, tokens: torch.Tensor, state: LSTMState | None
+    ) -> tuple[torch.Tensor, LSTMState]:
+        logits, state = self(tokens[:, None], state)
+        return logits[:, 0].float().log_softmax(dim=-1), state
+
+
+def plain_lm_like(lm: WordPieceLM) -> PlainStepLM:
+    """A ``PlainStepLM`` holding a copy of ``lm``'s weights, in the same train/eval mode."""
+    plain = PlainStepLM(lm.cfg)
+    plain.load_state_dict(lm.state_dict())
+    return plain.train(lm.training)

@@ -167,10 +167,11 @@ def main(argv: list[str] | None = None) -> int:
             for batch in work.encoder_batches:
                 add(cases.compiled_encoder_forward(model, batch, settings))
             add(cases.compiled_train_step(model, settings))
-    if "transcribe" in only:
-        add(cases.bundled_transcription(settings))
-    if "int8" in only:
-        add(cases.int8_bundled_transcription(settings))
+    for one_at_a_time in (False, True):
+        if "transcribe" in only:
+            add(cases.bundled_transcription(settings, one_at_a_time))
+        if "int8" in only:
+            add(cases.int8_bundled_transcription(settings, one_at_a_time))
     if "loss" in only:
         add(cases.rnnt_loss_step(settings))
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.plain import plain_encoder_like, plain_state_dict
+from benchmarks.plain import plain_encoder_like, plain_lm_like, plain_state_dict
 from conformer_asr.losses.rnnt import rnnt_loss, rnnt_loss_reference
 from conformer_asr.models import ASRModel, ConformerEncoder, EncoderConfig, ModelConfig, quantize
+from conformer_asr.models.lm import LMConfig, WordPieceLM
 from conformer_asr.models.lstm_step import FEW_ROWS, lstm_step
 from conformer_asr.models.quantize import (
     BF16Conv2d,
@@ -156,6 +157,19 @@ def test_lstm_step_matches_the_module_over_a_sequence(layers):
         torch.testing.assert_close(state, (h, c))
 
 
+def test_lm_steps_as_the_plain_lm_steps():
+    torch.manual_seed(0)
+    lm = WordPieceLM(LMConfig(vocab_size=20, embed_dim=8, hidden_dim=12, n_layers=2)).eval()
+    plain = plain_lm_like(lm)
+    tokens, state, plain_state = torch.tensor([0, 0, 0]), None, None
+    with torch.no_grad():
+        for _ in range(4):
+            log_probs, state = lm.step(tokens, state)
+            expected, plain_state = plain.step(tokens, plain_state)
+            torch.testing.assert_close(log_probs, expected)
+            tokens = log_probs.argmax(dim=1)
+
+
 def test_lstm_step_computes_few_rows_itself():
     lstm = nn.LSTM(6, 10, batch_first=True).eval()
     lstm.forward = None  # type: ignore[method-assign]  # calling the module would fail
@@ -272,9 +286,11 @@ def test_quick_benchmark_writes_json(tmp_path):
     [transcribe] = [r for r in rows if r["benchmark"] == "transcribe"]
     assert transcribe["extra"]["rtf_fast"] > 0
     for name in ("transcribe, bundled", "int8 transcribe, bundled"):
-        [bundled] = [r for r in rows if r["benchmark"] == name]
-        assert bundled["batch"] == 4
-        assert bundled["extra"]["audio_seconds"] == pytest.approx(10.95, abs=0.01)
+        # all four examples in one call, and one call per file
+        bundled = [r for r in rows if r["benchmark"] == name]
+        assert [r["batch"] for r in bundled] == [4, 1]
+        for row in bundled:
+            assert row["extra"]["audio_seconds"] == pytest.approx(10.95, abs=0.01)
     assert "encoder forward" in proc.stdout and "rnnt loss" in proc.stdout
 
 
