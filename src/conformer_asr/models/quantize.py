@@ -4,8 +4,10 @@ has fast bfloat16 kernels."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
+from collections.abc import Iterator
 from typing import TypeVar
 
 import torch
@@ -29,11 +31,7 @@ def quantize_int8(model: ModuleT) -> ModuleT:
     AVX-512), and in float32 elsewhere. Other convolutions, normalisation, attention
     and embeddings stay in float32. CPU only, inference only (no gradients).
     """
-    with warnings.catch_warnings():
-        # torch.ao.quantization is deprecated in favour of the separate torchao
-        # package; its dynamic quantisation still works in the pinned torch.
-        warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated")
-        warnings.filterwarnings("ignore", ".*quantized tensor creation functions")
+    with _quiet_deprecations():
         full_range = full_range_int8_is_exact()
         mapping = get_default_dynamic_quant_module_mappings()
         if full_range:
@@ -46,6 +44,16 @@ def quantize_int8(model: ModuleT) -> ModuleT:
     if bf16_convolutions_are_fast():
         _convolve_in_bf16(quantized)
     return quantized.eval()
+
+
+@contextlib.contextmanager
+def _quiet_deprecations() -> Iterator[None]:
+    """torch.ao.quantization is deprecated in favour of the separate torchao package; its
+    dynamic quantisation still works in the pinned torch, so its warnings are dropped."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated")
+        warnings.filterwarnings("ignore", ".*quantized tensor creation functions")
+        yield
 
 
 @functools.cache
@@ -63,9 +71,7 @@ def full_range_int8_is_exact() -> bool:
     x = torch.ones(2, 64)
     x[0, 0] = 0.0  # the range is [0, 1]: every other activation quantises to 255
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated")
-            warnings.filterwarnings("ignore", ".*quantized tensor creation functions")
+        with _quiet_deprecations(), torch.no_grad():
             layer = dynamic_quantized.Linear(64, 8, bias_=False)
             layer.set_weight_bias(torch.quantize_per_tensor(weight, 1.0, 0, torch.qint8), None)
             out = torch.ops.quantized.linear_dynamic(x, layer._packed_params._packed_params,
