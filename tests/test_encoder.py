@@ -145,7 +145,7 @@ def test_channels_last_depthwise_is_the_conv1d():
     torch.manual_seed(0)
     module = ConvolutionModule(d_model=12, kernel_size=7, dropout=0.0)
     x = torch.randn(3, 20, 12, requires_grad=True)  # (B, T, D)
-    y = module.depthwise_channels_last(x)
+    y = module.depthwise_channels_last(x, module.depthwise.weight, module.depthwise.bias)
     expected = module.depthwise(x.transpose(1, 2))  # (B, D, T)
     torch.testing.assert_close(y, expected, atol=1e-6, rtol=1e-6)
     weights = torch.randn_like(y)
@@ -154,6 +154,26 @@ def test_channels_last_depthwise_is_the_conv1d():
                                          [x, module.depthwise.weight])
     for grad, expected_grad in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(grad, expected_grad)  # float32 sums in another order
+
+
+def test_eval_mode_folds_batch_norm_into_the_depthwise_convolution():
+    """Eval mode's folded kernel gives the convolution followed by the batch norm with its
+    running statistics."""
+    torch.manual_seed(0)
+    module = ConvolutionModule(d_model=12, kernel_size=7, dropout=0.0)
+    norm = module.batch_norm
+    with torch.no_grad():  # statistics and affine parameters far from the identity
+        norm.running_mean.uniform_(-2, 2)
+        norm.running_var.uniform_(0.1, 5)
+        norm.weight.uniform_(-2, 2)
+        norm.bias.uniform_(-1, 1)
+    module.eval()
+    x = torch.randn(3, 20, 12)
+    conv = module.depthwise
+    expected = norm(module.depthwise_channels_last(x, conv.weight, conv.bias), None)
+    folded = module.depthwise_channels_last(x, *module.depthwise_with_batch_norm())
+    torch.testing.assert_close(folded, expected, atol=1e-5, rtol=1e-5)
+
 
 
 def test_encoder_contract_shapes():

@@ -77,13 +77,15 @@ class RelPositionMultiHeadAttention(nn.Module):
         h, dh = self.n_heads, self.d_head
         scale = dh**-0.5
         q, k, v = self.qkv(x).view(b, t, 3, h, dh).unbind(2)  # each (B, T, H, dh)
-        # Position term: one (H, B*T, dh) @ (H, dh, W) product per head, the scale applied
-        # to the small operand and the 2T-1 distances padded with zeros to W, a multiple
-        # of 8 (the GEMM's fast path). The shift is a view of that (H, B, T, W) buffer,
-        # and the padding fill writes the additive mask in one pass.
+        # Position term: one (H, B*T, dh) @ (H, dh, W) product per head, with the 2T-1
+        # distances padded with zeros to W, a multiple of 8 (the GEMM's fast path). The
+        # bias and the scale go into q in one pass. (Read in place, with a row stride of
+        # D, q slows the product more than its copy costs.) The shift is a view of that
+        # (H, B, T, W) buffer, and the padding fill writes the additive mask in one pass.
         width = 2 * t - 1
         padded = -(-width // 8) * 8
-        q_v = ((q + self.pos_bias_v) * scale).permute(2, 0, 1, 3).reshape(h, b * t, dh)
+        q_v = torch.add(self.pos_bias_v * scale, q, alpha=scale)  # (q + v) * scale
+        q_v = q_v.permute(2, 0, 1, 3).reshape(h, b * t, dh)
         p = F.pad(self.pos_proj(pos), (0, 0, 0, padded - width))
         p = p.view(padded, h, dh).permute(1, 2, 0)  # (H, dh, W)
         scores = torch.bmm(q_v, p).view(h, b, t, padded)
