@@ -11,10 +11,12 @@ import torch
 from torch import nn
 
 from benchmarks.plain import plain_encoder_like, plain_lm_like, plain_state_dict
+from conformer_asr.inference.lm_dir import load_lm_dir
+from conformer_asr.inference.model_dir import BUNDLED_DIR, LM_SUBDIR
 from conformer_asr.losses.rnnt import rnnt_loss, rnnt_loss_reference
 from conformer_asr.models import ASRModel, ConformerEncoder, EncoderConfig, ModelConfig, quantize
 from conformer_asr.models.lm import LMConfig, WordPieceLM
-from conformer_asr.models.lstm_step import FEW_ROWS, lstm_step
+from conformer_asr.models.lstm_step import FEW_ROWS, _float16_packed, lstm_step
 from conformer_asr.models.quantize import (
     BF16Conv2d,
     FullRangeDynamicLinear,
@@ -138,13 +140,27 @@ def test_int8_model_is_close_to_float32():
     assert isinstance(original, nn.Conv2d) and original.weight.dtype == torch.float32
 
 
+FBGEMM = "fbgemm" in torch.backends.quantized.supported_engines
+
+
+def _round_to_float16(module: nn.Module) -> None:
+    with torch.no_grad():
+        for weight in module.parameters():
+            weight.copy_(weight.half().float())
+
+
+@pytest.mark.parametrize("float16_weights", [False, True])
 @pytest.mark.parametrize("layers", [1, 2])
-def test_lstm_step_matches_the_module_over_a_sequence(layers):
-    """Stepping token by token, few rows (the arithmetic in ``lstm_step``) and many rows
+def test_lstm_step_matches_the_module_over_a_sequence(layers, float16_weights):
+    """Stepping token by token, few rows (the arithmetic in ``lstm_step``: float32
+    products, or float16-weight ones where the weights are float16 values) and many rows
     (the module), gives what ``nn.LSTM`` gives over the whole sequence."""
     torch.manual_seed(0)
     lstm = nn.LSTM(6, 10, num_layers=layers, dropout=0.3 if layers > 1 else 0.0,
                    batch_first=True).eval()
+    if float16_weights:
+        _round_to_float16(lstm)
+    assert (_float16_packed(lstm) is not None) == (float16_weights and FBGEMM)
     for rows in (3, FEW_ROWS):
         x = torch.randn(rows, 5, 6)
         with torch.no_grad():
@@ -155,6 +171,43 @@ def test_lstm_step_matches_the_module_over_a_sequence(layers):
                 outs.append(out)
         torch.testing.assert_close(torch.stack(outs, dim=1), expected)
         torch.testing.assert_close(state, (h, c))
+
+
+@pytest.mark.skipif(not FBGEMM, reason="float16-weight products need fbgemm (x86)")
+def test_float16_packed_weights_follow_changes_to_the_weights():
+    """The packed copy is remade when a weight changes in place or is replaced, and
+    dropped when the weights are no longer float16 values."""
+    torch.manual_seed(0)
+    lstm = nn.LSTM(6, 10, num_layers=2, batch_first=True).eval()
+    _round_to_float16(lstm)
+    x = torch.randn(3, 6)
+
+    def check() -> None:
+        with torch.no_grad():
+            out, _ = lstm_step(lstm, x, None)
+            torch.testing.assert_close(out, lstm(x[:, None])[0][:, 0])
+
+    check()
+    first = _float16_packed(lstm)
+    assert first is not None and _float16_packed(lstm) is first  # kept between steps
+    other = nn.LSTM(6, 10, num_layers=2, batch_first=True)
+    _round_to_float16(other)
+    lstm.load_state_dict(other.state_dict())  # copies in place
+    assert _float16_packed(lstm) is not first
+    check()
+    lstm.weight_hh_l1 = nn.Parameter(lstm.weight_hh_l1.detach().half().float() * 2)
+    check()
+    with torch.no_grad():
+        lstm.bias_ih_l0.add_(1e-3)  # no longer a float16 value
+    assert _float16_packed(lstm) is None
+    check()
+
+
+@pytest.mark.skipif(not FBGEMM, reason="float16-weight products need fbgemm (x86)")
+def test_the_bundled_lm_steps_with_float16_weights():
+    """The bundled LM is stored in float16, so its steps read float16 weights."""
+    lm, _, _ = load_lm_dir(BUNDLED_DIR / LM_SUBDIR)
+    assert _float16_packed(lm.lstm) is not None
 
 
 def test_lm_steps_as_the_plain_lm_steps():
@@ -263,7 +316,10 @@ def test_quick_benchmark_writes_json(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     results = json.loads(out.read_text())
-    assert results["machine"]["matmul_peak_flops"] > 0
+    machine = results["machine"]
+    assert machine["matmul_peak_flops"] > 0
+    assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert machine["int8_activation_bits"] in (7, 8)
     rows = results["rows"]
     assert {r["benchmark"] for r in rows} == {
         "encoder forward", "int8 encoder forward", "int8 Linear layers", "train step",
