@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from conformer_asr.models import ASRModel
+from conformer_asr.models.quantize import bf16_convolutions_are_fast, full_range_int8_is_exact
 
 from . import cases
 from .cases import Row, Settings
@@ -134,9 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = dataclasses.replace(settings, peak_flops=peak)
     where = (f"{torch.get_num_threads()} threads" if device.type == "cpu"
              else torch.cuda.get_device_name(device))
+    cpu = {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "int8_activation_bits": 8 if full_range_int8_is_exact() else 7,
+           "bf16_convolutions": bf16_convolutions_are_fast()}
     print(f"torch {torch.__version__}, {where}, {'bf16' if bf16 else 'float32'} matmul "
           f"peak {peak / 1e9:.1f} GFLOP/s ({matmul_size}^2 mm), "
-          f"median of {settings.repeats} interleaved calls", flush=True)
+          f"median of {settings.repeats} interleaved calls; CPU {cpu}", flush=True)
     only = [b for b in args.only if b != "int8" or (device.type == "cpu" and not bf16)]
     if only != args.only:
         print("int8 rows skipped: they compare int8 with float32, on the CPU", flush=True)
@@ -179,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                     "processor": platform.processor() or platform.machine(),
                     "platform": platform.platform(), "device": where,
-                    "matmul_peak_flops": peak, "matmul_size": matmul_size},
+                    "matmul_peak_flops": peak, "matmul_size": matmul_size, **cpu},
         "settings": {"quick": args.quick, "sizes": args.sizes, "only": only,
                      "precision": "bf16" if bf16 else "fp32",
                      "repeats": settings.repeats,
