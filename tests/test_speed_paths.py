@@ -203,6 +203,18 @@ def test_float16_packed_weights_follow_changes_to_the_weights():
     check()
 
 
+def test_lstm_step_with_float16_weights_keeps_gradients_where_they_are_on():
+    torch.manual_seed(0)
+    lstm = nn.LSTM(6, 10, batch_first=True).eval()
+    _round_to_float16(lstm)
+    x = torch.randn(3, 6, requires_grad=True)
+    out, _ = lstm_step(lstm, x, None)
+    expected = lstm(x[:, None])[0][:, 0]
+    torch.testing.assert_close(out, expected)
+    grad, = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(grad, torch.autograd.grad(expected.sum(), x)[0])
+
+
 @pytest.mark.skipif(not FBGEMM, reason="float16-weight products need fbgemm (x86)")
 def test_the_bundled_lm_steps_with_float16_weights():
     """The bundled LM is stored in float16, so its steps read float16 weights."""

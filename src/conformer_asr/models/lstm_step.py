@@ -14,6 +14,7 @@ Over a few rows the products are bound by reading the weights, so where the weig
 are float16 values (the bundled LM is stored in float16) they are read as float16
 (:func:`_float16_packed`), at float32 precision otherwise: on an AVX2 machine, 40 test
 utterances one at a time then took 7.2 s instead of 13.8 s, with the same transcripts.
+That product has no gradient, so it runs only with gradients off, as decoding does.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def lstm_step(
         zeros = x.new_zeros(lstm.num_layers, x.shape[0], lstm.hidden_size)
         state = (zeros, zeros)
     h_prev, c_prev = state
-    packed = _float16_packed(lstm)
+    packed = None if torch.is_grad_enabled() else _float16_packed(lstm)  # no gradients
     hs, cs = [], []
     for layer in range(lstm.num_layers):
         if packed is not None:
@@ -91,7 +92,7 @@ def _float16_packed(lstm: nn.LSTM) -> list[torch.Tensor] | None:
     if cached is not None and cached[0] == key:
         return cached[1]
     packed: list[torch.Tensor] | None = None
-    if all(torch.equal(w, w.half().float()) for w in weights):
+    if all(w.dtype == torch.float32 and torch.equal(w, w.half().float()) for w in weights):
         try:
             packed = [torch.ops.quantized.linear_prepack_fp16(
                 torch.cat([w_ih, w_hh], dim=1), b_ih + b_hh)
