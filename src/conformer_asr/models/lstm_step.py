@@ -19,6 +19,7 @@ That product has no gradient, so it runs only with gradients off, as decoding do
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 
 import torch
@@ -93,12 +94,10 @@ def _float16_packed(lstm: nn.LSTM) -> list[torch.Tensor] | None:
         return cached[1]
     packed: list[torch.Tensor] | None = None
     if all(w.dtype == torch.float32 and torch.equal(w, w.half().float()) for w in weights):
-        try:
+        layers = [weights[i : i + 4] for i in range(0, len(weights), 4)]
+        with contextlib.suppress(RuntimeError):  # no fbgemm (not x86): float32 products
             packed = [torch.ops.quantized.linear_prepack_fp16(
                 torch.cat([w_ih, w_hh], dim=1), b_ih + b_hh)
-                for w_ih, w_hh, b_ih, b_hh in (_layer_weights(lstm, layer)
-                                               for layer in range(lstm.num_layers))]
-        except RuntimeError:  # no fbgemm (not x86)
-            packed = None
+                for w_ih, w_hh, b_ih, b_hh in layers]
     _PACKED[lstm] = (key, packed)
     return packed
