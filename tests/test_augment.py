@@ -122,6 +122,27 @@ def test_simulated_rooms_have_requested_rt60(rt60):
         assert measure_rt60(rir, SAMPLE_RATE) == pytest.approx(rt60, rel=0.25)
 
 
+def test_padding_puts_silence_around_the_speech(speech):
+    assert not AugmentConfig(**{**OFF, "pad_prob": 0.5}).is_identity
+    out = _augment(speech, pad_prob=1.0, pad_seconds=(0.25, 0.25))
+    pad = SAMPLE_RATE // 4
+    assert len(out) == len(speech) + 2 * pad
+    assert not out[:pad].any() and not out[-pad:].any()
+    assert np.array_equal(out[pad:-pad], speech)
+    lengths = {len(_augment(speech, seed, pad_prob=1.0, pad_seconds=(0.0, 0.5)))
+               for seed in range(6)}
+    assert len(lengths) > 1
+    assert all(len(speech) <= n <= len(speech) + SAMPLE_RATE for n in lengths)
+    padded = [len(_augment(speech, seed, pad_prob=0.5)) > len(speech) for seed in range(40)]
+    assert 5 < sum(padded) < 35
+
+
+def test_noise_covers_the_padding(speech):
+    out = _augment(speech, pad_prob=1.0, pad_seconds=(0.25, 0.25), noise_prob=1.0)
+    pad = SAMPLE_RATE // 4
+    assert np.all(out[:pad] != 0) and np.all(out[-pad:] != 0)
+
+
 def test_reverb_keeps_length_and_level(speech):
     for seed in range(4):
         out = _augment(speech, seed, reverb_prob=1.0)
@@ -165,6 +186,7 @@ def test_yaml_lists_become_tuples():
     ("snr_db", (30.0, 5.0)), ("snr_db", (5.0,)), ("rt60", (0.0, 0.5)),
     ("gain_db", (-10.0, 40.0)), ("noise_kinds", ()), ("noise_kinds", ("jet engine",)),
     ("num_rirs", 0), ("vtlp", (0.5, 1.0)), ("vtlp", (1.1, 0.9)),
+    ("pad_prob", 2.0), ("pad_seconds", (1.0, 0.5)), ("pad_seconds", (-0.1, 0.5)),
 ])
 def test_invalid_values_name_the_field(field, value):
     with pytest.raises(ConfigError, match=rf"^augment\.{field}: "):
