@@ -1,0 +1,71 @@
+"""How a model reads silence: WER on test clips as they are, with silence around them,
+and joined into one recording.
+
+    python recipes/synthetic/pauses.py                      # the bundled model
+    python recipes/synthetic/pauses.py --model exp/default-5/model --lm none
+
+For the first --count utterances of --manifest, prints the WER of each utterance alone
+as it is; with --pad seconds of digital silence before and after; with 1 s of -60 dBFS
+white noise before and after and under the speech; and of all of them joined into one
+recording with --pad seconds of silence between them (transcribed window by window, as
+any long recording). ``--lm`` is the model folder's own LM and decoding when it has one
+("auto"), an LM folder decoded with the bundled model's settings, or "none" (greedy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import jiwer
+import numpy as np
+
+import conformer_asr
+from conformer_asr.audio.io import SAMPLE_RATE, load_audio
+from conformer_asr.text.normalize import normalize_text
+
+NOISE_RMS = 1e-3  # -60 dBFS
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="model folder (default: the bundled one)")
+    parser.add_argument("--lm", default="auto", help='"auto", an LM folder, or "none"')
+    parser.add_argument("--manifest", type=Path, default=Path("corpora/synth/test_unseen.jsonl"))
+    parser.add_argument("--count", type=int, default=300)
+    parser.add_argument("--pad", type=float, default=0.5, help="seconds of silence")
+    args = parser.parse_args(argv)
+
+    if args.lm in ("auto", "none"):
+        model = conformer_asr.load_model(args.model, lm=None if args.lm == "none" else "auto")
+    else:
+        bundled = conformer_asr.load_model().options
+        model = conformer_asr.load_model(args.model, lm=args.lm, options=bundled)
+    with args.manifest.open() as f:
+        rows = [json.loads(line) for line, _ in zip(f, range(args.count), strict=False)]
+    clips = [load_audio(args.manifest.parent / row["audio"]) for row in rows]
+    reference = " ".join(normalize_text(row["text"]) for row in rows)
+    rng = np.random.default_rng(0)
+    pad = np.zeros(round(args.pad * SAMPLE_RATE), dtype=np.float32)
+    second = np.zeros(SAMPLE_RATE, dtype=np.float32)
+
+    def noisy(clip: np.ndarray) -> np.ndarray:
+        padded = np.concatenate([second, clip, second])
+        return (padded + NOISE_RMS * rng.standard_normal(len(padded))).astype(np.float32)
+
+    conditions = {
+        "as they are": clips,
+        f"{args.pad:g} s of silence around": [np.concatenate([pad, c, pad]) for c in clips],
+        "1 s of -60 dBFS noise around and under": [noisy(c) for c in clips],
+        f"one recording, {args.pad:g} s between": [np.concatenate(
+            [part for c in clips for part in (c, pad)])],
+    }
+    for name, audio in conditions.items():
+        hypothesis = " ".join(model.transcribe(audio))
+        print(f"{name:40s} WER {100 * jiwer.wer(reference, hypothesis):5.1f}%", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
