@@ -175,7 +175,6 @@ def test_eval_mode_folds_batch_norm_into_the_depthwise_convolution():
     torch.testing.assert_close(folded, expected, atol=1e-5, rtol=1e-5)
 
 
-
 def test_encoder_contract_shapes():
     encoder = build_encoder("conformer-s").eval()
     out, lengths = encoder(torch.randn(2, 200, 80), torch.tensor([200, 150]))

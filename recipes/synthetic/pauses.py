@@ -23,6 +23,7 @@ import numpy as np
 
 import conformer_asr
 from conformer_asr.audio.io import SAMPLE_RATE, load_audio
+from conformer_asr.inference.model_dir import BUNDLED_DIR, read_config
 from conformer_asr.text.normalize import normalize_text
 
 NOISE_RMS = 1e-3  # -60 dBFS
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.lm in ("auto", "none"):
         model = conformer_asr.load_model(args.model, lm=None if args.lm == "none" else "auto")
     else:
-        bundled = conformer_asr.load_model().options
+        bundled = read_config(BUNDLED_DIR).decoding  # its settings, not its weights
         model = conformer_asr.load_model(args.model, lm=args.lm, options=bundled)
     with args.manifest.open() as f:
         rows = [json.loads(line) for line, _ in zip(f, range(args.count), strict=False)]
