@@ -114,10 +114,13 @@ def test_missing_and_mismatched_model_folders(model_dir, tmp_path):
 
 
 def test_long_recording_is_windowed(model_dir, tmp_path):
-    """A 3-minute file goes through in 20 s windows; every window is bounded."""
+    """A 3-minute file with no pause goes through in overlapping 20 s windows; every
+    window is bounded."""
     transcriber = load_model(model_dir)
     long = tmp_path / "long.wav"
     clip, _ = sf.read(DATA / "clip3.wav", dtype="float32")
+    loud = np.flatnonzero(np.abs(clip) > 0.02)
+    clip = clip[loud[0] : loud[-1]]  # no quiet start and end: tiled, it has no pause
     sf.write(long, np.tile(clip, int(180 * 16000 / len(clip)) + 1)[: 180 * 16000], 16000)
     windows = list(transcriber._segments(0, long, 16000))
     assert len(windows) == 11  # ceil((180 - 20) / 16) + 1
@@ -128,6 +131,42 @@ def test_long_recording_is_windowed(model_dir, tmp_path):
     [result] = [r for _, r in transcriber.iter_transcripts([long])]
     assert result.duration == pytest.approx(180.0)
     assert all(0 <= w.start <= w.end <= 180.5 for w in result.words)
+
+
+def test_long_recording_is_cut_in_its_pauses(model_dir):
+    """Bursts of noise, as loud as speech, with gaps of 0.2 s (no pause), 0.6 s and 5 s:
+    a recording over 20 s is cut in the gaps of 0.3 s or more that end at least 2 s
+    after the segment's start, keeping 0.25 s of the gap on each side of the cut; every
+    burst sample is in exactly one segment. A recording of 20 s or less is one segment."""
+    transcriber = load_model(model_dir)
+    rng = np.random.default_rng(0)
+    gaps = [0.2, 0.6, 0.2, 0.6, 5.0] * 6
+    pieces, bursts = [], []
+    at = 0
+    for gap in gaps:
+        burst = 0.1 * rng.standard_normal(rng.integers(8000, 24000))
+        bursts.append((at, at + len(burst)))
+        pieces += [burst, np.zeros(round(gap * 16000))]
+        at += len(burst) + len(pieces[-1])
+    audio = np.concatenate(pieces).astype(np.float32)
+    starts, ends = [b[0] for b in bursts[1:]] + [len(audio)], [b[1] for b in bursts]
+    segments = list(transcriber._segments(0, audio, 16000))
+    spans = [(round(s.offset * 16000), round(s.offset * 16000) + len(s.samples))
+             for s in segments]
+    assert len(segments) > 6
+    frame = 160  # pauses are found to the nearest 10 ms frame
+    for (start, end), (next_start, _) in zip(spans, spans[1:], strict=False):
+        assert end - start <= 20 * 16000
+        gap = next(g for g in zip(ends, starts, strict=True) if g[0] <= end <= g[1])
+        assert gap[1] - start >= 2 * 16000 - frame
+        assert gap[1] - gap[0] in (0.6 * 16000, 5.0 * 16000)
+        assert abs(end - gap[0] - 4000) <= frame and abs(gap[1] - next_start - 4000) <= frame
+    for first, last in bursts:
+        assert sum(start <= first and last <= end for start, end in spans) == 1
+    keeps = [(s.keep_from, s.keep_to) for s in segments]
+    assert keeps[0][0] == 0 and keeps[-1][1] == float("inf")
+    assert all(a[1] == b[0] for a, b in zip(keeps, keeps[1:], strict=False))
+    assert len(list(transcriber._segments(0, audio[: 20 * 16000], 16000))) == 1
 
 
 def test_long_recording_memory_is_bounded(model_dir, tmp_path):

@@ -1,15 +1,23 @@
 """Speech to text with a trained model: files or arrays in, text and word timings out.
 
-Long recordings are read block by block and cut into overlapping windows, so
-memory stays bounded whatever the length: window k covers
-``[k * stride, k * stride + window)`` seconds and keeps the words whose centre
-falls in its middle part, so each word comes from the window that saw the
-most context around it.
+An input of up to one window (20 s) is decoded whole. A longer recording is read block
+by block, so memory stays bounded whatever its length, and cut into segments of at
+most one window, as the model was trained on single utterances:
+
+- in pauses (``audio.pauses``): a segment ends in the first pause of at least
+  ``pause_seconds`` that ends ``min_segment_seconds`` or more after its start; it keeps
+  ``PAUSE_MARGIN`` seconds of the pause and the next segment starts that long before
+  the pause ends, so long silences are skipped;
+- where a window holds no such pause, in overlapping windows: the segment is the whole
+  window and the next starts ``window - overlap`` seconds later; each keeps the words
+  whose centre falls in its middle part, so each word comes from the window that saw
+  the most context around it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +27,7 @@ import torch
 
 from ..audio.features import LogMelFeatures
 from ..audio.io import SAMPLE_RATE, AudioError, resample, stream_audio, to_mono
+from ..audio.pauses import FRAME_SECONDS, find_pauses
 from ..decoding.greedy import Hypothesis
 from ..decoding.lexicon import Lexicon
 from ..decoding.search import DecodingOptions, decode
@@ -30,6 +39,8 @@ from .lm_dir import load_lexicon_for, load_lm_for
 from .model_dir import bundled_lm_dir, load_model_dir, resolve_model_dir
 
 AudioInput = str | Path | np.ndarray
+
+PAUSE_MARGIN = 0.25  # seconds of a pause kept on each side of a cut in it
 
 
 @dataclass
@@ -75,12 +86,18 @@ class Transcriber:
         options: DecodingOptions | None = None,
         window_seconds: float = 20.0,
         overlap_seconds: float = 4.0,
+        min_segment_seconds: float = 2.0,
+        pause_seconds: float = 0.3,
         batch_seconds: float = 160.0,
         lm: WordPieceLM | None = None,
         lexicon: Lexicon | None = None,
     ) -> None:
         if not 0 <= overlap_seconds < window_seconds:
             raise ValueError("overlap_seconds: must be in [0, window_seconds)")
+        if not 0 <= min_segment_seconds < window_seconds:
+            raise ValueError("min_segment_seconds: must be in [0, window_seconds)")
+        if pause_seconds < 2 * FRAME_SECONDS:
+            raise ValueError(f"pause_seconds: must be at least {2 * FRAME_SECONDS} s")
         if options is not None and options.oov_penalty and lexicon is None:
             raise ValueError("oov_penalty: needs a lexicon, which comes with an LM folder "
                              "(train-lm writes its lexicon.txt)")
@@ -95,6 +112,8 @@ class Transcriber:
         self.features = LogMelFeatures(model.cfg.features)
         self.window = window_seconds
         self.overlap = overlap_seconds
+        self.min_segment = min_segment_seconds
+        self.pause = pause_seconds
         self.batch_seconds = batch_seconds
         self.frame_seconds = model.cfg.encoder_frame_seconds
 
@@ -159,9 +178,6 @@ class Transcriber:
         yield from ready()
 
     def _segments(self, index: int, item: AudioInput, sample_rate: int) -> Iterator[_Segment]:
-        window = int(self.window * SAMPLE_RATE)
-        stride = int((self.window - self.overlap) * SAMPLE_RATE)
-        margin = self.overlap / 2
         blocks: Iterable[np.ndarray]
         if isinstance(item, np.ndarray):
             blocks = [resample(to_mono(item), sample_rate)]
@@ -169,18 +185,38 @@ class Transcriber:
             blocks = stream_audio(item, block_seconds=self.window)
         buffer = np.zeros(0, dtype=np.float32)
         offset = 0  # samples before buffer[0]
-        for block in blocks:
-            buffer = np.concatenate([buffer, block])
-            while len(buffer) > window:
-                start = offset / SAMPLE_RATE
-                keep_from = 0.0 if offset == 0 else start + margin
-                yield _Segment(index, start, buffer[:window], keep_from,
-                               start + self.window - margin)
-                buffer = buffer[stride:]
-                offset += stride
-        start = offset / SAMPLE_RATE
-        keep_from = 0.0 if offset == 0 else start + margin
-        yield _Segment(index, start, buffer, keep_from, float("inf"))
+        keep_from = 0.0
+        for block in itertools.chain(blocks, [None]):  # None: the input has ended
+            if block is not None:
+                buffer = np.concatenate([buffer, block])
+            while (cut := self._cut(buffer, final=block is None, started=offset > 0)) is not None:
+                end, resume, divide = cut
+                keep_to = (offset + divide) / SAMPLE_RATE
+                yield _Segment(index, offset / SAMPLE_RATE, buffer[:end], keep_from, keep_to)
+                buffer, offset, keep_from = buffer[resume:], offset + resume, keep_to
+        yield _Segment(index, offset / SAMPLE_RATE, buffer, keep_from, float("inf"))
+
+    def _cut(self, buffer: np.ndarray, final: bool, started: bool) -> tuple[int, int, int] | None:
+        """Where to cut what is left of an input (module docstring), in samples from
+        ``buffer[0]``: (end of this segment, start of the next, where the centres of
+        their words divide), or None: wait for more audio or, at the end of the input,
+        make the rest one segment. ``started``: segments of this input have been cut."""
+        window = round(self.window * SAMPLE_RATE)
+        if len(buffer) <= window and not (final and started):
+            return None
+        shortest = self.min_segment * SAMPLE_RATE
+        # At the end of the input, a pause that runs to its end is no place to cut.
+        latest_end = window
+        if final and len(buffer) <= window:
+            latest_end = len(buffer) - round(FRAME_SECONDS * SAMPLE_RATE)
+        for start, end in find_pauses(buffer[:window], self.pause):
+            if shortest <= end <= latest_end:
+                margin = min(round(PAUSE_MARGIN * SAMPLE_RATE), (end - start) // 2)
+                return start + margin, end - margin, start + margin
+        if len(buffer) <= window:
+            return None
+        stride = round((self.window - self.overlap) * SAMPLE_RATE)
+        return window, stride, window - round(self.overlap / 2 * SAMPLE_RATE)
 
     @torch.no_grad()
     def _decode(self, waves: list[np.ndarray]) -> list[Hypothesis]:

@@ -1,0 +1,49 @@
+"""Pauses in a recording from the level of its 10 ms frames: where a long recording can
+be cut between words.
+
+A frame is quiet when its level is near the background and well below the speech,
+``max(floor + 10 dB, loud - 35 dB)``, where ``floor`` and ``loud`` are the 5th and 95th
+percentiles of the frame levels, and at least 10 dB below ``loud`` (a steady sound is
+not a pause); or when it is below -60 dBFS whatever the rest. A pause is a run of quiet
+frames at least ``min_seconds`` long.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .io import SAMPLE_RATE
+
+FRAME_SECONDS = 0.01
+SILENCE_DB = -90.0  # digital silence reads as this level, not as -inf
+ABOVE_FLOOR_DB = 10.0
+BELOW_LOUD_DB = 35.0
+MIN_BELOW_LOUD_DB = 10.0
+QUIET_DBFS = -60.0
+
+
+def frame_levels(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """(N,) float in [-1, 1] -> (N // frame,) level of each whole 10 ms frame in dBFS."""
+    frame = round(FRAME_SECONDS * sample_rate)
+    count = len(samples) // frame
+    frames = samples[: count * frame].reshape(count, frame).astype(np.float64)
+    power = np.square(frames).mean(axis=1)
+    return 10.0 * np.log10(np.maximum(power, 10.0 ** (SILENCE_DB / 10.0)))
+
+
+def find_pauses(
+    samples: np.ndarray, min_seconds: float = 0.3, sample_rate: int = SAMPLE_RATE
+) -> list[tuple[int, int]]:
+    """(N,) -> the pauses as [(start, end)] sample indices, in order (module docstring)."""
+    levels = frame_levels(samples, sample_rate)
+    if len(levels) == 0:
+        return []
+    floor, loud = np.percentile(levels, [5, 95])
+    threshold = min(max(floor + ABOVE_FLOOR_DB, loud - BELOW_LOUD_DB), loud - MIN_BELOW_LOUD_DB)
+    quiet = (levels < threshold) | (levels < QUIET_DBFS)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], quiet.astype(np.int8), [0]])))
+    frame = round(FRAME_SECONDS * sample_rate)
+    shortest = round(min_seconds / FRAME_SECONDS)
+    return [(int(start) * frame, int(end) * frame)
+            for start, end in zip(edges[::2], edges[1::2], strict=True)
+            if end - start >= shortest]
