@@ -169,6 +169,36 @@ def test_long_recording_is_cut_in_its_pauses(model_dir):
     assert len(list(transcriber._segments(0, audio[: 20 * 16000], 16000))) == 1
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_length_groups_are_the_cheapest_split(seed):
+    """Against every split of up to 8 sorted lengths into consecutive groups."""
+    import itertools
+
+    from conformer_asr.inference.transcriber import GROUP_OVERHEAD_ROWS, length_groups
+
+    rng = np.random.default_rng(seed)
+    lengths = sorted(rng.integers(1, 100, rng.integers(1, 9)).tolist())
+
+    def cost(groups):
+        return sum((len(g) + GROUP_OVERHEAD_ROWS) * lengths[g[-1]] for g in groups)
+
+    n = len(lengths)
+    splits = [[range(a, b) for a, b in zip((0, *cuts), (*cuts, n), strict=True)]
+              for k in range(n) for cuts in itertools.combinations(range(1, n), k)]
+    groups = length_groups(lengths)
+    assert [i for g in groups for i in g] == list(range(n))
+    assert cost(groups) == pytest.approx(min(cost(split) for split in splits))
+
+
+def test_grouped_decoding_keeps_the_input_order(model_dir):
+    transcriber = load_model(model_dir)
+    rng = np.random.default_rng(0)
+    waves = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (48000, 8000, 160000,
+                                                                       8000, 24000)]
+    alone = [transcriber._decode_padded([w])[0].tokens for w in waves]
+    assert [h.tokens for h in transcriber._decode(waves)] == alone
+
+
 def test_long_recording_memory_is_bounded(model_dir, tmp_path):
     """Audio held while transcribing a 20-minute file stays near one batch of windows
     (160 s), not the whole recording (77 MB of float32 samples)."""
