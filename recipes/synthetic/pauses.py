@@ -4,12 +4,18 @@ and joined into one recording.
     python recipes/synthetic/pauses.py                      # the bundled model
     python recipes/synthetic/pauses.py --model exp/default-5/model --lm none
 
-For the first --count utterances of --manifest, prints the WER of each utterance alone
-as it is; with --pad seconds of digital silence before and after; with 1 s of -60 dBFS
-white noise before and after and under the speech; and of all of them joined into one
-recording with --pad seconds of silence between them (transcribed window by window, as
-any long recording). ``--lm`` is the model folder's own LM and decoding when it has one
-("auto"), an LM folder decoded with the bundled model's settings, or "none" (greedy).
+For the first --count utterances of --manifest (of one --voice if given), prints the
+WER of each utterance alone as it is; with --pad seconds of digital silence before and
+after; with 1 s of -60 dBFS white noise before and after and under the speech; and of
+all of them joined into one recording with --pad seconds of silence between them
+(transcribed as any long recording: cut in its pauses). ``--lm`` is the model folder's
+own LM and decoding when it has one ("auto"), an LM folder decoded with the bundled
+model's settings, or "none" (greedy).
+
+    python recipes/synthetic/pauses.py --count 1022 --write-joined hour
+
+writes that joined recording as hour/joined.flac with a one-line manifest,
+hour/joined.jsonl, for ``conformer-asr evaluate``, and transcribes nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pathlib import Path
 
 import jiwer
 import numpy as np
+import soundfile as sf
 
 import conformer_asr
 from conformer_asr.audio.io import SAMPLE_RATE, load_audio
@@ -36,19 +43,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", type=Path, default=Path("corpora/synth/test_unseen.jsonl"))
     parser.add_argument("--count", type=int, default=300)
     parser.add_argument("--pad", type=float, default=0.5, help="seconds of silence")
+    parser.add_argument("--voice", help="only the utterances of this voice")
+    parser.add_argument("--write-joined", type=Path, metavar="DIR",
+                        help="write the joined recording and its manifest here, and stop")
     args = parser.parse_args(argv)
 
+    with args.manifest.open() as f:
+        rows = [row for row in map(json.loads, f) if args.voice in (None, row["voice"])]
+    rows = rows[: args.count]
+    clips = [load_audio(args.manifest.parent / row["audio"]) for row in rows]
+    reference = " ".join(normalize_text(row["text"]) for row in rows)
+    pad = np.zeros(round(args.pad * SAMPLE_RATE), dtype=np.float32)
+    joined = np.concatenate([part for c in clips for part in (c, pad)])
+    if args.write_joined:
+        args.write_joined.mkdir(parents=True, exist_ok=True)
+        sf.write(args.write_joined / "joined.flac", joined, SAMPLE_RATE)
+        row = {"id": "joined", "audio": "joined.flac", "text": reference}
+        (args.write_joined / "joined.jsonl").write_text(json.dumps(row) + "\n")
+        print(f"{len(rows)} utterances, {len(joined) / SAMPLE_RATE:.0f} s: {args.write_joined}")
+        return 0
     if args.lm in ("auto", "none"):
         model = conformer_asr.load_model(args.model, lm=None if args.lm == "none" else "auto")
     else:
         bundled = read_config(BUNDLED_DIR).decoding  # its settings, not its weights
         model = conformer_asr.load_model(args.model, lm=args.lm, options=bundled)
-    with args.manifest.open() as f:
-        rows = [json.loads(line) for line, _ in zip(f, range(args.count), strict=False)]
-    clips = [load_audio(args.manifest.parent / row["audio"]) for row in rows]
-    reference = " ".join(normalize_text(row["text"]) for row in rows)
     rng = np.random.default_rng(0)
-    pad = np.zeros(round(args.pad * SAMPLE_RATE), dtype=np.float32)
     second = np.zeros(SAMPLE_RATE, dtype=np.float32)
 
     def noisy(clip: np.ndarray) -> np.ndarray:
@@ -59,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         "as they are": clips,
         f"{args.pad:g} s of silence around": [np.concatenate([pad, c, pad]) for c in clips],
         "1 s of -60 dBFS noise around and under": [noisy(c) for c in clips],
-        f"one recording, {args.pad:g} s between": [np.concatenate(
-            [part for c in clips for part in (c, pad)])],
+        f"one recording, {args.pad:g} s between": [joined],
     }
     for name, audio in conditions.items():
         hypothesis = " ".join(model.transcribe(audio))

@@ -76,7 +76,9 @@ class Transcriber:
     for shallow fusion (same tokenizer as the model).
 
     transcribe(["a.wav", array, ...]) -> ["text", ...]. Arrays are 16 kHz mono
-    float unless ``sample_rate`` says otherwise.
+    float unless ``sample_rate`` says otherwise. ``window_seconds``, ``overlap_seconds``,
+    ``min_segment_seconds`` and ``pause_seconds`` say how long inputs are cut (module
+    docstring); ``batch_seconds`` is the audio decoded at once.
     """
 
     def __init__(
