@@ -169,6 +169,27 @@ def test_long_recording_is_cut_in_its_pauses(model_dir):
     assert len(list(transcriber._segments(0, audio[: 20 * 16000], 16000))) == 1
 
 
+def test_pauses_around_an_input_are_trimmed(model_dir):
+    """2 s of silence, 1.5 s of noise as loud as speech, 3 s of silence: one segment of
+    the noise with 0.25 s of silence each side, placed where it was; the duration and
+    an input of silence alone stay whole."""
+    transcriber = load_model(model_dir)
+    rng = np.random.default_rng(0)
+    audio = np.concatenate([np.zeros(32000), 0.1 * rng.standard_normal(24000),
+                            np.zeros(48000)]).astype(np.float32)
+    [segment] = transcriber._segments(0, audio, 16000)
+    assert segment.offset == pytest.approx(1.75, abs=0.011)
+    assert len(segment.samples) / 16000 == pytest.approx(2.0, abs=0.021)
+    assert segment.end == pytest.approx(6.5)
+    start = round(segment.offset * 16000)
+    assert np.array_equal(segment.samples, audio[start : start + len(segment.samples)])
+    [(_, result)] = transcriber.iter_transcripts([audio])
+    assert result.duration == pytest.approx(6.5)
+    assert all(1.75 <= w.start <= w.end <= 3.76 for w in result.words)
+    [silence] = transcriber._segments(0, np.zeros(32000, np.float32), 16000)
+    assert len(silence.samples) == 32000
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_length_groups_are_the_cheapest_split(seed):
     """Against every split of up to 8 sorted lengths into consecutive groups."""

@@ -12,6 +12,10 @@ most one window, as the model was trained on single utterances:
   window and the next starts ``window - overlap`` seconds later; each keeps the words
   whose centre falls in its middle part, so each word comes from the window that saw
   the most context around it.
+
+Every segment, the whole of a short input included, is trimmed of any pause at its
+start or end beyond ``PAUSE_MARGIN`` (one that is all pause stays whole): the model
+was trained on utterances with up to a second of silence around them.
 """
 
 from __future__ import annotations
@@ -62,13 +66,16 @@ _NO_SAMPLES = np.zeros(0, dtype=np.float32)
 
 @dataclass
 class _Segment:
-    """One window of one input: samples and which of its words to keep."""
+    """One segment of one input: its samples, from ``offset`` seconds into the input, and
+    which of its words to keep. ``end``: where its part of the input ends (its samples
+    may stop earlier, at a trimmed pause)."""
 
     index: int
     offset: float
     samples: np.ndarray
     keep_from: float
     keep_to: float
+    end: float
 
 
 class Transcriber:
@@ -167,7 +174,7 @@ class Transcriber:
             try:
                 for segment in self._segments(index, item, sample_rate):
                     batch.append(segment)
-                    duration = segment.offset + len(segment.samples) / SAMPLE_RATE
+                    duration = segment.end
                     if sum(len(s.samples) for s in batch) >= limit:
                         flush()
                         yield from ready()
@@ -194,9 +201,26 @@ class Transcriber:
             while (cut := self._cut(buffer, final=block is None, started=offset > 0)) is not None:
                 end, resume, divide = cut
                 keep_to = (offset + divide) / SAMPLE_RATE
-                yield _Segment(index, offset / SAMPLE_RATE, buffer[:end], keep_from, keep_to)
+                yield self._trimmed(_Segment(index, offset / SAMPLE_RATE, buffer[:end], keep_from,
+                                             keep_to, (offset + end) / SAMPLE_RATE))
                 buffer, offset, keep_from = buffer[resume:], offset + resume, keep_to
-        yield _Segment(index, offset / SAMPLE_RATE, buffer, keep_from, float("inf"))
+        yield self._trimmed(_Segment(index, offset / SAMPLE_RATE, buffer, keep_from,
+                                     float("inf"), (offset + len(buffer)) / SAMPLE_RATE))
+
+    def _trimmed(self, segment: _Segment) -> _Segment:
+        """The segment without the part of a pause at its start or end beyond
+        ``PAUSE_MARGIN``; one that is all pause stays whole."""
+        margin = round(PAUSE_MARGIN * SAMPLE_RATE)
+        start, end = 0, len(segment.samples)
+        pauses = find_pauses(segment.samples, self.pause)
+        if pauses and pauses[0][0] == 0:
+            start = max(0, pauses[0][1] - margin)
+        if pauses and pauses[-1][1] > end - round(FRAME_SECONDS * SAMPLE_RATE):
+            end = pauses[-1][0] + margin
+        if start >= end:
+            return segment
+        return dataclasses.replace(segment, offset=segment.offset + start / SAMPLE_RATE,
+                                   samples=segment.samples[start:end])
 
     def _cut(self, buffer: np.ndarray, final: bool, started: bool) -> tuple[int, int, int] | None:
         """Where to cut what is left of an input (module docstring), in samples from
