@@ -308,18 +308,19 @@ def length_groups(lengths: Sequence[int]) -> list[range]:
     18.1, 17.8 and 18.3 s split with 1, 4 and 16 rows of overhead (the encoder and
     features add their own per-batch cost). Dynamic programming over the split points.
     """
-    best = [0.0]  # best[j]: the least cost of the first j lengths
-    split = [0]  # split[j]: where the last group of that best split starts
-    for j in range(1, len(lengths) + 1):
-        cost, i = min((best[i] + (j - i + GROUP_OVERHEAD_ROWS) * lengths[j - 1], i)
-                      for i in range(j))
-        best.append(cost)
-        split.append(i)
+    count = len(lengths)
+    best = np.zeros(count + 1)  # best[j]: the least cost of the first j lengths
+    split = np.zeros(count + 1, dtype=np.int64)  # where the last group of that split starts
+    for j in range(1, count + 1):
+        starts = np.arange(j)
+        costs = best[:j] + (j - starts + GROUP_OVERHEAD_ROWS) * lengths[j - 1]
+        split[j] = np.argmin(costs)
+        best[j] = costs[split[j]]
     groups = []
-    j = len(lengths)
+    j = count
     while j > 0:
-        groups.append(range(split[j], j))
-        j = split[j]
+        groups.append(range(int(split[j]), j))
+        j = int(split[j])
     return groups[::-1]
 
 
