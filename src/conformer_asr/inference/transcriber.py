@@ -45,6 +45,8 @@ from .model_dir import bundled_lm_dir, load_model_dir, resolve_model_dir
 AudioInput = str | Path | np.ndarray
 
 PAUSE_MARGIN = 0.25  # seconds of a pause kept on each side of a cut in it
+_MARGIN_SAMPLES = round(PAUSE_MARGIN * SAMPLE_RATE)
+_FRAME_SAMPLES = round(FRAME_SECONDS * SAMPLE_RATE)  # pauses are found frame by frame
 
 
 @dataclass
@@ -210,13 +212,12 @@ class Transcriber:
     def _trimmed(self, segment: _Segment) -> _Segment:
         """The segment without the part of a pause at its start or end beyond
         ``PAUSE_MARGIN``; one that is all pause stays whole."""
-        margin = round(PAUSE_MARGIN * SAMPLE_RATE)
         start, end = 0, len(segment.samples)
         pauses = find_pauses(segment.samples, self.pause)
         if pauses and pauses[0][0] == 0:
-            start = max(0, pauses[0][1] - margin)
-        if pauses and pauses[-1][1] > end - round(FRAME_SECONDS * SAMPLE_RATE):
-            end = pauses[-1][0] + margin
+            start = max(0, pauses[0][1] - _MARGIN_SAMPLES)
+        if pauses and pauses[-1][1] > end - _FRAME_SAMPLES:
+            end = pauses[-1][0] + _MARGIN_SAMPLES
         if start >= end:
             return segment
         return dataclasses.replace(segment, offset=segment.offset + start / SAMPLE_RATE,
@@ -234,10 +235,10 @@ class Transcriber:
         # At the end of the input, a pause that runs to its end is no place to cut.
         latest_end = window
         if final and len(buffer) <= window:
-            latest_end = len(buffer) - round(FRAME_SECONDS * SAMPLE_RATE)
+            latest_end = len(buffer) - _FRAME_SAMPLES
         for start, end in find_pauses(buffer[:window], self.pause):
             if shortest <= end <= latest_end:
-                margin = min(round(PAUSE_MARGIN * SAMPLE_RATE), (end - start) // 2)
+                margin = min(_MARGIN_SAMPLES, (end - start) // 2)
                 return start + margin, end - margin, start + margin
         if len(buffer) <= window:
             return None
