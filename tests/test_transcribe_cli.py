@@ -251,6 +251,28 @@ def test_evaluate_writes_hypotheses_and_reports(model_dir, tmp_path):
     assert ids == ["clip1", "clip2", "clip3", "clip4"]
 
 
+def test_evaluate_names_unreadable_audio_and_exits_nonzero(model_dir, tmp_path):
+    """The other utterances are still scored; the unreadable one counts as empty."""
+    lines = (DATA / "manifest.jsonl").read_text().splitlines()
+    broken = json.loads(lines[1]) | {"audio": str(tmp_path / "gone.wav")}
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join([lines[0], json.dumps(broken)]) + "\n")
+    manifest.with_name(json.loads(lines[0])["audio"]).write_bytes(
+        (DATA / json.loads(lines[0])["audio"]).read_bytes())
+    out = tmp_path / "hyps.jsonl"
+    proc = _cli("evaluate", "--manifest", str(manifest), "--model", str(model_dir),
+                "--output", str(out), "--json")
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["utterances"] == 2 and report["failed"] == 1
+    assert report["deletions"] >= len(broken["text"].split())
+    hyps = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [h["id"] for h in hyps] == [json.loads(lines[0])["id"], broken["id"]]
+    assert hyps[1]["text"] == ""
+    proc = _cli("evaluate", "--manifest", str(manifest), "--model", str(model_dir))
+    assert proc.returncode == 1 and "gone.wav: no such file" in proc.stdout
+
+
 def test_python_api_accepts_arrays(model_dir):
     transcriber = load_model(model_dir)
     audio, _ = sf.read(DATA / "clip1.wav", dtype="float32")
