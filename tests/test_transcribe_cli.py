@@ -265,6 +265,7 @@ def test_evaluate_names_unreadable_audio_and_exits_nonzero(model_dir, tmp_path):
     assert proc.returncode == 1, proc.stderr
     report = json.loads(proc.stdout)
     assert report["utterances"] == 2 and report["failed"] == 1
+    assert proc.stderr.strip().endswith("gone.wav: no such file")
     assert report["deletions"] >= len(broken["text"].split())
     hyps = [json.loads(line) for line in out.read_text().splitlines()]
     assert [h["id"] for h in hyps] == [json.loads(lines[0])["id"], broken["id"]]

@@ -77,6 +77,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         decoding = {**vars(transcriber.options), "lm": transcriber.lm is not None}
         print(json.dumps({**report.to_dict(), "decoding": decoding, "int8": args.int8}))
+        for reason in report.failed:
+            print(reason, file=sys.stderr)
     else:
         print(report.format())
     return 1 if report.failed else 0  # scored as empty: the WER is not the model's alone
