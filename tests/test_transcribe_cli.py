@@ -274,6 +274,15 @@ def test_evaluate_names_unreadable_audio_and_exits_nonzero(model_dir, tmp_path):
     assert proc.returncode == 1 and "gone.wav: no such file" in proc.stdout
 
 
+def test_evaluate_refuses_an_empty_manifest(model_dir, tmp_path):
+    """No utterances is an error, not a WER of 0%."""
+    manifest = tmp_path / "empty.jsonl"
+    manifest.write_text("\n")
+    proc = _cli("evaluate", "--manifest", str(manifest), "--model", str(model_dir))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == f"error: {manifest}: no utterances in the manifest"
+
+
 def test_python_api_accepts_arrays(model_dir):
     transcriber = load_model(model_dir)
     audio, _ = sf.read(DATA / "clip1.wav", dtype="float32")

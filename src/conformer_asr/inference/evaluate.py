@@ -83,6 +83,8 @@ def read_manifest(path: str | Path) -> list[Utterance]:
             ))
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise ValueError(f"{path}:{number}: not a manifest line ({error})") from None
+    if not rows:
+        raise ValueError(f"{path}: no utterances in the manifest")
     return rows
 
 
