@@ -12,6 +12,7 @@ import soundfile as sf
 import torch
 
 from conformer_asr import load_model
+from conformer_asr.audio.io import AudioError
 from conformer_asr.inference.model_dir import save_model_dir
 from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
 from conformer_asr.text.tokenizer import Tokenizer
@@ -281,6 +282,20 @@ def test_evaluate_refuses_an_empty_manifest(model_dir, tmp_path):
     proc = _cli("evaluate", "--manifest", str(manifest), "--model", str(model_dir))
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == f"error: {manifest}: no utterances in the manifest"
+
+
+def test_nan_samples_are_an_error_naming_the_input(model_dir, tmp_path):
+    """Float files can hold NaN; read as audio they came out as an empty transcript."""
+    audio, _ = sf.read(DATA / "clip1.wav", dtype="float32")
+    audio[100:200] = np.nan
+    path = tmp_path / "nan.wav"
+    sf.write(path, audio, 16000, subtype="FLOAT")
+    proc = _cli("transcribe", str(path), str(DATA / "clip1.wav"), "--model", str(model_dir))
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"error: {path}: corrupt audio data (NaN or infinite samples)"
+    assert proc.stdout.startswith(f"{DATA / 'clip1.wav'}\t")
+    with pytest.raises(AudioError, match="input 0: corrupt audio data"):
+        load_model(model_dir).transcribe([audio])
 
 
 def test_python_api_accepts_arrays(model_dir):

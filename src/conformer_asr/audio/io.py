@@ -23,6 +23,14 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(samples, dtype=np.float32)
 
 
+def finite(samples: np.ndarray, name: str) -> np.ndarray:
+    """``samples`` unchanged; raises AudioError naming ``name`` if any is NaN or infinite
+    (float files can hold them; the model would read them as speech)."""
+    if not np.isfinite(samples).all():
+        raise AudioError(f"{name}: corrupt audio data (NaN or infinite samples)")
+    return samples
+
+
 def resample(samples: np.ndarray, rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
     """High-quality resampling with soxr; (N,) float32 -> (M,) float32."""
     if rate == target_rate:
@@ -58,7 +66,7 @@ def load_audio(path: str | Path, target_rate: int = SAMPLE_RATE) -> np.ndarray:
         rate = f.samplerate
     if samples.shape[0] == 0:
         raise AudioError(f"{path}: contains no audio samples")
-    return resample(to_mono(samples), rate, target_rate)
+    return resample(finite(to_mono(samples), str(path)), rate, target_rate)
 
 
 def stream_audio(
@@ -76,7 +84,7 @@ def stream_audio(
         block = max(1, int(block_seconds * rate))
         try:
             for chunk in f.blocks(blocksize=block, dtype="float32", always_2d=True):
-                mono = to_mono(chunk)
+                mono = finite(to_mono(chunk), str(path))
                 yield mono if resampler is None else resampler.resample_chunk(mono)
         except (sf.LibsndfileError, RuntimeError) as error:
             raise AudioError(f"{path}: corrupt audio data ({error})") from None

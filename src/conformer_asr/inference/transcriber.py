@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..audio.features import LogMelFeatures
-from ..audio.io import SAMPLE_RATE, AudioError, resample, stream_audio, to_mono
+from ..audio.io import SAMPLE_RATE, AudioError, finite, resample, stream_audio, to_mono
 from ..audio.pauses import FRAME_SECONDS, find_pauses
 from ..decoding.greedy import Hypothesis
 from ..decoding.lexicon import Lexicon
@@ -191,7 +191,7 @@ class Transcriber:
     def _segments(self, index: int, item: AudioInput, sample_rate: int) -> Iterator[_Segment]:
         blocks: Iterable[np.ndarray]
         if isinstance(item, np.ndarray):
-            blocks = [resample(to_mono(item), sample_rate)]
+            blocks = [resample(finite(to_mono(item), f"input {index}"), sample_rate)]
         else:
             blocks = stream_audio(item, block_seconds=self.window)
         buffer = np.zeros(0, dtype=np.float32)
