@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 
 from conformer_asr import load_model
-from conformer_asr.audio.io import AudioError
+from conformer_asr.audio.io import AudioError, resample
 from conformer_asr.inference.model_dir import save_model_dir
 from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
 from conformer_asr.text.tokenizer import Tokenizer
@@ -282,6 +282,24 @@ def test_evaluate_refuses_an_empty_manifest(model_dir, tmp_path):
     proc = _cli("evaluate", "--manifest", str(manifest), "--model", str(model_dir))
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == f"error: {manifest}: no utterances in the manifest"
+
+
+@pytest.mark.parametrize(("suffix", "fmt", "subtype"), [
+    (".flac", "FLAC", "PCM_16"), (".ogg", "OGG", "VORBIS"), (".mp3", "MP3", "MPEG_LAYER_III")])
+def test_compressed_formats_are_read(suffix, fmt, subtype, tmp_path):
+    """What the README promises: wav/flac/ogg/mp3, here at 22.05 kHz stereo."""
+    from conformer_asr.audio.io import load_audio
+
+    audio, _ = sf.read(DATA / "clip1.wav", dtype="float32")
+    path = tmp_path / f"clip{suffix}"
+    at_22k = resample(audio, 16000, 22050)
+    sf.write(path, np.stack([at_22k, at_22k], axis=1), 22050, format=fmt, subtype=subtype)
+    decoded = load_audio(path)
+    assert abs(len(decoded) - len(audio)) < 0.1 * 16000  # mp3 pads its frames
+    n = min(len(decoded), len(audio))
+    lag = int(np.argmax(np.correlate(decoded[:n], audio[:n], mode="full"))) - (n - 1)
+    shifted = np.roll(decoded[:n], -lag)
+    assert np.corrcoef(shifted, audio[:n])[0, 1] > 0.9
 
 
 def test_nan_samples_are_an_error_naming_the_input(model_dir, tmp_path):

@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_model_info)
 
     p = commands.add_parser("transcribe", help="speech to text")
-    p.add_argument("audio", nargs="+", help="wav/flac/ogg files, any rate and channels")
+    p.add_argument("audio", nargs="+", help="wav/flac/ogg/mp3 files, any rate and channels")
     p.add_argument("--model", default=None, help="model folder (default: the bundled model)")
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.add_argument("--words", action="store_true", help="with --format json: word timestamps")

@@ -1,4 +1,4 @@
-"""Audio loading: wav/flac/ogg/... at any rate and channel count -> 16 kHz mono."""
+"""Audio loading: wav/flac/ogg/mp3/... at any rate and channel count -> 16 kHz mono."""
 
 from __future__ import annotations
 
