@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 import yaml
 from lhotse import CutSet
@@ -224,6 +226,23 @@ def _cuts_and_tokenizer(count: int) -> tuple[list, Tokenizer]:
     tokenizer = Tokenizer.train([c.supervisions[0].text for c in cuts],
                                 Path(tempfile.mkdtemp()) / "tok", vocab_size=30)
     return cuts, tokenizer
+
+
+def test_dataset_skips_and_counts_audio_with_nan(tmp_path):
+    """One NaN sample would make the step's loss and every weight NaN."""
+    cuts, tokenizer = _cuts_and_tokenizer(2)
+    audio, _ = sf.read(DATA / "clip1.wav", dtype="float32")
+    audio[50] = np.nan
+    sf.write(tmp_path / "nan.wav", audio, 16000, subtype="FLOAT")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "nan", "audio": "nan.wav", "text": "the cat"}) + "\n")
+    cuts += list(load_manifests([str(manifest)], DataIssues()))
+    cfg = ModelConfig(encoder=EncoderConfig(d_model=32, n_layers=1, n_heads=2),
+                      vocab_size=tokenizer.vocab_size)
+    batch = SpeechDataset(tokenizer, cfg)[(0, CutSet.from_cuts(cuts))]
+    assert len(batch) == 2 and torch.isfinite(batch.feats).all()
+    assert batch.issues.counts == {"NaN or infinite samples": 1}
+    assert batch.issues.examples["NaN or infinite samples"] == ["nan"]
 
 
 def test_dataset_warps_each_utterance_by_its_own_drawn_factor():

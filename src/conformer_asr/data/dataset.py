@@ -105,6 +105,9 @@ class SpeechDataset(torch.utils.data.Dataset):
                 issues.add("unreadable audio", f"{cut.id} ({str(error).splitlines()[0][:80]})")
                 continue
             samples = np.asarray(samples, dtype=np.float32).mean(axis=0)
+            if not np.isfinite(samples).all():  # float files can hold them; they poison a step
+                issues.add("NaN or infinite samples", cut.id)
+                continue
             if cut.sampling_rate != SAMPLE_RATE:
                 issues.add("wrong sample rate", f"{cut.id} ({cut.sampling_rate} Hz)")
                 continue
