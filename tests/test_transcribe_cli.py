@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 
 from conformer_asr import load_model
-from conformer_asr.audio.io import AudioError, resample
+from conformer_asr.audio.io import AudioError, load_audio, resample
 from conformer_asr.inference.model_dir import save_model_dir
 from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
 from conformer_asr.text.tokenizer import Tokenizer
@@ -288,8 +288,6 @@ def test_evaluate_refuses_an_empty_manifest(model_dir, tmp_path):
     (".flac", "FLAC", "PCM_16"), (".ogg", "OGG", "VORBIS"), (".mp3", "MP3", "MPEG_LAYER_III")])
 def test_compressed_formats_are_read(suffix, fmt, subtype, tmp_path):
     """What the README promises: wav/flac/ogg/mp3, here at 22.05 kHz stereo."""
-    from conformer_asr.audio.io import load_audio
-
     audio, _ = sf.read(DATA / "clip1.wav", dtype="float32")
     path = tmp_path / f"clip{suffix}"
     at_22k = resample(audio, 16000, 22050)

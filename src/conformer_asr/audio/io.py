@@ -25,7 +25,7 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
 
 def finite(samples: np.ndarray, name: str) -> np.ndarray:
     """``samples`` unchanged; raises AudioError naming ``name`` if any is NaN or infinite
-    (float files can hold them; the model would read them as speech)."""
+    (float files can hold them, and the features would turn them into garbage)."""
     if not np.isfinite(samples).all():
         raise AudioError(f"{name}: corrupt audio data (NaN or infinite samples)")
     return samples
