@@ -1,4 +1,4 @@
-"""Pause finding, and how the transcriber cuts long recordings in pauses."""
+"""Pause finding (how the transcriber uses it: tests/test_transcribe_cli.py)."""
 
 import numpy as np
 import pytest

@@ -254,12 +254,11 @@ def test_evaluate_writes_hypotheses_and_reports(model_dir, tmp_path):
 
 def test_evaluate_names_unreadable_audio_and_exits_nonzero(model_dir, tmp_path):
     """The other utterances are still scored; the unreadable one counts as empty."""
-    lines = (DATA / "manifest.jsonl").read_text().splitlines()
-    broken = json.loads(lines[1]) | {"audio": str(tmp_path / "gone.wav")}
+    first, second = map(json.loads, (DATA / "manifest.jsonl").read_text().splitlines()[:2])
+    broken = second | {"audio": str(tmp_path / "gone.wav")}
     manifest = tmp_path / "m.jsonl"
-    manifest.write_text("\n".join([lines[0], json.dumps(broken)]) + "\n")
-    manifest.with_name(json.loads(lines[0])["audio"]).write_bytes(
-        (DATA / json.loads(lines[0])["audio"]).read_bytes())
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in (first, broken)))
+    (tmp_path / first["audio"]).write_bytes((DATA / first["audio"]).read_bytes())
     out = tmp_path / "hyps.jsonl"
     proc = _cli("evaluate", "--manifest", str(manifest), "--model", str(model_dir),
                 "--output", str(out), "--json")
@@ -269,7 +268,7 @@ def test_evaluate_names_unreadable_audio_and_exits_nonzero(model_dir, tmp_path):
     assert proc.stderr.strip().endswith("gone.wav: no such file")
     assert report["deletions"] >= len(broken["text"].split())
     hyps = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [h["id"] for h in hyps] == [json.loads(lines[0])["id"], broken["id"]]
+    assert [h["id"] for h in hyps] == [first["id"], broken["id"]]
     assert hyps[1]["text"] == ""
     proc = _cli("evaluate", "--manifest", str(manifest), "--model", str(model_dir))
     assert proc.returncode == 1 and "gone.wav: no such file" in proc.stdout
