@@ -1,5 +1,7 @@
 import dataclasses
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -154,6 +156,36 @@ def test_channels_last_depthwise_is_the_conv1d():
                                          [x, module.depthwise.weight])
     for grad, expected_grad in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(grad, expected_grad)  # float32 sums in another order
+
+
+BFLOAT16_DEPTHWISE = """
+import torch
+from conformer_asr.models.conformer import ConvolutionModule
+torch.manual_seed(0)
+module = ConvolutionModule(d_model=144, kernel_size=31, dropout=0.0)
+x, pad = torch.randn(1, 250, 144), torch.zeros(1, 250, dtype=torch.bool)
+for training in (True, False):
+    module.train(training)
+    expected = module(x, pad)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = module(x, pad)
+    in_bf16 = module.bfloat16()(x.bfloat16(), pad)
+    module.float()
+    for y in (autocast, in_bf16):
+        assert y.dtype == torch.bfloat16, y.dtype
+        torch.testing.assert_close(y.float(), expected, atol=0.1, rtol=0.05)
+print("ok")
+"""
+
+
+def test_depthwise_in_bfloat16_on_the_cpu_finishes_and_matches_float32():
+    """conformer-s's width (144) in bfloat16, by autocast and by a bfloat16 module, one
+    utterance of 250 frames: oneDNN's bfloat16 channels-last depthwise kernel never
+    finished for this case on an Intel AMX Xeon, so the convolution runs in float32. In a
+    subprocess, so that a hang is a failure after two minutes rather than a stuck suite."""
+    proc = subprocess.run([sys.executable, "-c", BFLOAT16_DEPTHWISE], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 
 
 def test_eval_mode_folds_batch_norm_into_the_depthwise_convolution():

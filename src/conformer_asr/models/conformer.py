@@ -105,7 +105,20 @@ class ConvolutionModule(nn.Module):
         and convolved with a (D, 1, 1, k) kernel: the same sums, but oneDNN's
         channels-last depthwise kernel is more than 10x faster on a CPU than its
         Conv1d over the transposed (B, D, T) view.
+
+        On a CPU, bfloat16 and float16 inputs (and bfloat16 autocast) are convolved in
+        float32: oneDNN's bfloat16 kernel for this layout (``brdgmm_dw``, torch 2.13)
+        never finished on an Intel Xeon with AMX for one utterance of 250 frames at
+        some widths (16, 144 as in conformer-s, 208, 272), and this convolution is a
+        small share of the encoder's work.
         """
+        low_precision = x.dtype in (torch.bfloat16, torch.float16)
+        if x.device.type == "cpu" and (low_precision or torch.is_autocast_enabled("cpu")):
+            dtype = torch.float32 if low_precision else x.dtype
+            with torch.autocast("cpu", enabled=False):
+                y = self.depthwise_channels_last(
+                    x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+            return y.to(x.dtype)
         y = F.conv2d(x.transpose(1, 2).unsqueeze(2), weight.unsqueeze(2), bias,
                      padding=(0, self.depthwise.padding[0]), groups=self.depthwise.groups)
         return y.squeeze(2)
