@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = dataclasses.replace(settings, peak_flops=peak)
     where = (f"{torch.get_num_threads()} threads" if device.type == "cpu"
              else torch.cuda.get_device_name(device))
-    cpu = {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    cpu = {"cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
            "int8_activation_bits": 8 if full_range_int8_is_exact() else 7,
            "bf16_convolutions": bf16_convolutions_are_fast()}
     print(f"torch {torch.__version__}, {where}, {'bf16' if bf16 else 'float32'} matmul "
@@ -194,6 +194,19 @@ def main(argv: list[str] | None = None) -> int:
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.json}")
     return 0
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what platform knows. VMs of
+    one capability differ: an AMD EPYC and an Intel Xeon with AMX both read AVX512."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
