@@ -303,19 +303,27 @@ def _emit_like_trained(
 
     The offset is found by bisection; a random model's logits are O(1), so 0..50 holds it.
     A random model's frames look alike, so its rate can drop from the maximum to none
-    within a fraction of a logit: the row reports the rate it reached.
+    within a hundredth of a logit, and jump there: the bisection runs to float32's
+    resolution and keeps whichever end of the last interval comes closer to the target
+    (the row reports the rate it reached).
     """
     assert model.joint is not None
     bias = model.joint.out.bias
-    start, low, high = float(bias[0]), 0.0, 50.0
-    for _ in range(12):
-        bias[0] = start + (low + high) / 2
+    start = float(bias[0])
+
+    def rate(offset: float) -> float:
+        bias[0] = start + offset
         [hypothesis] = decode(model, enc, lengths, DecodingOptions())
-        if len(hypothesis.tokens) > tokens_per_frame * enc.shape[1]:
+        return len(hypothesis.tokens) / enc.shape[1]
+
+    low, high = 0.0, 50.0
+    for _ in range(30):
+        if rate((low + high) / 2) > tokens_per_frame:
             low = (low + high) / 2
         else:
             high = (low + high) / 2
-    bias[0] = start + high
+    closest = min((low, high), key=lambda offset: abs(rate(offset) - tokens_per_frame))
+    bias[0] = start + closest
 
 
 def transcription(model: ASRModel, settings: Settings) -> Row:
