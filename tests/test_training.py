@@ -266,6 +266,11 @@ def test_dataset_warps_each_utterance_by_its_own_drawn_factor():
         assert (warped.feats[i] - plain.feats[i]).abs().max() > 0.1
 
 
+# Lightning's own use of a deprecated torch class, which `train` hides too
+LIGHTNING_LEAFSPEC = pytest.mark.filterwarnings(r"ignore:`isinstance\(treespec, LeafSpec\)`")
+
+
+@LIGHTNING_LEAFSPEC
 def test_validation_reports_the_mean_loss_per_utterance():
     """val_loss averages over utterances, whatever the batch sizes (it once divided the
     summed loss by the number of batches)."""
@@ -286,6 +291,8 @@ def test_validation_reports_the_mean_loss_per_utterance():
     assert metrics["val_loss"] == pytest.approx(sum(losses) / 4, rel=1e-5)
 
 
+@LIGHTNING_LEAFSPEC
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # resumes
 def test_resume_with_other_checkpoint_settings_keeps_the_newest(tmp_path):
     from lightning.pytorch.demos.boring_classes import BoringModel
 
