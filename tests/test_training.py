@@ -30,7 +30,7 @@ from conformer_asr.models.config import ConfigError
 from conformer_asr.text.tokenizer import Tokenizer
 from conformer_asr.training.config import OptimConfig, load_config, parse_config
 from conformer_asr.training.module import ASRTask
-from conformer_asr.training.run import train
+from conformer_asr.training.run import _without_lightning_chatter, train
 from conformer_asr.training.schedule import noam_factor
 
 DATA = Path(__file__).parent / "data"
@@ -266,11 +266,6 @@ def test_dataset_warps_each_utterance_by_its_own_drawn_factor():
         assert (warped.feats[i] - plain.feats[i]).abs().max() > 0.1
 
 
-# Lightning's own use of a deprecated torch class, which `train` hides too
-LIGHTNING_LEAFSPEC = pytest.mark.filterwarnings(r"ignore:`isinstance\(treespec, LeafSpec\)`")
-
-
-@LIGHTNING_LEAFSPEC
 def test_validation_reports_the_mean_loss_per_utterance():
     """val_loss averages over utterances, whatever the batch sizes (it once divided the
     summed loss by the number of batches)."""
@@ -283,7 +278,8 @@ def test_validation_reports_the_mean_loss_per_utterance():
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_checkpointing=False, enable_model_summary=False)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=lambda b: b)
-    metrics = trainer.validate(task, dataloaders=loader, verbose=False)[0]
+    with _without_lightning_chatter():  # the warnings `train` hides
+        metrics = trainer.validate(task, dataloaders=loader, verbose=False)[0]
     task.model.eval()
     with torch.no_grad():
         losses = [float(task.model(b.feats, b.feat_lengths, b.targets, b.target_lengths).loss)
@@ -291,8 +287,6 @@ def test_validation_reports_the_mean_loss_per_utterance():
     assert metrics["val_loss"] == pytest.approx(sum(losses) / 4, rel=1e-5)
 
 
-@LIGHTNING_LEAFSPEC
-@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # resumes
 def test_resume_with_other_checkpoint_settings_keeps_the_newest(tmp_path):
     from lightning.pytorch.demos.boring_classes import BoringModel
 
@@ -305,7 +299,9 @@ def test_resume_with_other_checkpoint_settings_keeps_the_newest(tmp_path):
             logger=False, enable_progress_bar=False, enable_model_summary=False,
             limit_val_batches=0, default_root_dir=tmp_path,
         )
-        trainer.fit(BoringModel(), ckpt_path=str(tmp_path / "last.ckpt") if resume else None)
+        with _without_lightning_chatter():  # the warnings `train` hides
+            trainer.fit(BoringModel(),
+                        ckpt_path=str(tmp_path / "last.ckpt") if resume else None)
 
     def files() -> list[str]:
         return sorted((p.name for p in tmp_path.glob("*.ckpt")), key=lambda n: (len(n), n))
