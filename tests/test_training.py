@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import lightning as L
@@ -58,12 +57,33 @@ def _config(tmp_path: Path, **trainer) -> Path:
     return path
 
 
-def _train(config: Path, *extra: str) -> subprocess.Popen:
+def _train(config: Path, *extra: str, kill_after_step: int | None = None) -> subprocess.Popen:
+    """``conformer-asr train`` in a subprocess; with ``kill_after_step``, it SIGKILLs itself
+    right after Lightning saves that step's checkpoint and before it logs the step's row,
+    the moment a kill costs most."""
+    run = ["-m", "conformer_asr.cli"]
+    if kill_after_step is not None:
+        run = ["-c", _KILL_AFTER_CHECKPOINT.format(step=kill_after_step)]
     return subprocess.Popen(
-        [sys.executable, "-m", "conformer_asr.cli", "train", str(config), *extra],
+        [sys.executable, *run, "train", str(config), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
+
+
+# Lightning calls the module's on_train_batch_end after the callbacks' (the checkpoint's)
+_KILL_AFTER_CHECKPOINT = """
+import os, signal, sys
+from conformer_asr.cli import main
+from conformer_asr.training.module import ASRTask
+
+def kill_after_checkpoint(task, *args):
+    if task.trainer.global_step == {step}:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+ASRTask.on_train_batch_end = kill_after_checkpoint
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def _weights(exp: Path) -> dict[str, torch.Tensor]:
@@ -90,21 +110,17 @@ def test_resume_after_kill_is_exact(tmp_path):
     killed = tmp_path / "killed"
     killed.mkdir()
     config = _config(killed)
-    proc = _train(config)
-    first = killed / "exp" / "checkpoints" / "step-10.ckpt"
-    deadline = time.time() + 600
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert first.exists(), "no checkpoint was written before the kill"
+    proc = _train(config, kill_after_step=10)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == -signal.SIGKILL, out[-3000:]
     state = torch.load(killed / "exp/checkpoints/last.ckpt", weights_only=False)
-    assert state["global_step"] < 24, "the run finished before it was killed"
+    assert 5 <= state["global_step"] <= 10
 
     proc = _train(config)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     assert "resuming from" in out
+    assert not list((killed / "exp/checkpoints").glob(".*")), "files left from the kill"
     for chatter in ("Tip:", "is deprecated", "exists and is not empty"):
         assert chatter not in out, chatter
     a, b = _weights(exp), _weights(killed / "exp")

@@ -13,15 +13,39 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes to a temporary file, fsyncs, then renames: a checkpoint file on disk is
-    always complete, even if the process is killed mid-write."""
+    """Writes each checkpoint to a hidden temporary file and fsyncs it; ``publish()`` renames
+    the written files into place. A checkpoint file on disk is therefore always complete.
+
+    Publishing is a separate step because Lightning saves a step's checkpoint before it
+    logs that step's metrics: published at once, a kill in between resumed after a
+    step whose row never reached metrics.csv. ``KeepLastCheckpoints`` publishes once the
+    row is written; ``teardown`` publishes whatever is left when training ends or fails.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._written: dict[Path, Path] = {}  # final path -> its complete temporary file
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
     ) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_atomic(checkpoint, path)
+        self._written[path] = write_synced(checkpoint, _temporary(path))
+
+    def publish(self) -> None:
+        for path, tmp in self._written.items():
+            os.replace(tmp, path)
+        self._written.clear()
+
+    def remove_checkpoint(self, path: str | os.PathLike) -> None:
+        tmp = self._written.pop(Path(path), None)
+        if tmp is not None:
+            tmp.unlink()
+        super().remove_checkpoint(path)
+
+    def teardown(self) -> None:
+        self.publish()
 
 
 class KeepLastCheckpoints(ModelCheckpoint):
@@ -33,6 +57,8 @@ class KeepLastCheckpoints(ModelCheckpoint):
     it restores no state at all when ``every_steps`` or ``keep`` changed. ``last.ckpt``
     keeps its name: Lightning would otherwise write ``last-v1.ckpt`` beside a stale
     ``last.ckpt`` whenever its state was not restored, and the next resume went back.
+    Through ``AtomicCheckpointIO``, a step's files appear under their names at the next
+    batch or validation, once the step's metrics are logged.
     """
 
     def __init__(self, dirpath: Path, every_steps: int, keep: int) -> None:
@@ -47,7 +73,11 @@ class KeepLastCheckpoints(ModelCheckpoint):
         return "KeepLastCheckpoints"
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        on_disk = step_checkpoints(Path(self.dirpath or "."))
+        super().on_train_start(trainer, pl_module)
+        folder = Path(self.dirpath or ".")
+        for unpublished in folder.glob(".*.ckpt.tmp"):  # written before a kill
+            unpublished.unlink()
+        on_disk = step_checkpoints(folder)
         for path in on_disk[:-self.save_top_k]:
             self._remove_checkpoint(trainer, str(path))
         kept = on_disk[-self.save_top_k:]
@@ -56,6 +86,21 @@ class KeepLastCheckpoints(ModelCheckpoint):
             self.kth_best_model_path, self.best_model_path = str(kept[0]), str(kept[-1])
             self.kth_value = self.best_k_models[self.kth_best_model_path]
             self.best_model_score = self.best_k_models[self.best_model_path]
+
+    # Lightning logs a step's metrics after its on_train_batch_end, where this callback
+    # saves; by the next batch or by validation, the step's row is in metrics.csv.
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                             batch: Any, batch_idx: int) -> None:
+        _publish(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _publish(trainer)
+
+
+def _publish(trainer: L.Trainer) -> None:
+    io = trainer.strategy.checkpoint_io
+    if isinstance(io, AtomicCheckpointIO):
+        io.publish()
 
 
 def checkpoint_step(path: Path) -> int:
@@ -70,12 +115,21 @@ def step_checkpoints(folder: Path) -> list[Path]:
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
     """torch.save to a temporary file, fsync, rename: the file is always complete."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
+    os.replace(write_synced(state, _temporary(path)), path)
+
+
+def write_synced(state: dict[str, Any], path: Path) -> Path:
+    """torch.save ``state`` to ``path`` and fsync it -> ``path``."""
+    with path.open("wb") as f:
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    return path
+
+
+def _temporary(path: Path) -> Path:
+    """The hidden file a checkpoint is written to before it is renamed to ``path``."""
+    return path.with_name(f".{path.name}.tmp")
 
 
 def average_checkpoints(paths: list[Path], prefix: str = "model.") -> dict[str, torch.Tensor]:
