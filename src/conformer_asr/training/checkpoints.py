@@ -31,7 +31,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._written[path] = write_synced(checkpoint, _temporary(path))
+        self._written[path] = _write_synced(checkpoint, _temporary(path))
 
     def publish(self) -> None:
         for path, tmp in self._written.items():
@@ -115,10 +115,10 @@ def step_checkpoints(folder: Path) -> list[Path]:
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
     """torch.save to a temporary file, fsync, rename: the file is always complete."""
-    os.replace(write_synced(state, _temporary(path)), path)
+    os.replace(_write_synced(state, _temporary(path)), path)
 
 
-def write_synced(state: dict[str, Any], path: Path) -> Path:
+def _write_synced(state: dict[str, Any], path: Path) -> Path:
     """torch.save ``state`` to ``path`` and fsync it -> ``path``."""
     with path.open("wb") as f:
         torch.save(state, f)
