@@ -75,7 +75,7 @@ class KeepLastCheckpoints(ModelCheckpoint):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         folder = Path(self.dirpath or ".")
-        for unpublished in folder.glob(".*.ckpt.tmp"):  # written before a kill
+        for unpublished in folder.glob(_temporary(folder / "*.ckpt").name):  # before a kill
             unpublished.unlink()
         on_disk = step_checkpoints(folder)
         for path in on_disk[:-self.save_top_k]:
