@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
+from .files import write_atomically
 
 if TYPE_CHECKING:
-    from .inference.transcriber import Transcriber
+    from .inference.transcriber import Transcriber, Transcript
 
 
 def _model_info(args: argparse.Namespace) -> int:
@@ -49,24 +50,64 @@ def _load_transcriber(args: argparse.Namespace) -> Transcriber:
                       oov_penalty=args.oov_penalty, device=args.device, int8=args.int8)
 
 
+OUTPUT_SUFFIXES = {"text": ".txt", "json": ".json", "srt": ".srt", "vtt": ".vtt"}
+
+
 def _transcribe(args: argparse.Namespace) -> int:
     from .audio.io import AudioError
 
+    out_paths = _output_paths(args)
+    if isinstance(out_paths, str):
+        print(f"error: {out_paths}", file=sys.stderr)
+        return 2
     transcriber = _load_transcriber(args)
     failed = 0
-    for path, result in transcriber.iter_transcripts(args.audio):
+    for index, (path, result) in enumerate(transcriber.iter_transcripts(args.audio)):
         if isinstance(result, AudioError):
             print(f"error: {result}", file=sys.stderr)
             failed += 1
-        elif args.format == "json":
-            record = {"audio": str(path), "text": result.text,
-                      "duration": round(result.duration, 3)}
-            if args.words:
-                record["words"] = [vars(w) for w in result.words]
-            print(json.dumps(record), flush=True)
+        elif out_paths:
+            write_atomically(out_paths[index], _render(args, str(path), result, alone=True))
         else:
-            print(result.text if len(args.audio) == 1 else f"{path}\t{result.text}", flush=True)
+            print(_render(args, str(path), result, alone=len(args.audio) == 1), end="",
+                  flush=True)
     return 1 if failed else 0
+
+
+def _output_paths(args: argparse.Namespace) -> list[Path] | str:
+    """Where ``--out-dir`` puts each input's transcript (none without it), or why not."""
+    if args.out_dir is None:
+        if args.format in ("srt", "vtt") and len(args.audio) > 1:
+            return f"--format {args.format}: give --out-dir for more than one file"
+        return []
+    out_dir = Path(args.out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"--out-dir {out_dir}: {exc.strerror or exc}"
+    paths = [out_dir / (Path(audio).stem + OUTPUT_SUFFIXES[args.format]) for audio in args.audio]
+    first: dict[Path, str] = {}
+    for audio, path in zip(args.audio, paths, strict=True):
+        if first.setdefault(path, audio) != audio:
+            return f"--out-dir: {first[path]} and {audio} would both be written to {path}"
+    return paths
+
+
+def _render(args: argparse.Namespace, path: str, result: Transcript, alone: bool) -> str:
+    """One input's transcript in ``--format``, ending in a newline; ``alone``: the only
+    text of its output, so plain text need not name its input."""
+    from .inference.subtitles import to_srt, to_vtt
+
+    if args.format == "srt":
+        return to_srt(result)
+    if args.format == "vtt":
+        return to_vtt(result)
+    if args.format == "json":
+        record = {"audio": path, "text": result.text, "duration": round(result.duration, 3)}
+        if args.words:
+            record["words"] = [vars(w) for w in result.words]
+        return json.dumps(record) + "\n"
+    return f"{result.text}\n" if alone else f"{path}\t{result.text}\n"
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -190,8 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("transcribe", help="speech to text")
     p.add_argument("audio", nargs="+", help="wav/flac/ogg/mp3 files, any rate and channels")
     p.add_argument("--model", default=None, help="model folder (default: the bundled model)")
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--format", choices=list(OUTPUT_SUFFIXES), default="text",
+                   help="text, JSON lines, or SubRip / WebVTT subtitles")
     p.add_argument("--words", action="store_true", help="with --format json: word timestamps")
+    p.add_argument("--out-dir", default=None,
+                   help="write each file's transcript to OUT_DIR/NAME.txt|json|srt|vtt")
     _add_transcriber_flags(p)
     p.set_defaults(run=_transcribe)
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..audio.io import AudioError
+from ..files import write_atomically
 from ..scoring import WordErrors, word_errors
 from ..text.normalize import normalize_text
 from .transcriber import Transcriber
@@ -110,8 +110,5 @@ def evaluate(
         hyps.append({"id": utt.id, "text": text})
     report.wall_seconds = time.perf_counter() - start
     if output is not None:
-        output = Path(output)
-        tmp = output.with_name(f".{output.name}.tmp")
-        tmp.write_text("".join(json.dumps(h) + "\n" for h in hyps))
-        os.replace(tmp, output)
+        write_atomically(output, "".join(json.dumps(h) + "\n" for h in hyps))
     return report

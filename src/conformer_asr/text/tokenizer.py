@@ -17,6 +17,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from ..files import write_atomically
 from .normalize import normalize_text
 
 BLANK_ID = 0
@@ -71,7 +72,7 @@ class Tokenizer:
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.resolve() != self.path.resolve():
             data = self.path.read_bytes()
-            _atomic_write(target, data)
+            write_atomically(target, data)
         return target
 
     @classmethod
@@ -102,11 +103,7 @@ class Tokenizer:
                 pad_piece="<blk>", unk_id=UNK_ID, bos_id=-1, eos_id=-1,
                 hard_vocab_limit=False, minloglevel=2, num_threads=os.cpu_count() or 1,
             )
-            _atomic_write(directory / MODEL_FILE, (Path(tmp) / "sp.model").read_bytes())
+            write_atomically(directory / MODEL_FILE, (Path(tmp) / "sp.model").read_bytes())
         return cls(directory / MODEL_FILE)
 
 
-def _atomic_write(target: Path, data: bytes) -> None:
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)

@@ -20,7 +20,6 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
@@ -34,6 +33,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from ..data.augment import Augmenter
 from ..data.datamodule import SpeechDataModule, load_manifests
 from ..data.manifest import DataIssues
+from ..files import write_atomically
 from ..inference.model_dir import ModelDirError, read_config, read_weights, save_model_dir
 from ..models import load_encoder_and_heads
 from ..models.config import ConfigError, ModelConfig
@@ -124,10 +124,6 @@ def _precision(cfg: TrainConfig) -> str:
     return "bf16-mixed" if torch.cuda.is_available() else "32-true"
 
 
-def _write_yaml(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, path)
 
 
 class _DropTips(logging.Filter):
@@ -185,7 +181,7 @@ def train(cfg: TrainConfig) -> Path:
     tokenizer = _tokenizer(cfg, [c.supervisions[0].text for c in train_cuts], out)
     model_cfg = ModelConfig.from_dict({**cfg.model.to_dict(), "vocab_size": tokenizer.vocab_size})
     resolved = {**cfg.to_dict(), "model": model_cfg.to_dict()}
-    _write_yaml(run_config(out), resolved)
+    write_atomically(run_config(out), yaml.safe_dump(resolved, sort_keys=False))
 
     task = ASRTask(model_cfg, cfg.optim, tokenizer)
     augmenter = Augmenter(cfg.data.augment, seed=cfg.seed) if cfg.data.augment else None
