@@ -48,7 +48,7 @@ def _config(tmp_path: Path, **trainer) -> Path:
         },
         "optim": {"peak_lr": 0.003, "warmup_steps": 5,  # weight noise from before the kill
                   "decoder_weight_noise": 0.05, "weight_noise_start_step": 8},
-        "trainer": {"max_steps": 24, "val_every_steps": 6, "checkpoint_every_steps": 5,
+        "trainer": {"max_steps": 24, "val_every_steps": 5, "checkpoint_every_steps": 5,
                     "average_last": 1, "log_every_steps": 2, **trainer},
         "out_dir": str(tmp_path / "exp"),
     }
@@ -57,31 +57,38 @@ def _config(tmp_path: Path, **trainer) -> Path:
     return path
 
 
-def _train(config: Path, *extra: str, kill_after_step: int | None = None) -> subprocess.Popen:
-    """``conformer-asr train`` in a subprocess; with ``kill_after_step``, it SIGKILLs itself
-    right after Lightning saves that step's checkpoint and before it logs the step's row,
-    the moment a kill costs most."""
-    run = ["-m", "conformer_asr.cli"]
-    if kill_after_step is not None:
-        run = ["-c", _KILL_AFTER_CHECKPOINT.format(step=kill_after_step)]
+def _train(config: Path, *extra: str, kill: tuple[str, int] | None = None) -> subprocess.Popen:
+    """``conformer-asr train`` in a subprocess. With ``kill=(hook, step)`` every training
+    process SIGKILLs itself when the module's ``hook`` runs at that global step:
+    ``on_train_batch_end`` comes right after Lightning saves the step's checkpoint and
+    before it logs the step's row, ``validation_step`` during the step's validation; the
+    moments a kill costs most. (A script file, not ``-c``: DDP starts the other ranks by
+    running the same command again.)"""
+    command = [sys.executable, "-m", "conformer_asr.cli"]
+    if kill is not None:
+        script = config.parent / "train_and_kill.py"
+        script.write_text(_KILL_AT_STEP.format(hook=kill[0], step=kill[1]))
+        command = [sys.executable, str(script)]
     return subprocess.Popen(
-        [sys.executable, *run, "train", str(config), *extra],
+        [*command, "train", str(config), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
 
 
-# Lightning calls the module's on_train_batch_end after the callbacks' (the checkpoint's)
-_KILL_AFTER_CHECKPOINT = """
+_KILL_AT_STEP = """
 import os, signal, sys
 from conformer_asr.cli import main
 from conformer_asr.training.module import ASRTask
 
-def kill_after_checkpoint(task, *args):
+hook = ASRTask.{hook}
+
+def kill_at_step(task, *args):
     if task.trainer.global_step == {step}:
         os.kill(os.getpid(), signal.SIGKILL)
+    return hook(task, *args)
 
-ASRTask.on_train_batch_end = kill_after_checkpoint
+ASRTask.{hook} = kill_at_step
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -90,31 +97,31 @@ def _weights(exp: Path) -> dict[str, torch.Tensor]:
     return load_file(str(exp / "model" / "model.safetensors"))
 
 
-def _train_losses(exp: Path) -> list[tuple[int, float]]:
+def _log_rows(exp: Path) -> list[tuple[int, str, float]]:
+    """(step, metric, value) of every train_loss, val_loss and val_wer in metrics.csv."""
     with (exp / "logs" / "metrics.csv").open(newline="") as f:
-        return [(int(r["step"]), float(r["train_loss"]))
-                for r in csv.DictReader(f) if r.get("train_loss")]
+        return [(int(r["step"]), name, float(r[name])) for r in csv.DictReader(f)
+                for name in ("train_loss", "val_loss", "val_wer") if r.get(name)]
 
 
-@pytest.mark.slow
-def test_resume_after_kill_is_exact(tmp_path):
+def _train_whole_killed_resumed(tmp_path: Path, hook: str, **trainer) -> tuple[Path, Path]:
+    """The same run uninterrupted, and killed in ``hook`` at step 10 then resumed -> their
+    out_dirs. Step 10 is due for a checkpoint and a validation (``_config``)."""
     whole = tmp_path / "whole"
     whole.mkdir()
-    proc = _train(_config(whole))
+    proc = _train(_config(whole, **trainer))
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
-    exp = whole / "exp"
-    for name in ("curves.png", "logs/metrics.csv", "model/config.json", "checkpoints/last.ckpt"):
-        assert (exp / name).is_file(), name
 
     killed = tmp_path / "killed"
     killed.mkdir()
-    config = _config(killed)
-    proc = _train(config, kill_after_step=10)
+    config = _config(killed, **trainer)
+    proc = _train(config, kill=(hook, 10))
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == -signal.SIGKILL, out[-3000:]
+    # the step's checkpoint was written but not yet published: the run resumes before it
     state = torch.load(killed / "exp/checkpoints/last.ckpt", weights_only=False)
-    assert 5 <= state["global_step"] <= 10
+    assert state["global_step"] == 5
 
     proc = _train(config)
     out, _ = proc.communicate(timeout=600)
@@ -123,16 +130,41 @@ def test_resume_after_kill_is_exact(tmp_path):
     assert not list((killed / "exp/checkpoints").glob(".*")), "files left from the kill"
     for chatter in ("Tip:", "is deprecated", "exists and is not empty"):
         assert chatter not in out, chatter
-    a, b = _weights(exp), _weights(killed / "exp")
+    return whole / "exp", killed / "exp"
+
+
+def _assert_same_run(whole: Path, resumed: Path) -> None:
+    """Same final weights, and the same log: each step's rows once, with the same values."""
+    a, b = _weights(whole), _weights(resumed)
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
-    # the log keeps the history from before the kill and has each step once
-    whole_log, resumed_log = _train_losses(exp), _train_losses(killed / "exp")
-    assert [s for s, _ in resumed_log] == [s for s, _ in whole_log]
-    assert whole_log[0][0] < 10
-    torch.testing.assert_close([v for _, v in resumed_log], [v for _, v in whole_log],
+    whole_log, resumed_log = _log_rows(whole), _log_rows(resumed)
+    assert [row[:2] for row in resumed_log] == [row[:2] for row in whole_log]
+    assert {name for _, name, _ in whole_log} == {"train_loss", "val_loss", "val_wer"}
+    torch.testing.assert_close([v for *_, v in resumed_log], [v for *_, v in whole_log],
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hook", ["on_train_batch_end", "validation_step"])
+def test_resume_after_kill_is_exact(tmp_path, hook):
+    whole, resumed = _train_whole_killed_resumed(tmp_path, hook)
+    for name in ("curves.png", "logs/metrics.csv", "model/config.json", "checkpoints/last.ckpt"):
+        assert (whole / name).is_file(), name
+    _assert_same_run(whole, resumed)
+
+
+@pytest.mark.slow
+def test_ddp_resume_after_kill_is_exact(tmp_path):
+    """Two CPU processes (gloo): each rank gets its own shard and its own random draws,
+    and a resumed run restores every rank's, not only the first's."""
+    whole, resumed = _train_whole_killed_resumed(tmp_path, "on_train_batch_end", devices=2,
+                                                 accelerator="cpu")
+    _assert_same_run(whole, resumed)
+    state = torch.load(whole / "checkpoints/last.ckpt", weights_only=False)
+    by_rank = state["resume"]["rng_by_rank"]
+    assert len(by_rank) == 2 and not torch.equal(by_rank[0]["torch"], by_rank[1]["torch"])
 
 
 def test_config_overrides_and_errors(tmp_path):

@@ -58,7 +58,7 @@ class KeepLastCheckpoints(ModelCheckpoint):
     keeps its name: Lightning would otherwise write ``last-v1.ckpt`` beside a stale
     ``last.ckpt`` whenever its state was not restored, and the next resume went back.
     Through ``AtomicCheckpointIO``, a step's files appear under their names at the next
-    batch or validation, once the step's metrics are logged.
+    batch or at the end of the step's validation, once the step's metrics are logged.
     """
 
     def __init__(self, dirpath: Path, every_steps: int, keep: int) -> None:
@@ -88,12 +88,15 @@ class KeepLastCheckpoints(ModelCheckpoint):
             self.best_model_score = self.best_k_models[self.best_model_path]
 
     # Lightning logs a step's metrics after its on_train_batch_end, where this callback
-    # saves; by the next batch or by validation, the step's row is in metrics.csv.
+    # saves, and then validates if the step is due for it. By the next batch, or by the
+    # end of that validation, the step's rows are in metrics.csv: a resumed run does not
+    # repeat the validation of the step it resumes from, so its row must be written first.
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
                              batch: Any, batch_idx: int) -> None:
         _publish(trainer)
 
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
         _publish(trainer)
 
 

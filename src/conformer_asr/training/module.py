@@ -106,15 +106,13 @@ class ASRTask(L.LightningModule):
             self.print(f"skipped bad data: {issues.summary()}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Runs on every rank; only the first writes the checkpoint, so the random number
+        generators' states of all ranks are gathered into it: each rank's dropout and
+        SpecAugment draws differ, and its own must come back for an exact resume."""
         checkpoint["resume"] = {
             "batches_this_epoch": self.batches_this_epoch,
             "init_source": self.init_source,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": _numpy_state_to_torch(np.random.get_state()),
-                "python": random.getstate(),
-            },
+            "rng_by_rank": _gathered(_rng_state()),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -126,12 +124,34 @@ class ASRTask(L.LightningModule):
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if datamodule is not None:
             datamodule.skip_batches = self.batches_this_epoch
-        rng = state["rng"]
+        by_rank = state.get("rng_by_rank") or [state["rng"]]  # "rng": one process's, before
+        # a run resumed on more processes than it was saved from: the others start from
+        # the first rank's state (the data is sharded differently anyway)
+        rng = by_rank[self.global_rank] if self.global_rank < len(by_rank) else by_rank[0]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         np.random.set_state(_numpy_state_from_torch(rng["numpy"]))
         random.setstate(rng["python"])
+
+
+def _rng_state() -> dict[str, Any]:
+    """This process's random number generators: torch's (CPU and CUDA), NumPy's, Python's."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": _numpy_state_to_torch(np.random.get_state()),
+        "python": random.getstate(),
+    }
+
+
+def _gathered(value: Any) -> list[Any]:
+    """[value of rank 0, value of rank 1, ...] on every rank; [value] without DDP."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [value]
+    values: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(values, value)
+    return values
 
 
 def _numpy_state_to_torch(state: tuple) -> tuple:
