@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 
 def write_atomically(path: str | Path, data: str | bytes) -> None:
     """Write ``data`` to a hidden temporary file beside ``path``, then rename it into place:
-    ``path`` holds either its old contents or all of ``data``."""
+    ``path`` holds either its old contents or all of ``data``. Each call's temporary file
+    has a name of its own, so processes writing the same file at once (DDP ranks) do not
+    collide: the last rename wins."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     if isinstance(data, str):
         tmp.write_text(data)
     else:

@@ -29,6 +29,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
 
 from ..data.augment import Augmenter
 from ..data.datamodule import SpeechDataModule, load_manifests
@@ -134,8 +135,11 @@ class _DropTips(logging.Filter):
 @contextlib.contextmanager
 def _without_lightning_chatter() -> Iterator[None]:
     """Hide messages that say nothing about this run: Lightning's advertisement for its
-    cloud logger, a deprecation inside Lightning's own use of torch, and the warning
-    about a non-empty checkpoint folder, which is where a resumed run is meant to write."""
+    cloud logger, a deprecation inside Lightning's own use of torch, the warning about a
+    non-empty checkpoint folder, which is where a resumed run is meant to write, and two
+    that DDP runs print: advice to reduce the dev metrics across processes (``ASRTask``
+    sums their counts itself) and a stride mismatch of the depthwise convolution's
+    (C, 1, K) weight gradient, which differs only in the stride of its size-1 dimension."""
     rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     tips = _DropTips()
     rank_zero_log.addFilter(tips)
@@ -143,6 +147,8 @@ def _without_lightning_chatter() -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated")
             warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
+            warnings.filterwarnings("ignore", r"It is recommended to use `self.log\('val_")
+            warnings.filterwarnings("ignore", "Grad strides do not match bucket view strides")
             yield
     finally:
         rank_zero_log.removeFilter(tips)
@@ -164,6 +170,12 @@ def _start_from(task: ASRTask, folder: Path) -> list[str]:
                           "settings (dropout, SpecAugment), not the encoder") from None
 
 
+@rank_zero_only
+def _say(message: str) -> None:
+    """Print once, from the first process: every DDP rank runs ``train`` alike."""
+    print(message)
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) and return the exported model folder."""
     out = Path(cfg.out_dir)
@@ -174,7 +186,7 @@ def train(cfg: TrainConfig) -> Path:
     train_cuts = load_manifests(cfg.data.train, issues, cfg.data.max_utterance_seconds)
     dev_cuts = load_manifests([cfg.data.dev], issues) if cfg.data.dev else None
     if issues.total:
-        print(f"manifest problems (skipped): {issues.summary()}")
+        _say(f"manifest problems (skipped): {issues.summary()}")
     if len(train_cuts) == 0:
         raise ConfigError("data.train: no usable utterances in the training manifests")
 
@@ -222,15 +234,15 @@ def train(cfg: TrainConfig) -> Path:
             # the arguments are all config values: Lightning's own checks name the problem
             raise ConfigError(f"trainer: {str(error).strip().splitlines()[0]}") from None
         if last.is_file():
-            print(f"resuming from {last}")
+            _say(f"resuming from {last}")
         elif cfg.init_from:
             untrained = _start_from(task, Path(cfg.init_from))
             tokenizer.save(run_tokenizer(out).parent)  # a resume needs no source folder
             source_info = read_config(cfg.init_from).info
             task.init_source = {"folder": os.path.relpath(cfg.init_from), "info": source_info}
-            print(f"starting from the weights of {cfg.init_from} "
-                  f"({source_info.get('steps', 0)} steps)"
-                  + (f"; new heads: {', '.join(untrained)}" if untrained else ""))
+            _say(f"starting from the weights of {cfg.init_from} "
+                 f"({source_info.get('steps', 0)} steps)"
+                 + (f"; new heads: {', '.join(untrained)}" if untrained else ""))
         trainer.fit(task, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
 
     if task.issues.total:
