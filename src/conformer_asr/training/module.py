@@ -62,8 +62,9 @@ class ASRTask(L.LightningModule):
         start, seconds = self._clock or (now, 0.0)
         seconds += batch.seconds
         self._clock = (start, seconds)
-        if now > start:
-            self.log("audio_s_per_s", seconds / (now - start), prog_bar=True, batch_size=len(batch))
+        if now > start:  # summed over DDP ranks: the whole run's throughput
+            self.log("audio_s_per_s", seconds / (now - start), prog_bar=True,
+                     batch_size=len(batch), sync_dist=True, reduce_fx="sum")
         self.log("train_loss", out.loss, prog_bar=True, batch_size=len(batch))
         for name in ("ctc", "rnnt"):
             part = getattr(out, name)
