@@ -393,3 +393,14 @@ def test_a_reader_that_leaves_early_gets_no_traceback(model_dir):
                                 text=True, timeout=120)
     assert result.returncode == 141
     assert result.stderr == ""
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "cuda:99"]
+                         + ([] if torch.cuda.is_available() else ["cuda"]))
+def test_a_device_this_machine_lacks_is_a_usage_error(model_dir, device):
+    result = _cli("transcribe", str(DATA / "clip1.wav"), "--model", str(model_dir),
+                  "--device", device)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines()[-1].startswith(
+        f"conformer-asr transcribe: error: argument --device: '{device}': ")
+    assert "Traceback" not in result.stderr

@@ -189,6 +189,29 @@ def _lm_flag(text: str) -> str | None:
     return None if text == "none" else text
 
 
+def _add_device_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N")
+
+
+def _device(text: str) -> str:
+    """--device: the CPU or a CUDA GPU that this machine has."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r}: torch sees no CUDA GPU here")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s) here")
+    return text
+
+
 def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
     """Decoding and device flags: the arguments of ``load_model``."""
     p.add_argument("--beam-size", type=int, default=None,
@@ -206,7 +229,7 @@ def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--oov-penalty", type=float, default=None,
                    help="score taken per word outside the LM folder's lexicon (default 0, or "
                         "the model folder's own setting)")
-    p.add_argument("--device", default="cpu")
+    _add_device_flag(p)
     p.add_argument("--int8", action="store_true",
                    help="run the Linear and LSTM layers of the model and its LM in int8 (and "
                         "the subsampling convolutions in bfloat16 on AVX-512 CPUs): faster on "
@@ -272,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, default=200)
     p.add_argument("--heldout-fraction", type=float, default=0.02)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    _add_device_flag(p)
     p.set_defaults(run=_train_lm)
 
     p = commands.add_parser("tune", help="grid-search LM weight, length bonus and OOV "
@@ -287,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated, e.g. 0,0.5,1")
     p.add_argument("--oov-penalties", type=_floats, default=[0.0],
                    help="comma-separated, e.g. 0,2,4 (needs the LM folder's lexicon.txt)")
-    p.add_argument("--device", default="cpu")
+    _add_device_flag(p)
     p.set_defaults(run=_tune)
 
     p = commands.add_parser("pack", help="bundle a model folder with an LM and the decoding "
