@@ -404,3 +404,21 @@ def test_a_device_this_machine_lacks_is_a_usage_error(model_dir, device):
     assert result.stderr.splitlines()[-1].startswith(
         f"conformer-asr transcribe: error: argument --device: '{device}': ")
     assert "Traceback" not in result.stderr
+
+
+def test_outputs_that_cannot_be_written_are_one_line_errors(model_dir, tmp_path):
+    manifest = DATA / "manifest.jsonl"
+    missing = tmp_path / "no-such-folder" / "hyps.jsonl"
+    result = _cli("evaluate", "--manifest", str(manifest), "--model", str(model_dir),
+                  "--output", str(missing))
+    assert result.returncode == 2
+    assert result.stderr == f"error: {missing}: no folder {missing.parent} to write it in\n"
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    result = _cli("transcribe", str(DATA / "clip1.wav"), "--model", str(model_dir),
+                  "--out-dir", str(a_file / "subs"))
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(f"error: --out-dir {a_file / 'subs'}: ")
+    result = _cli("synth", "--out", str(a_file / "corpus"), "--utterances", "1")
+    assert result.returncode == 1
+    assert result.stderr == f"error: [Errno 20] Not a directory: '{a_file / 'corpus'}'\n"

@@ -92,6 +92,8 @@ def evaluate(
     transcriber: Transcriber, manifest: str | Path, output: str | Path | None = None
 ) -> EvalReport:
     utterances = read_manifest(manifest)
+    if output is not None and not Path(output).parent.is_dir():  # found out now, not after
+        raise FileNotFoundError(f"{output}: no folder {Path(output).parent} to write it in")
     report = EvalReport()
     hyps: list[dict] = []
     start = time.perf_counter()
