@@ -260,6 +260,19 @@ def test_train_cli_reports_bad_config_in_one_line(tmp_path):
     ]
 
 
+def test_too_little_data_for_the_ddp_processes_is_a_one_line_error(tmp_path):
+    """The 4 clips fit in one batch of 30 s, which the 2 processes cannot share."""
+    config = _config(tmp_path, devices=2, accelerator="cpu")
+    proc = _train(config, "--set", "data.max_duration=30")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2, out[-3000:]
+    assert "Traceback" not in out
+    errors = sorted(line for line in out.splitlines() if line.startswith("error:"))
+    assert errors == [f"error: data: the sampler made no batch for process {rank} of 2: is "
+                      "data.max_duration shorter than every utterance, or the manifest too "
+                      "small?" for rank in (0, 1)]
+
+
 def test_noam_schedule_peaks_at_warmup():
     assert noam_factor(50, 100) == pytest.approx(0.5)
     assert noam_factor(100, 100) == pytest.approx(1.0)

@@ -22,7 +22,7 @@ from lhotse.dataset.sampling.base import CutSampler
 
 from ..audio.features import LogMelFeatures
 from ..audio.io import SAMPLE_RATE
-from ..models.config import ModelConfig
+from ..models.config import ConfigError, ModelConfig
 from ..text.tokenizer import UNK_ID, Tokenizer
 from .augment import Augmenter
 from .manifest import DataIssues
@@ -72,9 +72,11 @@ class EpochSampler:
             if batches > skip:
                 yield self.sampler.epoch, cuts
         if batches == 0:
-            raise RuntimeError(
-                "the sampler produced no batch: is data.max_duration shorter than every "
-                "utterance, or the manifest empty?"
+            ranks = self.sampler.world_size or 1
+            share = f" for process {self.sampler.rank} of {ranks}" if ranks > 1 else ""
+            raise ConfigError(
+                f"data: the sampler made no batch{share}: is data.max_duration shorter than "
+                "every utterance, or the manifest too small?"
             )
 
 

@@ -243,7 +243,14 @@ def train(cfg: TrainConfig) -> Path:
             _say(f"starting from the weights of {cfg.init_from} "
                  f"({source_info.get('steps', 0)} steps)"
                  + (f"; new heads: {', '.join(untrained)}" if untrained else ""))
-        trainer.fit(task, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+        try:
+            trainer.fit(task, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+        except RuntimeError as error:
+            # Lightning's clean-up after an error in the first batch can fail on its own and
+            # raise in place of the error that stopped training; a config error is the news
+            if isinstance(error.__context__, ConfigError):
+                raise error.__context__ from None
+            raise
 
     if task.issues.total:
         print(f"bad data skipped during training: {task.issues.summary()}")
