@@ -19,7 +19,7 @@ from .transcriber import Transcript, Word
 MAX_LINE_CHARS = 42
 MAX_LINES = 2
 MAX_CUE_SECONDS = 7.0
-PAUSE_SECONDS = 0.5
+PAUSE_SECONDS = 0.3  # longer than the gaps between the words of a phrase (CTC frames: 0-0.24 s)
 MIN_CUE_SECONDS = 1.0
 
 
