@@ -2,6 +2,7 @@
 
 import copy
 import csv
+import fcntl
 import json
 import os
 import signal
@@ -271,6 +272,23 @@ def test_too_little_data_for_the_ddp_processes_is_a_one_line_error(tmp_path):
     assert errors == [f"error: data: the sampler made no batch for process {rank} of 2: is "
                       "data.max_duration shorter than every utterance, or the manifest too "
                       "small?" for rank in (0, 1)]
+
+
+def test_a_second_run_in_the_same_folder_stops_at_once(tmp_path):
+    config = _config(tmp_path)
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    with (exp / ".lock").open("w") as held:  # as a running `conformer-asr train` holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        proc = _train(config)
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out[-3000:]
+    assert out.strip().splitlines()[-1] == (
+        f"error: out_dir: another training run (process 4242) is using {exp}; wait for it, "
+        "or stop it")
+    assert sorted(p.name for p in exp.iterdir()) == [".lock"]  # nothing written
 
 
 def test_noam_schedule_peaks_at_warmup():

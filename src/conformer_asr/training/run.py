@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import logging
 import os
 import warnings
@@ -180,6 +181,41 @@ def train(cfg: TrainConfig) -> Path:
     """Train (or resume) and return the exported model folder."""
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with _claimed(out):
+        return _train_in(out, cfg)
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def _claimed(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` while a run trains in it: a second run started in
+    the same folder stops at once instead of writing over the first one's checkpoints and
+    log. The operating system drops the lock when the process ends, also after kill -9.
+    Only the first DDP process takes it (the others run in the same folder by design)."""
+    if rank_zero_only.rank != 0:
+        yield
+        return
+    path = out / LOCK_FILE
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            raise ConfigError(f"out_dir: another training run (process {holder}) is using "
+                              f"{out}; wait for it, or stop it") from None
+        except OSError:  # a file system without locks: train unguarded
+            pass
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+
+
+def _train_in(out: Path, cfg: TrainConfig) -> Path:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     issues = DataIssues()
