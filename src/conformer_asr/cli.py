@@ -57,9 +57,6 @@ def _transcribe(args: argparse.Namespace) -> int:
     from .audio.io import AudioError
 
     out_paths = _output_paths(args)
-    if isinstance(out_paths, str):
-        print(f"error: {out_paths}", file=sys.stderr)
-        return 2
     transcriber = _load_transcriber(args)
     failed = 0
     for index, (path, result) in enumerate(transcriber.iter_transcripts(args.audio)):
@@ -74,22 +71,24 @@ def _transcribe(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _output_paths(args: argparse.Namespace) -> list[Path] | str:
-    """Where ``--out-dir`` puts each input's transcript (none without it), or why not."""
+def _output_paths(args: argparse.Namespace) -> list[Path]:
+    """Where ``--out-dir`` puts each input's transcript (none without it); ValueError where
+    it cannot."""
     if args.out_dir is None:
         if args.format in ("srt", "vtt") and len(args.audio) > 1:
-            return f"--format {args.format}: give --out-dir for more than one file"
+            raise ValueError(f"--format {args.format}: give --out-dir for more than one file")
         return []
     out_dir = Path(args.out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return f"--out-dir {out_dir}: {exc.strerror or exc}"
     paths = [out_dir / (Path(audio).stem + OUTPUT_SUFFIXES[args.format]) for audio in args.audio]
     first: dict[Path, str] = {}
     for audio, path in zip(args.audio, paths, strict=True):
         if first.setdefault(path, audio) != audio:
-            return f"--out-dir: {first[path]} and {audio} would both be written to {path}"
+            raise ValueError(f"--out-dir: {first[path]} and {audio} would both be written to "
+                             f"{path}")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out-dir {out_dir}: {exc.strerror or exc}") from None
     return paths
 
 
