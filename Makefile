@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint system-deps
+.PHONY: demo test lint system-deps install-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,3 +26,12 @@ test: $(STAMP) system-deps
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# A user's install: the package alone (no dev extras) from a wheel into a fresh venv, then
+# the demo from outside the checkout. Catches a dependency that only the dev extras bring.
+install-check:
+	rm -rf build/install-check
+	$(PYTHON) -m venv build/install-check
+	build/install-check/bin/python -m pip install -q torch==2.13.0
+	build/install-check/bin/python -m pip install -q .
+	cd build && install-check/bin/conformer-asr transcribe ../examples/*.wav ../examples/*.flac
