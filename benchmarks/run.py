@@ -1,7 +1,7 @@
 """Run every benchmark, print a table and write JSON.
 
     python -m benchmarks.run [--sizes s m] [--threads 2] [--repeats 5]
-                             [--json benchmarks/results.json] [--only train ...] [--quick]
+                             [--json results.json] [--only train ...] [--quick]
                              [--device cuda] [--precision bf16] [--train-batch 64]
 
 See benchmarks/README.md for what each row measures.
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from conformer_asr.files import write_atomically
 from conformer_asr.models import ASRModel
 from conformer_asr.models.quantize import bf16_convolutions_are_fast, full_range_int8_is_exact
 
@@ -100,8 +101,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed calls of each path; the median is reported "
                              f"(default {FULL.repeats}, {QUICK.repeats} with --quick)")
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/results.json"),
-                        help="where to write the results")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="write the results here too (default: only the printed table, "
+                             "so that a --quick or --only run overwrites no saved results)")
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS + OPTIONAL, default=BENCHMARKS,
                         help="run only these benchmarks (default: all but compile, the "
                              "torch.compile rows)")
@@ -190,9 +192,10 @@ def main(argv: list[str] | None = None) -> int:
                      "workload": dataclasses.asdict(work), "models": configs},
         "rows": [dataclasses.asdict(row) for row in rows],
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(args.json, json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.json}")
     return 0
 
 
