@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +13,13 @@ import soundfile as sf
 import torch
 
 from conformer_asr import load_model
-from conformer_asr.audio.io import AudioError, load_audio, resample
+from conformer_asr.audio.io import AudioError, load_audio, resample, samples_of
 from conformer_asr.inference.model_dir import save_model_dir
 from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
 from conformer_asr.text.tokenizer import Tokenizer
 
 DATA = Path(__file__).parent / "data"
+EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
 @pytest.fixture(scope="module")
@@ -319,6 +321,36 @@ def test_python_api_accepts_arrays(model_dir):
     from_array = transcriber.transcribe([audio, np.stack([audio, audio], axis=1)])
     from_file = transcriber.transcribe([str(DATA / "clip1.wav")])
     assert from_array == from_file * 2
+
+
+def test_python_api_reads_arrays_as_files_are_read():
+    """Integer PCM, channels first or last, torch tensors and a single input not in a list
+    all give what the file gives (the bundled model, whose pause trimming reads levels)."""
+    transcriber = load_model()
+    path = EXAMPLES / "weather.wav"
+    expected = transcriber.transcribe([str(path)])
+    assert expected[0]  # a real transcript, not silence
+    pcm, rate = sf.read(path, dtype="int16")
+    assert rate == 16000
+    stereo = np.stack([pcm, pcm], axis=1)
+    as_float = pcm.astype(np.float32) / 32768
+    inputs = [pcm, pcm.astype(np.int32) << 16, stereo, stereo.T, torch.from_numpy(as_float),
+              torch.from_numpy(stereo.T.copy())]
+    assert transcriber.transcribe(inputs) == expected * len(inputs)
+    # 8-bit PCM is too coarse to give the same words; its scale is checked directly
+    eight_bit = (pcm >> 8).astype(np.int16)
+    np.testing.assert_array_equal(samples_of((eight_bit + 128).astype(np.uint8), "x"),
+                                  eight_bit.astype(np.float32) / 128)
+    assert transcriber.transcribe(str(path)) == expected
+    assert transcriber.transcribe(as_float) == expected
+    for bad, why in [(np.zeros((2, 2, 100), np.float32), "expected (samples,) or (samples, "
+                      "channels) audio, got shape (2, 2, 100)"),
+                     (np.zeros(100, np.uint16), "expected float, signed integer or uint8 "
+                      "samples, got uint16"),
+                     (np.zeros(0, np.float32), "expected (samples,) or (samples, channels) "
+                      "audio, got shape (0,)")]:
+        with pytest.raises(AudioError, match=re.escape(f"input 0: {why}")):
+            transcriber.transcribe([bad])
 
 
 def test_int8_transcribes_and_evaluates(model_dir):

@@ -23,6 +23,33 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(samples, dtype=np.float32)
 
 
+def samples_of(array: object, name: str) -> np.ndarray:
+    """An in-memory recording -> (N,) float32 mono in [-1, 1], as ``load_audio`` reads files.
+
+    ``array``: a NumPy array or a torch tensor, (N,) or 2-D with channels on its shorter
+    axis ((N, C) as soundfile reads, (C, N) as torchaudio does); float samples in [-1, 1],
+    or integers (int16, int32, uint8 PCM) scaled as in a WAV file. AudioError naming
+    ``name`` for other shapes or types, or NaN and infinite samples.
+    """
+    if hasattr(array, "detach"):  # a torch tensor
+        array = array.detach().cpu().numpy()
+    if not isinstance(array, np.ndarray):
+        raise AudioError(f"{name}: not audio: {type(array).__name__}")
+    if array.ndim not in (1, 2) or array.size == 0:
+        raise AudioError(f"{name}: expected (samples,) or (samples, channels) audio, got "
+                         f"shape {array.shape}")
+    if array.ndim == 2 and array.shape[0] < array.shape[1]:
+        array = array.T  # (C, N)
+    if array.dtype == np.uint8:  # 8-bit PCM is unsigned, centred on 128
+        array = (array.astype(np.float32) - 128.0) / 128.0
+    elif np.issubdtype(array.dtype, np.signedinteger):
+        array = array.astype(np.float32) / -float(np.iinfo(array.dtype).min)
+    elif not np.issubdtype(array.dtype, np.floating):
+        raise AudioError(f"{name}: expected float, signed integer or uint8 samples, got "
+                         f"{array.dtype}")
+    return finite(to_mono(array), name)
+
+
 def finite(samples: np.ndarray, name: str) -> np.ndarray:
     """``samples`` unchanged; raises AudioError naming ``name`` if any is NaN or infinite
     (float files can hold them, and the features would turn them into garbage)."""

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..audio.features import LogMelFeatures
-from ..audio.io import SAMPLE_RATE, AudioError, finite, resample, stream_audio, to_mono
+from ..audio.io import SAMPLE_RATE, AudioError, resample, samples_of, stream_audio
 from ..audio.pauses import FRAME_SECONDS, find_pauses
 from ..decoding.greedy import Hypothesis
 from ..decoding.lexicon import Lexicon
@@ -42,7 +42,7 @@ from ..text.tokenizer import Tokenizer
 from .lm_dir import load_lexicon_for, load_lm_for
 from .model_dir import bundled_lm_dir, load_model_dir, resolve_model_dir
 
-AudioInput = str | Path | np.ndarray
+AudioInput = str | Path | np.ndarray | torch.Tensor  # arrays: see audio.io.samples_of
 
 PAUSE_MARGIN = 0.25  # seconds of a pause kept on each side of a cut in it
 _MARGIN_SAMPLES = round(PAUSE_MARGIN * SAMPLE_RATE)
@@ -129,9 +129,10 @@ class Transcriber:
         self.frame_seconds = model.cfg.encoder_frame_seconds
 
     def transcribe(
-        self, inputs: Sequence[AudioInput], sample_rate: int = SAMPLE_RATE
+        self, inputs: Sequence[AudioInput] | AudioInput, sample_rate: int = SAMPLE_RATE
     ) -> list[str]:
-        """-> one text per input; raises AudioError on the first unusable input."""
+        """-> one text per input (a single input counts as a list of one); raises
+        AudioError on the first unusable input."""
         results = []
         for _, result in self.iter_transcripts(inputs, sample_rate):
             if isinstance(result, AudioError):
@@ -140,9 +141,11 @@ class Transcriber:
         return results
 
     def iter_transcripts(
-        self, inputs: Sequence[AudioInput], sample_rate: int = SAMPLE_RATE
+        self, inputs: Sequence[AudioInput] | AudioInput, sample_rate: int = SAMPLE_RATE
     ) -> Iterator[tuple[AudioInput, Transcript | AudioError]]:
         """Yield (input, Transcript or AudioError) in input order; errors do not stop the rest."""
+        if isinstance(inputs, str | Path | np.ndarray | torch.Tensor):
+            inputs = [inputs]  # one recording, not a sequence of characters or samples
         pending: dict[int, list[tuple[_Segment, Hypothesis]]] = {}
         finished: dict[int, float | AudioError] = {}  # duration, or why the input failed
         batch: list[_Segment] = []
@@ -190,8 +193,8 @@ class Transcriber:
 
     def _segments(self, index: int, item: AudioInput, sample_rate: int) -> Iterator[_Segment]:
         blocks: Iterable[np.ndarray]
-        if isinstance(item, np.ndarray):
-            blocks = [resample(finite(to_mono(item), f"input {index}"), sample_rate)]
+        if not isinstance(item, str | Path):
+            blocks = [resample(samples_of(item, f"input {index}"), sample_rate)]
         else:
             blocks = stream_audio(item, block_seconds=self.window)
         buffer = np.zeros(0, dtype=np.float32)
