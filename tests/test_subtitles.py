@@ -145,6 +145,10 @@ def test_transcribe_refuses_outputs_that_would_mix_or_collide(tmp_path):
     mixed = _cli("transcribe", weather, weather, "--format", "vtt", cwd=tmp_path)
     assert (mixed.returncode, mixed.stdout) == (2, "")
     assert mixed.stderr == "error: --format vtt: give --out-dir for more than one file\n"
+    words = _cli("transcribe", weather, "--words", cwd=tmp_path)
+    assert (words.returncode, words.stdout) == (2, "")
+    assert words.stderr == ("error: --words goes with --format json (srt and vtt are timed "
+                            "anyway)\n")
     (tmp_path / "other").mkdir()
     copy = tmp_path / "other" / "weather.flac"
     copy.write_bytes(b"")

@@ -73,7 +73,9 @@ def _transcribe(args: argparse.Namespace) -> int:
 
 def _output_paths(args: argparse.Namespace) -> list[Path]:
     """Where ``--out-dir`` puts each input's transcript (none without it); ValueError where
-    it cannot."""
+    it cannot, or where the flags do not go together."""
+    if args.words and args.format != "json":
+        raise ValueError("--words goes with --format json (srt and vtt are timed anyway)")
     if args.out_dir is None:
         if args.format in ("srt", "vtt") and len(args.audio) > 1:
             raise ValueError(f"--format {args.format}: give --out-dir for more than one file")
