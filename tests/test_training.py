@@ -291,6 +291,32 @@ def test_a_second_run_in_the_same_folder_stops_at_once(tmp_path):
     assert sorted(p.name for p in exp.iterdir()) == [".lock"]  # nothing written
 
 
+def test_an_unreadable_checkpoint_is_passed_over(tmp_path):
+    config = _config(tmp_path, max_steps=10)
+    proc = _train(config)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    folder = tmp_path / "exp" / "checkpoints"
+    last = folder / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # as a copy cut short leaves it
+
+    proc = _train(config, "--set", "trainer.max_steps=12")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert (f"{last}: cannot be read (PytorchStreamReader failed reading zip archive: failed "
+            "finding central directory); trying an older checkpoint") in out
+    assert f"resuming from {folder / 'step-10.ckpt'}" in out
+    assert torch.load(last, weights_only=False)["global_step"] == 12
+
+    for path in folder.glob("*.ckpt"):
+        path.write_bytes(b"not a checkpoint")
+    proc = _train(config, "--set", "trainer.max_steps=14")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2, out[-3000:]
+    assert out.strip().splitlines()[-1] == (
+        f"error: {folder}: none of its checkpoints can be read; move them away to start afresh")
+
+
 def test_noam_schedule_peaks_at_warmup():
     assert noam_factor(50, 100) == pytest.approx(0.5)
     assert noam_factor(100, 100) == pytest.approx(1.0)

@@ -6,9 +6,11 @@
     OUT_DIR/logs/metrics.csv       loss, lr, dev WER, throughput per logged step
     OUT_DIR/curves.png             training curves
     OUT_DIR/model/                 the average of the last checkpoints, ready for transcribe
+    OUT_DIR/.lock                  held while a run trains here (the process id inside)
 
 Re-running the same command resumes from ``last.ckpt`` exactly where it stopped
-(weights, optimiser, schedule, RNG states and position in the epoch).
+(weights, optimiser, schedule, every process's RNG states and position in the epoch), or
+from the newest step checkpoint where ``last.ckpt`` cannot be read.
 """
 
 from __future__ import annotations
@@ -213,6 +215,25 @@ def _claimed(out: Path) -> Iterator[None]:
         yield
 
 
+def _resume_point(last: Path) -> Path | None:
+    """The newest checkpoint that can be read: ``last``, else the ``step-N.ckpt`` files beside
+    it, newest first. One that cannot (copied in part, say) is named and passed over, not
+    deleted. None where there is no checkpoint; ConfigError where none can be read."""
+    candidates = [p for p in (last, *reversed(step_checkpoints(last.parent))) if p.is_file()]
+    for path in candidates:
+        try:
+            torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        except Exception as error:  # torch raises several kinds for a damaged file
+            reason = (str(error).strip() or repr(error)).splitlines()[0].split(". ")[0]
+            _say(f"{path}: cannot be read ({reason}); trying an older checkpoint")
+            continue
+        return path
+    if candidates:
+        raise ConfigError(f"{last.parent}: none of its checkpoints can be read; move them "
+                          "away to start afresh")
+    return None
+
+
 def _train_in(out: Path, cfg: TrainConfig) -> Path:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -267,8 +288,9 @@ def _train_in(out: Path, cfg: TrainConfig) -> Path:
         except (MisconfigurationException, ValueError, TypeError, ImportError) as error:
             # the arguments are all config values: Lightning's own checks name the problem
             raise ConfigError(f"trainer: {str(error).strip().splitlines()[0]}") from None
-        if last.is_file():
-            _say(f"resuming from {last}")
+        resume = _resume_point(last)
+        if resume is not None:
+            _say(f"resuming from {resume}")
         elif cfg.init_from:
             untrained = _start_from(task, Path(cfg.init_from))
             tokenizer.save(run_tokenizer(out).parent)  # a resume needs no source folder
@@ -278,7 +300,7 @@ def _train_in(out: Path, cfg: TrainConfig) -> Path:
                  f"({source_info.get('steps', 0)} steps)"
                  + (f"; new heads: {', '.join(untrained)}" if untrained else ""))
         try:
-            trainer.fit(task, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+            trainer.fit(task, datamodule=data, ckpt_path=str(resume) if resume else None)
         except RuntimeError as error:
             # Lightning's clean-up after an error in the first batch can fail on its own and
             # raise in place of the error that stopped training; a config error is the news
