@@ -7,6 +7,7 @@ import soundfile as sf
 from lhotse import CutSet
 
 from conformer_asr.data.manifest import DataIssues, ManifestError, load_cuts, save_jsonl
+from conformer_asr.inference.evaluate import read_manifest
 
 
 def _tone(seconds: float, rate: int = 16000, channels: int = 1) -> np.ndarray:
@@ -77,6 +78,17 @@ def test_paths_resolve_against_manifest_folder(corpus, monkeypatch):
         str(corpus / "wavs" / "a.wav"), str(corpus / "elsewhere" / "c.wav")]
     save_jsonl(cuts, corpus / "top.jsonl")  # now both lie under the folder: relative
     assert [r["audio"] for r in _lines(corpus / "top.jsonl")] == ["wavs/a.wav", "elsewhere/c.wav"]
+
+
+def test_a_windows_editors_manifest_reads_like_any_other(corpus):
+    """A byte-order mark, CRLF line ends and blank lines, for training and for evaluate."""
+    records = [{"id": "a", "audio": "wavs/a.wav", "text": "hi"},
+               {"id": "b", "audio": "wavs/b.flac", "text": "there"}]
+    plain = _write_lines(corpus / "plain.jsonl", records)
+    windows = corpus / "windows.jsonl"
+    windows.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes().replace(b"\n", b"\r\n\r\n"))
+    assert [c.to_dict() for c in load_cuts(windows)] == [c.to_dict() for c in load_cuts(plain)]
+    assert read_manifest(windows) == read_manifest(plain)
 
 
 def test_text_is_normalised(corpus):

@@ -76,8 +76,9 @@ def _absolute(path: str | Path) -> Path:
 
 
 def _open_text(path: Path) -> TextIO:
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(
-        path, encoding="utf-8")
+    """utf-8-sig: UTF-8, with or without the byte-order mark some Windows editors write."""
+    return gzip.open(path, "rt", encoding="utf-8-sig") if path.suffix == ".gz" else open(
+        path, encoding="utf-8-sig")
 
 
 def _is_lhotse(first: dict[str, Any]) -> bool:

@@ -70,7 +70,8 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: manifest not found")
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    # utf-8-sig: UTF-8, with or without the byte-order mark some Windows editors write
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
             continue
         try:
