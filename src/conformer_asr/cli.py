@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except (ConfigError, ModelDirError, AudioError, ManifestError, FileNotFoundError,
             ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        sys.stderr.write(f"error: {error}\n")  # one write: DDP processes share the stream
         return 2
     except KeyboardInterrupt:
         return 130
