@@ -59,9 +59,11 @@ def _config(tmp_path: Path, **trainer) -> Path:
     return path
 
 
-def _train(config: Path, *extra: str, kill: tuple[str, int] | None = None) -> subprocess.Popen:
+def _train(config: Path, *extra: str, kill: tuple[str, int] | None = None,
+           signal_name: str = "SIGKILL") -> subprocess.Popen:
     """``conformer-asr train`` in a subprocess. With ``kill=(hook, step)`` every training
-    process SIGKILLs itself when the module's ``hook`` runs at that global step:
+    process sends itself ``signal_name`` (SIGINT: Ctrl-C) when the module's ``hook`` runs
+    at that global step:
     ``on_train_batch_end`` comes right after Lightning saves the step's checkpoint and
     before it logs the step's row, ``validation_step`` during the step's validation; the
     moments a kill costs most. (A script file, not ``-c``: DDP starts the other ranks by
@@ -69,7 +71,8 @@ def _train(config: Path, *extra: str, kill: tuple[str, int] | None = None) -> su
     command = [sys.executable, "-m", "conformer_asr.cli"]
     if kill is not None:
         script = config.parent / "train_and_kill.py"
-        script.write_text(_KILL_AT_STEP.format(hook=kill[0], step=kill[1]))
+        script.write_text(_KILL_AT_STEP.format(hook=kill[0], step=kill[1],
+                                               signal=signal_name))
         command = [sys.executable, str(script)]
     return subprocess.Popen(
         [*command, "train", str(config), *extra],
@@ -87,7 +90,7 @@ hook = ASRTask.{hook}
 
 def kill_at_step(task, *args):
     if task.trainer.global_step == {step}:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.{signal})
     return hook(task, *args)
 
 ASRTask.{hook} = kill_at_step
@@ -290,6 +293,16 @@ def test_a_second_run_in_the_same_folder_stops_at_once(tmp_path):
         f"error: out_dir: another training run (process 4242) is using {exp}; wait for it, "
         "or stop it")
     assert sorted(p.name for p in exp.iterdir()) == [".lock"]  # nothing written
+
+
+def test_ctrl_c_says_where_the_run_will_resume(tmp_path):
+    config = _config(tmp_path)
+    proc = _train(config, kill=("on_train_batch_end", 7), signal_name="SIGINT")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out[-3000:]
+    last = tmp_path / "exp" / "checkpoints" / "last.ckpt"
+    assert f"stopped: the same command resumes from {last} (step 5)\n" in out
+    assert "Traceback" not in out
 
 
 def test_an_unreadable_checkpoint_is_passed_over(tmp_path):

@@ -234,6 +234,14 @@ def _resume_point(last: Path) -> Path | None:
     return None
 
 
+def _how_to_resume(last: Path) -> str:
+    point = _resume_point(last)
+    if point is None:
+        return "stopped before the first checkpoint: the same command starts afresh"
+    step = torch.load(point, map_location="cpu", mmap=True, weights_only=False)["global_step"]
+    return f"stopped: the same command resumes from {point} (step {step})"
+
+
 def _train_in(out: Path, cfg: TrainConfig) -> Path:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -301,6 +309,9 @@ def _train_in(out: Path, cfg: TrainConfig) -> Path:
                  + (f"; new heads: {', '.join(untrained)}" if untrained else ""))
         try:
             trainer.fit(task, datamodule=data, ckpt_path=str(resume) if resume else None)
+        except SystemExit:  # Lightning's exit after Ctrl-C, once it has shut down cleanly
+            _say(_how_to_resume(last))
+            raise
         except RuntimeError as error:
             # Lightning's clean-up after an error in the first batch can fail on its own and
             # raise in place of the error that stopped training; a config error is the news
