@@ -63,11 +63,10 @@ def _train(config: Path, *extra: str, kill: tuple[str, int] | None = None,
            signal_name: str = "SIGKILL") -> subprocess.Popen:
     """``conformer-asr train`` in a subprocess. With ``kill=(hook, step)`` every training
     process sends itself ``signal_name`` (SIGINT: Ctrl-C) when the module's ``hook`` runs
-    at that global step:
-    ``on_train_batch_end`` comes right after Lightning saves the step's checkpoint and
-    before it logs the step's row, ``validation_step`` during the step's validation; the
-    moments a kill costs most. (A script file, not ``-c``: DDP starts the other ranks by
-    running the same command again.)"""
+    at that global step: ``on_train_batch_end`` comes right after Lightning saves the
+    step's checkpoint and before it logs the step's row, ``validation_step`` during the
+    step's validation; the moments a kill costs most. (A script file, not ``-c``: DDP
+    starts the other ranks by running the same command again.)"""
     command = [sys.executable, "-m", "conformer_asr.cli"]
     if kill is not None:
         script = config.parent / "train_and_kill.py"
