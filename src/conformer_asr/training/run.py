@@ -215,19 +215,20 @@ def _claimed(out: Path) -> Iterator[None]:
         yield
 
 
-def _resume_point(last: Path) -> Path | None:
-    """The newest checkpoint that can be read: ``last``, else the ``step-N.ckpt`` files beside
-    it, newest first. One that cannot (copied in part, say) is named and passed over, not
-    deleted. None where there is no checkpoint; ConfigError where none can be read."""
+def _resume_point(last: Path) -> tuple[Path, int] | None:
+    """The newest checkpoint that can be read, and its step: ``last``, else the
+    ``step-N.ckpt`` files beside it, newest first. One that cannot (copied in part, say) is
+    named and passed over, not deleted. None where there is no checkpoint; ConfigError
+    where none can be read."""
     candidates = [p for p in (last, *reversed(step_checkpoints(last.parent))) if p.is_file()]
     for path in candidates:
         try:
-            torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
         except Exception as error:  # torch raises several kinds for a damaged file
             reason = (str(error).strip() or repr(error)).splitlines()[0].split(". ")[0]
             _say(f"{path}: cannot be read ({reason}); trying an older checkpoint")
             continue
-        return path
+        return path, state["global_step"]
     if candidates:
         raise ConfigError(f"{last.parent}: none of its checkpoints can be read; move them "
                           "away to start afresh")
@@ -238,8 +239,7 @@ def _how_to_resume(last: Path) -> str:
     point = _resume_point(last)
     if point is None:
         return "stopped before the first checkpoint: the same command starts afresh"
-    step = torch.load(point, map_location="cpu", mmap=True, weights_only=False)["global_step"]
-    return f"stopped: the same command resumes from {point} (step {step})"
+    return f"stopped: the same command resumes from {point[0]} (step {point[1]})"
 
 
 def _train_in(out: Path, cfg: TrainConfig) -> Path:
@@ -298,7 +298,7 @@ def _train_in(out: Path, cfg: TrainConfig) -> Path:
             raise ConfigError(f"trainer: {str(error).strip().splitlines()[0]}") from None
         resume = _resume_point(last)
         if resume is not None:
-            _say(f"resuming from {resume}")
+            _say(f"resuming from {resume[0]} (step {resume[1]})")
         elif cfg.init_from:
             untrained = _start_from(task, Path(cfg.init_from))
             tokenizer.save(run_tokenizer(out).parent)  # a resume needs no source folder
@@ -308,7 +308,7 @@ def _train_in(out: Path, cfg: TrainConfig) -> Path:
                  f"({source_info.get('steps', 0)} steps)"
                  + (f"; new heads: {', '.join(untrained)}" if untrained else ""))
         try:
-            trainer.fit(task, datamodule=data, ckpt_path=str(resume) if resume else None)
+            trainer.fit(task, datamodule=data, ckpt_path=str(resume[0]) if resume else None)
         except SystemExit:  # Lightning's exit after Ctrl-C, once it has shut down cleanly
             _say(_how_to_resume(last))
             raise
