@@ -75,7 +75,7 @@ def _absolute(path: str | Path) -> Path:
     return Path(os.path.abspath(path))
 
 
-def _open_text(path: Path) -> TextIO:
+def open_text(path: Path) -> TextIO:
     """utf-8-sig: UTF-8, with or without the byte-order mark some Windows editors write."""
     return gzip.open(path, "rt", encoding="utf-8-sig") if path.suffix == ".gz" else open(
         path, encoding="utf-8-sig")
@@ -99,7 +99,7 @@ def load_cuts(path: str | Path, issues: DataIssues | None = None) -> CutSet:
     issues = issues if issues is not None else DataIssues()
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest")
-    with _open_text(path) as f:
+    with open_text(path) as f:
         first_line = next((line for line in f if line.strip()), "")
     try:
         first = json.loads(first_line) if first_line else {}
@@ -122,7 +122,7 @@ def _read_plain(path: Path, issues: DataIssues) -> list[Cut]:
     root = _absolute(path.parent)
     seen: set[str] = set()
     cuts = []
-    with _open_text(path) as f:
+    with open_text(path) as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..audio.io import AudioError
+from ..data.manifest import open_text
 from ..files import write_atomically
 from ..scoring import WordErrors, word_errors
 from ..text.normalize import normalize_text
@@ -70,8 +71,9 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: manifest not found")
     rows = []
-    # utf-8-sig: UTF-8, with or without the byte-order mark some Windows editors write
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    with open_text(path) as f:
+        lines = f.read().splitlines()
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:

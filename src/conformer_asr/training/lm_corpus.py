@@ -7,22 +7,20 @@ utterance in an excluded manifest is removed.
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
+from ..data.manifest import open_text
 from ..text.normalize import normalize_text
 
 
 def _open_text(path: Path) -> TextIO:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+    return open_text(path)
 
 
 def read_sentences(paths: Iterable[str | Path]) -> list[str]:
