@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import lightning as L
@@ -60,8 +61,10 @@ def _config(tmp_path: Path, **trainer) -> Path:
 
 
 def _train(config: Path, *extra: str, kill: tuple[str, int] | None = None,
-           signal_name: str = "SIGKILL") -> subprocess.Popen:
-    """``conformer-asr train`` in a subprocess. With ``kill=(hook, step)`` every training
+           signal_name: str = "SIGKILL", timeout: float = 300) -> subprocess.CompletedProcess:
+    """``conformer-asr train`` in a subprocess, run to its end -> its return code and output
+    (stderr merged). A run still going after ``timeout`` seconds fails the test, showing
+    the Python stacks of all its processes. With ``kill=(hook, step)`` every training
     process sends itself ``signal_name`` (SIGINT: Ctrl-C) when the module's ``hook`` runs
     at that global step: ``on_train_batch_end`` comes right after Lightning saves the
     step's checkpoint and before it logs the step's row, ``validation_step`` during the
@@ -73,11 +76,43 @@ def _train(config: Path, *extra: str, kill: tuple[str, int] | None = None,
         script.write_text(_KILL_AT_STEP.format(hook=kill[0], step=kill[1],
                                                signal=signal_name))
         command = [sys.executable, str(script)]
-    return subprocess.Popen(
-        [*command, "train", str(config), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    args = [*command, "train", str(config), *extra]
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"},
+        start_new_session=True,  # one process group: the DDP ranks and DataLoader workers
     )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # a hang: each process of the run in turn prints its threads' Python stacks
+        # (faulthandler, on SIGABRT), while the others stay stopped where they hung
+        os.killpg(proc.pid, signal.SIGSTOP)
+        for pid in _process_group(proc.pid):
+            os.kill(pid, signal.SIGABRT)
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(1)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+        pytest.fail(f"train did not end within {timeout:g} s; its output and stacks:\n"
+                    f"{out[-20000:]}")
+    return subprocess.CompletedProcess(args, proc.returncode, out)
+
+
+def _process_group(group: int) -> list[int]:
+    """The ids of the running processes in process group ``group``."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:  # pid (name) state ppid pgrp ...; the name may hold spaces and parentheses
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[2]) == group:
+            pids.append(int(stat.parent.name))
+    return pids
 
 
 _KILL_AT_STEP = """
@@ -114,21 +149,21 @@ def _train_whole_killed_resumed(tmp_path: Path, hook: str, **trainer) -> tuple[P
     whole = tmp_path / "whole"
     whole.mkdir()
     proc = _train(_config(whole, **trainer))
-    out, _ = proc.communicate(timeout=600)
+    out = proc.stdout
     assert proc.returncode == 0, out[-3000:]
 
     killed = tmp_path / "killed"
     killed.mkdir()
     config = _config(killed, **trainer)
     proc = _train(config, kill=(hook, 10))
-    out, _ = proc.communicate(timeout=600)
+    out = proc.stdout
     assert proc.returncode == -signal.SIGKILL, out[-3000:]
     # the step's checkpoint was written but not yet published: the run resumes before it
     state = torch.load(killed / "exp/checkpoints/last.ckpt", weights_only=False)
     assert state["global_step"] == 5
 
     proc = _train(config)
-    out, _ = proc.communicate(timeout=600)
+    out = proc.stdout
     assert proc.returncode == 0, out[-3000:]
     assert "resuming from" in out
     assert not list((killed / "exp/checkpoints").glob(".*")), "files left from the kill"
@@ -268,7 +303,7 @@ def test_too_little_data_for_the_ddp_processes_is_a_one_line_error(tmp_path):
     """The 4 clips fit in one batch of 30 s, which the 2 processes cannot share."""
     config = _config(tmp_path, devices=2, accelerator="cpu")
     proc = _train(config, "--set", "data.max_duration=30")
-    out, _ = proc.communicate(timeout=300)
+    out = proc.stdout
     assert proc.returncode == 2, out[-3000:]
     assert "Traceback" not in out
     # both processes share the pipe, so their lines can interleave: find each one's error
@@ -286,7 +321,7 @@ def test_a_second_run_in_the_same_folder_stops_at_once(tmp_path):
         held.write("4242\n")
         held.flush()
         proc = _train(config)
-        out, _ = proc.communicate(timeout=120)
+        out = proc.stdout
     assert proc.returncode == 2, out[-3000:]
     assert out.strip().splitlines()[-1] == (
         f"error: out_dir: another training run (process 4242) is using {exp}; wait for it, "
@@ -297,7 +332,7 @@ def test_a_second_run_in_the_same_folder_stops_at_once(tmp_path):
 def test_ctrl_c_says_where_the_run_will_resume(tmp_path):
     config = _config(tmp_path)
     proc = _train(config, kill=("on_train_batch_end", 7), signal_name="SIGINT")
-    out, _ = proc.communicate(timeout=300)
+    out = proc.stdout
     assert proc.returncode == 1, out[-3000:]
     last = tmp_path / "exp" / "checkpoints" / "last.ckpt"
     assert f"stopped: the same command resumes from {last} (step 5)\n" in out
@@ -307,14 +342,14 @@ def test_ctrl_c_says_where_the_run_will_resume(tmp_path):
 def test_an_unreadable_checkpoint_is_passed_over(tmp_path):
     config = _config(tmp_path, max_steps=10)
     proc = _train(config)
-    out, _ = proc.communicate(timeout=300)
+    out = proc.stdout
     assert proc.returncode == 0, out[-3000:]
     folder = tmp_path / "exp" / "checkpoints"
     last = folder / "last.ckpt"
     last.write_bytes(last.read_bytes()[:1000])  # as a copy cut short leaves it
 
     proc = _train(config, "--set", "trainer.max_steps=12")
-    out, _ = proc.communicate(timeout=300)
+    out = proc.stdout
     assert proc.returncode == 0, out[-3000:]
     assert (f"{last}: cannot be read (PytorchStreamReader failed reading zip archive: failed "
             "finding central directory); trying an older checkpoint") in out
@@ -324,7 +359,7 @@ def test_an_unreadable_checkpoint_is_passed_over(tmp_path):
     for path in folder.glob("*.ckpt"):
         path.write_bytes(b"not a checkpoint")
     proc = _train(config, "--set", "trainer.max_steps=14")
-    out, _ = proc.communicate(timeout=300)
+    out = proc.stdout
     assert proc.returncode == 2, out[-3000:]
     assert out.strip().splitlines()[-1] == (
         f"error: {folder}: none of its checkpoints can be read; move them away to start afresh")
@@ -442,7 +477,7 @@ def test_init_from_starts_a_run_from_a_trained_model_folder(tmp_path):
     source = tmp_path / "source"
     source.mkdir()
     proc = _train(_config(source, max_steps=2, average_last=1))
-    out, _ = proc.communicate(timeout=300)
+    out = proc.stdout
     assert proc.returncode == 0, out[-3000:]
     folder = source / "exp" / "model"
 
@@ -455,7 +490,7 @@ def test_init_from_starts_a_run_from_a_trained_model_folder(tmp_path):
     tuned_yaml = tmp_path / "tuned.yaml"
     tuned_yaml.write_text(yaml.safe_dump(raw))
     proc = _train(tuned_yaml)
-    out, _ = proc.communicate(timeout=300)
+    out = proc.stdout
     assert proc.returncode == 0, out[-3000:]
     assert f"starting from the weights of {folder} (2 steps)" in out
 
@@ -480,7 +515,7 @@ def test_init_from_starts_a_run_from_a_trained_model_folder(tmp_path):
     raw["trainer"].update(max_steps=2)
     tuned_yaml.write_text(yaml.safe_dump(raw))
     proc = _train(tuned_yaml)
-    out, _ = proc.communicate(timeout=300)
+    out = proc.stdout
     assert proc.returncode == 0 and "resuming from" in out, out[-3000:]
     config = json.loads((tmp_path / "tuned" / "model" / "config.json").read_text())
     assert config["info"]["steps"] == 2 and config["info"]["init_from"]["info"]["steps"] == 2
@@ -512,7 +547,7 @@ def test_init_from_starts_a_run_from_a_trained_model_folder(tmp_path):
     raw["trainer"].update(max_steps=1)
     tuned_yaml.write_text(yaml.safe_dump(raw))
     proc = _train(tuned_yaml)
-    out, _ = proc.communicate(timeout=300)
+    out = proc.stdout
     assert proc.returncode == 0, out[-3000:]
     assert "(2 steps); new heads: joint, simple_joint" in out
     pruned = _weights(tmp_path / "pruned")
