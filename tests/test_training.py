@@ -120,6 +120,8 @@ import os, signal, sys
 from conformer_asr.cli import main
 from conformer_asr.training.module import ASRTask
 
+# Ctrl-C as in a terminal: a job a script starts in the background inherits SIGINT ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
 hook = ASRTask.{hook}
 
 def kill_at_step(task, *args):
