@@ -1,8 +1,8 @@
-"""files.write_atomically: whole files or none, errors that name the file."""
+"""files: whole files or none, errors that name the file, leftovers of killed writes."""
 
 import pytest
 
-from conformer_asr.files import write_atomically
+from conformer_asr.files import remove_leftovers, replacing, write_atomically
 
 
 def test_writes_text_and_bytes_and_leaves_nothing_else(tmp_path):
@@ -21,3 +21,34 @@ def test_a_failed_write_names_the_file_and_removes_its_temporary(tmp_path):
     assert raised.value.filename == str(folder)
     assert [p.name for p in tmp_path.iterdir()] == ["taken"]
     assert not list(folder.iterdir())
+
+
+def test_an_error_in_the_block_keeps_the_old_file_and_removes_the_temporary(tmp_path):
+    target = tmp_path / "cuts.jsonl.gz"
+    target.write_text("old")
+    with pytest.raises(ValueError), replacing(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".cuts.jsonl.gz.")
+        assert tmp.suffix == ".gz"  # writers that read the format from the name still can
+        tmp.write_text("half of the new")
+        raise ValueError("killed midway")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["cuts.jsonl.gz"]
+
+
+def test_an_error_about_another_file_is_not_renamed(tmp_path):
+    missing = tmp_path / "missing.txt"
+    with pytest.raises(FileNotFoundError) as raised, replacing(tmp_path / "out.txt") as tmp:
+        tmp.write_text(missing.read_text())
+    assert raised.value.filename == str(missing)
+
+
+def test_sync_and_leftovers(tmp_path):
+    with replacing(tmp_path / "state.pt", sync=True) as tmp:
+        tmp.write_bytes(b"state")
+    assert (tmp_path / "state.pt").read_bytes() == b"state"
+    # what a writer killed midway leaves, beside files that are not its
+    (tmp_path / ".state.pt.0a1b2c3d.tmp.pt").write_bytes(b"sta")
+    (tmp_path / ".lock").write_text("1\n")
+    (tmp_path / "notes.tmp").write_text("mine")
+    assert remove_leftovers(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "notes.tmp", "state.pt"]

@@ -242,7 +242,7 @@ def test_interrupted_build_recovers(corpus: tuple[Path, dict], tmp_path: Path) -
     for line in lines[-2:]:  # two utterances lost, one of them mid-way through its line
         (out / json.loads(line)["audio"]).unlink()
     train.write_text("".join(lines[:-2]) + lines[-2][:25])
-    partial = out / "audio" / "train" / ".synth3-0000099.flac.1234.partial"
+    partial = out / "audio" / "train" / ".synth3-0000099.flac.1234abcd.tmp.flac"
     partial.write_bytes(b"fLaC")
     summary = build_corpus(out, UTTERANCES, jobs=2, seed=3, progress=False)
     assert summary["run"]["synthesised"] == 2 and summary["utterances"] == UTTERANCES

@@ -163,12 +163,15 @@ def _train_whole_killed_resumed(tmp_path: Path, hook: str, **trainer) -> tuple[P
     # the step's checkpoint was written but not yet published: the run resumes before it
     state = torch.load(killed / "exp/checkpoints/last.ckpt", weights_only=False)
     assert state["global_step"] == 5
+    leftover = killed / "exp/logs/.metrics.csv.0badc0de.tmp.csv"  # as a killed write leaves
+    leftover.write_text("step,train_loss\n")
 
     proc = _train(config)
     out = proc.stdout
     assert proc.returncode == 0, out[-3000:]
     assert "resuming from" in out
     assert not list((killed / "exp/checkpoints").glob(".*")), "files left from the kill"
+    assert not leftover.exists()
     for chatter in ("Tip:", "is deprecated", "exists and is not empty"):
         assert chatter not in out, chatter
     return whole / "exp", killed / "exp"

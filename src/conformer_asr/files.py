@@ -1,27 +1,71 @@
-"""Writing a file so that readers, and a run killed mid-write, never see half of it."""
+"""Writing a file so that readers, and a run killed mid-write, never see half of it.
+
+Every file the toolkit writes (checkpoints, model folders, manifests, logs, audio) goes
+to a hidden temporary file beside its target and is renamed over the target once it is
+complete. A process killed mid-write leaves only such a temporary file, which
+``remove_leftovers`` clears when the next run starts in that folder.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
+LEFTOVER_PATTERN = ".*.tmp*"  # the names temporary_beside makes
 
-def write_atomically(path: str | Path, data: str | bytes) -> None:
-    """Write ``data`` to a hidden temporary file beside ``path``, then rename it into place:
-    ``path`` holds either its old contents or all of ``data``. Each call's temporary file
-    has a name of its own, so processes writing the same file at once (DDP ranks) do not
-    collide: the last rename wins. An error names ``path``, not the temporary file."""
+
+def temporary_beside(path: Path) -> Path:
+    """A hidden name beside ``path``, new on each call (DDP ranks or workers writing the same
+    file do not collide), that keeps ``path``'s last suffix for writers that read the
+    format from it: ``out/cuts.jsonl.gz`` -> ``out/.cuts.jsonl.gz.1f2e3d4c.tmp.gz``."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
+
+
+@contextlib.contextmanager
+def replacing(path: str | Path, sync: bool = False) -> Iterator[Path]:
+    """Yield a temporary path to write ``path``'s new contents to; when the block ends
+    without error, rename it over ``path``, which so holds either its old contents or all of
+    the new. ``sync`` flushes the data to disk before the rename (checkpoints: after a power
+    cut the file is complete or absent). On error the temporary file is removed, and an
+    ``OSError`` names ``path``, not the temporary file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = temporary_beside(path)
     try:
-        if isinstance(data, str):
-            tmp.write_text(data)
-        else:
-            tmp.write_bytes(data)
+        yield tmp
+        if sync:
+            flush_to_disk(tmp)
         os.replace(tmp, path)
     except OSError as error:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        if error.filename not in (None, str(tmp)):  # about another file the block used
+            raise
         raise type(error)(error.errno, error.strerror, str(path)) from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def flush_to_disk(path: Path) -> None:
+    """fsync ``path``: its data survives a power cut once this returns."""
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+
+
+def write_atomically(path: str | Path, data: str | bytes, sync: bool = False) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` through ``replacing``."""
+    with replacing(path, sync) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+
+
+def remove_leftovers(folder: Path) -> int:
+    """Delete the temporary files that writes killed midway left in ``folder`` -> how many.
+    Call it only while no other process writes there."""
+    leftovers = [p for p in folder.glob(LEFTOVER_PATTERN) if p.is_file()]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return len(leftovers)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 from lhotse import CutSet
 from lhotse.utils import fastcopy
 
+from ..files import replacing
 from .manifest import DataIssues, clean_cuts, has_plain_form, save_jsonl
 
 LICENCES = {"librispeech": "CC BY 4.0"}  # https://www.openslr.org/12
@@ -124,12 +123,5 @@ def _write_part(recipe: str, name: str, recordings: Any, supervisions: Any, out_
 
 
 def _atomic_to_file(cuts: CutSet, path: Path) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                    suffix=".jsonl.gz")
-    os.close(handle)
-    try:
+    with replacing(path) as temp:  # the name keeps ".jsonl" and ".gz": Lhotse reads them
         cuts.to_file(temp)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise

@@ -17,7 +17,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from lhotse import AudioSource, CutSet, MonoCut, Recording, SupervisionSegment
 from lhotse.cut import Cut, MultiCut
 
 from ..audio.io import SAMPLE_RATE
+from ..files import replacing
 from ..text.normalize import normalize_text
 
 PLAIN_KEYS = ("id", "audio", "text")
@@ -262,12 +262,6 @@ def save_jsonl(cuts: Iterable[Cut], path: str | Path) -> None:
     path = Path(path)
     root = _absolute(path.parent)
     root.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=root, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            for cut in cuts:
-                f.write(json.dumps(_plain_record(cut, root), ensure_ascii=False) + "\n")
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
+    with replacing(root / path.name) as temp, temp.open("w", encoding="utf-8") as f:
+        for cut in cuts:
+            f.write(json.dumps(_plain_record(cut, root), ensure_ascii=False) + "\n")

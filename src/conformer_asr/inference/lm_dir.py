@@ -12,7 +12,6 @@ a folder with a config.json is complete.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 
 from ..decoding.lexicon import Lexicon
+from ..files import write_atomically
 from ..models.config import ConfigError
 from ..models.lm import LMConfig, WordPieceLM
 from ..text.tokenizer import MODEL_FILE, Tokenizer
@@ -48,9 +48,7 @@ def save_lm_dir(
             f"tokenizer has {tokenizer.vocab_size} pieces but the LM {lm.cfg.vocab_size}")
     lexicon = sorted(set(words))
     if lexicon:
-        tmp = directory / (LEXICON_FILE + ".tmp")
-        tmp.write_text("".join(word + "\n" for word in lexicon))
-        os.replace(tmp, directory / LEXICON_FILE)
+        write_atomically(directory / LEXICON_FILE, "".join(word + "\n" for word in lexicon))
     dtype = torch.float16 if half else torch.float32
     weights = {k: v.to(dtype) for k, v in lm.state_dict().items()}
     return write_folder(directory, tokenizer, weights, {"lm": lm.cfg.to_dict(), "info": info or {}})

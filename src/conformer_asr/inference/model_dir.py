@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..decoding.search import DecodingOptions
+from ..files import replacing, write_atomically
 from ..models import ASRModel, ModelConfig
 from ..models.config import ConfigError
 from ..text.tokenizer import MODEL_FILE, Tokenizer
@@ -62,13 +63,10 @@ def write_folder(
     """Tokenizer, weights, then config.json, each atomically (model and LM folders)."""
     tokenizer.save(directory)
     weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
-    tmp = directory / (WEIGHTS_FILE + ".tmp")
-    save_file(weights, str(tmp))
-    os.chmod(tmp, 0o644)  # safetensors creates it owner-only; a folder is meant to be shared
-    os.replace(tmp, directory / WEIGHTS_FILE)
-    tmp = directory / (CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp, directory / CONFIG_FILE)
+    with replacing(directory / WEIGHTS_FILE) as tmp:
+        save_file(weights, str(tmp))
+        os.chmod(tmp, 0o644)  # safetensors makes it owner-only; a folder is meant to be shared
+    write_atomically(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return directory
 
 

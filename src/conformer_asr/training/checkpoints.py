@@ -11,6 +11,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from ..files import flush_to_disk, temporary_beside
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a hidden temporary file and fsyncs it; ``publish()`` renames
@@ -31,7 +33,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._written[path] = _write_synced(checkpoint, _temporary(path))
+        tmp = temporary_beside(path)
+        torch.save(checkpoint, tmp)
+        flush_to_disk(tmp)
+        replaced = self._written.get(path)  # saved again before it was published
+        self._written[path] = tmp
+        if replaced is not None:
+            replaced.unlink(missing_ok=True)
 
     def publish(self) -> None:
         for path, tmp in self._written.items():
@@ -75,8 +83,6 @@ class KeepLastCheckpoints(ModelCheckpoint):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         folder = Path(self.dirpath or ".")
-        for unpublished in folder.glob(_temporary(folder / "*.ckpt").name):  # before a kill
-            unpublished.unlink()
         on_disk = step_checkpoints(folder)
         for path in on_disk[:-self.save_top_k]:
             self._remove_checkpoint(trainer, str(path))
@@ -114,25 +120,6 @@ def checkpoint_step(path: Path) -> int:
 def step_checkpoints(folder: Path) -> list[Path]:
     """The ``step-N.ckpt`` files in ``folder``, oldest first."""
     return sorted(folder.glob("step-*.ckpt"), key=checkpoint_step)
-
-
-def save_atomic(state: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary file, fsync, rename: the file is always complete."""
-    os.replace(_write_synced(state, _temporary(path)), path)
-
-
-def _write_synced(state: dict[str, Any], path: Path) -> Path:
-    """torch.save ``state`` to ``path`` and fsync it -> ``path``."""
-    with path.open("wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    return path
-
-
-def _temporary(path: Path) -> Path:
-    """The hidden file a checkpoint is written to before it is renamed to ``path``."""
-    return path.with_name(f".{path.name}.tmp")
 
 
 def average_checkpoints(paths: list[Path], prefix: str = "model.") -> dict[str, torch.Tensor]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from ..files import replacing  # noqa: E402
 
 
 def plot_curves(metrics_csv: Path, out_png: Path) -> None:
@@ -33,7 +34,6 @@ def plot_curves(metrics_csv: Path, out_png: Path) -> None:
     ax_wer.set_xlabel("step")
     ax_wer.set_ylabel("dev WER (%)")
     fig.tight_layout()
-    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with replacing(out_png) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, out_png)

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
+from ..files import replacing
 from ..inference.lm_dir import save_lm_dir
 from ..models.config import ConfigError
 from ..models.lm import LMConfig, WordPieceLM
 from ..text.dictionary import dictionary_words
 from ..text.tokenizer import Tokenizer
-from .checkpoints import save_atomic
 from .lm_corpus import drop_excluded, manifest_texts, read_sentences, split_heldout
 from .schedule import noam_scheduler
 
@@ -191,10 +191,11 @@ def train_lm(
                 f"lr {scheduler.get_last_lr()[0]:.2e}")
             running, running_tokens = 0.0, 0
         if step % config.checkpoint_every == 0 or step == config.steps:
-            save_atomic({"lm_config": lm.cfg.to_dict(), "step": step, "model": lm.state_dict(),
-                         "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(),
-                         "heldout_perplexity_start": start_ppl}, state_path)
+            with replacing(state_path, sync=True) as tmp:
+                torch.save({"lm_config": lm.cfg.to_dict(), "step": step,
+                            "model": lm.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(),
+                            "heldout_perplexity_start": start_ppl}, tmp)
 
     report = LMTrainReport(
         sentences=corpus.sentences, excluded=corpus.excluded,

@@ -37,7 +37,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from ..data.augment import Augmenter
 from ..data.datamodule import SpeechDataModule, load_manifests
 from ..data.manifest import DataIssues
-from ..files import write_atomically
+from ..files import remove_leftovers, replacing, write_atomically
 from ..inference.model_dir import ModelDirError, read_config, read_weights, save_model_dir
 from ..models import load_encoder_and_heads
 from ..models.config import ConfigError, ModelConfig
@@ -87,12 +87,10 @@ class _ResumableCSVLogger(CSVLogger):
             fields = reader.fieldnames or []
             # a run killed mid-write can leave a torn last line: drop it too
             rows = [r for r in reader if (r.get("step") or "").isdigit() and int(r["step"]) < step]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", newline="") as f:
+        with replacing(path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, path)
 
 
 class _TrainingLog(Callback):
@@ -193,7 +191,8 @@ def _claimed(out: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``out`` while a run trains in it: a second run started in
     the same folder stops at once instead of writing over the first one's checkpoints and
     log. The operating system drops the lock when the process ends, also after kill -9.
-    Only the first DDP process takes it (the others run in the same folder by design)."""
+    Only the first DDP process takes it (the others run in the same folder by design).
+    The holder clears what writes killed with an earlier run left half done."""
     if rank_zero_only.rank != 0:
         yield
         return
@@ -212,6 +211,8 @@ def _claimed(out: Path) -> Iterator[None]:
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
+        for folder in (out, *(p for p in out.iterdir() if p.is_dir())):
+            remove_leftovers(folder)
         yield
 
 

@@ -46,6 +46,7 @@ from typing import Any
 import soundfile as sf
 from tqdm import tqdm
 
+from ...files import write_atomically
 from .store import (
     SPLITS,
     SynthError,
@@ -55,7 +56,6 @@ from .store import (
     read_records,
     remove_partial_files,
     write_records,
-    write_text_atomic,
 )
 from .text import SOURCES, Sentence, load_sentences
 from .voices import ENGINE_LICENCES, ENGINES, Voice, all_voices, missing_engines
@@ -181,7 +181,7 @@ def _check_build_file(out_dir: Path, seed: int, fingerprint: str) -> None:
                              f"{previous.get('seed')}, or other text sources or voices); "
                              "choose a new --out")
     else:
-        write_text_atomic(path, json.dumps({"seed": seed, "fingerprint": fingerprint}) + "\n")
+        write_atomically(path, json.dumps({"seed": seed, "fingerprint": fingerprint}) + "\n")
 
 
 def recover(out_dir: Path, plan: list[Utterance]) -> dict[str, dict[str, Any]]:
@@ -412,9 +412,9 @@ def build(config: SynthConfig) -> dict[str, Any]:
         write_manifests(out_dir, plan, records)
         summary = summarise(config, plan, records, sentences, voices, stats,
                             time.monotonic() - started)
-        write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        write_text_atomic(out_dir / "LICENSES.md", licences_markdown(summary))
-        write_text_atomic(out_dir / "sentences.txt", "".join(f"{s.text}\n" for s in sentences))
+        write_atomically(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_atomically(out_dir / "LICENSES.md", licences_markdown(summary))
+        write_atomically(out_dir / "sentences.txt", "".join(f"{s.text}\n" for s in sentences))
     return summary
 
 

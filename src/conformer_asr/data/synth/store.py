@@ -2,33 +2,29 @@
 
 During a build each finished utterance is appended to ``OUT/<split>.jsonl`` as one
 complete line (one ``write`` call). On every start and at the end the manifests
-are rewritten from the records known to be good (temp file + ``os.replace``), which
+are rewritten from the records known to be good (``files.write_atomically``), which
 drops a line cut short by a kill. The audio files are the ground truth: a record whose
-audio is missing is dropped, and half-written audio (``.*.partial``) is deleted.
+audio is missing is dropped, and half-written audio (``files.remove_leftovers``) is
+deleted.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
-import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ...files import remove_leftovers, write_atomically
+
 SPLITS = ("train", "dev", "test_seen", "test_unseen")
 RECORD_KEYS = ("id", "audio", "text", "duration", "voice", "engine", "source", "licence")
-TEMP_SUFFIX = ".partial"
 
 
 class SynthError(Exception):
     """The corpus cannot be built as asked; the message says why and what to do."""
-
-
-def temp_path(path: Path) -> Path:
-    """Where to write ``path`` before renaming it into place: hidden, per process."""
-    return path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
 
 
 def manifest_path(out_dir: Path, split: str) -> Path:
@@ -51,23 +47,15 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temp file beside ``path``, then rename it over ``path``."""
-    temp = temp_path(path)
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, path)
-
-
 def write_records(path: Path, records: Iterable[dict[str, Any]]) -> None:
     """Replace a manifest atomically with the given records."""
-    write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in records))
+    write_atomically(path, "".join(json.dumps(record) + "\n" for record in records))
 
 
 def remove_partial_files(out_dir: Path) -> None:
     """Delete what killed runs left half-written."""
-    for pattern in (f".*{TEMP_SUFFIX}", f"audio/*/.*{TEMP_SUFFIX}"):
-        for path in out_dir.glob(pattern):
-            path.unlink(missing_ok=True)
+    for folder in (out_dir, *out_dir.glob("audio/*/")):
+        remove_leftovers(folder)
 
 
 def append_record(out_dir: Path, split: str, record: dict[str, Any]) -> None:

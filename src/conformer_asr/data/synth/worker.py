@@ -17,8 +17,8 @@ import numpy as np
 import soundfile as sf
 
 from ...audio.io import SAMPLE_RATE, resample
+from ...files import replacing
 from .engines import EngineError, Synthesiser
-from .store import temp_path
 from .voices import Voice
 
 PEAK = 10 ** (-3 / 20)  # -3 dBFS: loud, with headroom for later augmentation
@@ -70,16 +70,6 @@ def condition(samples: np.ndarray, rate: int) -> np.ndarray:
     return audio * (PEAK / peak)
 
 
-def write_atomic(path: Path, audio: np.ndarray) -> None:
-    """Write 16-bit FLAC next to ``path``, then rename: a killed run never leaves half a file."""
-    temp = temp_path(path)
-    try:
-        sf.write(temp, audio, SAMPLE_RATE, subtype="PCM_16", format="FLAC")
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
 PR_SET_PDEATHSIG = 1
 
 
@@ -113,7 +103,8 @@ def run_batch(jobs: list[Job]) -> list[Result]:
     for job in jobs:
         try:
             audio = condition(*synthesiser.synthesize(job.voice, job.spoken))
-            write_atomic(job.path, audio)
+            with replacing(job.path) as temp:  # 16-bit FLAC, whole or not at all
+                sf.write(temp, audio, SAMPLE_RATE, subtype="PCM_16", format="FLAC")
             results.append(Result(job.id, len(audio) / SAMPLE_RATE))
         except (EngineError, OSError, sf.LibsndfileError) as error:
             results.append(Result(job.id, error=f"{job.voice.id}: {error}"))
