@@ -147,7 +147,7 @@ def _log_rows(exp: Path) -> list[tuple[int, str, float]]:
 
 def _train_whole_killed_resumed(tmp_path: Path, hook: str, **trainer) -> tuple[Path, Path]:
     """The same run uninterrupted, and killed in ``hook`` at step 10 then resumed -> their
-    out_dirs. Step 10 is due for a checkpoint and a validation (``_config``)."""
+    out_dirs. Step 10 is due for a validation and, by default, a checkpoint (``_config``)."""
     whole = tmp_path / "whole"
     whole.mkdir()
     proc = _train(_config(whole, **trainer))
@@ -162,7 +162,8 @@ def _train_whole_killed_resumed(tmp_path: Path, hook: str, **trainer) -> tuple[P
     assert proc.returncode == -signal.SIGKILL, out[-3000:]
     # the step's checkpoint was written but not yet published: the run resumes before it
     state = torch.load(killed / "exp/checkpoints/last.ckpt", weights_only=False)
-    assert state["global_step"] == 5
+    every = trainer.get("checkpoint_every_steps", 5)
+    assert state["global_step"] == 9 // every * every
     leftover = killed / "exp/logs/.metrics.csv.0badc0de.tmp.csv"  # as a killed write leaves
     leftover.write_text("step,train_loss\n")
 
@@ -191,9 +192,14 @@ def _assert_same_run(whole: Path, resumed: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("hook", ["on_train_batch_end", "validation_step"])
-def test_resume_after_kill_is_exact(tmp_path, hook):
-    whole, resumed = _train_whole_killed_resumed(tmp_path, hook)
+@pytest.mark.parametrize(("hook", "every"), [
+    ("on_train_batch_end", 5), ("validation_step", 5),
+    # the test clips make epochs of 3 batches: a resume from step 9, an epoch's last batch,
+    # where Lightning's epoch count skips one
+    ("on_train_batch_end", 3),
+])
+def test_resume_after_kill_is_exact(tmp_path, hook, every):
+    whole, resumed = _train_whole_killed_resumed(tmp_path, hook, checkpoint_every_steps=every)
     for name in ("curves.png", "logs/metrics.csv", "model/config.json", "checkpoints/last.ckpt"):
         assert (whole / name).is_file(), name
     _assert_same_run(whole, resumed)
@@ -445,35 +451,52 @@ def test_validation_reports_the_mean_loss_per_utterance():
     assert metrics["val_loss"] == pytest.approx(sum(losses) / 4, rel=1e-5)
 
 
-def test_resume_with_other_checkpoint_settings_keeps_the_newest(tmp_path):
+def _fit_boring(folder: Path, max_steps: int, every: int, keep: int, resume: bool = False,
+                **trainer) -> None:
+    """Lightning's BoringModel with only ``KeepLastCheckpoints`` writing to ``folder``."""
     from lightning.pytorch.demos.boring_classes import BoringModel
 
     from conformer_asr.training.checkpoints import KeepLastCheckpoints
 
-    def fit(max_steps: int, every: int, keep: int, resume: bool) -> None:
-        keeper = KeepLastCheckpoints(tmp_path, every_steps=every, keep=keep)
-        trainer = L.Trainer(
-            max_steps=max_steps, callbacks=[keeper],
-            logger=False, enable_progress_bar=False, enable_model_summary=False,
-            limit_val_batches=0, default_root_dir=tmp_path,
-        )
-        with _without_lightning_chatter():  # the warnings `train` hides
-            trainer.fit(BoringModel(),
-                        ckpt_path=str(tmp_path / "last.ckpt") if resume else None)
+    keeper = KeepLastCheckpoints(folder, every_steps=every, keep=keep)
+    trainer = L.Trainer(
+        max_steps=max_steps, callbacks=[keeper],
+        logger=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=folder, **{"limit_val_batches": 0, **trainer},
+    )
+    with _without_lightning_chatter():  # the warnings `train` hides
+        trainer.fit(BoringModel(), ckpt_path=str(folder / "last.ckpt") if resume else None)
 
-    def files() -> list[str]:
-        return sorted((p.name for p in tmp_path.glob("*.ckpt")), key=lambda n: (len(n), n))
 
-    def last_step() -> int:
-        return torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"]
+def _checkpoint_files(folder: Path) -> list[str]:
+    return sorted((p.name for p in folder.glob("*.ckpt")), key=lambda n: (len(n), n))
 
-    fit(max_steps=6, every=1, keep=6, resume=False)
-    assert files() == ["last.ckpt"] + [f"step-{i}.ckpt" for i in range(1, 7)]
-    fit(max_steps=8, every=1, keep=2, resume=True)  # Lightning alone would keep all eight
-    assert files() == ["last.ckpt", "step-7.ckpt", "step-8.ckpt"]
+
+def _step_of(path: Path) -> int:
+    return torch.load(path, weights_only=False)["global_step"]
+
+
+def test_resume_with_other_checkpoint_settings_keeps_the_newest(tmp_path):
+    _fit_boring(tmp_path, max_steps=6, every=1, keep=6)
+    assert _checkpoint_files(tmp_path) == ["last.ckpt"] + [f"step-{i}.ckpt" for i in range(1, 7)]
+    _fit_boring(tmp_path, max_steps=8, every=1, keep=2, resume=True)  # Lightning kept all 8
+    assert _checkpoint_files(tmp_path) == ["last.ckpt", "step-7.ckpt", "step-8.ckpt"]
     # another interval: Lightning restores no callback state and wrote last-v1.ckpt
-    fit(max_steps=12, every=2, keep=2, resume=True)
-    assert files() == ["last.ckpt", "step-10.ckpt", "step-12.ckpt"] and last_step() == 12
+    _fit_boring(tmp_path, max_steps=12, every=2, keep=2, resume=True)
+    assert _checkpoint_files(tmp_path) == ["last.ckpt", "step-10.ckpt", "step-12.ckpt"]
+    assert _step_of(tmp_path / "last.ckpt") == 12
+
+
+def test_checkpoints_come_at_their_steps_and_at_the_last(tmp_path):
+    """Epochs of 3 batches, validation every 5 steps, a checkpoint every 3: Lightning, given
+    a metric to rank checkpoints by, put off those due at an epoch's end to the next
+    validation (step-5, step-10 instead of step-3, 6, 9, 12), and kept no final step."""
+    _fit_boring(tmp_path, max_steps=13, every=3, keep=10, limit_train_batches=3,
+                limit_val_batches=1, val_check_interval=5, check_val_every_n_epoch=None)
+    assert _checkpoint_files(tmp_path) == [
+        "last.ckpt", "step-3.ckpt", "step-6.ckpt", "step-9.ckpt", "step-12.ckpt", "step-13.ckpt"]
+    assert [_step_of(tmp_path / f"step-{i}.ckpt") for i in (3, 13)] == [3, 13]
+    assert _step_of(tmp_path / "last.ckpt") == 13
 
 
 def test_init_from_starts_a_run_from_a_trained_model_folder(tmp_path):

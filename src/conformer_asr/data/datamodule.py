@@ -46,7 +46,8 @@ class SpeechDataModule(L.LightningDataModule):
         self.num_buckets = num_buckets
         self.num_workers = num_workers
         self.seed = seed
-        self.skip_batches = 0  # set when resuming mid-epoch
+        # (epoch, batches of it consumed) where training goes on: set by a resume
+        self.position = (0, 0)
 
     def _loader(self, dataset: SpeechDataset, sampler: EpochSampler) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(
@@ -69,10 +70,9 @@ class SpeechDataModule(L.LightningDataModule):
             warnings.filterwarnings("ignore", "You are using DynamicBucketingSampler")
             sampler = EpochSampler(
                 DynamicBucketingSampler(self.train_cuts, num_buckets=buckets, **common)
-                if buckets >= 2 else SimpleCutSampler(self.train_cuts, **common)  # tiny sets
+                if buckets >= 2 else SimpleCutSampler(self.train_cuts, **common),  # tiny sets
+                *self.position,
             )
-        sampler.set_epoch(self.trainer.current_epoch if self.trainer else 0)
-        sampler.skip, self.skip_batches = self.skip_batches, 0
         dataset = SpeechDataset(self.tokenizer, self.model_cfg, self.augmenter, self.seed)
         return self._loader(dataset, sampler)
 

@@ -41,6 +41,7 @@ class Batch:
     speakers: list[str]
     seconds: float
     issues: DataIssues
+    epoch: int = 0  # the pass over the training data it comes from
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -51,26 +52,28 @@ def utterance_rng(seed: int, epoch: int, cut_id: str) -> np.random.Generator:
 
 
 class EpochSampler:
-    """Wraps a Lhotse sampler: yields (epoch, cuts) and can skip the first batches.
+    """Wraps a Lhotse sampler: each pass over it is the next epoch, yielding (epoch, cuts).
 
-    Skipping replays the sampler's deterministic order (seeded by seed + epoch)
-    without loading audio, so a resumed run sees exactly the batches that the
-    interrupted one had not consumed yet.
+    It counts epochs itself, from ``epoch``, and has no ``set_epoch`` for Lightning to call:
+    Lightning's count skips one when a run resumes from a checkpoint taken at an epoch's
+    last batch, which changed the shuffle and augmentation of every epoch after it.
+    The first pass skips its first ``skip`` batches, replaying the sampler's deterministic
+    order (seeded by seed + epoch) without loading audio, so a resumed run sees exactly
+    the batches that the interrupted one had not consumed yet.
     """
 
-    def __init__(self, sampler: CutSampler) -> None:
+    def __init__(self, sampler: CutSampler, epoch: int = 0, skip: int = 0) -> None:
         self.sampler = sampler
-        self.skip = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+        self.epoch, self.skip = epoch, skip
 
     def __iter__(self) -> Iterator[tuple[int, CutSet]]:
-        skip, self.skip = self.skip, 0
+        epoch, skip = self.epoch, self.skip
+        self.epoch, self.skip = epoch + 1, 0
+        self.sampler.set_epoch(epoch)
         batches = 0
         for batches, cuts in enumerate(self.sampler, start=1):
             if batches > skip:
-                yield self.sampler.epoch, cuts
+                yield epoch, cuts
         if batches == 0:
             ranks = self.sampler.world_size or 1
             share = f" for process {self.sampler.rank} of {ranks}" if ranks > 1 else ""
@@ -130,14 +133,15 @@ class SpeechDataset(torch.utils.data.Dataset):
             warps.append(warp)
             tokens.append(torch.tensor(ids))
             kept.append(cut)
-        return self._collate(waves, warps, tokens, kept, issues)
+        return self._collate(waves, warps, tokens, kept, issues, epoch)
 
     def _collate(self, waves: list[torch.Tensor], warps: list[float],
-                 tokens: list[torch.Tensor], cuts: list, issues: DataIssues) -> Batch:
+                 tokens: list[torch.Tensor], cuts: list, issues: DataIssues,
+                 epoch: int) -> Batch:
         if not cuts:
             empty = torch.zeros(0, dtype=torch.long)
             return Batch(torch.zeros(0, 1, self.features.cfg.n_mels), empty, empty[:, None],
-                         empty, [], [], [], 0.0, issues)
+                         empty, [], [], [], 0.0, issues, epoch)
         lengths = torch.tensor([len(w) for w in waves])
         feats, feat_lengths = self.features(
             torch.nn.utils.rnn.pad_sequence(waves, batch_first=True), lengths,
@@ -153,6 +157,7 @@ class SpeechDataset(torch.utils.data.Dataset):
             speakers=[c.supervisions[0].speaker or "" for c in cuts],
             seconds=float(lengths.sum()) / SAMPLE_RATE,
             issues=issues,
+            epoch=epoch,
         )
 
 

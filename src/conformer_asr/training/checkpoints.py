@@ -57,14 +57,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class KeepLastCheckpoints(ModelCheckpoint):
-    """Writes ``step-N.ckpt`` every ``every_steps`` steps and ``last.ckpt``; keeps ``keep`` of them.
+    """Writes ``step-N.ckpt`` every ``every_steps`` steps and at the last step, and
+    ``last.ckpt``; keeps the newest ``keep`` step files.
 
-    Which step files exist is read from the folder when training starts, not taken from
-    the callback state in the resumed checkpoint: Lightning's top-k bookkeeping stops
-    deleting once it tracks more than k files (a run resumed with a smaller ``keep``), and
-    it restores no state at all when ``every_steps`` or ``keep`` changed. ``last.ckpt``
-    keeps its name: Lightning would otherwise write ``last-v1.ckpt`` beside a stale
-    ``last.ckpt`` whenever its state was not restored, and the next resume went back.
+    Which step files to keep is read from the folder, by step, not left to Lightning's
+    top-k bookkeeping: that stops deleting once it tracks more than k files (a run resumed
+    with a smaller ``keep``), restores nothing when ``every_steps`` or ``keep`` changed, and,
+    given a metric to rank by, puts off a save due at the last batch of an epoch until the
+    next validation, which may come steps later (step 5's checkpoint became step 7's).
+    ``last.ckpt`` keeps its name: Lightning would otherwise write ``last-v1.ckpt`` beside a
+    stale ``last.ckpt`` whenever its state was not restored, and the next resume went back.
     Through ``AtomicCheckpointIO``, a step's files appear under their names at the next
     batch or at the end of the step's validation, once the step's metrics are logged.
     """
@@ -72,9 +74,10 @@ class KeepLastCheckpoints(ModelCheckpoint):
     def __init__(self, dirpath: Path, every_steps: int, keep: int) -> None:
         super().__init__(
             dirpath=dirpath, filename="step-{step}", every_n_train_steps=every_steps,
-            save_top_k=keep, monitor="step", mode="max", save_last=True,
-            auto_insert_metric_name=False, enable_version_counter=False,
+            save_top_k=-1, save_last=True, auto_insert_metric_name=False,
+            enable_version_counter=False,
         )
+        self.keep = keep
 
     @property
     def state_key(self) -> str:
@@ -82,16 +85,7 @@ class KeepLastCheckpoints(ModelCheckpoint):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
-        folder = Path(self.dirpath or ".")
-        on_disk = step_checkpoints(folder)
-        for path in on_disk[:-self.save_top_k]:
-            self._remove_checkpoint(trainer, str(path))
-        kept = on_disk[-self.save_top_k:]
-        self.best_k_models = {str(p): torch.tensor(checkpoint_step(p)) for p in kept}
-        if kept:
-            self.kth_best_model_path, self.best_model_path = str(kept[0]), str(kept[-1])
-            self.kth_value = self.best_k_models[self.kth_best_model_path]
-            self.best_model_score = self.best_k_models[self.best_model_path]
+        self._remove_old(trainer)
 
     # Lightning logs a step's metrics after its on_train_batch_end, where this callback
     # saves, and then validates if the step is due for it. By the next batch, or by the
@@ -99,17 +93,28 @@ class KeepLastCheckpoints(ModelCheckpoint):
     # repeat the validation of the step it resumes from, so its row must be written first.
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
                              batch: Any, batch_idx: int) -> None:
-        _publish(trainer)
+        self._publish(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        _publish(trainer)
+        self._publish(trainer)
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._last_global_step_saved != trainer.global_step:  # every_steps skipped it
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+        self._publish(trainer)
 
-def _publish(trainer: L.Trainer) -> None:
-    io = trainer.strategy.checkpoint_io
-    if isinstance(io, AtomicCheckpointIO):
-        io.publish()
+    def _publish(self, trainer: L.Trainer) -> None:
+        io = trainer.strategy.checkpoint_io
+        if isinstance(io, AtomicCheckpointIO):
+            io.publish()
+        self._remove_old(trainer)
+
+    def _remove_old(self, trainer: L.Trainer) -> None:
+        for path in step_checkpoints(Path(self.dirpath or "."))[:-self.keep]:
+            trainer.strategy.remove_checkpoint(path)  # the first DDP process's part
 
 
 def checkpoint_step(path: Path) -> int:

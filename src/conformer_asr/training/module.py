@@ -29,7 +29,7 @@ class ASRTask(L.LightningModule):
         self.optim = optim
         self.tokenizer = tokenizer
         self.issues = DataIssues()
-        self.batches_this_epoch = 0  # consumed batches, for exact mid-epoch resume
+        self.position = (0, 0)  # (epoch, batches of it consumed), for an exact resume
         self._val_errors = WordErrors()
         self._val_loss = (0.0, 0)  # (sum of per-utterance losses, utterances)
         self._clock: tuple[float, float] | None = None  # (start time, audio seconds since)
@@ -46,11 +46,9 @@ class ASRTask(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
                                                          "interval": "step"}}
 
-    def on_train_epoch_start(self) -> None:
-        self.batches_this_epoch = 0
-
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
-        self.batches_this_epoch += 1
+        epoch, consumed = self.position
+        self.position = (batch.epoch, consumed + 1 if batch.epoch == epoch else 1)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         self._note_issues(batch.issues)
@@ -111,7 +109,7 @@ class ASRTask(L.LightningModule):
         generators' states of all ranks are gathered into it: each rank's dropout and
         SpecAugment draws differ, and its own must come back for an exact resume."""
         checkpoint["resume"] = {
-            "batches_this_epoch": self.batches_this_epoch,
+            "position": self.position,
             "init_source": self.init_source,
             "rng_by_rank": _gathered(_rng_state()),
         }
@@ -120,11 +118,13 @@ class ASRTask(L.LightningModule):
         state = checkpoint.get("resume")
         if not state:
             return
-        self.batches_this_epoch = state["batches_this_epoch"]
+        # before "position": the batches of Lightning's epoch (its count may be one ahead)
+        self.position = tuple(state.get("position")
+                              or (checkpoint["epoch"], state["batches_this_epoch"]))
         self.init_source = state.get("init_source")
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if datamodule is not None:
-            datamodule.skip_batches = self.batches_this_epoch
+            datamodule.position = self.position
         by_rank = state.get("rng_by_rank") or [state["rng"]]  # "rng": one process's, before
         # a run resumed on more processes than it was saved from: the others start from
         # the first rank's state (the data is sharded differently anyway)
