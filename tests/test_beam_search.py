@@ -1,5 +1,6 @@
 """Beam searches against brute force, greedy search, themselves, and with an LM."""
 
+import dataclasses
 import itertools
 
 import pytest
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 
 from conformer_asr.decoding.ctc_beam import ctc_beam_search
 from conformer_asr.decoding.fusion import ShallowFusion
-from conformer_asr.decoding.greedy import rnnt_greedy
+from conformer_asr.decoding.greedy import ctc_greedy, rnnt_greedy
 from conformer_asr.decoding.lexicon import Lexicon
 from conformer_asr.decoding.rnnt_beam import rnnt_beam_search
 from conformer_asr.decoding.search import DecodingOptions, decode
@@ -216,6 +217,25 @@ def test_decode_dispatches_on_options():
     assert decode(model, enc, lengths, DecodingOptions(), lexicon=lexicon) == greedy
     with pytest.raises(ValueError, match="beam_size"):
         DecodingOptions(beam_size=0)
+
+
+def test_a_hybrid_model_decodes_with_the_head_asked_for():
+    model = _tiny_transducer(vocab=8)  # ctc_weight 0 by default: no CTC head
+    with pytest.raises(ValueError, match="^head ctc: the model has no CTC head"):
+        decode(model, torch.randn(1, 6, 16), torch.tensor([6]), DecodingOptions(head="ctc"))
+    torch.manual_seed(1)
+    hybrid = ASRModel(dataclasses.replace(model.cfg, ctc_weight=0.3)).eval()
+    enc, lengths = 3 * torch.randn(2, 6, 16), torch.tensor([6, 4])
+    ctc = decode(hybrid, enc, lengths, DecodingOptions(head="ctc"))
+    assert ctc == ctc_greedy(hybrid.ctc_log_probs(enc), lengths)
+    assert ctc != rnnt_greedy(hybrid, enc, lengths)  # else the test shows nothing
+    for head in ("auto", "transducer"):
+        assert decode(hybrid, enc, lengths, DecodingOptions(head=head)) == rnnt_greedy(
+            hybrid, enc, lengths)
+    beam = decode(hybrid, enc, lengths, DecodingOptions(beam_size=3, head="ctc"))
+    assert beam == ctc_beam_search(hybrid.ctc_log_probs(enc), lengths, 3)
+    with pytest.raises(ValueError, match="^head: give one of auto, ctc, transducer"):
+        DecodingOptions(head="attention")
 
 
 PIECES = ["<blank>", "\u2581a", "b"]  # spell the words a, ab, abb, ... (and b, bb, ...)

@@ -454,3 +454,15 @@ def test_outputs_that_cannot_be_written_are_one_line_errors(model_dir, tmp_path)
     result = _cli("synth", "--out", str(a_file / "corpus"), "--utterances", "1")
     assert result.returncode == 1
     assert result.stderr == f"error: [Errno 20] Not a directory: '{a_file / 'corpus'}'\n"
+
+
+def test_head_flag_picks_the_output_and_names_one_the_model_lacks():
+    weather = str(EXAMPLES / "weather.wav")
+    default, ctc = _cli("transcribe", weather), _cli("transcribe", weather, "--head", "ctc")
+    assert default.returncode == ctc.returncode == 0 and ctc.stdout == default.stdout
+    for head, message in (("transducer", "head transducer: the model has no transducer (it "
+                                         "is CTC only)"),
+                          ("attention", "head: give one of auto, ctc, transducer, got "
+                                        "'attention'")):
+        proc = _cli("transcribe", weather, "--head", head)
+        assert (proc.returncode, proc.stderr) == (2, f"error: {message}\n")

@@ -47,7 +47,8 @@ def _load_transcriber(args: argparse.Namespace) -> Transcriber:
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8")
     return load_model(args.model, beam_size=args.beam_size, lm=args.lm,
                       lm_weight=args.lm_weight, length_bonus=args.length_bonus,
-                      oov_penalty=args.oov_penalty, device=args.device, int8=args.int8)
+                      oov_penalty=args.oov_penalty, head=args.head, device=args.device,
+                      int8=args.int8)
 
 
 OUTPUT_SUFFIXES = {"text": ".txt", "json": ".json", "srt": ".srt", "vtt": ".vtt"}
@@ -230,6 +231,9 @@ def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--oov-penalty", type=float, default=None,
                    help="score taken per word outside the LM folder's lexicon (default 0, or "
                         "the model folder's own setting)")
+    p.add_argument("--head", default=None,
+                   help="auto, ctc or transducer: the output a hybrid CTC + transducer model "
+                        "decodes with (default: auto, the transducer where there is one)")
     _add_device_flag(p)
     p.add_argument("--int8", action="store_true",
                    help="run the Linear and LSTM layers of the model and its LM in int8 (and "

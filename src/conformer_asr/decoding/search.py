@@ -13,6 +13,8 @@ from .greedy import Hypothesis, ctc_greedy, rnnt_greedy
 from .lexicon import Lexicon
 from .rnnt_beam import rnnt_beam_search
 
+HEADS = ("auto", "ctc", "transducer")
+
 
 @dataclass(frozen=True)
 class DecodingOptions:
@@ -23,7 +25,9 @@ class DecodingOptions:
     search (prefix search for CTC, one token per frame for RNN-T). ``lm_weight``
     applies only when an LM is given to ``decode``, ``oov_penalty`` only when a
     lexicon is (it is subtracted for every word a hypothesis spells outside the
-    lexicon); ``length_bonus`` is added per emitted token.
+    lexicon); ``length_bonus`` is added per emitted token. ``head`` picks the output of a
+    hybrid CTC + transducer model: "auto" (the transducer where there is one), "ctc" or
+    "transducer".
     """
 
     beam_size: int = 1
@@ -31,6 +35,7 @@ class DecodingOptions:
     lm_weight: float = 0.3
     length_bonus: float = 0.0
     oov_penalty: float = 0.0
+    head: str = "auto"
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
@@ -41,6 +46,18 @@ class DecodingOptions:
             raise ValueError(f"lm_weight: must be >= 0, got {self.lm_weight}")
         if self.oov_penalty < 0:
             raise ValueError(f"oov_penalty: must be >= 0, got {self.oov_penalty}")
+        if self.head not in HEADS:
+            raise ValueError(f"head: give one of {', '.join(HEADS)}, got {self.head!r}")
+
+    def check_model(self, model: ASRModel) -> None:
+        """ValueError where ``head`` names an output ``model`` does not have."""
+        if self.head == "ctc" and model.ctc_head is None:
+            raise ValueError("head ctc: the model has no CTC head (it is a transducer)")
+        if self.head == "transducer" and model.joint is None:
+            raise ValueError("head transducer: the model has no transducer (it is CTC only)")
+
+    def uses_transducer(self, model: ASRModel) -> bool:
+        return model.joint is not None if self.head == "auto" else self.head == "transducer"
 
 
 @torch.no_grad()
@@ -50,14 +67,15 @@ def decode(
 ) -> list[Hypothesis]:
     """enc (B, T, D), lengths (B,) -> one hypothesis per utterance.
 
-    Uses the transducer when the model has one, otherwise the CTC head; ``lm`` and
-    ``lexicon`` (sharing the model's tokenizer) are fused into beam search.
+    Uses the head ``options.head`` picks; ``lm`` and ``lexicon`` (sharing the model's
+    tokenizer) are fused into beam search.
     """
+    options.check_model(model)
     fusion = ShallowFusion(lm, options.lm_weight, options.length_bonus, lexicon,
                            options.oov_penalty)
     greedy = (options.beam_size == 1 and lm is None and options.length_bonus == 0
               and (lexicon is None or options.oov_penalty == 0))
-    if model.joint is not None:
+    if options.uses_transducer(model):
         if greedy:
             return rnnt_greedy(model, enc, lengths, options.max_symbols_per_frame)
         return rnnt_beam_search(model, enc, lengths, options.beam_size, fusion)

@@ -112,6 +112,8 @@ class Transcriber:
         if options is not None and options.oov_penalty and lexicon is None:
             raise ValueError("oov_penalty: needs a lexicon, which comes with an LM folder "
                              "(train-lm writes its lexicon.txt)")
+        if options is not None:
+            options.check_model(model)
         if lm is not None and lm.cfg.vocab_size != model.cfg.vocab_size:
             raise ValueError(f"the LM has {lm.cfg.vocab_size} tokens, the model "
                              f"{model.cfg.vocab_size}: they must share one tokenizer")
@@ -338,6 +340,7 @@ def load_model(
     lm_weight: float | None = None,
     length_bonus: float | None = None,
     oov_penalty: float | None = None,
+    head: str | None = None,
     int8: bool = False,
 ) -> Transcriber:
     """Load a model folder (or the bundled default with None / "default").
@@ -346,8 +349,9 @@ def load_model(
     LM, or "auto": the model folder's own ``lm/`` if it has one (the bundled model
     does), decoded with the folder's recommended options unless ``options`` is given.
     An LM folder's lexicon comes with it (for ``oov_penalty``). ``beam_size``,
-    ``lm_weight``, ``length_bonus`` and ``oov_penalty`` override single fields, e.g.
-    ``load_model("exp/model", beam_size=8, lm="exp/lm", lm_weight=0.3)``.
+    ``lm_weight``, ``length_bonus``, ``oov_penalty`` and ``head`` override single fields,
+    e.g. ``load_model("exp/model", beam_size=8, lm="exp/lm", lm_weight=0.3)``, or
+    ``head="ctc"`` to decode a hybrid model with its CTC head.
     ``int8`` runs the Linear and LSTM layers of the model and of its LM in int8, and
     the model's subsampling convolutions in bfloat16 on CPUs with bfloat16 kernels
     (``quantize_int8``; a loaded LM passed in is copied, not changed): faster on the
@@ -364,7 +368,7 @@ def load_model(
         if lm is not None and options is None:
             options = config.decoding
     overrides = {"beam_size": beam_size, "lm_weight": lm_weight, "length_bonus": length_bonus,
-                 "oov_penalty": oov_penalty}
+                 "oov_penalty": oov_penalty, "head": head}
     options = dataclasses.replace(options or DecodingOptions(),
                                   **{k: v for k, v in overrides.items() if v is not None})
     lexicon = None
