@@ -310,6 +310,29 @@ def test_train_cli_reports_bad_config_in_one_line(tmp_path):
     ]
 
 
+@pytest.mark.slow
+def test_ddp_training_goes_on_past_a_batch_of_bad_data(tmp_path):
+    """Two clips of NaN samples, one utterance per batch: a process whose batch held only
+    bad data has nothing to learn from. Lightning cannot skip a step under DDP (it stopped
+    the run with a traceback), so that process takes part with zero gradients."""
+    records = [json.loads(line) for line in (DATA / "manifest.jsonl").read_text().splitlines()]
+    for record in records:
+        record["audio"] = str(DATA / record["audio"])
+    for name in ("nan0", "nan1"):
+        sf.write(tmp_path / f"{name}.wav", np.full(24000, np.nan, dtype=np.float32), 16000,
+                 subtype="FLOAT")
+        records.append({"id": name, "audio": str(tmp_path / f"{name}.wav"), "text": "a cat"})
+    manifest = tmp_path / "with_nan.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+    config = _config(tmp_path, devices=2, accelerator="cpu", max_steps=12)
+    proc = _train(config, "--set", f"data.train=[{manifest}]", "--set", "data.max_duration=1.9")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "Traceback" not in proc.stdout
+    skipped = re.findall(r"bad data skipped during training: NaN or infinite samples: (\d+)",
+                         proc.stdout)
+    assert len(skipped) == 2 and sum(map(int, skipped)) >= 2, skipped  # one line per process
+
+
 def test_too_little_data_for_the_ddp_processes_is_a_one_line_error(tmp_path):
     """The 4 clips fit in one batch of 30 s, which the 2 processes cannot share."""
     config = _config(tmp_path, devices=2, accelerator="cpu")

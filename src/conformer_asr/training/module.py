@@ -52,17 +52,16 @@ class ASRTask(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         self._note_issues(batch.issues)
-        if len(batch) == 0:
-            return None
+        if len(batch) == 0:  # every utterance of it was bad data
+            self._log_throughput(batch)
+            if self.trainer.world_size == 1:
+                return None  # nothing to learn from: skip the step
+            # Lightning cannot skip a step under DDP (the other processes wait for this
+            # one's gradients): this one takes part with zero gradients
+            return sum(p.sum() for p in self.model.parameters()) * 0.0
         out = self.model(batch.feats, batch.feat_lengths, batch.targets, batch.target_lengths,
                          pred_weight_noise=self.optim.weight_noise(self.global_step))
-        now = time.perf_counter()
-        start, seconds = self._clock or (now, 0.0)
-        seconds += batch.seconds
-        self._clock = (start, seconds)
-        if now > start:  # summed over DDP ranks: the whole run's throughput
-            self.log("audio_s_per_s", seconds / (now - start), prog_bar=True,
-                     batch_size=len(batch), sync_dist=True, reduce_fx="sum")
+        self._log_throughput(batch)
         self.log("train_loss", out.loss, prog_bar=True, batch_size=len(batch))
         for name in ("ctc", "rnnt"):
             part = getattr(out, name)
@@ -70,6 +69,17 @@ class ASRTask(L.LightningModule):
                 self.log(f"train_{name}", part, batch_size=len(batch))
         self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=len(batch))
         return out.loss
+
+    def _log_throughput(self, batch: Batch) -> None:
+        """Audio seconds per second since the first step, summed over the DDP processes
+        (the whole run's throughput). Every process logs it at every step: summing is a
+        collective operation that all of them must join."""
+        now = time.perf_counter()
+        start, seconds = self._clock or (now, 0.0)
+        self._clock = (start, seconds + batch.seconds)
+        if now > start:
+            self.log("audio_s_per_s", (seconds + batch.seconds) / (now - start), prog_bar=True,
+                     batch_size=max(len(batch), 1), sync_dist=True, reduce_fx="sum")
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._note_issues(batch.issues)
