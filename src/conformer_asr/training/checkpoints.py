@@ -78,6 +78,7 @@ class KeepLastCheckpoints(ModelCheckpoint):
             enable_version_counter=False,
         )
         self.keep = keep
+        self._pruned_after = 0  # the step whose save old files were last removed after
 
     @property
     def state_key(self) -> str:
@@ -110,7 +111,10 @@ class KeepLastCheckpoints(ModelCheckpoint):
         io = trainer.strategy.checkpoint_io
         if isinstance(io, AtomicCheckpointIO):
             io.publish()
-        self._remove_old(trainer)
+        # not at every batch, only after a save: nothing else adds a step file
+        if self._last_global_step_saved != self._pruned_after:
+            self._pruned_after = self._last_global_step_saved
+            self._remove_old(trainer)
 
     def _remove_old(self, trainer: L.Trainer) -> None:
         for path in step_checkpoints(Path(self.dirpath or "."))[:-self.keep]:
