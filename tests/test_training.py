@@ -310,20 +310,28 @@ def test_train_cli_reports_bad_config_in_one_line(tmp_path):
     ]
 
 
+def _manifest_with_nan_clips(folder: Path, n: int, good: bool = True) -> Path:
+    """The test clips (unless not ``good``) and ``n`` clips of NaN samples, 1.5 s each."""
+    records = []
+    if good:
+        records = [json.loads(line) for line in (DATA / "manifest.jsonl").read_text().splitlines()]
+        for record in records:
+            record["audio"] = str(DATA / record["audio"])
+    for i in range(n):
+        sf.write(folder / f"nan{i}.wav", np.full(24000, np.nan, dtype=np.float32), 16000,
+                 subtype="FLOAT")
+        records.append({"id": f"nan{i}", "audio": str(folder / f"nan{i}.wav"), "text": "a cat"})
+    manifest = folder / "with_nan.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return manifest
+
+
 @pytest.mark.slow
 def test_ddp_training_goes_on_past_a_batch_of_bad_data(tmp_path):
     """Two clips of NaN samples, one utterance per batch: a process whose batch held only
     bad data has nothing to learn from. Lightning cannot skip a step under DDP (it stopped
     the run with a traceback), so that process takes part with zero gradients."""
-    records = [json.loads(line) for line in (DATA / "manifest.jsonl").read_text().splitlines()]
-    for record in records:
-        record["audio"] = str(DATA / record["audio"])
-    for name in ("nan0", "nan1"):
-        sf.write(tmp_path / f"{name}.wav", np.full(24000, np.nan, dtype=np.float32), 16000,
-                 subtype="FLOAT")
-        records.append({"id": name, "audio": str(tmp_path / f"{name}.wav"), "text": "a cat"})
-    manifest = tmp_path / "with_nan.jsonl"
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+    manifest = _manifest_with_nan_clips(tmp_path, 2)
     config = _config(tmp_path, devices=2, accelerator="cpu", max_steps=12)
     proc = _train(config, "--set", f"data.train=[{manifest}]", "--set", "data.max_duration=1.9")
     assert proc.returncode == 0, proc.stdout[-3000:]
@@ -331,6 +339,25 @@ def test_ddp_training_goes_on_past_a_batch_of_bad_data(tmp_path):
     skipped = re.findall(r"bad data skipped during training: NaN or infinite samples: (\d+)",
                          proc.stdout)
     assert len(skipped) == 2 and sum(map(int, skipped)) >= 2, skipped  # one line per process
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("devices", [1, 2])
+def test_a_step_without_any_data_leaves_the_weights_alone(tmp_path, devices):
+    """Nothing but NaN clips to train on: no step may move the weights, not even by weight
+    decay (under DDP every process takes part in each step with zero gradients, which
+    Adam would still apply its weight decay and momentum to)."""
+    manifest = _manifest_with_nan_clips(tmp_path, 4, good=False)
+    config = _config(tmp_path, devices=devices, accelerator="cpu", max_steps=3,
+                     checkpoint_every_steps=1, average_last=3)
+    proc = _train(config, "--set", f"data.train=[{manifest}]", "--set", "data.max_duration=1.9",
+                  "--set", "optim.weight_decay=0.1")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    steps = [torch.load(tmp_path / "exp" / "checkpoints" / f"step-{n}.ckpt",
+                        weights_only=False)["state_dict"] for n in (1, 3)]
+    assert steps[0].keys() == steps[1].keys()
+    for name, weight in steps[0].items():
+        assert torch.equal(weight, steps[1][name]), name
 
 
 def test_too_little_data_for_the_ddp_processes_is_a_one_line_error(tmp_path):

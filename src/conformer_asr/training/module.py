@@ -33,6 +33,7 @@ class ASRTask(L.LightningModule):
         self._val_errors = WordErrors()
         self._val_loss = (0.0, 0)  # (sum of per-utterance losses, utterances)
         self._clock: tuple[float, float] | None = None  # (start time, audio seconds since)
+        self._step_utterances = 0  # of this step, summed over the DDP processes
         # {"folder", "info"} of the model folder a fresh run started from (init_from); kept in
         # the checkpoints, so a resumed run still records it if the folder changed since
         self.init_source: dict[str, Any] | None = None
@@ -52,8 +53,8 @@ class ASRTask(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         self._note_issues(batch.issues)
+        self._sum_step_data(batch)
         if len(batch) == 0:  # every utterance of it was bad data
-            self._log_throughput(batch)
             if self.trainer.world_size == 1:
                 return None  # nothing to learn from: skip the step
             # Lightning cannot skip a step under DDP (the other processes wait for this
@@ -61,7 +62,6 @@ class ASRTask(L.LightningModule):
             return sum(p.sum() for p in self.model.parameters()) * 0.0
         out = self.model(batch.feats, batch.feat_lengths, batch.targets, batch.target_lengths,
                          pred_weight_noise=self.optim.weight_noise(self.global_step))
-        self._log_throughput(batch)
         self.log("train_loss", out.loss, prog_bar=True, batch_size=len(batch))
         for name in ("ctc", "rnnt"):
             part = getattr(out, name)
@@ -70,16 +70,27 @@ class ASRTask(L.LightningModule):
         self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=len(batch))
         return out.loss
 
-    def _log_throughput(self, batch: Batch) -> None:
-        """Audio seconds per second since the first step, summed over the DDP processes
-        (the whole run's throughput). Every process logs it at every step: summing is a
-        collective operation that all of them must join."""
+    def _sum_step_data(self, batch: Batch) -> None:
+        """Sums the step's utterances and audio seconds over the DDP processes (a collective
+        operation that every process joins at every step) and logs the run's throughput:
+        audio seconds per second since its first step."""
         now = time.perf_counter()
-        start, seconds = self._clock or (now, 0.0)
-        self._clock = (start, seconds + batch.seconds)
+        sums = torch.tensor([len(batch), batch.seconds], dtype=torch.float64, device=self.device)
+        utterances, seconds = self.trainer.strategy.reduce(sums, reduce_op="sum").tolist()
+        self._step_utterances = int(utterances)
+        start, before = self._clock or (now, 0.0)
+        self._clock = (start, before + seconds)
         if now > start:
-            self.log("audio_s_per_s", (seconds + batch.seconds) / (now - start), prog_bar=True,
-                     batch_size=max(len(batch), 1), sync_dist=True, reduce_fx="sum")
+            self.log("audio_s_per_s", (before + seconds) / (now - start), prog_bar=True,
+                     batch_size=max(len(batch), 1))
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._step_utterances == 0:
+            # no process had data: without gradients Adam leaves the weights and its
+            # moments as they are (zero gradients would still move them), like the step a
+            # single process skips
+            for p in self.model.parameters():
+                p.grad = None
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._note_issues(batch.issues)
