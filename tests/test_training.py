@@ -251,7 +251,20 @@ def test_config_overrides_and_errors(tmp_path):
                               ("model.name=3", r"^model\.name: expected a string"),
                               ("optim.betas=0.9", r"^optim\.betas: expected a list"),
                               ("optim.betas=[0.9,a]", r"^optim\.betas: expected a list"),
-                              ("optim.betas=[0.9]", r"^optim\.betas: expected two numbers")]:
+                              ("optim.betas=[0.9]", r"^optim\.betas: expected two numbers"),
+                              ("data.train=5", r"^data\.train: expected a manifest path or a list"),
+                              ("data.train=[5]", r"^data\.train: expected a path, got 5$"),
+                              ("data.train=", r"^data\.train: give at least one"),
+                              ("data.dev=[a]", r"^data\.dev: expected a path"),
+                              ("data.tokenizer=3", r"^data\.tokenizer: expected a mapping"),
+                              ("data.tokenizer.path=4", r"^data\.tokenizer\.path: expected a path"),
+                              ("data=7", r"^data: expected a mapping, got 7$"),
+                              ("model=5", r"^model: expected a mapping, got 5$"),
+                              ("out_dir=", r"^out_dir: expected a path, got None$"),
+                              ("out_dir=''", r"^out_dir: expected a path, got ''$"),
+                              ("seed=abc", r"^seed: expected an integer, got 'abc'$"),
+                              ("seed=1.5", r"^seed: expected an integer"),
+                              ("seed=null", r"^seed: expected an integer")]:
         with pytest.raises(ConfigError, match=message):
             load_config(config, [override])
 

@@ -216,7 +216,7 @@ def build_section(cls: type, values: Any, where: str) -> Any:
         known_list = ", ".join(sorted(known))
         raise ConfigError(f"{where}.{unknown[0]}: unknown field (known: {known_list})")
     hints = typing.get_type_hints(cls)
-    return cls(**{name: _scalar(value, hints[name], f"{where}.{name}")
+    return cls(**{name: checked_scalar(value, hints[name], f"{where}.{name}")
                   for name, value in values.items()})
 
 
@@ -230,7 +230,7 @@ def float_tuple(value: object, name: str) -> tuple[float, ...]:
         raise ConfigError(f"{name}: expected a list of numbers, got {value!r}") from None
 
 
-def _scalar(value: Any, hint: Any, where: str) -> Any:
+def checked_scalar(value: Any, hint: Any, where: str) -> Any:
     """``value`` checked against a field typed ``int``, ``float``, ``str`` or ``bool`` (or
     one of those or None); values of other fields pass unchanged. A float field takes an
     integer, and a string such as "1e-4", which YAML 1.1 does not read as a number."""

@@ -30,7 +30,14 @@ import yaml
 
 from ..data.augment import AugmentConfig
 from ..inference.model_dir import ModelDirError, read_config, resolve_model_dir
-from ..models.config import ConfigError, ModelConfig, build_section, float_tuple, get_config
+from ..models.config import (
+    ConfigError,
+    ModelConfig,
+    build_section,
+    checked_scalar,
+    float_tuple,
+    get_config,
+)
 from ..text.tokenizer import MODEL_FILE
 
 
@@ -217,9 +224,19 @@ def _init_source(value: Any, out_dir: Path) -> tuple[str, ModelConfig, Path] | N
         raise ConfigError(f"init_from: {error}") from None
 
 
-def _resolve(path: str, root: Path) -> str:
-    p = Path(path)
+def _resolve(value: Any, name: str, root: Path) -> str:
+    """The path ``value`` that the config's ``name`` gives, made absolute against ``root``."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{name}: expected a path, got {value!r}")
+    p = Path(value)
     return str(p if p.is_absolute() else (root / p).resolve())
+
+
+def _mapping(value: Any, name: str) -> dict[str, Any]:
+    """A copy of the config's section ``name``: empty if absent or null."""
+    if value is not None and not isinstance(value, dict):
+        raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+    return dict(value or {})
 
 
 def parse_config(raw: dict[str, Any], root: Path = Path(".")) -> TrainConfig:
@@ -230,34 +247,37 @@ def parse_config(raw: dict[str, Any], root: Path = Path(".")) -> TrainConfig:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown section (known: {', '.join(sorted(known))})")
-    out_dir = Path(_resolve(str(raw.get("out_dir", "exp/run")), Path(".")))
+    out_dir = Path(_resolve(raw.get("out_dir", "exp/run"), "out_dir", Path(".")))
     source = _init_source(raw.get("init_from"), out_dir)
     init_from, init_model, init_tokenizer = source if source is not None else (None, None, None)
     if "data" not in raw or ("model" not in raw and init_from is None):
         raise ConfigError(f"{'data' if 'data' not in raw else 'model'}: section is required")
-    data = dict(raw["data"] or {})
-    train = data.get("train", [])
-    data["train"] = tuple(_resolve(p, root) for p in ([train] if isinstance(train, str) else train))
+    data = _mapping(raw.get("data"), "data")
+    train = data.get("train") or []
+    train = [train] if isinstance(train, str) else train
+    if not isinstance(train, list):
+        raise ConfigError(f"data.train: expected a manifest path or a list of them, got {train!r}")
+    data["train"] = tuple(_resolve(p, "data.train", root) for p in train)
     if data.get("dev"):
-        data["dev"] = _resolve(data["dev"], root)
-    tokenizer = dict(data.get("tokenizer") or {})
+        data["dev"] = _resolve(data["dev"], "data.dev", root)
+    tokenizer = _mapping(data.get("tokenizer"), "data.tokenizer")
     if init_from is not None:
         if tokenizer:
             raise ConfigError("data.tokenizer: init_from brings its model's tokenizer; "
                               "remove this section")
         tokenizer["path"] = str(init_tokenizer)
     elif tokenizer.get("path"):
-        tokenizer["path"] = _resolve(tokenizer["path"], root)
+        tokenizer["path"] = _resolve(tokenizer["path"], "data.tokenizer.path", root)
     data["tokenizer"] = build_section(TokenizerConfig, tokenizer, "data.tokenizer")
     if data.get("augment") is not None:
         data["augment"] = build_section(AugmentConfig, data["augment"], "data.augment")
     return TrainConfig(
-        model=_model_from(raw.get("model") or {}, init_model),
+        model=_model_from(_mapping(raw.get("model"), "model"), init_model),
         data=build_section(DataConfig, data, "data"),
         optim=build_section(OptimConfig, raw.get("optim") or {}, "optim"),
         trainer=build_section(TrainerConfig, raw.get("trainer") or {}, "trainer"),
         out_dir=str(out_dir),
-        seed=int(raw.get("seed", 0)),
+        seed=checked_scalar(raw.get("seed", 0), int, "seed"),
         init_from=init_from,
     )
 
