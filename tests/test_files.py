@@ -1,8 +1,10 @@
 """files: whole files or none, errors that name the file, leftovers of killed writes."""
 
+import gzip
+
 import pytest
 
-from conformer_asr.files import remove_leftovers, replacing, write_atomically
+from conformer_asr.files import read_text, remove_leftovers, replacing, write_atomically
 
 
 def test_writes_text_and_bytes_and_leaves_nothing_else(tmp_path):
@@ -52,3 +54,21 @@ def test_sync_and_leftovers(tmp_path):
     (tmp_path / "notes.tmp").write_text("mine")
     assert remove_leftovers(tmp_path) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "notes.tmp", "state.pt"]
+
+
+def test_read_text_takes_utf8_and_gzip_and_names_a_file_that_is_neither(tmp_path):
+    plain = tmp_path / "bom.jsonl"
+    plain.write_bytes("\ufeffcaf\u00e9\n".encode())  # a byte-order mark, as Notepad writes
+    assert read_text(plain) == "caf\u00e9\n"
+    packed = tmp_path / "lines.txt.gz"
+    packed.write_bytes(gzip.compress(b"one\ntwo\n"))
+    assert read_text(packed) == "one\ntwo\n"
+
+    binary = tmp_path / "audio.wav"
+    binary.write_bytes(b"RIFF\xa4\x00\x00\x00WAVE")
+    with pytest.raises(ValueError, match=rf"^{binary}: not UTF-8 text \(byte 4\)$"):
+        read_text(binary)
+    cut = tmp_path / "cut.txt.gz"
+    cut.write_bytes(packed.read_bytes()[:-8])
+    with pytest.raises(ValueError, match=rf"^{cut}: not a complete gzip file"):
+        read_text(cut)

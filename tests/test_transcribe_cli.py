@@ -285,6 +285,22 @@ def test_evaluate_refuses_an_empty_manifest(model_dir, tmp_path):
     assert proc.stderr.strip() == f"error: {manifest}: no utterances in the manifest"
 
 
+def test_evaluate_names_a_manifest_it_cannot_read(model_dir, tmp_path):
+    """An audio file given as the manifest, and a line that is not an utterance: one line
+    each, naming the file (and the line), before any decoding."""
+    lines = tmp_path / "no_text.jsonl"
+    lines.write_text('{"id": "a", "audio": "a.wav", "text": "a"}\n'
+                     '{"id": "b", "audio": "b.wav", "text": 3}\n')
+    for path, message in [
+        (DATA / "clip1.wav", rf"{DATA / 'clip1.wav'}: not UTF-8 text \(byte \d+\)"),
+        (lines, rf'{lines}:2: not a manifest line \(expected JSON with "id", and "audio" and '
+                r'"text" strings\)'),
+    ]:
+        proc = _cli("evaluate", "--manifest", str(path), "--model", str(model_dir))
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert re.fullmatch(f"error: {message}\n", proc.stderr), proc.stderr
+
+
 @pytest.mark.parametrize(("suffix", "fmt", "subtype"), [
     (".flac", "FLAC", "PCM_16"), (".ogg", "OGG", "VORBIS"), (".mp3", "MP3", "MPEG_LAYER_III")])
 def test_compressed_formats_are_read(suffix, fmt, subtype, tmp_path):

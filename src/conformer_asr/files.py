@@ -1,4 +1,5 @@
-"""Writing a file so that readers, and a run killed mid-write, never see half of it.
+"""Reading text files with errors that name them, and writing files so that readers, and
+a run killed mid-write, never see half of them.
 
 Every file the toolkit writes (checkpoints, model folders, manifests, logs, audio) goes
 to a hidden temporary file beside its target and is renamed over the target once it is
@@ -9,12 +10,27 @@ complete. A process killed mid-write leaves only such a temporary file, which
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 LEFTOVER_PATTERN = ".*.tmp*"  # the names temporary_beside makes
+
+
+def read_text(path: str | Path) -> str:
+    """The UTF-8 text of ``path``, decompressed if it ends in ``.gz``, without the byte-order
+    mark some Windows editors write. A file that is not UTF-8 text (or not gzip) is a
+    ``ValueError`` naming it."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return (gzip.decompress(data) if path.suffix == ".gz" else data).decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    except (gzip.BadGzipFile, EOFError) as error:
+        raise ValueError(f"{path}: not a complete gzip file ({error})") from None
 
 
 def temporary_beside(path: Path) -> Path:

@@ -14,20 +14,19 @@ Loading never crashes on bad data: each unusable line is skipped and counted in 
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple, TextIO
+from typing import Any, ClassVar, NamedTuple
 
 import soundfile as sf
 from lhotse import AudioSource, CutSet, MonoCut, Recording, SupervisionSegment
 from lhotse.cut import Cut, MultiCut
 
 from ..audio.io import SAMPLE_RATE
-from ..files import replacing
+from ..files import read_text, replacing
 from ..text.normalize import normalize_text
 
 PLAIN_KEYS = ("id", "audio", "text")
@@ -75,12 +74,6 @@ def _absolute(path: str | Path) -> Path:
     return Path(os.path.abspath(path))
 
 
-def open_text(path: Path) -> TextIO:
-    """utf-8-sig: UTF-8, with or without the byte-order mark some Windows editors write."""
-    return gzip.open(path, "rt", encoding="utf-8-sig") if path.suffix == ".gz" else open(
-        path, encoding="utf-8-sig")
-
-
 def _is_lhotse(first: dict[str, Any]) -> bool:
     """Lhotse cut manifests carry ``type`` (MonoCut, ...) and a ``recording`` or ``tracks``."""
     return "type" in first and ("recording" in first or "tracks" in first)
@@ -99,8 +92,8 @@ def load_cuts(path: str | Path, issues: DataIssues | None = None) -> CutSet:
     issues = issues if issues is not None else DataIssues()
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest")
-    with open_text(path) as f:
-        first_line = next((line for line in f if line.strip()), "")
+    lines = read_text(path).split("\n")
+    first_line = next((line for line in lines if line.strip()), "")
     try:
         first = json.loads(first_line) if first_line else {}
     except json.JSONDecodeError:
@@ -109,7 +102,7 @@ def load_cuts(path: str | Path, issues: DataIssues | None = None) -> CutSet:
     if _is_lhotse(first):
         cuts = clean_cuts(CutSet.from_file(path), issues)
     elif not first or "audio" in first:  # an unparsable first line is counted, not fatal
-        cuts = _read_plain(path, issues)
+        cuts = _read_plain(path, lines, issues)
     else:
         raise ManifestError(f"{path}: neither a plain manifest (no \"audio\" key on the "
                             "first line) nor a Lhotse cuts manifest")
@@ -117,37 +110,37 @@ def load_cuts(path: str | Path, issues: DataIssues | None = None) -> CutSet:
                             for c in cuts)
 
 
-def _read_plain(path: Path, issues: DataIssues) -> list[Cut]:
-    """One whole-file cut per usable line; reads only audio headers (~80 us a file)."""
+def _read_plain(path: Path, lines: list[str], issues: DataIssues) -> list[Cut]:
+    """One whole-file cut per usable line of ``path``; reads only audio headers (~80 us a
+    file)."""
     root = _absolute(path.parent)
     seen: set[str] = set()
     cuts = []
-    with open_text(path) as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                record = None
-            if not isinstance(record, dict) or not all(
-                    isinstance(record.get(key), str) for key in PLAIN_KEYS):
-                issues.add("malformed line", f"{path.name}:{number}")
-                continue
-            if record["id"] in seen:  # the first line with an id claims it, usable or not
-                issues.add("duplicate id", record["id"])
-                continue
-            seen.add(record["id"])
-            text = normalize_text(record["text"])
-            if not text:
-                issues.add("empty text", record["id"])
-                continue
-            audio = os.path.normpath(os.path.join(root, record["audio"]))
-            header = _header(audio)
-            if isinstance(header, str):
-                issues.add(header, record["audio"])
-                continue
-            cuts.append(_whole_file_cut(record, text, audio, header))
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or not all(
+                isinstance(record.get(key), str) for key in PLAIN_KEYS):
+            issues.add("malformed line", f"{path.name}:{number}")
+            continue
+        if record["id"] in seen:  # the first line with an id claims it, usable or not
+            issues.add("duplicate id", record["id"])
+            continue
+        seen.add(record["id"])
+        text = normalize_text(record["text"])
+        if not text:
+            issues.add("empty text", record["id"])
+            continue
+        audio = os.path.normpath(os.path.join(root, record["audio"]))
+        header = _header(audio)
+        if isinstance(header, str):
+            issues.add(header, record["audio"])
+            continue
+        cuts.append(_whole_file_cut(record, text, audio, header))
     return cuts
 
 

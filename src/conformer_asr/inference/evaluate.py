@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..audio.io import AudioError
-from ..data.manifest import open_text
-from ..files import write_atomically
+from ..files import read_text, write_atomically
 from ..scoring import WordErrors, word_errors
 from ..text.normalize import normalize_text
 from .transcriber import Transcriber
@@ -71,21 +70,23 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: manifest not found")
     rows = []
-    with open_text(path) as f:
-        lines = f.read().splitlines()
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
             item = json.loads(line)
-            audio = Path(item["audio"])
-            rows.append(Utterance(
-                id=str(item["id"]), audio=audio if audio.is_absolute() else path.parent / audio,
-                text=normalize_text(item["text"]),
-                speaker=str(item.get("speaker") or item.get("voice") or ""),
-            ))
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ValueError(f"{path}:{number}: not a manifest line ({error})") from None
+        except json.JSONDecodeError:
+            item = None
+        if not (isinstance(item, dict) and "id" in item
+                and all(isinstance(item.get(key), str) for key in ("audio", "text"))):
+            raise ValueError(f'{path}:{number}: not a manifest line (expected JSON with "id", '
+                             f'and "audio" and "text" strings)')
+        audio = Path(item["audio"])
+        rows.append(Utterance(
+            id=str(item["id"]), audio=audio if audio.is_absolute() else path.parent / audio,
+            text=normalize_text(item["text"]),
+            speaker=str(item.get("speaker") or item.get("voice") or ""),
+        ))
     if not rows:
         raise ValueError(f"{path}: no utterances in the manifest")
     return rows

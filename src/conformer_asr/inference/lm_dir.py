@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..decoding.lexicon import Lexicon
-from ..files import write_atomically
+from ..files import read_text, write_atomically
 from ..models.config import ConfigError
 from ..models.lm import LMConfig, WordPieceLM
 from ..text.tokenizer import MODEL_FILE, Tokenizer
@@ -61,7 +61,7 @@ def load_lm_dir(directory: str | Path) -> tuple[WordPieceLM, Tokenizer, dict[str
     if not path.is_file():
         raise ModelDirError(f"{directory}: not an LM folder (no {CONFIG_FILE})")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_text(path))
         cfg, info = LMConfig.from_dict(data["lm"]), data.get("info", {})
     except (json.JSONDecodeError, KeyError, ConfigError) as error:
         raise ModelDirError(f"{path}: invalid LM config ({error})") from None
@@ -75,7 +75,7 @@ def load_lm_dir(directory: str | Path) -> tuple[WordPieceLM, Tokenizer, dict[str
 def read_lexicon_words(directory: str | Path) -> list[str]:
     """The words of an LM folder's lexicon; [] if it has none."""
     path = Path(directory) / LEXICON_FILE
-    return path.read_text().split() if path.is_file() else []
+    return read_text(path).split() if path.is_file() else []
 
 
 def load_lexicon_for(directory: str | Path, tokenizer: Tokenizer) -> Lexicon | None:

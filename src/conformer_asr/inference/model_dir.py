@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..decoding.search import DecodingOptions
-from ..files import replacing, write_atomically
+from ..files import read_text, replacing, write_atomically
 from ..models import ASRModel, ModelConfig
 from ..models.config import ConfigError
 from ..text.tokenizer import MODEL_FILE, Tokenizer
@@ -84,7 +84,7 @@ def read_config(directory: str | Path) -> FolderConfig:
     if not path.is_file():
         raise ModelDirError(f"{directory}: not a model folder (no {CONFIG_FILE})")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_text(path))
         model = ModelConfig.from_dict(data["model"])
     except (json.JSONDecodeError, KeyError, ConfigError) as error:
         raise ModelDirError(f"{path}: invalid model config ({error})") from None

@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from ..data.augment import AugmentConfig
+from ..files import read_text
 from ..inference.model_dir import ModelDirError, read_config, resolve_model_dir
 from ..models.config import (
     ConfigError,
@@ -285,9 +286,13 @@ def parse_config(raw: dict[str, Any], root: Path = Path(".")) -> TrainConfig:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: " + ("a folder, not a config file" if path.is_dir()
+                                         else "config file not found"))
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(read_text(path)) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: invalid YAML ({str(error).splitlines()[0]})") from None
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML{where} ({reason})") from None
     return parse_config(apply_overrides(raw, overrides or []), path.parent)

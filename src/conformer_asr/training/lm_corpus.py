@@ -11,35 +11,32 @@ import json
 import random
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TextIO
 
-from ..data.manifest import open_text
+from ..files import read_text
 from ..text.normalize import normalize_text
 
 
-def _open_text(path: Path) -> TextIO:
+def _lines(path: Path) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    return open_text(path)
+    return read_text(path).split("\n")
 
 
 def read_sentences(paths: Iterable[str | Path]) -> list[str]:
     """One sentence per line (``.gz`` too), normalised; empty lines dropped."""
     sentences = []
     for path in paths:
-        with _open_text(Path(path)) as f:
-            sentences.extend(text for line in f if (text := normalize_text(line)))
+        sentences.extend(text for line in _lines(Path(path)) if (text := normalize_text(line)))
     return sentences
 
 
 def _manifest_lines(path: Path) -> Iterator[tuple[int, dict]]:
-    with _open_text(path) as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError:
-                    raise ValueError(f"{path}:{number}: not a JSON line") from None
+    for number, line in enumerate(_lines(path), start=1):
+        if line.strip():
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError:
+                raise ValueError(f"{path}:{number}: not a JSON line") from None
 
 
 def manifest_texts(paths: Iterable[str | Path]) -> set[str]:
