@@ -1,4 +1,7 @@
+import importlib.util
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +44,25 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
                     lines.append(f"{utt} {text}\n")
                 (folder / f"{speaker}-{chapter}.trans.txt").write_text("".join(lines))
     return root
+
+
+@pytest.fixture
+def broken(corpus: Path, tmp_path: Path) -> Path:
+    """A copy of ``corpus`` that a test may break."""
+    return Path(shutil.copytree(corpus, tmp_path / "LibriSpeech"))
+
+
+def run_prepare(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run the recipe's prepare.py as a user would."""
+    return subprocess.run([sys.executable, str(RECIPE / "prepare.py"), "--num-jobs", "1",
+                           *map(str, args)], capture_output=True, text=True)
+
+
+def assert_error(result: subprocess.CompletedProcess[str], message: str) -> None:
+    """The script stopped with argparse's status 2 and ``message`` as its last line."""
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == f"prepare.py: error: {message}"
 
 
 def test_prepare_writes_both_manifests_per_split(corpus, tmp_path):
@@ -100,6 +122,99 @@ def test_recipe_script_runs(corpus, tmp_path):
     assert f"dev-clean: 1 utterances, 0.00 h -> {tmp_path / 'dev-clean.jsonl'}" in result.stdout
     assert load_cuts(tmp_path / "dev-clean.jsonl")["84-121123-0000"].supervisions[0].text == \
         "go do you hear"
+
+
+def test_script_missing_part_is_a_one_line_error(corpus, tmp_path):
+    result = run_prepare("--corpus-dir", corpus, "--out-dir", tmp_path / "out",
+                         "--parts", "dev-clean", "dev-other")
+    assert_error(result, f"{corpus / 'dev-other'}: not found "
+                         "(parts present: train-clean-100, dev-clean)")
+    assert not (tmp_path / "out").exists()  # stopped before any work
+
+
+@pytest.mark.parametrize("line", ["84-121123-0001", ""])
+def test_script_transcript_line_without_text(broken, tmp_path, line):
+    transcript = broken / "dev-clean" / "84" / "121123" / "84-121123.trans.txt"
+    transcript.write_text(f"{transcript.read_text()}{line}\n")
+    assert_error(run_prepare("--corpus-dir", broken, "--out-dir", tmp_path),
+                 f'{transcript} line 2: expected "ID TEXT", got {line!r}')
+
+
+def test_script_transcript_not_utf8(broken, tmp_path):
+    transcript = broken / "dev-clean" / "84" / "121123" / "84-121123.trans.txt"
+    transcript.write_bytes("84-121123-0000 CAF\xc9\n".encode("latin-1"))
+    assert_error(run_prepare("--corpus-dir", broken, "--out-dir", tmp_path),
+                 f"{transcript}: not UTF-8 text (byte 18)")
+
+
+def test_script_corpus_dir_a_file_or_without_parts(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a corpus")
+    assert_error(run_prepare("--corpus-dir", tmp_path / "notes.txt", "--out-dir", tmp_path),
+                 f"{tmp_path / 'notes.txt'}: not a folder")
+    (tmp_path / "empty").mkdir()
+    assert_error(run_prepare("--corpus-dir", tmp_path / "empty", "--out-dir", tmp_path),
+                 f"{tmp_path / 'empty'}: no LibriSpeech parts in it "
+                 "(folders such as train-clean-100)")
+
+
+def test_script_part_without_transcripts_or_audio(broken, tmp_path):
+    chapter = broken / "dev-clean" / "84" / "121123"
+    (chapter / "84-121123-0000.flac").unlink()
+    assert_error(run_prepare("--corpus-dir", broken, "--out-dir", tmp_path),
+                 f"{broken / 'dev-clean'}: none of the audio files named in its transcripts "
+                 f"exists (e.g. {chapter / '84-121123-0000.flac'})")
+    (chapter / "84-121123.trans.txt").unlink()
+    assert_error(run_prepare("--corpus-dir", broken, "--out-dir", tmp_path),
+                 f"{broken / 'dev-clean'}: no transcript lines (*.trans.txt) in it")
+
+
+def test_script_counts_missing_audio(broken, tmp_path):
+    missing = broken / "train-clean-100" / "26" / "495" / "26-495-0001.flac"
+    missing.unlink()
+    result = run_prepare("--corpus-dir", broken, "--out-dir", tmp_path,
+                         "--parts", "train-clean-100")
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[-2:] == ["skipped:", f"missing audio: 1 (e.g. {missing})"]
+
+
+def test_script_unreadable_audio(broken, tmp_path):
+    flac = broken / "dev-clean" / "84" / "121123" / "84-121123-0000.flac"
+    flac.write_bytes(b"")  # e.g. a truncated download
+    assert_error(run_prepare("--corpus-dir", broken, "--out-dir", tmp_path),
+                 f"Fetching info about audio from '{flac}' failed.")
+
+
+def test_script_out_dir_not_creatable(corpus, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a folder")
+    for out_dir, reason in [("notes.txt", "File exists"), ("notes.txt/data", "Not a directory")]:
+        assert_error(run_prepare("--corpus-dir", corpus, "--out-dir", tmp_path / out_dir),
+                     f"{tmp_path / out_dir}: cannot create the output folder ({reason})")
+
+
+def test_script_out_dir_not_writable(corpus, tmp_path, monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location("prepare", RECIPE / "prepare.py")
+    prepare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare)
+    monkeypatch.setattr(sys, "argv", ["prepare.py"])
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)  # chmod does not stop root
+    with pytest.raises(SystemExit) as stopped:
+        prepare.main(["--corpus-dir", str(corpus), "--out-dir", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == \
+        f"prepare.py: error: {tmp_path}: the output folder is not writable"
+
+
+def test_script_bad_options(corpus, tmp_path):
+    assert_error(run_prepare("--corpus-dir", corpus, "--out-dir", tmp_path, "--num-jobs", "0"),
+                 "--num-jobs must be at least 1")
+    assert_error(run_prepare("--corpus-dir", tmp_path / "LibriSpeech", "--out-dir", tmp_path,
+                             "--download", "--parts", "dev_clean"),
+                 "dev_clean: not a LibriSpeech part (there are train-clean-100, train-clean-360, "
+                 "train-other-500, dev-clean, dev-other, test-clean, test-other, dev-clean-2, "
+                 "train-clean-5)")
+    assert_error(run_prepare("--corpus-dir", corpus, "--out-dir", tmp_path, "--recipe", "tedlium"),
+                 f"{corpus}: Lhotse's tedlium recipe failed: "
+                 "No recordings left after fixing the manifests.")
 
 
 @pytest.mark.parametrize(("size", "d_model"), [("s", 144), ("m", 256), ("l", 512)])

@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from lhotse.audio import AudioLoadingError
+
 from conformer_asr.data.corpora import LIBRISPEECH_PARTS, prepare_corpus, prepare_librispeech
 from conformer_asr.data.manifest import DataIssues
 
@@ -34,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.download and args.recipe != "librispeech":
         parser.error("--download is only supported for --recipe librispeech")
+    if args.num_jobs < 1:
+        parser.error("--num-jobs must be at least 1")
     issues = DataIssues()
     try:
         if args.recipe == "librispeech":
@@ -43,8 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parts = prepare_corpus(args.recipe, args.corpus_dir, args.out_dir, parts=args.parts,
                                    num_jobs=args.num_jobs, issues=issues)
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError) as error:
         parser.error(str(error))
+    except AudioLoadingError as error:  # an unreadable (e.g. truncated) audio file
+        parser.error(str(error).splitlines()[0].removesuffix(" Details:"))
+    except AssertionError as error:  # how Lhotse's recipes report most unexpected layouts
+        parser.error(f"{args.corpus_dir}: Lhotse's {args.recipe} recipe failed: {error}")
     for part in parts:
         print(f"{part.name}: {part.utterances} utterances, {part.hours:.2f} h -> "
               f"{part.jsonl_path or part.cuts_path}")

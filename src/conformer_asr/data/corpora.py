@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +25,13 @@ from typing import Any
 from lhotse import CutSet
 from lhotse.utils import fastcopy
 
-from ..files import replacing
+from ..files import read_text, replacing
 from .manifest import DataIssues, clean_cuts, has_plain_form, save_jsonl
 
 LICENCES = {"librispeech": "CC BY 4.0"}  # https://www.openslr.org/12
 LIBRISPEECH_PARTS = ("train-clean-100", "train-clean-360", "train-other-500",
                      "dev-clean", "dev-other", "test-clean", "test-other")
+MINI_LIBRISPEECH_PARTS = ("dev-clean-2", "train-clean-5")  # Lhotse finds and downloads these too
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,11 @@ def prepare_librispeech(corpus_dir: str | Path, out_dir: str | Path, *,
     into ``corpus_dir``, which must then be named ``LibriSpeech`` (~60 GB for all).
     """
     corpus_dir = Path(corpus_dir)
+    issues = issues if issues is not None else DataIssues()
+    known = LIBRISPEECH_PARTS + MINI_LIBRISPEECH_PARTS
+    unknown = [part for part in parts or () if part not in known]
+    if unknown:
+        raise ValueError(f"{unknown[0]}: not a LibriSpeech part (there are {', '.join(known)})")
     if download:
         if corpus_dir.name != "LibriSpeech":
             raise ValueError(f"{corpus_dir}: to download, give a folder named LibriSpeech "
@@ -62,8 +69,68 @@ def prepare_librispeech(corpus_dir: str | Path, out_dir: str | Path, *,
         from lhotse.recipes.librispeech import download_librispeech
 
         download_librispeech(corpus_dir.parent, dataset_parts=list(parts or LIBRISPEECH_PARTS))
+    _check_librispeech(corpus_dir, parts, issues)
     return prepare_corpus("librispeech", corpus_dir, out_dir, parts=parts, num_jobs=num_jobs,
                           issues=issues)
+
+
+def _check_librispeech(corpus_dir: Path, parts: Sequence[str] | None, issues: DataIssues) -> None:
+    """Before any audio is read, an error naming the path where Lhotse's recipe would end in
+    a traceback or an error without one: a requested part not there, a part without
+    transcripts or without any of the audio they name, a transcript line that is not
+    ``ID TEXT``. Lines naming a missing audio file are counted in ``issues`` (Lhotse skips
+    them)."""
+    _check_corpus_dir(corpus_dir)
+    present = [p for p in LIBRISPEECH_PARTS + MINI_LIBRISPEECH_PARTS if (corpus_dir / p).is_dir()]
+    if not (parts or present):
+        raise FileNotFoundError(f"{corpus_dir}: no LibriSpeech parts in it (folders such as "
+                                f"{LIBRISPEECH_PARTS[0]})")
+    for part in parts or present:
+        part_dir = corpus_dir / part
+        if not part_dir.is_dir():
+            raise FileNotFoundError(f"{part_dir}: not found (parts present: "
+                                    f"{', '.join(present) or 'none'})")
+        audio = _librispeech_audio(part_dir)
+        if not audio:
+            raise FileNotFoundError(f"{part_dir}: no transcript lines (*.trans.txt) in it")
+        missing = [path for path in audio if not path.is_file()]
+        if len(missing) == len(audio):
+            raise FileNotFoundError(f"{part_dir}: none of the audio files named in its "
+                                    f"transcripts exists (e.g. {missing[0]})")
+        for path in missing:
+            issues.add("missing audio", str(path))
+
+
+def _librispeech_audio(part_dir: Path) -> list[Path]:
+    """The audio file that each line of ``part_dir``'s ``*.trans.txt`` files names; a
+    ValueError naming the file and line for a line that is not ``ID TEXT``."""
+    audio = []
+    for transcript in sorted(part_dir.rglob("*.trans.txt")):
+        for number, line in enumerate(read_text(transcript).splitlines(), start=1):
+            fields = line.split(maxsplit=1)
+            if len(fields) < 2:
+                raise ValueError(f'{transcript} line {number}: expected "ID TEXT", got '
+                                 f"{line.strip()!r}")
+            utterance = fields[0]  # <speaker>-<chapter>-<n>, in <speaker>/<chapter>/
+            audio.append(part_dir / Path(utterance.replace("-", "/")).parent
+                         / f"{utterance}.flac")
+    return audio
+
+
+def _check_corpus_dir(corpus_dir: Path) -> None:
+    if not corpus_dir.is_dir():
+        problem = "not a folder" if corpus_dir.exists() else "no such corpus folder"
+        raise FileNotFoundError(f"{corpus_dir}: {problem}")
+
+
+def _make_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir``, or raise an OSError naming it if it cannot be created or written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"{out_dir}: cannot create the output folder ({error.strerror})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise PermissionError(f"{out_dir}: the output folder is not writable")
 
 
 def prepare_corpus(recipe: str, corpus_dir: str | Path, out_dir: str | Path, *,
@@ -73,8 +140,8 @@ def prepare_corpus(recipe: str, corpus_dir: str | Path, out_dir: str | Path, *,
     manifests for each split it returns. ``parts`` is passed as the recipe's
     ``dataset_parts`` (ValueError if it has none)."""
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
-    if not corpus_dir.is_dir():
-        raise FileNotFoundError(f"{corpus_dir}: no such corpus folder")
+    _check_corpus_dir(corpus_dir)
+    _make_out_dir(out_dir)  # before the recipe reads the corpus
     prepare = _lhotse_recipe(recipe)
     options = inspect.signature(prepare).parameters
     kwargs: dict[str, Any] = {}
@@ -87,7 +154,6 @@ def prepare_corpus(recipe: str, corpus_dir: str | Path, out_dir: str | Path, *,
     manifests = prepare(corpus_dir, **kwargs)
     if "recordings" in manifests:  # single-split recipes return one pair
         manifests = {recipe: manifests}
-    out_dir.mkdir(parents=True, exist_ok=True)
     issues = issues if issues is not None else DataIssues()
     return [_write_part(recipe, name, split["recordings"], split["supervisions"], out_dir, issues)
             for name, split in sorted(manifests.items())]
