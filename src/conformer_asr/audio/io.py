@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +14,9 @@ import soundfile as sf
 import soxr
 
 SAMPLE_RATE = 16000
+_LOAD_BLOCK = 1 << 20  # frames decoded at a time by load_audio
+_SFE_BAD_FILE = 7  # libsndfile: "File does not exist or is not a regular file (possibly a pipe?)."
+_STDERR_LOCK = threading.Lock()
 
 
 class AudioError(Exception):
@@ -65,16 +72,80 @@ def resample(samples: np.ndarray, rate: int, target_rate: int = SAMPLE_RATE) -> 
     return soxr.resample(samples, rate, target_rate, quality="HQ").astype(np.float32, copy=False)
 
 
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 goes to the null device inside: libmpg123 prints notes on damaged
+    or non-MP3 data there from C, past ``sys.stderr``. Restored on leaving, error or not;
+    one thread at a time, as fd 2 is the process's."""
+    with _STDERR_LOCK, open(os.devnull, "wb") as null:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        try:
+            saved = os.dup(2)
+        except OSError:  # fd 2 closed (a daemon's): nothing to silence
+            saved = -1
+        if saved < 0:
+            yield
+            return
+        try:
+            os.dup2(null.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _open(path: str | Path) -> sf.SoundFile:
     path = Path(path)
     if not path.is_file():
         reason = "a folder, not an audio file" if path.is_dir() else "no such file"
         raise AudioError(f"{path}: {reason}")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file")
     try:
-        return sf.SoundFile(path)
+        with _quiet_stderr():
+            return sf.SoundFile(path)
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
-        reason = str(error).split(":")[-1].strip() or "unreadable"
+        if getattr(error, "code", None) == _SFE_BAD_FILE:
+            # what libsndfile's MP3 probe, tried last, says of data it cannot decode: the
+            # file is known to be a regular one, so no format recognised it
+            reason = "Format not recognised."
+        else:
+            reason = str(error).split(":")[-1].strip() or "unreadable"
         raise AudioError(f"{path}: not a readable audio file ({reason})") from None
+
+
+def _read(f: sf.SoundFile, frames: int) -> tuple[np.ndarray, int]:
+    """Decode up to ``frames`` more frames: ((n, C) float32, libsndfile's error code or 0).
+
+    n falls short where the data ends, which may be before the header's frame count (a
+    file cut short), or where the decoder fails on damage (the code says why). libsndfile
+    is called directly: soundfile's ``blocks`` yields whole blocks after a short read (the
+    tail uninitialised memory: NaN or noise), and its ``read`` raises on damage, losing the
+    frames decoded before it, and seeks after every read, which fails in a cut FLAC file.
+    """
+    out = np.empty((frames, f.channels), dtype=np.float32)
+    with _quiet_stderr():
+        n = sf._snd.sf_readf_float(f._file, sf._ffi.cast("float *", out.ctypes.data), frames)
+        error = sf._snd.sf_error(f._file)
+    return out[:n], error
+
+
+def _frames(f: sf.SoundFile, path: str | Path, block: int) -> Iterator[np.ndarray]:
+    """``f``'s (n, C) float32 frames, ``block`` at a time, up to the end of its data or the
+    first damage (a FLAC or MP3 file cut short is read up to the cut, as a WAV file is);
+    AudioError naming ``path`` if no frame decodes."""
+    total, error = 0, 0
+    while not error:
+        chunk, error = _read(f, block)
+        if len(chunk) == 0:
+            break
+        total += len(chunk)
+        yield chunk
+    if total == 0:
+        reason = sf.LibsndfileError(error).error_string.split(":")[-1].strip()
+        raise AudioError(f"{path}: corrupt audio data ({reason})" if error
+                         else f"{path}: contains no audio samples")
 
 
 def audio_duration(path: str | Path) -> float:
@@ -84,15 +155,11 @@ def audio_duration(path: str | Path) -> float:
 
 
 def load_audio(path: str | Path, target_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Whole file -> (N,) float32 mono at ``target_rate``. Raises AudioError."""
+    """Whole file (up to the end of its data or the first damage) -> (N,) float32 mono at
+    ``target_rate``. Raises AudioError."""
     with _open(path) as f:
-        try:
-            samples = f.read(dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError) as error:
-            raise AudioError(f"{path}: corrupt audio data ({error})") from None
+        samples = np.concatenate(list(_frames(f, path, _LOAD_BLOCK)))
         rate = f.samplerate
-    if samples.shape[0] == 0:
-        raise AudioError(f"{path}: contains no audio samples")
     return resample(finite(to_mono(samples), str(path)), rate, target_rate)
 
 
@@ -100,20 +167,15 @@ def stream_audio(
     path: str | Path, block_seconds: float = 30.0, target_rate: int = SAMPLE_RATE
 ) -> Iterator[np.ndarray]:
     """Yield consecutive (n,) float32 mono blocks at ``target_rate``, reading the file
-    block by block so memory stays bounded for hour-long recordings."""
+    block by block so memory stays bounded for hour-long recordings (up to the end of its
+    data or the first damage, as ``load_audio``)."""
     with _open(path) as f:
-        if f.frames == 0:
-            raise AudioError(f"{path}: contains no audio samples")
         rate = f.samplerate
         resampler = None if rate == target_rate else soxr.ResampleStream(
             rate, target_rate, 1, dtype="float32", quality="HQ"
         )
-        block = max(1, int(block_seconds * rate))
-        try:
-            for chunk in f.blocks(blocksize=block, dtype="float32", always_2d=True):
-                mono = finite(to_mono(chunk), str(path))
-                yield mono if resampler is None else resampler.resample_chunk(mono)
-        except (sf.LibsndfileError, RuntimeError) as error:
-            raise AudioError(f"{path}: corrupt audio data ({error})") from None
+        for chunk in _frames(f, path, max(1, int(block_seconds * rate))):
+            mono = finite(to_mono(chunk), str(path))
+            yield mono if resampler is None else resampler.resample_chunk(mono)
         if resampler is not None:
             yield resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)

@@ -1,0 +1,113 @@
+"""Reading damaged and non-audio files: what decodes is read, the rest is a one-line error."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conformer_asr.audio.io import AudioError, load_audio, stream_audio
+
+WEATHER = Path(__file__).parents[1] / "examples" / "weather.wav"
+
+
+def _cut(tmp_path: Path, name: str, fmt: str) -> tuple[Path, np.ndarray]:
+    """The first half of the bytes of weather.wav written as ``fmt``; its (N,) samples whole."""
+    audio, rate = sf.read(WEATHER, dtype="float32")
+    whole = tmp_path / f"whole-{name}"
+    sf.write(whole, audio, rate, format=fmt)
+    data = whole.read_bytes()
+    cut = tmp_path / name
+    cut.write_bytes(data[: len(data) // 2])
+    return cut, sf.read(whole, dtype="float32")[0]
+
+
+def _streamed(path: Path) -> np.ndarray:
+    return np.concatenate(list(stream_audio(path, block_seconds=0.5)))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "conformer_asr.cli", "transcribe", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_cut_mp3_is_read_up_to_the_cut(tmp_path, capfd):
+    """Its header still counts the whole file's frames; the blocks held uninitialised
+    memory (NaN or noise) past the cut, and libmpg123 warned on stderr."""
+    cut, whole = _cut(tmp_path, "cut.mp3", "MP3")
+    decodable = len(sf.read(cut)[0])  # soundfile's read stops at the cut
+    assert 0.3 * len(whole) < decodable < 0.6 * len(whole)
+    capfd.readouterr()  # what libmpg123 said to soundfile
+    streamed = _streamed(cut)
+    assert len(streamed) == decodable and np.isfinite(streamed).all()
+    np.testing.assert_allclose(load_audio(cut), streamed, atol=1e-6)
+    assert capfd.readouterr().err == ""
+
+
+def test_a_cut_flac_is_read_up_to_the_damage(tmp_path, capfd):
+    """libFLAC loses sync at the cut; the frames before it are kept, as in a cut WAV file."""
+    cut, whole = _cut(tmp_path, "cut.flac", "FLAC")
+    for samples in (load_audio(cut), _streamed(cut)):
+        assert 0.3 * len(whole) < len(samples) < 0.5 * len(whole)
+        np.testing.assert_array_equal(samples, whole[: len(samples)])
+    assert capfd.readouterr().err == ""
+
+
+def test_a_flac_with_no_decodable_frame_is_corrupt(tmp_path):
+    cut = tmp_path / "header.flac"
+    sf.write(tmp_path / "whole.flac", sf.read(WEATHER)[0], 16000)
+    cut.write_bytes((tmp_path / "whole.flac").read_bytes()[:100])
+    for read in (load_audio, _streamed):
+        with pytest.raises(AudioError) as error:
+            read(cut)
+        assert str(error.value) == f"{cut}: corrupt audio data (flac decoder lost sync.)"
+
+
+def test_random_bytes_and_an_empty_file_are_named_as_such(tmp_path, capfd):
+    """libsndfile's MP3 probe printed libmpg123's notes and called random bytes "not a
+    regular file"; a file of 0 bytes was "Format not recognised."."""
+    garbage = tmp_path / "garbage.mp3"
+    garbage.write_bytes(np.random.default_rng(0).bytes(20000))
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    for path, reason in ((garbage, "not a readable audio file (Format not recognised.)"),
+                         (empty, "empty file")):
+        for read in (load_audio, _streamed):
+            with pytest.raises(AudioError) as error:
+                read(path)
+            assert str(error.value) == f"{path}: {reason}"
+    assert capfd.readouterr().err == ""
+
+
+def test_the_cli_reads_cut_files_and_gives_one_line_per_bad_one(tmp_path):
+    cut_mp3, _ = _cut(tmp_path, "cut.mp3", "MP3")
+    cut_flac, _ = _cut(tmp_path, "cut.flac", "FLAC")
+    proc = _cli(str(cut_mp3), str(cut_flac), "--format", "json")
+    assert (proc.returncode, proc.stderr) == (0, "")
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["audio"] for r in rows] == [str(cut_mp3), str(cut_flac)]
+    assert all(r["text"] and 1.0 < r["duration"] < 1.5 for r in rows)
+
+    garbage = tmp_path / "garbage.mp3"
+    garbage.write_bytes(np.random.default_rng(0).bytes(20000))
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    proc = _cli(str(garbage), str(empty), str(WEATHER))
+    assert proc.returncode == 1 and proc.stdout.startswith(f"{WEATHER}\t")
+    assert proc.stderr.splitlines() == [
+        f"error: {garbage}: not a readable audio file (Format not recognised.)",
+        f"error: {empty}: empty file"]
+
+
+def test_quiet_stderr_restores_fd_2_on_error(capfd):
+    from conformer_asr.audio.io import _quiet_stderr
+
+    with pytest.raises(ValueError), _quiet_stderr():
+        os.write(2, b"hidden\n")
+        raise ValueError
+    os.write(2, b"shown\n")
+    assert capfd.readouterr().err == "shown\n"
