@@ -217,6 +217,10 @@ def test_decode_dispatches_on_options():
     assert decode(model, enc, lengths, DecodingOptions(), lexicon=lexicon) == greedy
     with pytest.raises(ValueError, match="beam_size"):
         DecodingOptions(beam_size=0)
+    for name in ("lm_weight", "length_bonus", "oov_penalty"):  # nan passed `< 0` unseen
+        for value in (float("nan"), float("inf")):
+            with pytest.raises(ValueError, match=f"^{name}: must be a finite number"):
+                DecodingOptions(**{name: value})
 
 
 def test_a_hybrid_model_decodes_with_the_head_asked_for():

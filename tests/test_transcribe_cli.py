@@ -426,6 +426,8 @@ def test_model_info_reads_a_folder_and_names_a_bad_one(model_dir, tmp_path):
     assert report["params"]["total"] == sum(p.numel() for p in ASRModel(
         ModelConfig.from_dict(report["config"])).parameters())
     (tmp_path / "config.json").write_text("{not json")
+    result = _cli("model-info", "default")  # the bundled model, as --model takes it
+    assert result.returncode == 0 and json.loads(result.stdout)["info"], result.stderr
     result = _cli("model-info", str(tmp_path))
     assert result.returncode != 0
     assert "invalid model config" in result.stderr and len(result.stderr.splitlines()) == 1
@@ -454,6 +456,12 @@ def test_a_device_this_machine_lacks_is_a_usage_error(model_dir, device):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_load_model_names_a_device_this_machine_lacks(model_dir):
+    with pytest.raises(ValueError, match="^device 'cuda': torch sees no CUDA GPU here$"):
+        load_model(model_dir, device="cuda")
+
+
 def test_outputs_that_cannot_be_written_are_one_line_errors(model_dir, tmp_path):
     manifest = DATA / "manifest.jsonl"
     missing = tmp_path / "no-such-folder" / "hyps.jsonl"
@@ -461,12 +469,28 @@ def test_outputs_that_cannot_be_written_are_one_line_errors(model_dir, tmp_path)
                   "--output", str(missing))
     assert result.returncode == 2
     assert result.stderr == f"error: {missing}: no folder {missing.parent} to write it in\n"
+    result = _cli("evaluate", "--manifest", str(manifest), "--model", str(model_dir),
+                  "--output", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr == f"error: {tmp_path}: a folder, not a file to write the hypotheses to\n"
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     result = _cli("transcribe", str(DATA / "clip1.wav"), "--model", str(model_dir),
                   "--out-dir", str(a_file / "subs"))
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith(f"error: --out-dir {a_file / 'subs'}: ")
+    result = _cli("transcribe", str(DATA / "clip1.wav"), "--model", str(model_dir),
+                  "--out-dir", str(a_file))
+    assert (result.returncode, result.stderr) == (2, f"error: --out-dir {a_file}: a file, "
+                                                     "not a folder\n")
+    # one output that cannot be written: named, and the other inputs' are still written
+    subs = tmp_path / "subs"
+    (subs / "clip1.txt").mkdir(parents=True)
+    result = _cli("transcribe", str(DATA / "clip1.wav"), str(DATA / "clip2.wav"), "--model",
+                  str(model_dir), "--out-dir", str(subs))
+    assert result.returncode == 1
+    assert result.stderr == f"error: {subs / 'clip1.txt'}: Is a directory\n"
+    assert (subs / "clip2.txt").is_file()
     result = _cli("synth", "--out", str(a_file / "corpus"), "--utterances", "1")
     assert result.returncode == 1
     assert result.stderr == f"error: [Errno 20] Not a directory: '{a_file / 'corpus'}'\n"

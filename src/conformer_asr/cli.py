@@ -17,15 +17,15 @@ if TYPE_CHECKING:
 
 
 def _model_info(args: argparse.Namespace) -> int:
-    from .inference.model_dir import read_config
+    from .inference.model_dir import read_config, resolve_model_dir
     from .models import ASRModel, count_parameters, get_config
     from .models.config import NAMED_CONFIGS, PAPER_PARAMS
 
     info: dict = {}
-    if args.model in NAMED_CONFIGS or not Path(args.model).exists():
+    if args.model in NAMED_CONFIGS or not (args.model == "default" or Path(args.model).exists()):
         cfg = get_config(args.model)
     else:
-        folder = read_config(args.model)
+        folder = read_config(resolve_model_dir(args.model))
         cfg, info = folder.model, folder.info
     report = {"name": cfg.name, "params": count_parameters(ASRModel(cfg)),
               "config": cfg.to_dict()}
@@ -65,7 +65,11 @@ def _transcribe(args: argparse.Namespace) -> int:
             print(f"error: {result}", file=sys.stderr)
             failed += 1
         elif out_paths:
-            write_atomically(out_paths[index], _render(args, str(path), result, alone=True))
+            try:
+                write_atomically(out_paths[index], _render(args, str(path), result, alone=True))
+            except OSError as error:  # this output only: the others are still written
+                print(f"error: {out_paths[index]}: {error.strerror or error}", file=sys.stderr)
+                failed += 1
         else:
             print(_render(args, str(path), result, alone=len(args.audio) == 1), end="",
                   flush=True)
@@ -88,6 +92,8 @@ def _output_paths(args: argparse.Namespace) -> list[Path]:
         if first.setdefault(path, audio) != audio:
             raise ValueError(f"--out-dir: {first[path]} and {audio} would both be written to "
                              f"{path}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out-dir {out_dir}: a file, not a folder")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -154,10 +160,12 @@ def _train_lm(args: argparse.Namespace) -> int:
 
 def _floats(text: str) -> list[float]:
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        message = f"not a comma-separated list of numbers: {text}"
-        raise argparse.ArgumentTypeError(message) from None
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}")
+    return values
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -197,20 +205,12 @@ def _add_device_flag(p: argparse.ArgumentParser) -> None:
 
 def _device(text: str) -> str:
     """--device: the CPU or a CUDA GPU that this machine has."""
-    import torch
+    from .device import check_device
 
     try:
-        device = torch.device(text)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"{text!r}: give cpu, cuda or cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(f"{text!r}: torch sees no CUDA GPU here")
-        if (device.index or 0) >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s) here")
+        check_device(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("device ")) from None
     return text
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,9 @@ class DecodingOptions:
             raise ValueError(f"beam_size: must be >= 1, got {self.beam_size}")
         if self.max_symbols_per_frame < 1:
             raise ValueError("max_symbols_per_frame: must be >= 1")
+        for name in ("lm_weight", "length_bonus", "oov_penalty"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name}: must be a finite number, got {getattr(self, name)}")
         if self.lm_weight < 0:
             raise ValueError(f"lm_weight: must be >= 0, got {self.lm_weight}")
         if self.oov_penalty < 0:

@@ -58,7 +58,8 @@ class EvalReport:
             for name, e in sorted(self.by_speaker.items(), key=lambda kv: -kv[1].wer):
                 lines.append(f"  {name:<{width}}  WER {e.wer:6.2f}%  ({e.words} words)")
         if self.failed:
-            lines.append(f"{len(self.failed)} utterances failed (scored as empty):")
+            lines.append(f"{len(self.failed)} utterance{'s' * (len(self.failed) != 1)} failed "
+                         "(scored as empty):")
             lines.extend(f"  {reason}" for reason in self.failed[:10])
         return "\n".join(lines)
 
@@ -96,8 +97,11 @@ def evaluate(
     transcriber: Transcriber, manifest: str | Path, output: str | Path | None = None
 ) -> EvalReport:
     utterances = read_manifest(manifest)
-    if output is not None and not Path(output).parent.is_dir():  # found out now, not after
-        raise FileNotFoundError(f"{output}: no folder {Path(output).parent} to write it in")
+    if output is not None:  # found out now, not after decoding it all
+        if Path(output).is_dir():
+            raise ValueError(f"{output}: a folder, not a file to write the hypotheses to")
+        if not Path(output).parent.is_dir():
+            raise FileNotFoundError(f"{output}: no folder {Path(output).parent} to write it in")
     report = EvalReport()
     hyps: list[dict] = []
     start = time.perf_counter()

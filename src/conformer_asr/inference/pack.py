@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..decoding.search import DecodingOptions
 from .lm_dir import load_lm_dir, read_lexicon_words, require_same_tokenizer, save_lm_dir
-from .model_dir import LM_SUBDIR, ModelDirError, load_model_dir, save_model_dir
+from .model_dir import LM_SUBDIR, ModelDirError, load_model_dir, resolve_model_dir, save_model_dir
 
 
 def pack_model(
@@ -25,7 +25,7 @@ def pack_model(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ModelDirError(f"{out}: already exists and is not empty; pack writes a new folder")
-    model, tokenizer, config = load_model_dir(model_dir)
+    model, tokenizer, config = load_model_dir(resolve_model_dir(model_dir))
     lm, lm_tokenizer, lm_info = load_lm_dir(lm_dir)
     require_same_tokenizer(lm_tokenizer, tokenizer, lm_dir)
     words = read_lexicon_words(lm_dir)

@@ -35,6 +35,7 @@ from ..audio.pauses import FRAME_SECONDS, find_pauses
 from ..decoding.greedy import Hypothesis
 from ..decoding.lexicon import Lexicon
 from ..decoding.search import DecodingOptions, decode
+from ..device import check_device
 from ..models.asr import ASRModel
 from ..models.lm import WordPieceLM
 from ..models.quantize import quantize_int8
@@ -357,7 +358,7 @@ def load_model(
     (``quantize_int8``; a loaded LM passed in is copied, not changed): faster on the
     CPU, at a small cost in accuracy; CPU only.
     """
-    if int8 and torch.device(device).type != "cpu":
+    if check_device(device).type != "cpu" and int8:  # checked first: torch's error is bare
         raise ValueError(f"int8: int8 inference runs on the CPU only, not on {device!r}")
     directory = resolve_model_dir(path_or_name)
     model, tokenizer, config = load_model_dir(directory)

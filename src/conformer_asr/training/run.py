@@ -331,5 +331,5 @@ def _train_in(out: Path, cfg: TrainConfig) -> Path:
     if task.init_source:
         info["init_from"] = task.init_source
     model_dir = save_model_dir(task.model.cpu(), tokenizer, out / "model", info)
-    print(f"averaged {len(chosen)} checkpoints -> {model_dir}")
+    print(f"averaged {len(chosen)} checkpoint{'s' * (len(chosen) != 1)} -> {model_dir}")
     return model_dir
