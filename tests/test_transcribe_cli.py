@@ -337,6 +337,9 @@ def test_python_api_accepts_arrays(model_dir):
     from_array = transcriber.transcribe([audio, np.stack([audio, audio], axis=1)])
     from_file = transcriber.transcribe([str(DATA / "clip1.wav")])
     assert from_array == from_file * 2
+    assert transcriber.transcribe(DATA / name for name in ["clip1.wav"]) == from_file
+    with pytest.raises(AudioError, match="^input 0: not audio but a bytes "):
+        transcriber.transcribe([str(DATA / "clip1.wav").encode()])
 
 
 def test_python_api_reads_arrays_as_files_are_read():
@@ -454,6 +457,17 @@ def test_a_device_this_machine_lacks_is_a_usage_error(model_dir, device):
     assert result.stderr.splitlines()[-1].startswith(
         f"conformer-asr transcribe: error: argument --device: '{device}': ")
     assert "Traceback" not in result.stderr
+
+
+def test_decoding_weights_without_an_lm_to_apply_them_to_are_errors(model_dir):
+    """The model folder has no LM: a weight for one would be silently ignored."""
+    with pytest.raises(ValueError, match="^lm_weight: there is no LM to weigh"):
+        load_model(model_dir, lm_weight=0.5)
+    result = _cli("transcribe", str(DATA / "clip1.wav"), "--model", str(model_dir),
+                  "--oov-penalty", "2")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: oov_penalty: needs a lexicon")
+    assert load_model(model_dir, oov_penalty=0.0).lexicon is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")

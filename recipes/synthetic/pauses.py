@@ -1,5 +1,4 @@
-"""How a model reads silence: WER on test clips as they are, with silence around them,
-and joined into one recording.
+"""How a model reads silence: WER on test clips alone, padded and joined into one recording.
 
     python recipes/synthetic/pauses.py                      # the bundled model
     python recipes/synthetic/pauses.py --model exp/default-5/model --lm none

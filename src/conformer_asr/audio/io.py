@@ -41,7 +41,8 @@ def samples_of(array: object, name: str) -> np.ndarray:
     if hasattr(array, "detach"):  # a torch tensor
         array = array.detach().cpu().numpy()
     if not isinstance(array, np.ndarray):
-        raise AudioError(f"{name}: not audio: {type(array).__name__}")
+        raise AudioError(f"{name}: not audio but a {type(array).__name__} (give a file path "
+                         "as str or Path, or an array or tensor of samples)")
     if array.ndim not in (1, 2) or array.size == 0:
         raise AudioError(f"{name}: expected (samples,) or (samples, channels) audio, got "
                          f"shape {array.shape}")

@@ -132,7 +132,7 @@ class Transcriber:
         self.frame_seconds = model.cfg.encoder_frame_seconds
 
     def transcribe(
-        self, inputs: Sequence[AudioInput] | AudioInput, sample_rate: int = SAMPLE_RATE
+        self, inputs: Iterable[AudioInput] | AudioInput, sample_rate: int = SAMPLE_RATE
     ) -> list[str]:
         """-> one text per input (a single input counts as a list of one); raises
         AudioError on the first unusable input."""
@@ -144,11 +144,13 @@ class Transcriber:
         return results
 
     def iter_transcripts(
-        self, inputs: Sequence[AudioInput] | AudioInput, sample_rate: int = SAMPLE_RATE
+        self, inputs: Iterable[AudioInput] | AudioInput, sample_rate: int = SAMPLE_RATE
     ) -> Iterator[tuple[AudioInput, Transcript | AudioError]]:
         """Yield (input, Transcript or AudioError) in input order; errors do not stop the rest."""
-        if isinstance(inputs, str | Path | np.ndarray | torch.Tensor):
-            inputs = [inputs]  # one recording, not a sequence of characters or samples
+        # one recording, not a sequence of characters or samples; any other iterable is a
+        # sequence of inputs (a generator too: each is handed back with its result)
+        inputs = ([inputs] if isinstance(inputs, str | Path | np.ndarray | torch.Tensor)
+                  else list(inputs))
         pending: dict[int, list[tuple[_Segment, Hypothesis]]] = {}
         finished: dict[int, float | AudioError] = {}  # duration, or why the input failed
         batch: list[_Segment] = []
@@ -358,8 +360,9 @@ def load_model(
     (``quantize_int8``; a loaded LM passed in is copied, not changed): faster on the
     CPU, at a small cost in accuracy; CPU only.
     """
-    if check_device(device).type != "cpu" and int8:  # checked first: torch's error is bare
+    if int8 and torch.device(device).type != "cpu":
         raise ValueError(f"int8: int8 inference runs on the CPU only, not on {device!r}")
+    check_device(device)  # torch's own error for a GPU this machine lacks is a bare assert
     directory = resolve_model_dir(path_or_name)
     model, tokenizer, config = load_model_dir(directory)
     if int8:
@@ -376,6 +379,9 @@ def load_model(
     if isinstance(lm, str | Path):
         lexicon = load_lexicon_for(lm, tokenizer)
         lm = load_lm_for(lm, tokenizer)
+    if lm is None and lm_weight is not None:
+        raise ValueError("lm_weight: there is no LM to weigh (--lm none, or a model folder "
+                         "without one)")
     if int8 and lm is not None:
         lm = quantize_int8(lm)
     return Transcriber(model.to(device), tokenizer, options,
