@@ -250,6 +250,7 @@ def test_evaluate_writes_hypotheses_and_reports(model_dir, tmp_path):
     report = json.loads(proc.stdout)
     assert report["utterances"] == 4 and report["words"] == 19
     assert report["rtf"] > 0 and "substitutions" in report
+    assert report["by_speaker"] == {}  # the manifest names no speakers
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
     assert ids == ["clip1", "clip2", "clip3", "clip4"]
 

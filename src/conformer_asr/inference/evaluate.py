@@ -115,7 +115,9 @@ def evaluate(
             report.audio_seconds += result.duration
         errors = word_errors(utt.text, text)
         report.total += errors
-        report.by_speaker[utt.speaker] = report.by_speaker.get(utt.speaker, WordErrors()) + errors
+        if utt.speaker:  # manifests without speakers get no breakdown
+            speaker = report.by_speaker.get(utt.speaker, WordErrors())
+            report.by_speaker[utt.speaker] = speaker + errors
         report.utterances += 1
         hyps.append({"id": utt.id, "text": text})
     report.wall_seconds = time.perf_counter() - start
