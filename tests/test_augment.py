@@ -189,7 +189,7 @@ def test_yaml_lists_become_tuples():
     ("pad_prob", 2.0), ("pad_seconds", (1.0, 0.5)), ("pad_seconds", (-0.1, 0.5)),
 ])
 def test_invalid_values_name_the_field(field, value):
-    with pytest.raises(ConfigError, match=rf"^augment\.{field}: "):
+    with pytest.raises(ConfigError, match=rf"^data\.augment\.{field}: "):
         AugmentConfig(**{field: value})
 
 

@@ -232,10 +232,10 @@ def test_named_sizes_match_paper_within_3_percent(name):
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
-        ({"d_model": 100, "n_heads": 3}, "encoder.d_model"),
-        ({"conv_kernel_size": 32}, "encoder.conv_kernel_size"),
-        ({"dropout": 1.5}, "encoder.dropout"),
-        ({"subsampling_factor": 6}, "encoder.subsampling_factor"),
+        ({"d_model": 100, "n_heads": 3}, "model.encoder.d_model"),
+        ({"conv_kernel_size": 32}, "model.encoder.conv_kernel_size"),
+        ({"dropout": 1.5}, "model.encoder.dropout"),
+        ({"subsampling_factor": 6}, "model.encoder.subsampling_factor"),
     ],
 )
 def test_bad_encoder_config_names_field(kwargs, field):
@@ -246,15 +246,15 @@ def test_bad_encoder_config_names_field(kwargs, field):
 def test_bad_model_configs_name_field():
     with pytest.raises(ConfigError, match="unknown model 'conformer-xl'"):
         get_config("conformer-xl")
-    with pytest.raises(ConfigError, match="^ctc_weight"):
+    with pytest.raises(ConfigError, match=r"^model\.ctc_weight"):
         ModelConfig(ctc_weight=2.0)
     with pytest.raises(ConfigError, match=r"^model\.bogus"):
         ModelConfig.from_dict({"bogus": 1})
-    with pytest.raises(ConfigError, match=r"^encoder\.n_heads"):
+    with pytest.raises(ConfigError, match=r"^model\.encoder\.n_heads"):
         ModelConfig.from_dict({"encoder": {"n_heads": 0}})
-    with pytest.raises(ConfigError, match="^rnnt_prune_range"):
+    with pytest.raises(ConfigError, match=r"^model\.rnnt_prune_range"):
         ModelConfig(rnnt_prune_range=1)
-    with pytest.raises(ConfigError, match="^rnnt_prune_range"):
+    with pytest.raises(ConfigError, match=r"^model\.rnnt_prune_range"):
         ModelConfig(rnnt_prune_range=4, ctc_weight=1.0)
 
 

@@ -224,7 +224,7 @@ def test_config_overrides_and_errors(tmp_path):
     assert cfg.trainer.max_steps == 7 and cfg.model.ctc_weight == 1.0
     with pytest.raises(ConfigError, match=r"^trainer\.bogus"):
         load_config(config, ["trainer.bogus=1"])
-    with pytest.raises(ConfigError, match=r"^encoder\.n_heads"):
+    with pytest.raises(ConfigError, match=r"^model\.encoder\.n_heads"):
         load_config(config, ["model.encoder.n_heads=0"])
     with pytest.raises(ConfigError, match=r"^data\.train"):
         parse_config({"model": {}, "data": {}})
@@ -247,7 +247,8 @@ def test_config_overrides_and_errors(tmp_path):
     for override, message in [("optim.peak_lr=fast", r"^optim\.peak_lr: expected a number"),
                               ("trainer.max_steps=1e4", r"^trainer\.max_steps: expected an int"),
                               ("trainer.max_steps=true", r"^trainer\.max_steps: expected an int"),
-                              ("model.encoder.d_model=[1]", r"^encoder\.d_model: expected an int"),
+                              ("model.encoder.d_model=[1]",
+                               r"^model\.encoder\.d_model: expected an int"),
                               ("model.name=3", r"^model\.name: expected a string"),
                               ("optim.betas=0.9", r"^optim\.betas: expected a list"),
                               ("optim.betas=[0.9,a]", r"^optim\.betas: expected a list"),
@@ -319,7 +320,7 @@ def test_train_cli_reports_bad_config_in_one_line(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: encoder.d_model: 100 is not divisible by encoder.n_heads=3"
+        "error: model.encoder.d_model: 100 is not divisible by model.encoder.n_heads=3"
     ]
 
 

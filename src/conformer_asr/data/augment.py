@@ -254,30 +254,31 @@ class AugmentConfig:
     pad_seconds: tuple[float, float] = (0.0, 1.0)  # silence before and after, each drawn
 
     def __post_init__(self) -> None:
-        speed = float_tuple(self.speed, "augment.speed")
+        speed = float_tuple(self.speed, "data.augment.speed")
         if not speed or not all(0.5 <= s <= 2.0 for s in speed):
-            raise ConfigError(f"augment.speed: give factors in [0.5, 2], got {list(self.speed)}")
+            raise ConfigError(f"data.augment.speed: give factors in [0.5, 2], got "
+                              f"{list(self.speed)}")
         set_ = object.__setattr__
         set_(self, "speed", speed)
-        set_(self, "noise_prob", _probability(self.noise_prob, "augment.noise_prob"))
-        set_(self, "reverb_prob", _probability(self.reverb_prob, "augment.reverb_prob"))
-        set_(self, "snr_db", _range(self.snr_db, "augment.snr_db", -20.0, 100.0))
-        set_(self, "rt60", _range(self.rt60, "augment.rt60", 0.15, 2.0))
-        set_(self, "gain_db", _range(self.gain_db, "augment.gain_db", -60.0, 20.0))
-        set_(self, "vtlp", _range(self.vtlp, "augment.vtlp", 0.8, 1.25))
-        set_(self, "pad_prob", _probability(self.pad_prob, "augment.pad_prob"))
-        set_(self, "pad_seconds", _range(self.pad_seconds, "augment.pad_seconds", 0.0, 10.0))
+        set_(self, "noise_prob", _probability(self.noise_prob, "data.augment.noise_prob"))
+        set_(self, "reverb_prob", _probability(self.reverb_prob, "data.augment.reverb_prob"))
+        set_(self, "snr_db", _range(self.snr_db, "data.augment.snr_db", -20.0, 100.0))
+        set_(self, "rt60", _range(self.rt60, "data.augment.rt60", 0.15, 2.0))
+        set_(self, "gain_db", _range(self.gain_db, "data.augment.gain_db", -60.0, 20.0))
+        set_(self, "vtlp", _range(self.vtlp, "data.augment.vtlp", 0.8, 1.25))
+        set_(self, "pad_prob", _probability(self.pad_prob, "data.augment.pad_prob"))
+        set_(self, "pad_seconds", _range(self.pad_seconds, "data.augment.pad_seconds", 0.0, 10.0))
         kinds = self.noise_kinds
         if isinstance(kinds, str) or not isinstance(kinds, (list, tuple)) or not kinds:
-            raise ConfigError(f"augment.noise_kinds: expected a non-empty list, got {kinds!r}")
+            raise ConfigError(f"data.augment.noise_kinds: expected a non-empty list, got {kinds!r}")
         unknown = [k for k in kinds if k not in NOISE_KINDS]
         if unknown:
-            raise ConfigError(f"augment.noise_kinds: unknown kind {unknown[0]!r} "
+            raise ConfigError(f"data.augment.noise_kinds: unknown kind {unknown[0]!r} "
                               f"(known: {', '.join(NOISE_KINDS)})")
         set_(self, "noise_kinds", tuple(kinds))
         rirs = self.num_rirs
         if isinstance(rirs, bool) or not isinstance(rirs, int) or rirs < 1:
-            raise ConfigError(f"augment.num_rirs: must be a positive integer, got {rirs!r}")
+            raise ConfigError(f"data.augment.num_rirs: must be a positive integer, got {rirs!r}")
 
     @property
     def is_identity(self) -> bool:

@@ -33,14 +33,14 @@ class FeatureConfig:
     n_fft: int = 512
 
     def __post_init__(self) -> None:
-        _require(self.sample_rate > 0, "features.sample_rate", "must be positive")
-        _require(self.n_mels > 0, "features.n_mels", "must be positive")
+        _require(self.sample_rate > 0, "model.features.sample_rate", "must be positive")
+        _require(self.n_mels > 0, "model.features.n_mels", "must be positive")
         _require(
             0 < self.win_length <= self.n_fft,
-            "features.win_length",
+            "model.features.win_length",
             f"must be in 1..n_fft ({self.n_fft}), got {self.win_length}",
         )
-        _require(self.hop_length > 0, "features.hop_length", "must be positive")
+        _require(self.hop_length > 0, "model.features.hop_length", "must be positive")
 
 
 @dataclass(frozen=True)
@@ -53,12 +53,12 @@ class SpecAugmentConfig:
     time_width_ratio: float = 0.05
 
     def __post_init__(self) -> None:
-        _require(self.freq_masks >= 0, "spec_augment.freq_masks", "must be >= 0")
-        _require(self.freq_width >= 0, "spec_augment.freq_width", "must be >= 0")
-        _require(self.time_masks >= 0, "spec_augment.time_masks", "must be >= 0")
+        _require(self.freq_masks >= 0, "model.spec_augment.freq_masks", "must be >= 0")
+        _require(self.freq_width >= 0, "model.spec_augment.freq_width", "must be >= 0")
+        _require(self.time_masks >= 0, "model.spec_augment.time_masks", "must be >= 0")
         _require(
             0.0 <= self.time_width_ratio <= 1.0,
-            "spec_augment.time_width_ratio",
+            "model.spec_augment.time_width_ratio",
             f"must be in [0, 1], got {self.time_width_ratio}",
         )
 
@@ -83,35 +83,35 @@ class EncoderConfig:
     subsampling_factor: int = 4  # the paper's 4x; 8x (a third conv) for cheap CPU models
 
     def __post_init__(self) -> None:
-        _require(self.n_mels > 0, "encoder.n_mels", "must be positive")
+        _require(self.n_mels > 0, "model.encoder.n_mels", "must be positive")
         _require(
             self.d_model > 0 and self.d_model % 2 == 0,
-            "encoder.d_model",
+            "model.encoder.d_model",
             f"must be a positive even number (sinusoidal positions), got {self.d_model}",
         )
-        _require(self.n_layers > 0, "encoder.n_layers", "must be positive")
-        _require(self.n_heads > 0, "encoder.n_heads", "must be positive")
+        _require(self.n_layers > 0, "model.encoder.n_layers", "must be positive")
+        _require(self.n_heads > 0, "model.encoder.n_heads", "must be positive")
         _require(
             self.d_model % self.n_heads == 0,
-            "encoder.d_model",
-            f"{self.d_model} is not divisible by encoder.n_heads={self.n_heads}",
+            "model.encoder.d_model",
+            f"{self.d_model} is not divisible by model.encoder.n_heads={self.n_heads}",
         )
-        _require(self.ffn_multiplier > 0, "encoder.ffn_multiplier", "must be positive")
+        _require(self.ffn_multiplier > 0, "model.encoder.ffn_multiplier", "must be positive")
         _require(
             self.conv_kernel_size > 0 and self.conv_kernel_size % 2 == 1,
-            "encoder.conv_kernel_size",
+            "model.encoder.conv_kernel_size",
             f"must be odd for symmetric ('same') padding, got {self.conv_kernel_size}",
         )
-        _require(0.0 <= self.dropout < 1.0, "encoder.dropout", "must be in [0, 1)")
+        _require(0.0 <= self.dropout < 1.0, "model.encoder.dropout", "must be in [0, 1)")
         _require(
             self.subsampling_factor in (4, 8),
-            "encoder.subsampling_factor",
+            "model.encoder.subsampling_factor",
             f"must be 4 or 8, got {self.subsampling_factor}",
         )
         channels = self.subsampling_channels
         _require(
             channels is None or channels > 0,
-            "encoder.subsampling_channels",
+            "model.encoder.subsampling_channels",
             "must be positive or null",
         )
 
@@ -149,25 +149,25 @@ class ModelConfig:
     rnnt_simple_weight: float = 0.5
 
     def __post_init__(self) -> None:
-        _require(self.vocab_size >= 2, "vocab_size", "needs at least blank + one token")
+        _require(self.vocab_size >= 2, "model.vocab_size", "needs at least blank + one token")
         _require(
             0.0 <= self.ctc_weight <= 1.0,
-            "ctc_weight",
+            "model.ctc_weight",
             f"must be in [0, 1], got {self.ctc_weight}",
         )
         for name in ("pred_embed_dim", "pred_hidden_dim", "joint_dim"):
-            _require(getattr(self, name) > 0, name, "must be positive")
+            _require(getattr(self, name) > 0, f"model.{name}", "must be positive")
         _require(
             self.rnnt_prune_range == 0 or (self.rnnt_prune_range >= 2 and self.has_transducer),
-            "rnnt_prune_range",
+            "model.rnnt_prune_range",
             f"must be 0 (full loss) or >= 2 with a transducer (ctc_weight < 1), "
             f"got {self.rnnt_prune_range}",
         )
-        _require(self.rnnt_simple_weight >= 0.0, "rnnt_simple_weight", "must be >= 0")
+        _require(self.rnnt_simple_weight >= 0.0, "model.rnnt_simple_weight", "must be >= 0")
         _require(
             self.encoder.n_mels == self.features.n_mels,
-            "encoder.n_mels",
-            f"{self.encoder.n_mels} differs from features.n_mels={self.features.n_mels}",
+            "model.encoder.n_mels",
+            f"{self.encoder.n_mels} differs from model.features.n_mels={self.features.n_mels}",
         )
 
     @property
@@ -201,7 +201,7 @@ class ModelConfig:
                     "spec_augment": SpecAugmentConfig}
         for key, section_cls in sections.items():
             if key in data:
-                data[key] = build_section(section_cls, data[key], key)
+                data[key] = build_section(section_cls, data[key], f"model.{key}")
         return build_section(cls, data, "model")
 
 
