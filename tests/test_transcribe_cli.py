@@ -15,6 +15,7 @@ import torch
 from conformer_asr import load_model
 from conformer_asr.audio.io import AudioError, load_audio, resample, samples_of
 from conformer_asr.inference.model_dir import save_model_dir
+from conformer_asr.inference.transcriber import Word, without_overlaps
 from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
 from conformer_asr.text.tokenizer import Tokenizer
 
@@ -134,6 +135,17 @@ def test_long_recording_is_windowed(model_dir, tmp_path):
     [result] = [r for _, r in transcriber.iter_transcripts([long])]
     assert result.duration == pytest.approx(180.0)
     assert all(0 <= w.start <= w.end <= 180.5 for w in result.words)
+    assert all(a.end <= b.start for a, b in zip(result.words, result.words[1:], strict=False))
+
+
+def test_word_times_never_overlap_where_windows_join():
+    """Kept by their centres, a long word of one window may overlap the next window's
+    first word, or start after it (seen on 3 minutes of white noise)."""
+    words = [Word("performer", 31.52, 35.68), Word("to", 34.32, 34.5), Word("and", 97.92, 98.1),
+             Word("according", 97.36, 98.6), Word("next", 99.0, 99.2)]
+    assert without_overlaps(words) == [
+        Word("performer", 31.52, 34.32), Word("to", 34.32, 34.5), Word("and", 97.92, 98.1),
+        Word("according", 98.1, 98.6), Word("next", 99.0, 99.2)]
 
 
 def test_long_recording_is_cut_in_its_pauses(model_dir):

@@ -282,7 +282,7 @@ class Transcriber:
                 centre = (word.start + word.end) / 2
                 if segment.keep_from <= centre < segment.keep_to:
                     words.append(word)
-        return Transcript(" ".join(w.word for w in words), duration, words)
+        return Transcript(" ".join(w.word for w in words), duration, without_overlaps(words))
 
     def _words(self, hyp: Hypothesis, offset: float) -> list[Word]:
         """Group word pieces into words; times from the frames the pieces were emitted at."""
@@ -300,6 +300,24 @@ class Transcriber:
                 words.append(Word(text, round(offset + first * self.frame_seconds, 2),
                                   round(offset + (last + 1) * self.frame_seconds, 2)))
         return words
+
+
+def without_overlaps(words: list[Word]) -> list[Word]:
+    """``words`` in order with times that never overlap or go back. Where overlapping
+    windows join, a word kept from one window (its centre is before the join) may end after
+    the next window's first word starts, or start after it: the later start cuts the
+    earlier word short, or the earlier word's end moves the later start."""
+    out: list[Word] = []
+    for word in words:
+        if out and word.start < out[-1].end:
+            last = out[-1]
+            if word.start > last.start:
+                out[-1] = Word(last.word, last.start, word.start)
+            else:
+                start = last.end
+                word = Word(word.word, start, max(word.end, start))
+        out.append(word)
+    return out
 
 
 GROUP_OVERHEAD_ROWS = 4.0
