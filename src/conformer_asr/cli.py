@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except (ConfigError, ModelDirError, AudioError, ManifestError, FileNotFoundError,
             ValueError) as error:
-        sys.stderr.write(f"error: {error}\n")  # one write: DDP processes share the stream
+        sys.stderr.write(f"error: {_described(error)}\n")  # one write: DDP processes share it
         return 2
     except KeyboardInterrupt:
         return 130
@@ -360,8 +360,16 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as error:  # a folder that cannot be written, a full disk, ...
-        sys.stderr.write(f"error: {error}\n")
+        sys.stderr.write(f"error: {_described(error)}\n")
         return 1
+
+
+def _described(error: Exception) -> str:
+    """An OSError from the system as ``PATH: reason`` (not ``[Errno 17] File exists: 'PATH'``);
+    any other error as it says itself."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return str(error)
 
 
 if __name__ == "__main__":
