@@ -53,7 +53,10 @@ class SpeechDataModule(L.LightningDataModule):
         return torch.utils.data.DataLoader(
             dataset, sampler=sampler, batch_size=None, collate_fn=_identity,
             num_workers=self.num_workers, worker_init_fn=worker_init,
-            persistent_workers=False,
+            # started once, not at every epoch: each start forks this process, threads and
+            # all (DDP's among them); the workers keep no state between batches (every
+            # utterance's augmentation draws from its own generator), so results are the same
+            persistent_workers=self.num_workers > 0,
             # own generator: creating an iterator must not draw from the global RNG, or a
             # resumed run's dropout and SpecAugment would drift from the uninterrupted one
             generator=torch.Generator().manual_seed(self.seed),
