@@ -306,7 +306,7 @@ def test_evaluate_names_a_manifest_it_cannot_read(model_dir, tmp_path):
                      '{"id": "b", "audio": "b.wav", "text": 3}\n')
     for path, message in [
         (DATA / "clip1.wav", rf"{DATA / 'clip1.wav'}: not UTF-8 text \(byte \d+\)"),
-        (lines, rf'{lines}:2: not a manifest line \(expected JSON with "id", and "audio" and '
+        (lines, rf'{lines}:2: not a manifest line \(expected JSON with "id", "audio" and '
                 r'"text" strings\)'),
     ]:
         proc = _cli("evaluate", "--manifest", str(path), "--model", str(model_dir))

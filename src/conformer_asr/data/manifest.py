@@ -110,12 +110,9 @@ def load_cuts(path: str | Path, issues: DataIssues | None = None) -> CutSet:
                             for c in cuts)
 
 
-def _read_plain(path: Path, lines: list[str], issues: DataIssues) -> list[Cut]:
-    """One whole-file cut per usable line of ``path``; reads only audio headers (~80 us a
-    file)."""
-    root = _absolute(path.parent)
-    seen: set[str] = set()
-    cuts = []
+def plain_records(lines: list[str]) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    """(line number, record) for each line of a plain manifest that is not blank: the
+    line's JSON object if it has "id", "audio" and "text" strings, else None."""
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -123,8 +120,20 @@ def _read_plain(path: Path, lines: list[str], issues: DataIssues) -> list[Cut]:
             record = json.loads(line)
         except json.JSONDecodeError:
             record = None
-        if not isinstance(record, dict) or not all(
-                isinstance(record.get(key), str) for key in PLAIN_KEYS):
+        if isinstance(record, dict) and all(isinstance(record.get(k), str) for k in PLAIN_KEYS):
+            yield number, record
+        else:
+            yield number, None
+
+
+def _read_plain(path: Path, lines: list[str], issues: DataIssues) -> list[Cut]:
+    """One whole-file cut per usable line of ``path``; reads only audio headers (~80 us a
+    file)."""
+    root = _absolute(path.parent)
+    seen: set[str] = set()
+    cuts = []
+    for number, record in plain_records(lines):
+        if record is None:
             issues.add("malformed line", f"{path.name}:{number}")
             continue
         if record["id"] in seen:  # the first line with an id claims it, usable or not

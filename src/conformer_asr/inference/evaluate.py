@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..audio.io import AudioError
+from ..data.manifest import plain_records
 from ..files import read_text, write_atomically
 from ..scoring import WordErrors, word_errors
 from ..text.normalize import normalize_text
@@ -71,20 +72,13 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: manifest not found")
     rows = []
-    for number, line in enumerate(read_text(path).split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError:
-            item = None
-        if not (isinstance(item, dict) and "id" in item
-                and all(isinstance(item.get(key), str) for key in ("audio", "text"))):
+    for number, item in plain_records(read_text(path).split("\n")):
+        if item is None:
             raise ValueError(f'{path}:{number}: not a manifest line (expected JSON with "id", '
-                             f'and "audio" and "text" strings)')
+                             f'"audio" and "text" strings)')
         audio = Path(item["audio"])
         rows.append(Utterance(
-            id=str(item["id"]), audio=audio if audio.is_absolute() else path.parent / audio,
+            id=item["id"], audio=audio if audio.is_absolute() else path.parent / audio,
             text=normalize_text(item["text"]),
             speaker=str(item.get("speaker") or item.get("voice") or ""),
         ))
