@@ -404,14 +404,56 @@ def test_a_second_run_in_the_same_folder_stops_at_once(tmp_path):
     assert sorted(p.name for p in exp.iterdir()) == [".lock"]  # nothing written
 
 
-def test_ctrl_c_says_where_the_run_will_resume(tmp_path):
+@pytest.mark.parametrize(("signal_name", "status"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_ctrl_c_or_sigterm_says_where_the_run_will_resume(tmp_path, signal_name, status):
+    """Stopped early is a failure to whoever waits on the command (SIGTERM: what a job
+    scheduler sends; it exited 0)."""
     config = _config(tmp_path)
-    proc = _train(config, kill=("on_train_batch_end", 7), signal_name="SIGINT")
+    proc = _train(config, kill=("on_train_batch_end", 7), signal_name=signal_name)
     out = proc.stdout
-    assert proc.returncode == 1, out[-3000:]
+    assert proc.returncode == status, out[-3000:]
     last = tmp_path / "exp" / "checkpoints" / "last.ckpt"
     assert f"stopped: the same command resumes from {last} (step 5)\n" in out
     assert "Traceback" not in out
+
+
+def test_a_resume_that_cannot_fit_its_checkpoints_stops_before_writing(tmp_path):
+    """Another model section, or the run's tokenizer gone: one line naming the problem,
+    and config.yaml still describes the checkpoints."""
+    config = _config(tmp_path, max_steps=5)
+    assert _train(config).returncode == 0
+    exp = tmp_path / "exp"
+    recorded = (exp / "config.yaml").read_text()
+    proc = _train(config, "--set", "trainer.max_steps=8", "--set", "model.encoder.d_model=48")
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout, proc.stdout[-3000:]
+    assert re.search(r"^error: model: \S+step-5.ckpt|^error: model: \S+last.ckpt holds another "
+                     r"model \(model\.\S+: \(\d+", proc.stdout, re.M), proc.stdout[-2000:]
+    assert (exp / "config.yaml").read_text() == recorded
+    (exp / "tokenizer" / "tokenizer.model").unlink()
+    proc = _train(config, "--set", "trainer.max_steps=8")
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == (
+        f"error: {exp / 'tokenizer' / 'tokenizer.model'}: missing, and the checkpoints in {exp} "
+        "need the tokenizer they were trained with; put it back, or use a new out_dir")
+
+
+def test_settings_that_cannot_train_are_one_line_errors(tmp_path):
+    """A dev set with no usable utterance (it failed at the first validation), a learning
+    rate that is not finite (it trained a model of NaNs), a vocabulary smaller than the
+    text's characters (a SentencePiece traceback)."""
+    config = _config(tmp_path)
+    missing = tmp_path / "dev.jsonl"
+    missing.write_text('{"id": "a", "audio": "gone.wav", "text": "a cat"}\n')
+    for override, message in [
+        (f"data.dev={missing}", "error: data.dev: no usable utterances in the dev manifest"),
+        ("optim.peak_lr=.inf", "error: optim.peak_lr: must be a positive number, got inf"),
+        ("data.tokenizer.vocab_size=5", "error: data.tokenizer.vocab_size: 5 is too small: the "
+                                        "training text needs 23 pieces for its characters and "
+                                        "the special ones"),
+    ]:
+        proc = _train(config, "--set", override)
+        assert proc.returncode == 2 and "Traceback" not in proc.stdout, proc.stdout[-3000:]
+        assert proc.stdout.strip().splitlines()[-1] == message
 
 
 def test_an_unreadable_checkpoint_is_passed_over(tmp_path):

@@ -93,8 +93,8 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.warmup_steps < 1:
             raise ConfigError("optim.warmup_steps: must be >= 1")
-        if self.peak_lr is not None and self.peak_lr <= 0:
-            raise ConfigError("optim.peak_lr: must be positive")
+        if self.peak_lr is not None and not 0 < self.peak_lr < math.inf:
+            raise ConfigError(f"optim.peak_lr: must be a positive number, got {self.peak_lr}")
         betas = float_tuple(self.betas, "optim.betas")  # YAML gives a list
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise ConfigError(f"optim.betas: expected two numbers in [0, 1), got {betas}")

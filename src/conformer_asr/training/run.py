@@ -20,6 +20,7 @@ import csv
 import fcntl
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..data.augment import Augmenter
 from ..data.datamodule import SpeechDataModule, load_manifests
@@ -116,8 +118,20 @@ def _tokenizer(cfg: TrainConfig, train_texts: list[str], out: Path) -> Tokenizer
         return Tokenizer(cfg.data.tokenizer.path)
     if run_tokenizer(out).is_file():
         return Tokenizer(run_tokenizer(out))
-    return Tokenizer.train(train_texts, run_tokenizer(out).parent,
-                           vocab_size=cfg.data.tokenizer.vocab_size)
+    if last_checkpoint(out).parent.is_dir() and any(last_checkpoint(out).parent.iterdir()):
+        raise ConfigError(f"{run_tokenizer(out)}: missing, and the checkpoints in {out} need "
+                          "the tokenizer they were trained with; put it back, or use a new "
+                          "out_dir")
+    try:
+        return Tokenizer.train(train_texts, run_tokenizer(out).parent,
+                               vocab_size=cfg.data.tokenizer.vocab_size)
+    except RuntimeError as error:  # SentencePiece's own, e.g. fewer pieces than characters
+        needed = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(error))
+        if needed is None:
+            raise
+        raise ConfigError(f"data.tokenizer.vocab_size: {cfg.data.tokenizer.vocab_size} is too "
+                          f"small: the training text needs {needed[1]} pieces for its "
+                          "characters and the special ones") from None
 
 
 def _precision(cfg: TrainConfig) -> str:
@@ -236,6 +250,20 @@ def _resume_point(last: Path) -> tuple[Path, int] | None:
     return None
 
 
+def _check_same_shapes(task: ASRTask, checkpoint: Path) -> None:
+    """ConfigError unless ``checkpoint``'s weights fit ``task``'s model: a changed model
+    section (or tokenizer) would otherwise fail in Lightning's resume with a traceback."""
+    saved = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)
+    saved = {k: tuple(v.shape) for k, v in saved["state_dict"].items()}
+    wanted = {k: tuple(v.shape) for k, v in task.state_dict().items()}
+    for name in sorted(saved.keys() | wanted.keys()):
+        if saved.get(name) != wanted.get(name):
+            raise ConfigError(
+                f"model: {checkpoint} holds another model ({name}: {saved.get(name, 'absent')} "
+                f"there, {wanted.get(name, 'absent')} here); resume with the model section it "
+                f"was trained with ({run_config(checkpoint.parent.parent)}), or use a new out_dir")
+
+
 def _how_to_resume(last: Path) -> str:
     point = _resume_point(last)
     if point is None:
@@ -253,19 +281,24 @@ def _train_in(out: Path, cfg: TrainConfig) -> Path:
         _say(f"manifest problems (skipped): {issues.summary()}")
     if len(train_cuts) == 0:
         raise ConfigError("data.train: no usable utterances in the training manifests")
+    if dev_cuts is not None and len(dev_cuts) == 0:
+        raise ConfigError("data.dev: no usable utterances in the dev manifest")
 
     tokenizer = _tokenizer(cfg, [c.supervisions[0].text for c in train_cuts], out)
     model_cfg = ModelConfig.from_dict({**cfg.model.to_dict(), "vocab_size": tokenizer.vocab_size})
+    task = ASRTask(model_cfg, cfg.optim, tokenizer)
+    last = last_checkpoint(out)
+    resume = _resume_point(last)
+    if resume is not None:
+        _check_same_shapes(task, resume[0])
     resolved = {**cfg.to_dict(), "model": model_cfg.to_dict()}
     write_atomically(run_config(out), yaml.safe_dump(resolved, sort_keys=False))
 
-    task = ASRTask(model_cfg, cfg.optim, tokenizer)
     augmenter = Augmenter(cfg.data.augment, seed=cfg.seed) if cfg.data.augment else None
     data = SpeechDataModule(
         train_cuts, dev_cuts, tokenizer, model_cfg, augmenter,
         cfg.data.max_duration, cfg.data.num_buckets, cfg.data.num_workers, cfg.seed,
     )
-    last = last_checkpoint(out)
     checkpoints = last.parent
     # Each row is appended as it is logged (Lightning's default buffers 100 steps): a run
     # killed after a checkpoint keeps the rows logged before it.
@@ -297,7 +330,6 @@ def _train_in(out: Path, cfg: TrainConfig) -> Path:
         except (MisconfigurationException, ValueError, TypeError, ImportError) as error:
             # the arguments are all config values: Lightning's own checks name the problem
             raise ConfigError(f"trainer: {str(error).strip().splitlines()[0]}") from None
-        resume = _resume_point(last)
         if resume is not None:
             _say(f"resuming from {resume[0]} (step {resume[1]})")
         elif cfg.init_from:
@@ -310,9 +342,10 @@ def _train_in(out: Path, cfg: TrainConfig) -> Path:
                  + (f"; new heads: {', '.join(untrained)}" if untrained else ""))
         try:
             trainer.fit(task, datamodule=data, ckpt_path=str(resume[0]) if resume else None)
-        except SystemExit:  # Lightning's exit after Ctrl-C, once it has shut down cleanly
+        except SystemExit as stop:  # Lightning's exit after Ctrl-C or SIGTERM, once it has
+            # shut down cleanly: stopped early is a failure to the caller (a job scheduler)
             _say(_how_to_resume(last))
-            raise
+            raise SystemExit(143 if isinstance(stop, SIGTERMException) else 130) from None
         except RuntimeError as error:
             # Lightning's clean-up after an error in the first batch can fail on its own and
             # raise in place of the error that stopped training; a config error is the news
