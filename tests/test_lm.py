@@ -115,6 +115,25 @@ def test_training_resumes_from_its_state(corpus, tokenizer, tmp_path):
     assert report.heldout_perplexity < first.heldout_perplexity
 
 
+def test_train_lm_writes_a_new_folder_or_resumes_its_own(corpus, tokenizer, tmp_path):
+    """--out a model folder was written over (its weights lost); a resume with another
+    tokenizer of the same size mixed two vocabularies."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"acoustic weights")
+    with pytest.raises(ValueError, match=f"^{model}: not an LM run's folder"):
+        train_lm([corpus], tokenizer, model, get_lm_config("tiny"), _train_config(5))
+    assert (model / "model.safetensors").read_bytes() == b"acoustic weights"
+
+    out = tmp_path / "lm"
+    train_lm([corpus], tokenizer, out, get_lm_config("tiny"), _train_config(5))
+    reversed_words = [" ".join(w[::-1] for w in s.split()) for s in SENTENCES]
+    other = Tokenizer.train(reversed_words, tmp_path / "other", vocab_size=40)
+    assert other.vocab_size == tokenizer.vocab_size  # the same LM config: only pieces differ
+    with pytest.raises(ValueError, match="a run with another tokenizer; use a new --out"):
+        train_lm([corpus], other, out, get_lm_config("tiny"), _train_config(10))
+
+
 def test_train_lm_removes_sentences_of_excluded_manifests(corpus, tokenizer, tmp_path, capsys):
     manifest = tmp_path / "test.jsonl"
     manifest.write_text(

@@ -126,16 +126,19 @@ def _load_corpus(
 
 
 def _resume(
-    path: Path, lm: WordPieceLM, optimizer: torch.optim.Optimizer,
+    path: Path, lm: WordPieceLM, pieces: list[str], optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler, device: str,
 ) -> tuple[int, float | None]:
-    """Load the training state at ``path`` if there is one
-    -> (the step to continue from, the held-out perplexity at step 0 if recorded)."""
+    """Load the training state at ``path`` if there is one, written for the same LM config
+    and tokenizer (``pieces``) -> (the step to continue from, the held-out perplexity at
+    step 0 if recorded)."""
     if not path.is_file():
         return 0, None
     state = torch.load(path, map_location=device, weights_only=True)
     if state["lm_config"] != lm.cfg.to_dict():
         raise ValueError(f"{path}: a run with another LM config; use a new --out")
+    if state.get("pieces", pieces) != pieces:  # (states from before it was kept: not checked)
+        raise ValueError(f"{path}: a run with another tokenizer; use a new --out")
     lm.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -155,13 +158,18 @@ def train_lm(
     """Train on the sentences of ``texts`` minus those of the ``exclude`` manifests and
     write the LM folder ``out_dir``."""
     out_dir = Path(out_dir)
+    state_path = out_dir / STATE_FILE
+    if out_dir.exists() and not (out_dir.is_dir() and (state_path.is_file()
+                                                       or not any(out_dir.iterdir()))):
+        raise ValueError(f"{out_dir}: not an LM run's folder (no {STATE_FILE}) and not empty; "
+                         "train-lm writes a new folder or resumes its own")
     corpus = _load_corpus(texts, exclude, tokenizer, config, log)
     torch.manual_seed(config.seed)
     lm = WordPieceLM(dataclasses.replace(lm_config, vocab_size=tokenizer.vocab_size)).to(device)
     optimizer = torch.optim.Adam(lm.parameters(), lr=config.peak_lr)
     scheduler = noam_scheduler(optimizer, config.warmup_steps)
-    state_path = out_dir / STATE_FILE
-    step, start_ppl = _resume(state_path, lm, optimizer, scheduler, device)
+    pieces = tokenizer.pieces(range(tokenizer.vocab_size))
+    step, start_ppl = _resume(state_path, lm, pieces, optimizer, scheduler, device)
     if step:
         log(f"resuming at step {step}")
     ppl = perplexity(lm, corpus.heldout)
@@ -192,7 +200,7 @@ def train_lm(
             running, running_tokens = 0.0, 0
         if step % config.checkpoint_every == 0 or step == config.steps:
             with replacing(state_path, sync=True) as tmp:
-                torch.save({"lm_config": lm.cfg.to_dict(), "step": step,
+                torch.save({"lm_config": lm.cfg.to_dict(), "pieces": pieces, "step": step,
                             "model": lm.state_dict(), "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(),
                             "heldout_perplexity_start": start_ppl}, tmp)
