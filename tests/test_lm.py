@@ -173,6 +173,20 @@ def test_tune_prints_a_table_and_the_best_setting(model_dir, lm_dir, capsys):
     assert lines[-2].startswith("best (beam 2)")
 
 
+def test_tune_stops_before_encoding_on_a_bad_grid_or_with_nothing_to_score(model_dir, lm_dir,
+                                                                          tmp_path, capsys):
+    base = ["tune", "--model", str(model_dir), "--lm", str(lm_dir), "--lm-weights", "0.1",
+            "--length-bonuses", "0"]
+    assert main([*base, "--manifest", str(DATA / "manifest.jsonl"), "--beam-size", "0"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == "error: beam_size: must be >= 1, got 0\n"
+    gone = tmp_path / "gone.jsonl"
+    gone.write_text('{"id": "a", "audio": "a.wav", "text": "a cat"}\n')
+    assert main([*base, "--manifest", str(gone), "--beam-size", "2"]) == 2
+    assert capsys.readouterr().err == (f"error: {gone}: none of its audio could be read; "
+                                       "nothing to tune on\n")
+
+
 def test_oov_penalties_without_a_lexicon_are_refused(model_dir, lm_dir, tmp_path, capsys):
     lm, tokenizer, info = load_lm_dir(lm_dir)
     save_lm_dir(lm, tokenizer, tmp_path / "lm", info)  # no words: no lexicon

@@ -93,11 +93,14 @@ def tune(
     if lexicon is None and any(oov_penalties):
         raise ValueError("oov_penalties: the LM folder has no lexicon.txt, so they must be 0 "
                          "(train-lm writes one)")
+    grid = list(_grid(beam_size, lm_weights, length_bonuses, oov_penalties))  # checked first
     utterances = read_manifest(manifest)
     encoded = _encode_all(model, utterances, batch_seconds, log)
+    if not encoded:
+        raise ValueError(f"{manifest}: none of its audio could be read; nothing to tune on")
     log(HEADER)
     results = []
-    for options in _grid(beam_size, lm_weights, length_bonuses, oov_penalties):
+    for options in grid:
         texts = [""] * len(utterances)
         for part in encoded:
             hyps = decode(model, part.enc, part.lengths, options, lm, lexicon)
