@@ -270,6 +270,22 @@ def test_config_overrides_and_errors(tmp_path):
             load_config(config, [override])
 
 
+def test_data_paths_given_with_set_are_relative_to_the_current_folder(tmp_path, monkeypatch):
+    """In the YAML they are relative to its folder; typed on the command line, to where the
+    command runs (it looked for them beside the YAML)."""
+    (tmp_path / "configs").mkdir()
+    config = _config(tmp_path / "configs")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(config, ["data.train=[a.jsonl, /abs/b.jsonl]", "data.dev=dev.jsonl",
+                               "data.tokenizer.path=tok/tokenizer.model"])
+    assert cfg.data.train == (str(tmp_path / "a.jsonl"), "/abs/b.jsonl")
+    assert cfg.data.dev == str(tmp_path / "dev.jsonl")
+    assert cfg.data.tokenizer.path == str(tmp_path / "tok" / "tokenizer.model")
+    (tmp_path / "configs" / "in.yaml").write_text("data: {train: here.jsonl}\nmodel: {}\n")
+    assert load_config(tmp_path / "configs" / "in.yaml").data.train == (
+        str(tmp_path / "configs" / "here.jsonl"),)
+
+
 def test_trainer_settings_that_lightning_refuses_are_config_errors(tmp_path, capsys):
     from conformer_asr.cli import main
 

@@ -11,8 +11,9 @@
                                    # tokenizer, and ``model`` may change e.g. dropout or the
                                    # heads (new heads start untrained) but not the encoder
 
-Relative paths in ``data`` are resolved against the YAML file's folder, ``out_dir`` and
-``init_from`` against the current directory. A run that has a checkpoint resumes from it; an
+Relative paths in ``data`` are resolved against the YAML file's folder (given with
+``--set``, against the current directory), ``out_dir`` and ``init_from`` against the
+current directory. A run that has a checkpoint resumes from it; an
 ``init_from`` run then takes its architecture and tokenizer from its own folder, so resuming
 needs neither the source folder nor the same bundled model.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +153,22 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# data paths given with --set are typed relative to where the command runs, not to the YAML
+_DATA_PATHS = ("data.train", "data.dev", "data.tokenizer.path")
+
+
+def _from_here(key: str, value: Any) -> Any:
+    """A relative path given to one of ``_DATA_PATHS`` made absolute (from the current
+    folder); any other value as it is."""
+    if key not in _DATA_PATHS:
+        return value
+    if isinstance(value, str) and value:
+        return os.path.abspath(value)
+    if isinstance(value, list):
+        return [_from_here(key, v) for v in value]
+    return value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``["trainer.max_steps=10", "data.augment=null"]`` -> updated copy of ``raw``."""
     raw = copy.deepcopy(raw)
@@ -167,7 +185,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(child, dict):
                 raise ConfigError(f"{key}: {part} is not a section")
             node = child
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = _from_here(key, yaml.safe_load(value))
     return raw
 
 
