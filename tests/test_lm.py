@@ -1,6 +1,9 @@
 """The word-piece LM: training, its folder, test-set exclusion, and fusion through the CLI."""
 
+import dataclasses
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -132,6 +135,28 @@ def test_train_lm_writes_a_new_folder_or_resumes_its_own(corpus, tokenizer, tmp_
     assert other.vocab_size == tokenizer.vocab_size  # the same LM config: only pieces differ
     with pytest.raises(ValueError, match="a run with another tokenizer; use a new --out"):
         train_lm([corpus], other, out, get_lm_config("tiny"), _train_config(10))
+
+
+@pytest.mark.parametrize(("signal_number", "stopped_by"), [
+    (signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, SystemExit)])
+def test_train_lm_stopped_saves_its_last_step_and_resumes_there(corpus, tokenizer, tmp_path,
+                                                                 signal_number, stopped_by):
+    """Ctrl-C or SIGTERM between checkpoints lost every step since the last one."""
+    config = dataclasses.replace(_train_config(60), log_every=10, checkpoint_every=40)
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if line.startswith("step 30/"):
+            os.kill(os.getpid(), signal_number)
+
+    with pytest.raises(stopped_by):
+        train_lm([corpus], tokenizer, tmp_path / "lm", get_lm_config("tiny"), config, log=log)
+    assert lines[-1] == (f"stopped at step 30: the same command resumes from "
+                         f"{tmp_path / 'lm' / 'train_state.pt'}")
+    report = train_lm([corpus], tokenizer, tmp_path / "lm", get_lm_config("tiny"), config,
+                      log=lines.append)
+    assert "resuming at step 30" in lines and report.steps == 60
 
 
 def test_train_lm_removes_sentences_of_excluded_manifests(corpus, tokenizer, tmp_path, capsys):

@@ -12,8 +12,11 @@ anything else. Re-running the same command resumes from ``train_state.pt``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +148,25 @@ def _resume(
     return state["step"], state.get("heldout_perplexity_start")
 
 
+@contextlib.contextmanager
+def _stop_requests() -> Iterator[list[int]]:
+    """Inside, Ctrl-C and SIGTERM do not stop the process at once: the signal's number is
+    appended to the yielded list, for the training loop to stop at the end of its step.
+    (Only in the main thread, where Python delivers signals; elsewhere nothing changes.)"""
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda number, _frame: requested.append(number))
+    try:
+        yield requested
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def train_lm(
     texts: Sequence[str | Path],
     tokenizer: Tokenizer,
@@ -180,30 +202,35 @@ def train_lm(
     out_dir.mkdir(parents=True, exist_ok=True)
     batches = _batches(len(corpus.train), config.batch_size, config.seed, step)
     running, running_tokens = 0.0, 0
-    while step < config.steps:
-        lm.train()
-        batch = [corpus.train[i] for i in next(batches)]
-        tokens = sum(len(s) + 1 for s in batch)
-        loss = -lm.token_log_probs(batch).sum() / tokens
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(lm.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        running += loss.item() * tokens
-        running_tokens += tokens
-        if step % config.log_every == 0 or step == config.steps:
-            mean = running / running_tokens
-            log(f"step {step}/{config.steps}  loss {mean:.3f}  train ppl {math.exp(mean):.2f}  "
-                f"lr {scheduler.get_last_lr()[0]:.2e}")
-            running, running_tokens = 0.0, 0
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            with replacing(state_path, sync=True) as tmp:
-                torch.save({"lm_config": lm.cfg.to_dict(), "pieces": pieces, "step": step,
-                            "model": lm.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(),
-                            "heldout_perplexity_start": start_ppl}, tmp)
+    with _stop_requests() as stop:
+        while step < config.steps and not stop:
+            lm.train()
+            batch = [corpus.train[i] for i in next(batches)]
+            tokens = sum(len(s) + 1 for s in batch)
+            loss = -lm.token_log_probs(batch).sum() / tokens
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(lm.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            running += loss.item() * tokens
+            running_tokens += tokens
+            if step % config.log_every == 0 or step == config.steps:
+                mean = running / running_tokens
+                log(f"step {step}/{config.steps}  loss {mean:.3f}  train ppl {math.exp(mean):.2f}  "
+                    f"lr {scheduler.get_last_lr()[0]:.2e}")
+                running, running_tokens = 0.0, 0
+            if step % config.checkpoint_every == 0 or step == config.steps or stop:
+                with replacing(state_path, sync=True) as tmp:
+                    torch.save({"lm_config": lm.cfg.to_dict(), "pieces": pieces, "step": step,
+                                "model": lm.state_dict(), "optimizer": optimizer.state_dict(),
+                                "scheduler": scheduler.state_dict(),
+                                "heldout_perplexity_start": start_ppl}, tmp)
+
+    if stop:  # the state of the last whole step is saved: a re-run goes on from it
+        log(f"stopped at step {step}: the same command resumes from {state_path}")
+        raise KeyboardInterrupt if stop[0] == signal.SIGINT else SystemExit(128 + stop[0])
 
     report = LMTrainReport(
         sentences=corpus.sentences, excluded=corpus.excluded,
