@@ -24,6 +24,7 @@ import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import lightning as L
 import torch
@@ -230,8 +231,14 @@ def _claimed(out: Path) -> Iterator[None]:
         yield
 
 
-def _resume_point(last: Path) -> tuple[Path, int] | None:
-    """The newest checkpoint that can be read, and its step: ``last``, else the
+class _ResumePoint(NamedTuple):
+    path: Path
+    step: int
+    shapes: dict[str, tuple[int, ...]]  # of the weights in its state_dict
+
+
+def _resume_point(last: Path) -> _ResumePoint | None:
+    """The newest checkpoint that can be read, its step and weight shapes: ``last``, else the
     ``step-N.ckpt`` files beside it, newest first. One that cannot (copied in part, say) is
     named and passed over, not deleted. None where there is no checkpoint; ConfigError
     where none can be read."""
@@ -243,32 +250,32 @@ def _resume_point(last: Path) -> tuple[Path, int] | None:
             reason = (str(error).strip() or repr(error)).splitlines()[0].split(". ")[0]
             _say(f"{path}: cannot be read ({reason}); trying an older checkpoint")
             continue
-        return path, state["global_step"]
+        shapes = {name: tuple(value.shape) for name, value in state["state_dict"].items()}
+        return _ResumePoint(path, state["global_step"], shapes)
     if candidates:
         raise ConfigError(f"{last.parent}: none of its checkpoints can be read; move them "
                           "away to start afresh")
     return None
 
 
-def _check_same_shapes(task: ASRTask, checkpoint: Path) -> None:
-    """ConfigError unless ``checkpoint``'s weights fit ``task``'s model: a changed model
+def _check_same_shapes(task: ASRTask, point: _ResumePoint) -> None:
+    """ConfigError unless the checkpoint's weights fit ``task``'s model: a changed model
     section (or tokenizer) would otherwise fail in Lightning's resume with a traceback."""
-    saved = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)
-    saved = {k: tuple(v.shape) for k, v in saved["state_dict"].items()}
+    saved = point.shapes
     wanted = {k: tuple(v.shape) for k, v in task.state_dict().items()}
     for name in sorted(saved.keys() | wanted.keys()):
         if saved.get(name) != wanted.get(name):
             raise ConfigError(
-                f"model: {checkpoint} holds another model ({name}: {saved.get(name, 'absent')} "
+                f"model: {point.path} holds another model ({name}: {saved.get(name, 'absent')} "
                 f"there, {wanted.get(name, 'absent')} here); resume with the model section it "
-                f"was trained with ({run_config(checkpoint.parent.parent)}), or use a new out_dir")
+                f"was trained with ({run_config(point.path.parent.parent)}), or use a new out_dir")
 
 
 def _how_to_resume(last: Path) -> str:
     point = _resume_point(last)
     if point is None:
         return "stopped before the first checkpoint: the same command starts afresh"
-    return f"stopped: the same command resumes from {point[0]} (step {point[1]})"
+    return f"stopped: the same command resumes from {point.path} (step {point.step})"
 
 
 def _train_in(out: Path, cfg: TrainConfig) -> Path:
@@ -290,7 +297,7 @@ def _train_in(out: Path, cfg: TrainConfig) -> Path:
     last = last_checkpoint(out)
     resume = _resume_point(last)
     if resume is not None:
-        _check_same_shapes(task, resume[0])
+        _check_same_shapes(task, resume)
     resolved = {**cfg.to_dict(), "model": model_cfg.to_dict()}
     write_atomically(run_config(out), yaml.safe_dump(resolved, sort_keys=False))
 
@@ -331,7 +338,7 @@ def _train_in(out: Path, cfg: TrainConfig) -> Path:
             # the arguments are all config values: Lightning's own checks name the problem
             raise ConfigError(f"trainer: {str(error).strip().splitlines()[0]}") from None
         if resume is not None:
-            _say(f"resuming from {resume[0]} (step {resume[1]})")
+            _say(f"resuming from {resume.path} (step {resume.step})")
         elif cfg.init_from:
             untrained = _start_from(task, Path(cfg.init_from))
             tokenizer.save(run_tokenizer(out).parent)  # a resume needs no source folder
@@ -341,7 +348,7 @@ def _train_in(out: Path, cfg: TrainConfig) -> Path:
                  f"({source_info.get('steps', 0)} steps)"
                  + (f"; new heads: {', '.join(untrained)}" if untrained else ""))
         try:
-            trainer.fit(task, datamodule=data, ckpt_path=str(resume[0]) if resume else None)
+            trainer.fit(task, datamodule=data, ckpt_path=str(resume.path) if resume else None)
         except SystemExit as stop:  # Lightning's exit after Ctrl-C or SIGTERM, once it has
             # shut down cleanly: stopped early is a failure to the caller (a job scheduler)
             _say(_how_to_resume(last))
