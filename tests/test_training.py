@@ -61,20 +61,27 @@ def _config(tmp_path: Path, **trainer) -> Path:
 
 
 def _train(config: Path, *extra: str, kill: tuple[str, int] | None = None,
-           signal_name: str = "SIGKILL", timeout: float = 300) -> subprocess.CompletedProcess:
+           signal_name: str = "SIGKILL", whole_job: bool = False,
+           timeout: float = 300) -> subprocess.CompletedProcess:
     """``conformer-asr train`` in a subprocess, run to its end -> its return code and output
     (stderr merged). A run still going after ``timeout`` seconds fails the test, showing
     the Python stacks of all its processes. With ``kill=(hook, step)`` every training
     process sends itself ``signal_name`` (SIGINT: Ctrl-C) when the module's ``hook`` runs
     at that global step: ``on_train_batch_end`` comes right after Lightning saves the
     step's checkpoint and before it logs the step's row, ``validation_step`` during the
-    step's validation; the moments a kill costs most. (A script file, not ``-c``: DDP
-    starts the other ranks by running the same command again.)"""
+    step's validation; the moments a kill costs most. With ``whole_job`` the signal goes to
+    every process of the run, DataLoader workers included, from another process (as a job
+    scheduler sends it: a worker takes SIGTERM from its own main process as a request to
+    exit cleanly), and the hook then waits for what the signal does. (A script file, not
+    ``-c``: DDP starts the other ranks by running the same command again.)"""
     command = [sys.executable, "-m", "conformer_asr.cli"]
     if kill is not None:
         script = config.parent / "train_and_kill.py"
-        script.write_text(_KILL_AT_STEP.format(hook=kill[0], step=kill[1],
-                                               signal=signal_name))
+        send = ("subprocess.run([sys.executable, '-c', f'import os, signal; os.killpg("
+                f"{{os.getpgid(0)}}, signal.{signal_name})'], start_new_session=True); "
+                "time.sleep(10)" if whole_job
+                else f"os.kill(os.getpid(), signal.{signal_name})")
+        script.write_text(_KILL_AT_STEP.format(hook=kill[0], step=kill[1], send=send))
         command = [sys.executable, str(script)]
     args = [*command, "train", str(config), *extra]
     proc = subprocess.Popen(
@@ -116,7 +123,7 @@ def _process_group(group: int) -> list[int]:
 
 
 _KILL_AT_STEP = """
-import os, signal, sys
+import os, signal, subprocess, sys, time
 from conformer_asr.cli import main
 from conformer_asr.training.module import ASRTask
 
@@ -126,7 +133,7 @@ hook = ASRTask.{hook}
 
 def kill_at_step(task, *args):
     if task.trainer.global_step == {step}:
-        os.kill(os.getpid(), signal.{signal})
+        {send}
     return hook(task, *args)
 
 ASRTask.{hook} = kill_at_step
@@ -420,12 +427,17 @@ def test_a_second_run_in_the_same_folder_stops_at_once(tmp_path):
     assert sorted(p.name for p in exp.iterdir()) == [".lock"]  # nothing written
 
 
-@pytest.mark.parametrize(("signal_name", "status"), [("SIGINT", 130), ("SIGTERM", 143)])
-def test_ctrl_c_or_sigterm_says_where_the_run_will_resume(tmp_path, signal_name, status):
+@pytest.mark.parametrize(("signal_name", "status", "whole_job"), [
+    ("SIGINT", 130, False), ("SIGTERM", 143, False), ("SIGINT", 130, True), ("SIGTERM", 143, True)])
+def test_ctrl_c_or_sigterm_says_where_the_run_will_resume(tmp_path, signal_name, status,
+                                                          whole_job):
     """Stopped early is a failure to whoever waits on the command (SIGTERM: what a job
-    scheduler sends; it exited 0)."""
+    scheduler sends; it exited 0). Ctrl-C in a terminal, and SIGTERM from a scheduler such
+    as SLURM, reach the DataLoader workers too: the main process failed with a traceback
+    when SIGTERM killed its worker."""
     config = _config(tmp_path)
-    proc = _train(config, kill=("on_train_batch_end", 7), signal_name=signal_name)
+    proc = _train(config, kill=("on_train_batch_end", 7), signal_name=signal_name,
+                  whole_job=whole_job)
     out = proc.stdout
     assert proc.returncode == status, out[-3000:]
     last = tmp_path / "exp" / "checkpoints" / "last.ckpt"

@@ -354,6 +354,10 @@ def _train_in(out: Path, cfg: TrainConfig) -> Path:
             _say(_how_to_resume(last))
             raise SystemExit(143 if isinstance(stop, SIGTERMException) else 130) from None
         except RuntimeError as error:
+            if trainer.received_sigterm:  # sent to the whole job (as SLURM does): it also
+                # killed the DataLoader workers, and the main process failed on their deaths
+                _say(_how_to_resume(last))
+                raise SystemExit(143) from None
             # Lightning's clean-up after an error in the first batch can fail on its own and
             # raise in place of the error that stopped training; a config error is the news
             if isinstance(error.__context__, ConfigError):
