@@ -180,7 +180,7 @@ def _train_whole_killed_resumed(tmp_path: Path, hook: str, **trainer) -> tuple[P
     assert "resuming from" in out
     assert not list((killed / "exp/checkpoints").glob(".*")), "files left from the kill"
     assert not leftover.exists()
-    for chatter in ("Tip:", "is deprecated", "exists and is not empty"):
+    for chatter in ("Tip:", "is deprecated", "exists and is not empty", "limit_val_batches"):
         assert chatter not in out, chatter
     return whole / "exp", killed / "exp"
 
@@ -445,6 +445,22 @@ def test_ctrl_c_or_sigterm_says_where_the_run_will_resume(tmp_path, signal_name,
     assert "Traceback" not in out
 
 
+def test_a_run_stopped_before_its_first_checkpoint_takes_a_new_vocab_size(tmp_path):
+    """Nothing was trained with its tokenizer yet: a new vocab_size trains a new one (with a
+    checkpoint it is an error, below); the same vocab_size keeps it."""
+    from conformer_asr.training.run import _tokenizer
+
+    cfg = load_config(_config(tmp_path))
+    texts = [c.supervisions[0].text for c in load_manifests(cfg.data.train, DataIssues())]
+    exp = Path(cfg.out_dir)
+    first = _tokenizer(cfg, texts, exp)
+    (exp / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))  # as the run records it
+    assert _tokenizer(cfg, texts, exp).sp.serialized_model_proto() == \
+        first.sp.serialized_model_proto()
+    bigger = load_config(_config(tmp_path), ["data.tokenizer.vocab_size=40"])
+    assert first.vocab_size == 30 and _tokenizer(bigger, texts, exp).vocab_size == 40
+
+
 def test_a_resume_that_cannot_fit_its_checkpoints_stops_before_writing(tmp_path):
     """Another model section, or the run's tokenizer gone: one line naming the problem,
     and config.yaml still describes the checkpoints."""
@@ -457,6 +473,18 @@ def test_a_resume_that_cannot_fit_its_checkpoints_stops_before_writing(tmp_path)
     assert re.search(r"^error: model: \S+step-5.ckpt|^error: model: \S+last.ckpt holds another "
                      r"model \(model\.\S+: \(\d+", proc.stdout, re.M), proc.stdout[-2000:]
     assert (exp / "config.yaml").read_text() == recorded
+    for override, message in [
+        ("data.tokenizer.vocab_size=40", "error: data.tokenizer.vocab_size: 40, but the "
+         f"checkpoints in {exp} were trained with a tokenizer of vocab_size 30 "
+         f"({exp / 'config.yaml'}); resume with 30, or use a new out_dir"),  # was ignored
+        ("trainer.max_steps=4", f"error: trainer.max_steps: 4 is below the step "
+         f"{exp / 'checkpoints' / 'last.ckpt'} has reached (5); give 5 or more (that many "
+         "finishes the run: it averages the last checkpoints)"),  # rewrote config.yaml
+    ]:
+        proc = _train(config, "--set", override)
+        assert proc.returncode == 2, proc.stdout[-3000:]
+        assert proc.stdout.strip().splitlines()[-1] == message
+        assert (exp / "config.yaml").read_text() == recorded
     (exp / "tokenizer" / "tokenizer.model").unlink()
     proc = _train(config, "--set", "trainer.max_steps=8")
     assert proc.returncode == 2, proc.stdout[-3000:]
@@ -482,6 +510,12 @@ def test_settings_that_cannot_train_are_one_line_errors(tmp_path):
         proc = _train(config, "--set", override)
         assert proc.returncode == 2 and "Traceback" not in proc.stdout, proc.stdout[-3000:]
         assert proc.stdout.strip().splitlines()[-1] == message
+        # the out_dir it created held only its lock (and an empty tokenizer folder): gone
+        assert not (tmp_path / "exp").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    proc = _train(config, "--set", f"out_dir={kept}", "--set", f"data.dev={missing}")
+    assert proc.returncode == 2 and kept.is_dir()  # not created by the run: left as it was
 
 
 def test_an_unreadable_checkpoint_is_passed_over(tmp_path):
@@ -505,6 +539,8 @@ def test_an_unreadable_checkpoint_is_passed_over(tmp_path):
         path.write_bytes(b"not a checkpoint")
     proc = _train(config, "--set", "trainer.max_steps=14")
     out = proc.stdout
+    assert f"{last}: cannot be read (not a PyTorch checkpoint); trying an older" in out  # (was
+    # torch's advice to save with the zip format for mmap)
     assert proc.returncode == 2, out[-3000:]
     assert out.strip().splitlines()[-1] == (
         f"error: {folder}: none of its checkpoints can be read; move them away to start afresh")

@@ -21,6 +21,7 @@ import fcntl
 import logging
 import os
 import re
+import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,15 +115,42 @@ class _TrainingLog(Callback):
                 plot_curves(self.logger.metrics_csv, self.out_png)
 
 
+def _has_checkpoints(out: Path) -> bool:
+    last = last_checkpoint(out)
+    return last.is_file() or bool(step_checkpoints(last.parent))
+
+
+def _recorded_vocab_size(out: Path) -> int | None:
+    """The tokenizer size in the configuration a run in ``out`` recorded when it started, or
+    None where there is none to read."""
+    try:
+        recorded = yaml.safe_load(run_config(out).read_text())
+        return int(recorded["data"]["tokenizer"]["vocab_size"])
+    except (OSError, yaml.YAMLError, TypeError, KeyError, ValueError):
+        return None
+
+
 def _tokenizer(cfg: TrainConfig, train_texts: list[str], out: Path) -> Tokenizer:
+    """The given tokenizer; else the one this run trained when it started (a resume must
+    keep it: its checkpoints' output layer is made for it); else a new one trained on the
+    training text."""
     if cfg.data.tokenizer.path:
         return Tokenizer(cfg.data.tokenizer.path)
-    if run_tokenizer(out).is_file():
-        return Tokenizer(run_tokenizer(out))
-    if last_checkpoint(out).parent.is_dir() and any(last_checkpoint(out).parent.iterdir()):
-        raise ConfigError(f"{run_tokenizer(out)}: missing, and the checkpoints in {out} need "
-                          "the tokenizer they were trained with; put it back, or use a new "
-                          "out_dir")
+    own, wanted = run_tokenizer(out), cfg.data.tokenizer.vocab_size
+    recorded = _recorded_vocab_size(out)
+    if _has_checkpoints(out):
+        if not own.is_file():
+            raise ConfigError(f"{own}: missing, and the checkpoints in {out} need the "
+                              "tokenizer they were trained with; put it back, or use a new "
+                              "out_dir")
+        if recorded not in (None, wanted):
+            raise ConfigError(f"data.tokenizer.vocab_size: {wanted}, but the checkpoints in "
+                              f"{out} were trained with a tokenizer of vocab_size {recorded} "
+                              f"({run_config(out)}); resume with {recorded}, or use a new "
+                              "out_dir")
+        return Tokenizer(own)
+    if own.is_file() and recorded in (None, wanted):  # a run stopped before its first checkpoint
+        return Tokenizer(own)
     try:
         return Tokenizer.train(train_texts, run_tokenizer(out).parent,
                                vocab_size=cfg.data.tokenizer.vocab_size)
@@ -193,9 +221,22 @@ def _say(message: str) -> None:
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) and return the exported model folder."""
     out = Path(cfg.out_dir)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with _claimed(out):
-        return _train_in(out, cfg)
+    try:
+        with _claimed(out):
+            return _train_in(out, cfg)
+    except BaseException:
+        if created and rank_zero_only.rank == 0:
+            _remove_if_unused(out)
+        raise
+
+
+def _remove_if_unused(out: Path) -> None:
+    """Remove the folder a run created and then failed in before writing a file to it (a bad
+    setting, say): only its lock and empty folders are there."""
+    if all(p.is_dir() or p == out / LOCK_FILE for p in out.rglob("*")):
+        shutil.rmtree(out, ignore_errors=True)
 
 
 LOCK_FILE = ".lock"
@@ -245,6 +286,10 @@ def _resume_point(last: Path) -> _ResumePoint | None:
     candidates = [p for p in (last, *reversed(step_checkpoints(last.parent))) if p.is_file()]
     for path in candidates:
         try:
+            with path.open("rb") as f:
+                if f.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive; torch's
+                    # own error for other data is advice about mmap
+                    raise ValueError("not a PyTorch checkpoint")
             state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
         except Exception as error:  # torch raises several kinds for a damaged file
             reason = (str(error).strip() or repr(error)).splitlines()[0].split(". ")[0]
@@ -298,6 +343,11 @@ def _train_in(out: Path, cfg: TrainConfig) -> Path:
     resume = _resume_point(last)
     if resume is not None:
         _check_same_shapes(task, resume)
+        if resume.step > cfg.trainer.max_steps:
+            raise ConfigError(f"trainer.max_steps: {cfg.trainer.max_steps} is below the step "
+                              f"{resume.path} has reached ({resume.step}); give {resume.step} "
+                              "or more (that many finishes the run: it averages the last "
+                              "checkpoints)")
     resolved = {**cfg.to_dict(), "model": model_cfg.to_dict()}
     write_atomically(run_config(out), yaml.safe_dump(resolved, sort_keys=False))
 
@@ -324,7 +374,7 @@ def _train_in(out: Path, cfg: TrainConfig) -> Path:
                 gradient_clip_val=cfg.optim.grad_clip or None,
                 val_check_interval=cfg.trainer.val_every_steps if dev_cuts is not None else None,
                 check_val_every_n_epoch=None,
-                limit_val_batches=1.0 if dev_cuts is not None else 0,
+                limit_val_batches=None if dev_cuts is not None else 0,
                 num_sanity_val_steps=0,
                 log_every_n_steps=cfg.trainer.log_every_steps,
                 logger=logger,
