@@ -1,10 +1,20 @@
 """files: whole files or none, errors that name the file, leftovers of killed writes."""
 
 import gzip
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 
-from conformer_asr.files import read_text, remove_leftovers, replacing, write_atomically
+from conformer_asr.files import (
+    claimed,
+    read_text,
+    remove_leftovers,
+    replacing,
+    write_atomically,
+)
 
 
 def test_writes_text_and_bytes_and_leaves_nothing_else(tmp_path):
@@ -72,3 +82,54 @@ def test_read_text_takes_utf8_and_gzip_and_names_a_file_that_is_neither(tmp_path
     cut.write_bytes(packed.read_bytes()[:-8])
     with pytest.raises(ValueError, match=rf"^{cut}: not a complete gzip file"):
         read_text(cut)
+
+
+_HOLD = """
+import os, sys, time
+from pathlib import Path
+from conformer_asr.files import claimed
+with claimed(Path(sys.argv[1]), "out_dir"):
+    child = os.fork()  # as a DataLoader worker is forked, the lock's file open in it too
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+    print(child, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_killed_runs_folder_is_free_at_once_though_its_children_live_on(tmp_path):
+    """After kill -9, the run's DataLoader workers live on for seconds; the lock was flock's,
+    which they shared, so the same command re-run at once said the dead run was using the
+    folder."""
+    folder = tmp_path / "exp"
+    run = subprocess.Popen([sys.executable, "-c", _HOLD, str(folder)], stdout=subprocess.PIPE,
+                           text=True)
+    child = int(run.stdout.readline())
+    try:
+        with pytest.raises(ValueError, match=rf"^out_dir: another training run \(process "
+                                             rf"{run.pid}\) is using {folder}; wait for it, "
+                                             "or stop it$"), claimed(folder, "out_dir"):
+            pass
+        run.kill()
+        run.wait()
+        with claimed(folder, "out_dir"):  # the child still lives
+            assert (folder / ".lock").read_text() == f"{os.getpid()}\n"
+    finally:
+        run.kill()
+        run.wait()
+        os.kill(child, signal.SIGKILL)
+
+
+def test_a_folder_made_for_a_run_that_failed_at_once_is_removed(tmp_path):
+    for folder, kept in [(tmp_path / "new", False), (tmp_path / "old", True)]:
+        if kept:
+            folder.mkdir()
+        with pytest.raises(RuntimeError), claimed(folder, "out_dir"):
+            (folder / "empty-subfolder").mkdir()
+            raise RuntimeError("a bad setting")
+        assert folder.is_dir() == kept
+    with pytest.raises(RuntimeError), claimed(tmp_path / "written", "out_dir"):
+        (tmp_path / "written" / "config.yaml").write_text("x")
+        raise RuntimeError("stopped after writing")
+    assert (tmp_path / "written" / "config.yaml").is_file()

@@ -4,6 +4,8 @@ import dataclasses
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,7 @@ from conformer_asr.inference.model_dir import BUNDLED_DIR, ModelDirError, save_m
 from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
 from conformer_asr.models.lm import LMConfig, WordPieceLM, get_lm_config
 from conformer_asr.text.tokenizer import Tokenizer
-from conformer_asr.training.lm_train import LMTrainConfig, train_lm
+from conformer_asr.training.lm_train import STATE_FILE, LMTrainConfig, train_lm
 
 DATA = Path(__file__).parent / "data"
 SENTENCES = [
@@ -137,6 +139,36 @@ def test_train_lm_writes_a_new_folder_or_resumes_its_own(corpus, tokenizer, tmp_
         train_lm([corpus], other, out, get_lm_config("tiny"), _train_config(10))
 
 
+def test_train_lm_keeps_a_second_run_out_of_its_folder(corpus, tokenizer, tmp_path):
+    """Two runs resumed into one --out overwrote each other's state (it had no lock). A run
+    that fails at once leaves no folder behind; one killed before its first save leaves only
+    the lock, and a re-run starts there."""
+    out = tmp_path / "lm"
+    holder = subprocess.Popen(  # another process, as a running train-lm holds it
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from conformer_asr."
+         "files import claimed\nwith claimed(Path(sys.argv[1]), '--out'):\n    print(flush=True)"
+         "\n    time.sleep(60)", str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        holder.stdout.readline()
+        with pytest.raises(ValueError, match=f"^--out: another training run \\(process "
+                                             f"{holder.pid}\\) is using {out}; wait for it, or "
+                                             "stop it$"):
+            train_lm([corpus], tokenizer, out, get_lm_config("tiny"), _train_config(5))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [p.name for p in out.iterdir()] == [".lock"]
+    train_lm([corpus], tokenizer, out, get_lm_config("tiny"), _train_config(5))
+    assert (out / STATE_FILE).is_file()
+
+    one_sentence = tmp_path / "one.txt"
+    one_sentence.write_text("a cat\n")
+    with pytest.raises(ValueError, match="sentences left: need 2 or more"):
+        train_lm([one_sentence], tokenizer, tmp_path / "new", get_lm_config("tiny"),
+                 _train_config(5))
+    assert not (tmp_path / "new").exists()
+
+
 @pytest.mark.parametrize(("signal_number", "stopped_by"), [
     (signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, SystemExit)])
 def test_train_lm_stopped_saves_its_last_step_and_resumes_there(corpus, tokenizer, tmp_path,
@@ -200,16 +232,42 @@ def test_tune_prints_a_table_and_the_best_setting(model_dir, lm_dir, capsys):
 
 def test_tune_stops_before_encoding_on_a_bad_grid_or_with_nothing_to_score(model_dir, lm_dir,
                                                                           tmp_path, capsys):
+    from conformer_asr.inference.model_dir import load_model_dir
+    from conformer_asr.inference.tune import tune
+
+    model, tokenizer, _ = load_model_dir(model_dir)
+    lm, _, _ = load_lm_dir(lm_dir)
+    with pytest.raises(ValueError, match="^beam_size: must be >= 1, got 0$"):
+        tune(model, tokenizer, lm, "no-such-manifest.jsonl", 0, [0.1], [0.0])
     base = ["tune", "--model", str(model_dir), "--lm", str(lm_dir), "--lm-weights", "0.1",
             "--length-bonuses", "0"]
-    assert main([*base, "--manifest", str(DATA / "manifest.jsonl"), "--beam-size", "0"]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == "" and captured.err == "error: beam_size: must be >= 1, got 0\n"
     gone = tmp_path / "gone.jsonl"
     gone.write_text('{"id": "a", "audio": "a.wav", "text": "a cat"}\n')
     assert main([*base, "--manifest", str(gone), "--beam-size", "2"]) == 2
     assert capsys.readouterr().err == (f"error: {gone}: none of its audio could be read; "
                                        "nothing to tune on\n")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train-lm", "--steps", "0"], "argument --steps: must be 1 or more, got 0"),
+    (["train-lm", "--lr", "inf"], "argument --lr: not a finite number: 'inf'"),
+    (["train-lm", "--heldout-fraction", "2"],
+     "argument --heldout-fraction: must be between 0 and 1, got 2"),
+    (["tune", "--beam-size", "0"], "argument --beam-size: must be 1 or more, got 0"),
+    (["tune", "--lm-weights", "0.1,nan"], "argument --lm-weights: not a finite number: 'nan'"),
+    (["pack", "m", "--beam-size", "2.5"], "argument --beam-size: not a whole number: '2.5'"),
+    (["transcribe", "a.wav", "--lm-weight", "inf"],
+     "argument --lm-weight: not a finite number: 'inf'"),
+])
+def test_bad_flag_values_are_named_by_their_flags(args, message, capsys):
+    """They were named by the parameters behind them (``error: steps: must be positive``)."""
+    required = {"train-lm": ["--text", "t", "--tokenizer", "m", "--out", "o"],
+                "tune": ["--manifest", "d", "--lm", "l"],
+                "pack": ["--lm", "l", "--out", "o", "--lm-weight", "1", "--length-bonus", "1"]}
+    with pytest.raises(SystemExit) as stop:
+        main([*args, *required.get(args[0], [])])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"conformer-asr {args[0]}: error: {message}"
 
 
 def test_oov_penalties_without_a_lexicon_are_refused(model_dir, lm_dir, tmp_path, capsys):

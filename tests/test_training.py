@@ -415,7 +415,7 @@ def test_a_second_run_in_the_same_folder_stops_at_once(tmp_path):
     exp = tmp_path / "exp"
     exp.mkdir()
     with (exp / ".lock").open("w") as held:  # as a running `conformer-asr train` holds it
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.write("4242\n")
         held.flush()
         proc = _train(config)

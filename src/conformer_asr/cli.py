@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -159,13 +160,48 @@ def _train_lm(args: argparse.Namespace) -> int:
 
 
 def _floats(text: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        values = []
+    values = [_number(x) for x in text.split(",") if x.strip()]
     if not values:
         raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}")
     return values
+
+
+# Flag types: a bad value is an argparse error that names the flag the user typed (the
+# functions behind the flags name their own parameters: `steps`, `beam_size`).
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _number(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
+    return value
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -216,19 +252,19 @@ def _device(text: str) -> str:
 
 def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
     """Decoding and device flags: the arguments of ``load_model``."""
-    p.add_argument("--beam-size", type=int, default=None,
+    p.add_argument("--beam-size", type=_count, default=None,
                    help="1: greedy search (default: 1, or the model folder's own setting "
                         "when it has an LM, e.g. the bundled model)")
     p.add_argument("--lm", type=_lm_flag, default="auto",
                    help="LM folder for shallow fusion (train-lm), or 'none' (default: the "
                         "model folder's own lm/ if it has one)")
-    p.add_argument("--lm-weight", type=float, default=None,
+    p.add_argument("--lm-weight", type=_number, default=None,
                    help="LM score weight (default 0.3, or the model folder's own setting; "
                         "find it with conformer-asr tune)")
-    p.add_argument("--length-bonus", type=float, default=None,
+    p.add_argument("--length-bonus", type=_number, default=None,
                    help="score added per emitted token (default 0, or the model folder's own "
                         "setting)")
-    p.add_argument("--oov-penalty", type=float, default=None,
+    p.add_argument("--oov-penalty", type=_number, default=None,
                    help="score taken per word outside the LM folder's lexicon (default 0, or "
                         "the model folder's own setting)")
     p.add_argument("--head", default=None,
@@ -294,11 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", nargs="+", default=[], metavar="MANIFEST",
                    help="dev/test manifests: their transcripts are removed from the text")
     p.add_argument("--config", default="small", help="LM size: tiny, small or paper")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=64, help="sentences per step")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (Noam schedule)")
-    p.add_argument("--warmup-steps", type=int, default=200)
-    p.add_argument("--heldout-fraction", type=float, default=0.02)
+    p.add_argument("--steps", type=_count, default=2000)
+    p.add_argument("--batch-size", type=_count, default=64, help="sentences per step")
+    p.add_argument("--lr", type=_positive_number, default=2e-3,
+                   help="peak learning rate (Noam schedule)")
+    p.add_argument("--warmup-steps", type=_count, default=200)
+    p.add_argument("--heldout-fraction", type=_fraction, default=0.02)
     p.add_argument("--seed", type=int, default=0)
     _add_device_flag(p)
     p.set_defaults(run=_train_lm)
@@ -308,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True, help='dev lines {"id", "audio", "text"}')
     p.add_argument("--model", default=None, help="model folder (default: the bundled model)")
     p.add_argument("--lm", required=True, help="LM folder (conformer-asr train-lm)")
-    p.add_argument("--beam-size", type=int, default=4)
+    p.add_argument("--beam-size", type=_count, default=4)
     p.add_argument("--lm-weights", type=_floats, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5],
                    help="comma-separated, e.g. 0.1,0.2,0.3")
     p.add_argument("--length-bonuses", type=_floats, default=[0.0, 0.5, 1.0, 1.5],
@@ -323,10 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model folder")
     p.add_argument("--lm", required=True, help="LM folder (train-lm), same tokenizer")
     p.add_argument("--out", required=True, help="folder to create")
-    p.add_argument("--beam-size", type=int, default=8)
-    p.add_argument("--lm-weight", type=float, required=True, help="from conformer-asr tune")
-    p.add_argument("--length-bonus", type=float, required=True, help="from conformer-asr tune")
-    p.add_argument("--oov-penalty", type=float, default=0.0, help="from conformer-asr tune")
+    p.add_argument("--beam-size", type=_count, default=8)
+    p.add_argument("--lm-weight", type=_number, required=True, help="from conformer-asr tune")
+    p.add_argument("--length-bonus", type=_number, required=True, help="from conformer-asr tune")
+    p.add_argument("--oov-penalty", type=_number, default=0.0, help="from conformer-asr tune")
     p.set_defaults(run=_pack)
 
     from .data.synth import add_synth_arguments

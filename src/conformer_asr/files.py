@@ -1,5 +1,5 @@
-"""Reading text files with errors that name them, and writing files so that readers, and
-a run killed mid-write, never see half of them.
+"""Reading text files with errors that name them, writing files so that readers, and a run
+killed mid-write, never see half of them, and keeping two runs out of one folder.
 
 Every file the toolkit writes (checkpoints, model folders, manifests, logs, audio) goes
 to a hidden temporary file beside its target and is renamed over the target once it is
@@ -10,13 +10,17 @@ complete. A process killed mid-write leaves only such a temporary file, which
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import gzip
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 LEFTOVER_PATTERN = ".*.tmp*"  # the names temporary_beside makes
+LOCK_FILE = ".lock"
 
 
 def read_text(path: str | Path) -> str:
@@ -85,3 +89,42 @@ def remove_leftovers(folder: Path) -> int:
     for path in leftovers:
         path.unlink(missing_ok=True)
     return len(leftovers)
+
+
+@contextlib.contextmanager
+def claimed(folder: Path, name: str) -> Iterator[None]:
+    """Create ``folder`` if need be and hold an exclusive lock on it inside (its ``.lock``
+    file holds the process id): a second run started on the same folder stops at once with
+    a ValueError naming the setting ``name`` that gave it, instead of writing over the first
+    one's files. The operating system drops the lock when the process ends, also after
+    kill -9. The holder first clears what writes killed with an earlier run left half done.
+    A folder created here and left with nothing written in it (the run failed at once) is
+    removed again."""
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with (folder / LOCK_FILE).open("a+") as handle:
+            try:
+                # a POSIX record lock, which belongs to this process alone: processes forked
+                # from it (DataLoader workers, which can outlive a killed run by seconds)
+                # neither hold it nor keep it after this process has gone, as with flock
+                fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                if error.errno not in (errno.EACCES, errno.EAGAIN):
+                    pass  # a file system without locks: run unguarded
+                else:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "?"
+                    raise ValueError(f"{name}: another training run (process {holder}) is "
+                                     f"using {folder}; wait for it, or stop it") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            for inner in (folder, *(p for p in folder.iterdir() if p.is_dir())):
+                remove_leftovers(inner)
+            yield
+    except BaseException:
+        if created and all(p.is_dir() or p == folder / LOCK_FILE for p in folder.rglob("*")):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..files import replacing
+from ..files import LOCK_FILE, claimed, replacing
 from ..inference.lm_dir import save_lm_dir
 from ..models.config import ConfigError
 from ..models.lm import LMConfig, WordPieceLM
@@ -181,10 +181,20 @@ def train_lm(
     write the LM folder ``out_dir``."""
     out_dir = Path(out_dir)
     state_path = out_dir / STATE_FILE
-    if out_dir.exists() and not (out_dir.is_dir() and (state_path.is_file()
-                                                       or not any(out_dir.iterdir()))):
+    if out_dir.exists() and not (out_dir.is_dir() and (
+            state_path.is_file() or all(p.name == LOCK_FILE for p in out_dir.iterdir()))):
         raise ValueError(f"{out_dir}: not an LM run's folder (no {STATE_FILE}) and not empty; "
                          "train-lm writes a new folder or resumes its own")
+    with claimed(out_dir, "--out"):
+        return _train_lm_in(texts, tokenizer, out_dir, lm_config, config, exclude, device, log)
+
+
+def _train_lm_in(
+    texts: Sequence[str | Path], tokenizer: Tokenizer, out_dir: Path, lm_config: LMConfig,
+    config: LMTrainConfig, exclude: Sequence[str | Path], device: str,
+    log: Callable[[str], None],
+) -> LMTrainReport:
+    state_path = out_dir / STATE_FILE
     corpus = _load_corpus(texts, exclude, tokenizer, config, log)
     torch.manual_seed(config.seed)
     lm = WordPieceLM(dataclasses.replace(lm_config, vocab_size=tokenizer.vocab_size)).to(device)
@@ -199,7 +209,6 @@ def train_lm(
     if start_ppl is None:  # a new run (or a state from before step 0's value was kept)
         start_ppl = ppl
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     batches = _batches(len(corpus.train), config.batch_size, config.seed, step)
     running, running_tokens = 0.0, 0
     with _stop_requests() as stop:

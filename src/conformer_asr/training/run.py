@@ -6,7 +6,7 @@
     OUT_DIR/logs/metrics.csv       loss, lr, dev WER, throughput per logged step
     OUT_DIR/curves.png             training curves
     OUT_DIR/model/                 the average of the last checkpoints, ready for transcribe
-    OUT_DIR/.lock                  held while a run trains here (the process id inside)
+    OUT_DIR/.lock                  held while a run trains here (``files.claimed``)
 
 Re-running the same command resumes from ``last.ckpt`` exactly where it stopped
 (weights, optimiser, schedule, every process's RNG states and position in the epoch), or
@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import logging
 import os
 import re
-import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,7 +39,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from ..data.augment import Augmenter
 from ..data.datamodule import SpeechDataModule, load_manifests
 from ..data.manifest import DataIssues
-from ..files import remove_leftovers, replacing, write_atomically
+from ..files import claimed, replacing, write_atomically
 from ..inference.model_dir import ModelDirError, read_config, read_weights, save_model_dir
 from ..models import load_encoder_and_heads
 from ..models.config import ConfigError, ModelConfig
@@ -221,55 +219,10 @@ def _say(message: str) -> None:
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) and return the exported model folder."""
     out = Path(cfg.out_dir)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        with _claimed(out):
-            return _train_in(out, cfg)
-    except BaseException:
-        if created and rank_zero_only.rank == 0:
-            _remove_if_unused(out)
-        raise
-
-
-def _remove_if_unused(out: Path) -> None:
-    """Remove the folder a run created and then failed in before writing a file to it (a bad
-    setting, say): only its lock and empty folders are there."""
-    if all(p.is_dir() or p == out / LOCK_FILE for p in out.rglob("*")):
-        shutil.rmtree(out, ignore_errors=True)
-
-
-LOCK_FILE = ".lock"
-
-
-@contextlib.contextmanager
-def _claimed(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``out`` while a run trains in it: a second run started in
-    the same folder stops at once instead of writing over the first one's checkpoints and
-    log. The operating system drops the lock when the process ends, also after kill -9.
-    Only the first DDP process takes it (the others run in the same folder by design).
-    The holder clears what writes killed with an earlier run left half done."""
-    if rank_zero_only.rank != 0:
-        yield
-        return
-    path = out / LOCK_FILE
-    with path.open("a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "?"
-            raise ConfigError(f"out_dir: another training run (process {holder}) is using "
-                              f"{out}; wait for it, or stop it") from None
-        except OSError:  # a file system without locks: train unguarded
-            pass
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        for folder in (out, *(p for p in out.iterdir() if p.is_dir())):
-            remove_leftovers(folder)
-        yield
+    if rank_zero_only.rank != 0:  # the other DDP processes, started by the first one,
+        return _train_in(out, cfg)  # which holds the folder for them all
+    with claimed(out, "out_dir"):
+        return _train_in(out, cfg)
 
 
 class _ResumePoint(NamedTuple):
