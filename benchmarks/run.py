@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from conformer_asr.device import device_flag
 from conformer_asr.files import write_atomically
 from conformer_asr.models import ASRModel
 from conformer_asr.models.quantize import bf16_convolutions_are_fast, full_range_int8_is_exact
@@ -109,7 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "torch.compile rows)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny models and inputs, one repeat: checks that everything runs")
-    parser.add_argument("--device", default="cpu",
+    parser.add_argument("--device", type=device_flag, default="cpu",
                         help="torch device, e.g. cuda (the int8 rows run on the CPU in fp32 "
                              "only)")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",

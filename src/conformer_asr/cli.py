@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
+from .device import device_flag
 from .files import write_atomically
 
 if TYPE_CHECKING:
@@ -236,18 +237,7 @@ def _lm_flag(text: str) -> str | None:
 
 
 def _add_device_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N")
-
-
-def _device(text: str) -> str:
-    """--device: the CPU or a CUDA GPU that this machine has."""
-    from .device import check_device
-
-    try:
-        check_device(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error).removeprefix("device ")) from None
-    return text
+    p.add_argument("--device", type=device_flag, default="cpu", help="cpu, cuda or cuda:N")
 
 
 def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:

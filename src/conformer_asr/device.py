@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import torch
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def check_device(text: str) -> torch.device:
     """"cpu", "cuda" or "cuda:N" -> the device; ValueError unless this machine has it."""
+    import torch  # here: the command line's parser needs this module, not torch
+
     try:
         device = torch.device(text)
     except RuntimeError:
@@ -20,3 +26,12 @@ def check_device(text: str) -> torch.device:
             raise ValueError(f"device {text!r}: torch sees {torch.cuda.device_count()} CUDA "
                              "GPU(s) here")
     return device
+
+
+def device_flag(text: str) -> str:
+    """The argparse type of a ``--device`` flag: ``text`` if this machine has that device."""
+    try:
+        check_device(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("device ")) from None
+    return text
