@@ -203,8 +203,9 @@ def _start_from(task: ASRTask, folder: Path) -> list[str]:
         raise ConfigError(f"init_from: {error}") from None
     try:
         return load_encoder_and_heads(task.model, weights)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
+    except RuntimeError as error:  # "Error(s) in loading state_dict for ...:", then each
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        first = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
         raise ConfigError(f"init_from: {folder}: its encoder does not match this run's "
                           f"({first}); the model section may change the heads and training "
                           "settings (dropout, SpecAugment), not the encoder") from None
