@@ -4,13 +4,14 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from conformer_asr.audio.io import AudioError, load_audio, stream_audio
+from conformer_asr.audio.io import AudioError, AudioWarning, load_audio, stream_audio
 
 WEATHER = Path(__file__).parents[1] / "examples" / "weather.wav"
 
@@ -35,23 +36,45 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+def _cut_short_warning(path: Path) -> str:
+    """The start of the AudioWarning for weather.wav (2.9 s) cut at 1.3 s."""
+    return f"^{path}: only 1.3 s of the 2.9 s its header gives could be read"
+
+
 def test_a_cut_mp3_is_read_up_to_the_cut(tmp_path, capfd):
     """Its header still counts the whole file's frames; the blocks held uninitialised
-    memory (NaN or noise) past the cut, and libmpg123 warned on stderr."""
+    memory (NaN or noise) past the cut, and libmpg123 warned on stderr. The reader warns
+    (it said nothing)."""
     cut, whole = _cut(tmp_path, "cut.mp3", "MP3")
     decodable = len(sf.read(cut)[0])  # soundfile's read stops at the cut
     assert 0.3 * len(whole) < decodable < 0.6 * len(whole)
     capfd.readouterr()  # what libmpg123 said to soundfile
-    streamed = _streamed(cut)
+    with pytest.warns(AudioWarning, match=_cut_short_warning(cut) + "; cut short or damaged"):
+        streamed = _streamed(cut)
     assert len(streamed) == decodable and np.isfinite(streamed).all()
-    np.testing.assert_allclose(load_audio(cut), streamed, atol=1e-6)
+    with pytest.warns(AudioWarning, match=_cut_short_warning(cut)):
+        np.testing.assert_allclose(load_audio(cut), streamed, atol=1e-6)
     assert capfd.readouterr().err == ""
+
+
+def test_whole_files_give_no_warning(tmp_path):
+    audio, rate = sf.read(WEATHER, dtype="float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for fmt in ("WAV", "FLAC", "MP3", "OGG"):
+            sf.write(tmp_path / f"whole.{fmt.lower()}", audio, rate, format=fmt)
+            load_audio(tmp_path / f"whole.{fmt.lower()}")
+            _streamed(tmp_path / f"whole.{fmt.lower()}")
 
 
 def test_a_cut_flac_is_read_up_to_the_damage(tmp_path, capfd):
     """libFLAC loses sync at the cut; the frames before it are kept, as in a cut WAV file."""
     cut, whole = _cut(tmp_path, "cut.flac", "FLAC")
-    for samples in (load_audio(cut), _streamed(cut)):
+    with pytest.warns(AudioWarning, match=_cut_short_warning(cut) + r" \(flac decoder lost "
+                                          r"sync\.\); cut short or damaged\? What was read is "
+                                          "used$"):
+        read = [load_audio(cut), _streamed(cut)]
+    for samples in read:
         assert 0.3 * len(whole) < len(samples) < 0.5 * len(whole)
         np.testing.assert_array_equal(samples, whole[: len(samples)])
     assert capfd.readouterr().err == ""
@@ -87,7 +110,9 @@ def test_the_cli_reads_cut_files_and_gives_one_line_per_bad_one(tmp_path):
     cut_mp3, _ = _cut(tmp_path, "cut.mp3", "MP3")
     cut_flac, _ = _cut(tmp_path, "cut.flac", "FLAC")
     proc = _cli(str(cut_mp3), str(cut_flac), "--format", "json")
-    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.returncode == 0
+    assert [line.split(" could be read")[0] for line in proc.stderr.splitlines()] == [
+        f"warning: {p}: only 1.3 s of the 2.9 s its header gives" for p in (cut_mp3, cut_flac)]
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["audio"] for r in rows] == [str(cut_mp3), str(cut_flac)]
     assert all(r["text"] and 1.0 < r["duration"] < 1.5 for r in rows)

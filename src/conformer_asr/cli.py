@@ -7,8 +7,10 @@ import json
 import math
 import os
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .device import device_flag
@@ -365,14 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .audio.io import AudioError
+    from .audio.io import AudioError, AudioWarning
     from .data.manifest import ManifestError
     from .inference.model_dir import ModelDirError
     from .models.config import ConfigError
 
     args = build_parser().parse_args(argv)
     try:
-        code = args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_for(AudioWarning)
+            code = args.run(args)
         sys.stdout.flush()
         return code
     except (ConfigError, ModelDirError, AudioError, ManifestError, FileNotFoundError,
@@ -389,6 +393,19 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:  # a folder that cannot be written, a full disk, ...
         sys.stderr.write(f"error: {_described(error)}\n")
         return 1
+
+
+def _one_line_for(category: type[Warning]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints warnings of ``category`` as ``warning: ...``
+    lines (their messages name the file), and others as Python does."""
+    python_way = warnings.showwarning
+
+    def show(message: Warning | str, kind: type[Warning], *where: Any, **more: Any) -> None:
+        if issubclass(kind, category):
+            sys.stderr.write(f"warning: {message}\n")
+        else:
+            python_way(message, kind, *where, **more)
+    return show
 
 
 def _described(error: Exception) -> str:

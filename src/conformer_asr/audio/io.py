@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,10 @@ _STDERR_LOCK = threading.Lock()
 
 class AudioError(Exception):
     """A file could not be used as audio; the message names the file and says why."""
+
+
+class AudioWarning(UserWarning):
+    """A file was read only in part (cut short or damaged); the message names the file."""
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
@@ -135,7 +140,9 @@ def _read(f: sf.SoundFile, frames: int) -> tuple[np.ndarray, int]:
 def _frames(f: sf.SoundFile, path: str | Path, block: int) -> Iterator[np.ndarray]:
     """``f``'s (n, C) float32 frames, ``block`` at a time, up to the end of its data or the
     first damage (a FLAC or MP3 file cut short is read up to the cut, as a WAV file is);
-    AudioError naming ``path`` if no frame decodes."""
+    AudioError naming ``path`` if no frame decodes, an AudioWarning if they stop well
+    before the header's frame count (more than 2% and 0.1 s short: an MP3 header's count
+    can be an estimate)."""
     total, error = 0, 0
     while not error:
         chunk, error = _read(f, block)
@@ -143,10 +150,16 @@ def _frames(f: sf.SoundFile, path: str | Path, block: int) -> Iterator[np.ndarra
             break
         total += len(chunk)
         yield chunk
+    reason = sf.LibsndfileError(error).error_string.split(":")[-1].strip() if error else ""
     if total == 0:
-        reason = sf.LibsndfileError(error).error_string.split(":")[-1].strip()
         raise AudioError(f"{path}: corrupt audio data ({reason})" if error
                          else f"{path}: contains no audio samples")
+    missing = f.frames - total
+    if missing > max(0.02 * f.frames, 0.1 * f.samplerate):
+        warnings.warn(AudioWarning(
+            f"{path}: only {total / f.samplerate:.1f} s of the {f.frames / f.samplerate:.1f} s "
+            f"its header gives could be read{f' ({reason})' if reason else ''}; cut short or "
+            "damaged? What was read is used"), stacklevel=2)
 
 
 def audio_duration(path: str | Path) -> float:
