@@ -19,11 +19,13 @@ def bursts_and_gaps(parts: list[tuple[str, float]], noise_rms: float = 0.0,
     return (audio + noise_rms * rng.standard_normal(len(audio))).astype(np.float32)
 
 
-@pytest.mark.parametrize("noise_rms", [0.0, 1e-3])  # digital silence, -60 dBFS noise
-def test_pauses_are_the_long_enough_quiet_stretches(noise_rms):
+@pytest.mark.parametrize(("noise_rms", "offset"), [
+    (0.0, 0.0), (1e-3, 0.0),  # digital silence, -60 dBFS noise
+    (1e-3, 0.01), (0.0, 0.1)])  # with a DC offset (it hid every pause)
+def test_pauses_are_the_long_enough_quiet_stretches(noise_rms, offset):
     parts = [("burst", 1.0), ("gap", 0.2), ("burst", 1.0), ("gap", 0.5), ("burst", 0.7),
              ("gap", 1.3), ("burst", 2.0)]
-    audio = bursts_and_gaps(parts, noise_rms)
+    audio = bursts_and_gaps(parts, noise_rms) + np.float32(offset)
     found = find_pauses(audio, min_seconds=0.3)
     expected = [(2.2, 2.7), (3.4, 4.7)]  # the 0.2 s gap is too short
     assert len(found) == len(expected)
