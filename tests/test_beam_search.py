@@ -99,6 +99,24 @@ def test_ctc_prefix_search_finds_most_probable_labelling(seed):
         assert hyp.frames == sorted(hyp.frames) and all(f < lengths[b] for f in hyp.frames)
 
 
+def test_ctc_prefix_search_times_a_token_where_it_is_spoken():
+    """A prefix that enters a wide beam early at a tiny probability kept that frame when
+    the real emission merged into it: words started up to a quarter second early."""
+    probs = torch.full((1, 9, 3), 0.01)
+    probs[0, :, 0] = 0.98  # blank
+    probs[0, 0, 1] = 0.05  # a faint "1" at the start (and "2" at frame 3)...
+    probs[0, 3, 2] = 0.05
+    probs[0, 2, 1] = probs[0, 6, 2] = 0.97  # ...spoken at frames 2 and 6
+    probs[0, 2, 0] = probs[0, 6, 0] = 0.01
+    log_probs = (probs / probs.sum(-1, keepdim=True)).log()
+    lengths = torch.tensor([9])
+    greedy = ctc_greedy(log_probs, lengths)[0]
+    assert (greedy.tokens, greedy.frames) == ([1, 2], [2, 6])
+    for beam_size in (2, 8):
+        hyp = ctc_beam_search(log_probs, lengths, beam_size)[0]
+        assert (hyp.tokens, hyp.frames) == ([1, 2], [2, 6])  # (was [0, 3] at beam 8)
+
+
 def test_rnnt_beam_of_one_is_greedy_with_one_symbol_per_frame():
     model = _tiny_transducer(vocab=6)
     enc = 3 * torch.randn(3, 9, 16)

@@ -111,6 +111,11 @@ class Prefixes:
             self.frames[b] = [old_frames[s] + (frame,) if c != BLANK else old_frames[s]
                               for s, c in zip(row_src, row_tok, strict=True)]
 
+    def retime(self, b: int, k: int, parent: int, frame: int) -> None:
+        """Hypothesis (b, k), which is hypothesis (b, ``parent``) plus a token, takes its
+        parent's frames and that token's emission at ``frame``."""
+        self.frames[b][k] = (*self.frames[b][parent], frame)
+
     def best(self, scores: torch.Tensor) -> list[Hypothesis]:
         """scores (B, K) final scores -> the best hypothesis of each utterance
         (the first one on ties)."""

@@ -13,6 +13,11 @@ frames so far spell it and end in blank (``p_blank``) or in its last label
 already in the beam, the two are merged. Appending a label adds the fusion
 score (``fusion.py``); hypotheses are ranked by log(p_blank + p_label) plus
 their fusion scores.
+
+A prefix's labels are timed by its most probable way in: a prefix can enter a wide
+beam frames before its last label is spoken, at a tiny probability, and when the real
+emission then merges into it with more probability, the prefix takes that emission's
+frame, and the frames of the prefix it extends, for its own.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ def ctc_beam_search(
     """log_probs (B, T, V) CTC log-probabilities, lengths (B,) -> best prefix per utterance.
 
     ``Hypothesis.score`` is log P_CTC(tokens) plus the fusion terms; ``frames`` is
-    the frame at which each token was first appended.
+    the frame at which each token was emitted on the prefix's most probable way in
+    (module docstring).
     """
     batch, _, vocab = log_probs.shape
     device = log_probs.device
@@ -41,6 +47,7 @@ def ctc_beam_search(
     p_label = torch.full_like(p_blank, NEG_INF)
     fused = torch.zeros_like(p_blank)  # sum of the fusion scores of each prefix
     last = torch.zeros(batch, beam_size, dtype=torch.long, device=device)
+    timed_by = torch.full_like(p_blank, NEG_INF)  # the append that timed each last label
     prefixes = Prefixes(batch, beam_size)
     lm = FusionScores(fusion or ShallowFusion(), batch * beam_size, vocab, device)
     for t in range(int(lengths.max())):
@@ -59,6 +66,10 @@ def ctc_beam_search(
         b, k, p, c = prefixes.merge_pairs((total > NEG_INF) & active)
         if b:
             stay_label[b, k] = torch.logaddexp(stay_label[b, k], append[b, p, c])
+            later = append[b, p, c] > timed_by[b, k]
+            for i in later.nonzero().flatten().tolist():
+                prefixes.retime(b[i], k[i], p[i], t)
+            timed_by[b, k] = torch.maximum(timed_by[b, k], append[b, p, c])
             append[b, p, c] = NEG_INF
 
         fused_next = fused[:, :, None] + lm.token_scores().reshape(batch, beam_size, vocab)
@@ -73,6 +84,7 @@ def ctc_beam_search(
                               append.flatten(1).gather(1, flat))
         fused = fused_next.flatten(1).gather(1, flat)  # slot 0 adds nothing
         last = torch.where(stayed, last.gather(1, sources), tokens)
+        timed_by = torch.where(stayed, timed_by.gather(1, sources), p_label)
         prefixes.advance(sources, tokens, t)
         lm.follow(beam_rows(sources), tokens.flatten())
     final = torch.logaddexp(p_blank, p_label) + fused + lm.end_scores().view(batch, beam_size)
