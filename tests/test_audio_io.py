@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -126,6 +127,30 @@ def test_the_cli_reads_cut_files_and_gives_one_line_per_bad_one(tmp_path):
     assert proc.stderr.splitlines() == [
         f"error: {garbage}: not a readable audio file (Format not recognised.)",
         f"error: {empty}: empty file"]
+
+
+def test_reading_wav_or_flac_leaves_other_threads_stderr_alone(tmp_path, capfd):
+    """fd 2 went to the null device while any file was opened or decoded (libmpg123's
+    notes), so a server's log lines from other threads were lost; now only MP3 data, and
+    files of no known format, are read so."""
+    audio, rate = sf.read(WEATHER, dtype="float32")
+    sf.write(tmp_path / "a.flac", audio, rate)
+    done = threading.Event()
+
+    def read_files() -> None:
+        while not done.is_set():
+            for path in (WEATHER, tmp_path / "a.flac"):
+                np.concatenate(list(stream_audio(path, block_seconds=0.01)))
+
+    reader = threading.Thread(target=read_files)
+    reader.start()
+    try:
+        for i in range(300):
+            os.write(2, f"line {i}\n".encode())
+    finally:
+        done.set()
+        reader.join()
+    assert capfd.readouterr().err.splitlines() == [f"line {i}" for i in range(300)]
 
 
 def test_quiet_stderr_restores_fd_2_on_error(capfd):

@@ -353,6 +353,30 @@ def test_python_api_accepts_arrays(model_dir):
     assert transcriber.transcribe(DATA / name for name in ["clip1.wav"]) == from_file
     with pytest.raises(AudioError, match="^input 0: not audio but a bytes "):
         transcriber.transcribe([str(DATA / "clip1.wav").encode()])
+    # one input outside a list: it was taken as a sequence of inputs (bytes: of integers)
+    for single, kind in ((str(DATA / "clip1.wav").encode(), "bytes"),
+                         (np.float32(0.3), "float32")):
+        with pytest.raises(AudioError, match=f"^input 0: not audio but a {kind} "):
+            transcriber.transcribe(single)
+    assert transcriber.transcribe(torch.from_numpy(audio).bfloat16())[0]  # (NumPy has none)
+    for rate in (0, -8000, "16000", float("nan")):  # soxr's error, or a TypeError
+        with pytest.raises(ValueError, match=f"^sample_rate: the arrays' rate in Hz, a "
+                                             f"positive number; got {rate!r}"):
+            transcriber.transcribe(audio, sample_rate=rate)  # type: ignore[arg-type]
+
+
+def test_paths_that_are_not_audio_files_are_named_for_what_they_are(model_dir, tmp_path):
+    """A pipe, "-" and a broken link were all "no such file"; "" was "." and "a folder"."""
+    transcriber = load_model(model_dir)
+    os.mkfifo(tmp_path / "pipe.wav")
+    (tmp_path / "link.wav").symlink_to(tmp_path / "gone.wav")
+    reasons = {str(tmp_path / "pipe.wav"): ": not a regular file (a pipe, device or socket)",
+               "-": ": no such file (audio is not read from standard input: give a file)",
+               str(tmp_path / "link.wav"): f": a broken symbolic link (to {tmp_path}/gone.wav)",
+               "": "an empty string is not a file name"}
+    results = dict(transcriber.iter_transcripts(list(reasons)))
+    for name, reason in reasons.items():
+        assert str(results[name]).startswith(name + reason if name else reason)
 
 
 def test_python_api_reads_arrays_as_files_are_read():

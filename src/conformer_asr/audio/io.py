@@ -44,7 +44,11 @@ def samples_of(array: object, name: str) -> np.ndarray:
     ``name`` for other shapes or types, or NaN and infinite samples.
     """
     if hasattr(array, "detach"):  # a torch tensor
-        array = array.detach().cpu().numpy()
+        tensor = array.detach().cpu()
+        try:
+            array = tensor.numpy()
+        except TypeError:  # a dtype NumPy lacks (bfloat16)
+            array = tensor.float().numpy()
     if not isinstance(array, np.ndarray):
         raise AudioError(f"{name}: not audio but a {type(array).__name__} (give a file path "
                          "as str or Path, or an array or tensor of samples)")
@@ -79,10 +83,15 @@ def resample(samples: np.ndarray, rate: int, target_rate: int = SAMPLE_RATE) -> 
 
 
 @contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """File descriptor 2 goes to the null device inside: libmpg123 prints notes on damaged
-    or non-MP3 data there from C, past ``sys.stderr``. Restored on leaving, error or not;
-    one thread at a time, as fd 2 is the process's."""
+def _quiet_stderr(needed: bool = True) -> Iterator[None]:
+    """File descriptor 2 goes to the null device inside, if ``needed``: libmpg123 prints
+    notes on damaged or non-MP3 data there from C, past ``sys.stderr``. Restored on
+    leaving, error or not; one thread at a time, as fd 2 is the process's, so what other
+    threads write to stderr meanwhile is lost: only MP3 data and files of no known format
+    (which libsndfile gives to libmpg123 last) are read inside it."""
+    if not needed:
+        yield
+        return
     with _STDERR_LOCK, open(os.devnull, "wb") as null:
         if sys.stderr is not None:
             sys.stderr.flush()
@@ -101,15 +110,33 @@ def _quiet_stderr() -> Iterator[None]:
             os.close(saved)
 
 
+# How the containers that libsndfile reads without libmpg123 begin: WAV, RF64, Wave64,
+# FLAC, OGG, AIFF, CAF, AU
+_NOT_MP3_MAGIC = (b"RIFF", b"RF64", b"riff", b"fLaC", b"OggS", b"FORM", b"caff", b".snd")
+
+
 def _open(path: str | Path) -> sf.SoundFile:
-    path = Path(path)
+    if str(path) == "":
+        raise AudioError("an empty string is not a file name")
+    name, path = str(path), Path(path)  # the name as given: Path drops a leading "./"
     if not path.is_file():
-        reason = "a folder, not an audio file" if path.is_dir() else "no such file"
-        raise AudioError(f"{path}: {reason}")
+        if path.is_dir():
+            reason = "a folder, not an audio file"
+        elif path.is_symlink() and not path.exists():
+            reason = f"a broken symbolic link (to {os.readlink(path)})"
+        elif path.exists():
+            reason = "not a regular file (a pipe, device or socket): give an audio file"
+        elif name == "-":
+            reason = "no such file (audio is not read from standard input: give a file)"
+        else:
+            reason = "no such file"
+        raise AudioError(f"{name}: {reason}")
     if path.stat().st_size == 0:
-        raise AudioError(f"{path}: empty file")
+        raise AudioError(f"{name}: empty file")
+    with path.open("rb") as f:
+        maybe_mp3 = not f.read(4).startswith(_NOT_MP3_MAGIC)
     try:
-        with _quiet_stderr():
+        with _quiet_stderr(maybe_mp3):
             return sf.SoundFile(path)
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
         if getattr(error, "code", None) == _SFE_BAD_FILE:
@@ -118,7 +145,7 @@ def _open(path: str | Path) -> sf.SoundFile:
             reason = "Format not recognised."
         else:
             reason = str(error).split(":")[-1].strip() or "unreadable"
-        raise AudioError(f"{path}: not a readable audio file ({reason})") from None
+        raise AudioError(f"{name}: not a readable audio file ({reason})") from None
 
 
 def _read(f: sf.SoundFile, frames: int) -> tuple[np.ndarray, int]:
@@ -131,7 +158,7 @@ def _read(f: sf.SoundFile, frames: int) -> tuple[np.ndarray, int]:
     frames decoded before it, and seeks after every read, which fails in a cut FLAC file.
     """
     out = np.empty((frames, f.channels), dtype=np.float32)
-    with _quiet_stderr():
+    with _quiet_stderr(f.format == "MPEG"):
         n = sf._snd.sf_readf_float(f._file, sf._ffi.cast("float *", out.ctypes.data), frames)
         error = sf._snd.sf_error(f._file)
     return out[:n], error

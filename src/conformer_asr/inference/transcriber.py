@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
+import numbers
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,10 +149,15 @@ class Transcriber:
         self, inputs: Iterable[AudioInput] | AudioInput, sample_rate: int = SAMPLE_RATE
     ) -> Iterator[tuple[AudioInput, Transcript | AudioError]]:
         """Yield (input, Transcript or AudioError) in input order; errors do not stop the rest."""
-        # one recording, not a sequence of characters or samples; any other iterable is a
-        # sequence of inputs (a generator too: each is handed back with its result)
-        inputs = ([inputs] if isinstance(inputs, str | Path | np.ndarray | torch.Tensor)
-                  else list(inputs))
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real) \
+                or not 0 < sample_rate < math.inf:
+            raise ValueError(f"sample_rate: the arrays' rate in Hz, a positive number; got "
+                             f"{sample_rate!r}")
+        # one recording (or one thing that is not a recording: it is named as such), not a
+        # sequence of characters, bytes or samples; any other iterable is a sequence of
+        # inputs (a generator too: each is handed back with its result)
+        single = str | bytes | Path | np.ndarray | np.generic | torch.Tensor
+        inputs = [inputs] if isinstance(inputs, single) else list(inputs)
         pending: dict[int, list[tuple[_Segment, Hypothesis]]] = {}
         finished: dict[int, float | AudioError] = {}  # duration, or why the input failed
         batch: list[_Segment] = []
