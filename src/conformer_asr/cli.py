@@ -162,13 +162,6 @@ def _train_lm(args: argparse.Namespace) -> int:
     return 0
 
 
-def _floats(text: str) -> list[float]:
-    values = [_number(x) for x in text.split(",") if x.strip()]
-    if not values:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}")
-    return values
-
-
 # Flag types: a bad value is an argparse error that names the flag the user typed (the
 # functions behind the flags name their own parameters: `steps`, `beam_size`).
 
@@ -183,18 +176,21 @@ def _number(text: str) -> float:
     return value
 
 
-def _positive_number(text: str) -> float:
-    value = _number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+def _floats(text: str) -> list[float]:
+    values = [_number(x) for x in text.split(",") if x.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}")
+    return values
 
 
-def _fraction(text: str) -> float:
-    value = _number(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
+def _number_between(low: float, high: float, meaning: str) -> Callable[[str], float]:
+    """The type of a flag whose number must lie strictly between ``low`` and ``high``."""
+    def parse(text: str) -> float:
+        value = _number(text)
+        if not low < value < high:
+            raise argparse.ArgumentTypeError(f"must be {meaning}, got {text}")
+        return value
+    return parse
 
 
 def _count(text: str) -> int:
@@ -324,10 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="small", help="LM size: tiny, small or paper")
     p.add_argument("--steps", type=_count, default=2000)
     p.add_argument("--batch-size", type=_count, default=64, help="sentences per step")
-    p.add_argument("--lr", type=_positive_number, default=2e-3,
+    p.add_argument("--lr", type=_number_between(0, math.inf, "positive"), default=2e-3,
                    help="peak learning rate (Noam schedule)")
     p.add_argument("--warmup-steps", type=_count, default=200)
-    p.add_argument("--heldout-fraction", type=_fraction, default=0.02)
+    p.add_argument("--heldout-fraction", type=_number_between(0, 1, "between 0 and 1"),
+                   default=0.02)
     p.add_argument("--seed", type=int, default=0)
     _add_device_flag(p)
     p.set_defaults(run=_train_lm)
