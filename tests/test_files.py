@@ -1,5 +1,6 @@
 """files: whole files or none, errors that name the file, leftovers of killed writes."""
 
+import errno
 import gzip
 import os
 import signal
@@ -107,7 +108,7 @@ def test_a_killed_runs_folder_is_free_at_once_though_its_children_live_on(tmp_pa
                            text=True)
     child = int(run.stdout.readline())
     try:
-        with pytest.raises(ValueError, match=rf"^out_dir: another training run \(process "
+        with pytest.raises(ValueError, match=rf"^out_dir: another run \(process "
                                              rf"{run.pid}\) is using {folder}; wait for it, "
                                              "or stop it$"), claimed(folder, "out_dir"):
             pass
@@ -133,3 +134,47 @@ def test_a_folder_made_for_a_run_that_failed_at_once_is_removed(tmp_path):
         (tmp_path / "written" / "config.yaml").write_text("x")
         raise RuntimeError("stopped after writing")
     assert (tmp_path / "written" / "config.yaml").is_file()
+
+
+_FILE_SIZE_LIMIT = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000))
+"""
+
+_WRITERS = """
+from pathlib import Path
+import torch
+from conformer_asr.files import save_torch
+from conformer_asr.inference.model_dir import BUNDLED_DIR, write_folder
+from conformer_asr.text.tokenizer import Tokenizer
+from conformer_asr.training.checkpoints import AtomicCheckpointIO
+
+out = Path(sys.argv[1])
+big = {"w": torch.zeros(200_000)}  # 800 kB
+writes = [
+    lambda: save_torch(big, out / "state.pt"),
+    lambda: AtomicCheckpointIO().save_checkpoint(big, out / "checkpoints" / "last.ckpt"),
+    lambda: write_folder(out / "model", Tokenizer.load(BUNDLED_DIR), big, {}),
+]
+for write in writes:
+    try:
+        write()
+    except OSError as error:
+        print(error.errno, error.filename)
+"""
+
+
+def test_a_write_that_fails_for_space_names_its_file_and_leaves_no_part(tmp_path):
+    """A full disk stands in for a file-size limit here. torch.save and safetensors raised
+    errors of their own that named no file ("unexpected pos 576 vs 534"), the command line
+    printed their tracebacks, and a failed checkpoint's temporary file stayed, filling the
+    disk."""
+    proc = subprocess.run([sys.executable, "-c", _FILE_SIZE_LIMIT + _WRITERS, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        f"{errno.EFBIG} {tmp_path / name}"
+        for name in ("state.pt", "checkpoints/last.ckpt", "model/model.safetensors")]
+    assert not list((tmp_path / "checkpoints").iterdir())
+    assert [p.name for p in (tmp_path / "model").iterdir()] == ["tokenizer.model"]

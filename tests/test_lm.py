@@ -150,7 +150,7 @@ def test_train_lm_keeps_a_second_run_out_of_its_folder(corpus, tokenizer, tmp_pa
          "\n    time.sleep(60)", str(out)], stdout=subprocess.PIPE, text=True)
     try:
         holder.stdout.readline()
-        with pytest.raises(ValueError, match=f"^--out: another training run \\(process "
+        with pytest.raises(ValueError, match=f"^--out: another run \\(process "
                                              f"{holder.pid}\\) is using {out}; wait for it, or "
                                              "stop it$"):
             train_lm([corpus], tokenizer, out, get_lm_config("tiny"), _train_config(5))

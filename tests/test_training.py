@@ -422,7 +422,7 @@ def test_a_second_run_in_the_same_folder_stops_at_once(tmp_path):
         out = proc.stdout
     assert proc.returncode == 2, out[-3000:]
     assert out.strip().splitlines()[-1] == (
-        f"error: out_dir: another training run (process 4242) is using {exp}; wait for it, "
+        f"error: out_dir: another run (process 4242) is using {exp}; wait for it, "
         "or stop it")
     assert sorted(p.name for p in exp.iterdir()) == [".lock"]  # nothing written
 
@@ -491,6 +491,17 @@ def test_a_resume_that_cannot_fit_its_checkpoints_stops_before_writing(tmp_path)
     assert proc.stdout.strip().splitlines()[-1] == (
         f"error: {exp / 'tokenizer' / 'tokenizer.model'}: missing, and the checkpoints in {exp} "
         "need the tokenizer they were trained with; put it back, or use a new out_dir")
+
+
+def test_curves_that_cannot_be_drawn_do_not_stop_training(tmp_path):
+    """A full disk at curves.png ended the run (its checkpoints were fine)."""
+    config = _config(tmp_path, max_steps=5)
+    (tmp_path / "exp" / "curves.png").mkdir(parents=True)  # cannot be written over
+    proc = _train(config)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert (f"warning: {tmp_path / 'exp' / 'curves.png'}: Is a directory; the curves are drawn "
+            "again after the next validation") in proc.stdout
+    assert (tmp_path / "exp" / "model" / "model.safetensors").is_file()
 
 
 def test_settings_that_cannot_train_are_one_line_errors(tmp_path):

@@ -18,6 +18,7 @@ import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 LEFTOVER_PATTERN = ".*.tmp*"  # the names temporary_beside makes
 LOCK_FILE = ".lock"
@@ -82,6 +83,22 @@ def write_atomically(path: str | Path, data: str | bytes, sync: bool = False) ->
             tmp.write_bytes(data)
 
 
+def save_torch(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` through a Python file object, so that a failed write (a
+    full disk) raises the OSError behind it, naming ``path``; given a path, torch says only
+    "unexpected pos 576 vs 534"."""
+    import torch  # here: the command line imports this module, and needs no torch to start
+
+    try:
+        with path.open("wb") as f:
+            torch.save(obj, f)
+    except RuntimeError as error:
+        cause = error.__context__
+        if isinstance(cause, OSError) and cause.errno is not None:
+            raise OSError(cause.errno, cause.strerror, str(path)) from None
+        raise
+
+
 def remove_leftovers(folder: Path) -> int:
     """Delete the temporary files that writes killed midway left in ``folder`` -> how many.
     Call it only while no other process writes there."""
@@ -115,12 +132,15 @@ def claimed(folder: Path, name: str) -> Iterator[None]:
                 else:
                     handle.seek(0)
                     holder = handle.read().strip() or "?"
-                    raise ValueError(f"{name}: another training run (process {holder}) is "
-                                     f"using {folder}; wait for it, or stop it") from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
+                    raise ValueError(f"{name}: another run (process {holder}) is using "
+                                     f"{folder}; wait for it, or stop it") from None
+            try:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"{os.getpid()}\n")
+                handle.flush()
+            except OSError as error:  # a full disk: name the file
+                raise OSError(error.errno, error.strerror, handle.name) from None
             for inner in (folder, *(p for p in folder.iterdir() if p.is_dir())):
                 remove_leftovers(inner)
             yield

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any, TypeVar
 
+import safetensors.torch
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..decoding.search import DecodingOptions
-from ..files import read_text, replacing, write_atomically
+from ..files import read_text, write_atomically
 from ..models import ASRModel, ModelConfig
 from ..models.config import ConfigError
 from ..text.tokenizer import MODEL_FILE, Tokenizer
@@ -63,9 +63,9 @@ def write_folder(
     """Tokenizer, weights, then config.json, each atomically (model and LM folders)."""
     tokenizer.save(directory)
     weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
-    with replacing(directory / WEIGHTS_FILE) as tmp:
-        save_file(weights, str(tmp))
-        os.chmod(tmp, 0o644)  # safetensors makes it owner-only; a folder is meant to be shared
+    # serialised in memory and written by Python: safetensors' own writer raises its own
+    # error for a full disk, naming no file
+    write_atomically(directory / WEIGHTS_FILE, safetensors.torch.save(weights))
     write_atomically(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return directory
 

@@ -34,7 +34,12 @@ def pack_model(
                             "(train-lm writes one)")
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_lm_dir(lm, tokenizer, tmp / LM_SUBDIR, lm_info, half=True, words=words)
-    save_model_dir(model, tokenizer, tmp, config.info, decoding)
-    tmp.replace(out)
+    try:
+        save_lm_dir(lm, tokenizer, tmp / LM_SUBDIR, lm_info, half=True, words=words)
+        save_model_dir(model, tokenizer, tmp, config.info, decoding)
+        tmp.replace(out)
+    except OSError as error:  # a full disk: free it, and name the file as it would be
+        shutil.rmtree(tmp, ignore_errors=True)
+        name = str(error.filename or tmp).replace(str(tmp), str(out), 1)
+        raise OSError(error.errno, error.strerror, name) from None
     return out

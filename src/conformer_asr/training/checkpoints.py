@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ..files import flush_to_disk, temporary_beside
+from ..files import flush_to_disk, save_torch, temporary_beside
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -32,10 +32,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
     ) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = temporary_beside(path)
-        torch.save(checkpoint, tmp)
-        flush_to_disk(tmp)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_torch(checkpoint, tmp)
+            flush_to_disk(tmp)
+        except OSError as error:  # named by the checkpoint, and no half file left to fill
+            tmp.unlink(missing_ok=True)  # the disk
+            raise OSError(error.errno, error.strerror, str(path)) from None
         replaced = self._written.get(path)  # saved again before it was published
         self._written[path] = tmp
         if replaced is not None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..files import LOCK_FILE, claimed, replacing
+from ..files import LOCK_FILE, claimed, replacing, save_torch
 from ..inference.lm_dir import save_lm_dir
 from ..models.config import ConfigError
 from ..models.lm import LMConfig, WordPieceLM
@@ -232,7 +232,7 @@ def _train_lm_in(
                 running, running_tokens = 0.0, 0
             if step % config.checkpoint_every == 0 or step == config.steps or stop:
                 with replacing(state_path, sync=True) as tmp:
-                    torch.save({"lm_config": lm.cfg.to_dict(), "pieces": pieces, "step": step,
+                    save_torch({"lm_config": lm.cfg.to_dict(), "pieces": pieces, "step": step,
                                 "model": lm.state_dict(), "optimizer": optimizer.state_dict(),
                                 "scheduler": scheduler.state_dict(),
                                 "heldout_perplexity_start": start_ppl}, tmp)

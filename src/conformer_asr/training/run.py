@@ -110,7 +110,11 @@ class _TrainingLog(Callback):
         if trainer.is_global_zero and not trainer.sanity_checking:
             self.logger.save()
             if self.logger.metrics_csv.is_file():
-                plot_curves(self.logger.metrics_csv, self.out_png)
+                try:
+                    plot_curves(self.logger.metrics_csv, self.out_png)
+                except OSError as error:  # a picture is no reason to stop training
+                    print(f"warning: {error.filename or self.out_png}: {error.strerror}; "
+                          "the curves are drawn again after the next validation")
 
 
 def _has_checkpoints(out: Path) -> bool:

@@ -46,12 +46,11 @@ from typing import Any
 import soundfile as sf
 from tqdm import tqdm
 
-from ...files import write_atomically
+from ...files import claimed, write_atomically
 from .store import (
     SPLITS,
     SynthError,
     append_record,
-    locked,
     manifest_path,
     read_records,
     remove_partial_files,
@@ -399,8 +398,7 @@ def build(config: SynthConfig) -> dict[str, Any]:
     plan = plan_corpus(sentences, voices, count, config.seed)
 
     out_dir = config.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with locked(out_dir):
+    with claimed(out_dir, "--out"):
         _check_build_file(out_dir, config.seed, plan_fingerprint(sentences, voices, config.seed))
         for split in SPLITS:
             (out_dir / "audio" / split).mkdir(parents=True, exist_ok=True)

@@ -10,10 +10,8 @@ deleted.
 
 from __future__ import annotations
 
-import fcntl
 import json
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -60,20 +58,11 @@ def remove_partial_files(out_dir: Path) -> None:
 
 def append_record(out_dir: Path, split: str, record: dict[str, Any]) -> None:
     """Append one record to its split's manifest as a single whole line."""
-    with open(manifest_path(out_dir, split), "a", encoding="utf-8") as out:
-        out.write(json.dumps(record) + "\n")
+    path = manifest_path(out_dir, split)
+    try:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(record) + "\n")
+    except OSError as error:  # raised by the close, for a full disk: name the file
+        raise OSError(error.errno, error.strerror, str(path)) from None
 
 
-@contextmanager
-def locked(out_dir: Path) -> Iterator[None]:
-    """Hold ``OUT/.lock`` so that two builds never write into one folder at once.
-
-    A POSIX record lock belongs to this process alone, not to the workers it forks, so
-    it goes when the builder does, however it ends.
-    """
-    with open(out_dir / ".lock", "w") as lock:
-        try:
-            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except (BlockingIOError, PermissionError) as error:
-            raise SynthError(f"{out_dir} is being built by another process") from error
-        yield
