@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -257,6 +260,25 @@ def test_hours_cap_stops_early(tmp_path: Path) -> None:
     summary = build_corpus(tmp_path, 60, hours=10 / 3600, jobs=2, seed=5, progress=False,
                            batch_size=1)
     assert summary["hours"] * 3600 >= 10 and summary["utterances"] < 60
+
+
+def test_a_disk_that_takes_no_more_audio_stops_the_build(tmp_path: Path) -> None:
+    """Every FLAC write failed, each was counted as a failed utterance, and a build
+    capped by --hours ran on through the whole sentence pool (a file-size limit stands in
+    for a full disk)."""
+    if MISSING_ENGINES or MISSING_SOURCES:
+        pytest.skip(f"missing TTS engines or text sources: {MISSING_ENGINES} {MISSING_SOURCES}")
+    limited = ("import resource, signal, sys\n"
+               "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000))\n"
+               "from conformer_asr.cli import main\n"
+               "sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", limited, "synth", "--out", str(tmp_path),
+                           "--hours", "1", "--jobs", "1", "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert re.search(rf"^error: {tmp_path}/audio/\w+/[\w-]+\.flac: File too large$",
+                     proc.stderr, re.M), proc.stderr[-2000:]
 
 
 def test_command_line(corpus: tuple[Path, dict], capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,6 +7,7 @@ loaded and festival processes started once per worker, not once per utterance.
 from __future__ import annotations
 
 import ctypes
+import io
 import multiprocessing.util
 import os
 import signal
@@ -17,7 +18,7 @@ import numpy as np
 import soundfile as sf
 
 from ...audio.io import SAMPLE_RATE, resample
-from ...files import replacing
+from ...files import write_atomically
 from .engines import EngineError, Synthesiser
 from .voices import Voice
 
@@ -97,15 +98,19 @@ def _worker_synthesiser() -> Synthesiser:
 
 
 def run_batch(jobs: list[Job]) -> list[Result]:
-    """Synthesise each job; a failure is reported in its Result and stops nothing else."""
+    """Synthesise each job; a synthesiser's failure is reported in its Result and stops
+    nothing else. An OSError writing the audio (a full disk) is raised: it would fail every
+    other job too, and a build counting them would never reach its ``--hours``."""
     synthesiser = _worker_synthesiser()
     results = []
     for job in jobs:
         try:
             audio = condition(*synthesiser.synthesize(job.voice, job.spoken))
-            with replacing(job.path) as temp:  # 16-bit FLAC, whole or not at all
-                sf.write(temp, audio, SAMPLE_RATE, subtype="PCM_16", format="FLAC")
-            results.append(Result(job.id, len(audio) / SAMPLE_RATE))
         except (EngineError, OSError, sf.LibsndfileError) as error:
             results.append(Result(job.id, error=f"{job.voice.id}: {error}"))
+            continue
+        flac = io.BytesIO()  # encoded in memory, then written by Python: its OSError names
+        sf.write(flac, audio, SAMPLE_RATE, subtype="PCM_16", format="FLAC")  # the file
+        write_atomically(job.path, flac.getvalue())  # whole or not at all
+        results.append(Result(job.id, len(audio) / SAMPLE_RATE))
     return results
