@@ -129,6 +129,24 @@ def test_the_cli_reads_cut_files_and_gives_one_line_per_bad_one(tmp_path):
         f"error: {empty}: empty file"]
 
 
+def test_a_file_that_cannot_be_opened_is_an_audio_error(tmp_path, monkeypatch):
+    """Not an OSError, which would stop a whole batch (root reads any file, so the refusal
+    is simulated; by hand with `capsh --drop=cap_dac_override,...` the CLI says the same)."""
+    path = tmp_path / "locked.wav"
+    path.write_bytes(WEATHER.read_bytes())
+    real_open = Path.open
+
+    def refuse(self: Path, *args, **kwargs):
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refuse)
+    for read in (load_audio, _streamed):
+        with pytest.raises(AudioError, match=f"^{path}: Permission denied$"):
+            read(path)
+
+
 def test_reading_wav_or_flac_leaves_other_threads_stderr_alone(tmp_path, capfd):
     """fd 2 went to the null device while any file was opened or decoded (libmpg123's
     notes), so a server's log lines from other threads were lost; now only MP3 data, and

@@ -133,8 +133,11 @@ def _open(path: str | Path) -> sf.SoundFile:
         raise AudioError(f"{name}: {reason}")
     if path.stat().st_size == 0:
         raise AudioError(f"{name}: empty file")
-    with path.open("rb") as f:
-        maybe_mp3 = not f.read(4).startswith(_NOT_MP3_MAGIC)
+    try:
+        with path.open("rb") as f:
+            maybe_mp3 = not f.read(4).startswith(_NOT_MP3_MAGIC)
+    except OSError as error:  # not readable by this user, say
+        raise AudioError(f"{name}: {error.strerror or error}") from None
     try:
         with _quiet_stderr(maybe_mp3):
             return sf.SoundFile(path)
