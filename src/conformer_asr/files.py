@@ -38,6 +38,12 @@ def read_text(path: str | Path) -> str:
         raise ValueError(f"{path}: not a complete gzip file ({error})") from None
 
 
+def naming(error: OSError, path: str | Path) -> OSError:
+    """``error`` again, naming ``path``: the file a user knows (not a temporary one), or
+    any file where the error named none (a failed close or flush names nothing)."""
+    return type(error)(error.errno, error.strerror, str(path))
+
+
 def temporary_beside(path: Path) -> Path:
     """A hidden name beside ``path``, new on each call (DDP ranks or workers writing the same
     file do not collide), that keeps ``path``'s last suffix for writers that read the
@@ -62,7 +68,7 @@ def replacing(path: str | Path, sync: bool = False) -> Iterator[Path]:
     except OSError as error:
         if error.filename not in (None, str(tmp)):  # about another file the block used
             raise
-        raise type(error)(error.errno, error.strerror, str(path)) from None
+        raise naming(error, path) from None
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
@@ -95,7 +101,7 @@ def save_torch(obj: Any, path: Path) -> None:
     except RuntimeError as error:
         cause = error.__context__
         if isinstance(cause, OSError) and cause.errno is not None:
-            raise OSError(cause.errno, cause.strerror, str(path)) from None
+            raise naming(cause, path) from None
         raise
 
 
@@ -140,7 +146,7 @@ def claimed(folder: Path, name: str) -> Iterator[None]:
                 handle.write(f"{os.getpid()}\n")
                 handle.flush()
             except OSError as error:  # a full disk: name the file
-                raise OSError(error.errno, error.strerror, handle.name) from None
+                raise naming(error, handle.name) from None
             for inner in (folder, *(p for p in folder.iterdir() if p.is_dir())):
                 remove_leftovers(inner)
             yield

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..audio.io import AudioError
 from ..data.manifest import plain_records
-from ..files import read_text, temporary_beside, write_atomically
+from ..files import naming, read_text, temporary_beside, write_atomically
 from ..scoring import WordErrors, word_errors
 from ..text.normalize import normalize_text
 from .transcriber import Transcriber
@@ -101,7 +101,7 @@ def evaluate(
             probe.touch()
             probe.unlink()
         except OSError as error:
-            raise OSError(error.errno, error.strerror, str(output)) from None
+            raise naming(error, output) from None
     report = EvalReport()
     hyps: list[dict] = []
     start = time.perf_counter()

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from ..decoding.search import DecodingOptions
+from ..files import naming
 from .lm_dir import load_lm_dir, read_lexicon_words, require_same_tokenizer, save_lm_dir
 from .model_dir import LM_SUBDIR, ModelDirError, load_model_dir, resolve_model_dir, save_model_dir
 
@@ -41,5 +42,5 @@ def pack_model(
     except OSError as error:  # a full disk: free it, and name the file as it would be
         shutil.rmtree(tmp, ignore_errors=True)
         name = str(error.filename or tmp).replace(str(tmp), str(out), 1)
-        raise OSError(error.errno, error.strerror, name) from None
+        raise naming(error, name) from None
     return out

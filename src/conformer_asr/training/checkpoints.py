@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ..files import flush_to_disk, save_torch, temporary_beside
+from ..files import flush_to_disk, naming, save_torch, temporary_beside
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -39,7 +39,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             flush_to_disk(tmp)
         except OSError as error:  # named by the checkpoint, and no half file left to fill
             tmp.unlink(missing_ok=True)  # the disk
-            raise OSError(error.errno, error.strerror, str(path)) from None
+            raise naming(error, path) from None
         replaced = self._written.get(path)  # saved again before it was published
         self._written[path] = tmp
         if replaced is not None:

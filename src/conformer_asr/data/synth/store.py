@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ...files import remove_leftovers, write_atomically
+from ...files import naming, remove_leftovers, write_atomically
 
 SPLITS = ("train", "dev", "test_seen", "test_unseen")
 RECORD_KEYS = ("id", "audio", "text", "duration", "voice", "engine", "source", "licence")
@@ -63,6 +63,4 @@ def append_record(out_dir: Path, split: str, record: dict[str, Any]) -> None:
         with open(path, "a", encoding="utf-8") as out:
             out.write(json.dumps(record) + "\n")
     except OSError as error:  # raised by the close, for a full disk: name the file
-        raise OSError(error.errno, error.strerror, str(path)) from None
-
-
+        raise naming(error, path) from None
