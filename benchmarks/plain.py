@@ -260,7 +260,7 @@ def plain_training_loss(
     pred = heads.predictor(targets)
     joint = heads.joint
     hidden = joint.enc_proj(enc)[:, :, None, :] + joint.pred_proj(pred)[:, None, :, :]
-    logits = joint.out(torch.tanh(hidden))  # (B, T', U+1, V)
+    logits = joint.out(torch.tanh(hidden)).float()  # (B, T', U+1, V), float32 as in ASRModel
     return rnnt_loss_reference(logits, targets.int(), enc_lengths.int(), target_lengths.int(),
                                blank=0, reduction="mean")
 

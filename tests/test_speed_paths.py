@@ -242,6 +242,19 @@ def test_lstm_step_computes_few_rows_itself():
     assert out.shape == (FEW_ROWS - 1, 10) and h.shape == c.shape == (1, FEW_ROWS - 1, 10)
 
 
+def test_lstm_step_under_cpu_autocast_matches_the_module():
+    """Under bfloat16 autocast (validation in bf16 training) the module steps, as autocast
+    runs it; stepping few rows here used to mix bfloat16 and float32 products."""
+    torch.manual_seed(0)
+    lstm = nn.LSTM(6, 10, batch_first=True).eval()
+    x = torch.randn(3, 6)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out, state = lstm_step(lstm, x, None)
+        expected, expected_state = lstm(x[:, None])
+    torch.testing.assert_close(out, expected[:, 0])
+    torch.testing.assert_close(state, expected_state)
+
+
 def _overflow_prone_linear() -> tuple[nn.Sequential, torch.Tensor]:
     """A layer and an input whose int8 product overflows 16-bit pair sums at 8-bit
     activations: every weight and activation quantises to its largest value."""
@@ -363,19 +376,22 @@ def test_quick_benchmark_writes_json(tmp_path):
 
 
 def test_quick_benchmark_in_bf16(tmp_path):
-    """``--precision bf16`` (the GPU table's) runs both paths under bfloat16 autocast and
-    measures MFU against a bfloat16 matmul; the encoder rows run so on the CPU too (the
-    transducer's LSTM has no bfloat16 kernel on this CPU)."""
+    """``--precision bf16`` (the GPU table's) runs both paths of every row but the int8
+    ones under bfloat16 autocast and measures MFU against a bfloat16 matmul."""
     out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--sizes", "s", "--only",
-         "encoder", "int8", "--precision", "bf16", "--json", str(out)],
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--sizes", "s", "--precision",
+         "bf16", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     results = json.loads(out.read_text())
     assert results["settings"]["precision"] == "bf16" and "bf16 matmul peak" in proc.stdout
     assert "int8 rows skipped" in proc.stdout  # int8 against float32 only
-    assert {r["benchmark"] for r in results["rows"]} == {"encoder forward"}
+    assert {r["benchmark"] for r in results["rows"]} == {
+        "encoder forward", "train step", "train step, pruned S=2", "transcribe",
+        "transcribe, bundled", "rnnt loss fwd+bwd",
+    }
     for row in results["rows"]:
         assert row["fast_s"] > 0 and row["baseline_s"] > 0
+
