@@ -13,6 +13,8 @@ import argparse
 import dataclasses
 import json
 import platform
+import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -149,39 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         print("int8 rows skipped: they compare int8 with float32, on the CPU", flush=True)
     print(format_line([header for header, _, _ in COLUMNS]), flush=True)
     rows: list[Row] = []
+    failures: list[str] = []
     configs = {}
-
-    def add(row: Row) -> None:
-        rows.append(row)
-        print(format_row(row), flush=True)
-
-    for size in args.sizes:
-        cfg = model_config(size, args.quick)
-        configs[cfg.name] = cfg.to_dict()
-        model = ASRModel(cfg)
-        for batch in work.encoder_batches if "encoder" in only else ():
-            add(cases.encoder_forward(model, batch, settings))
-        for batch in work.encoder_batches if "int8" in only else ():
-            add(cases.int8_encoder_forward(model, batch, settings))
-        if "int8" in only:
-            add(cases.int8_linear_layers(model, max(work.encoder_batches), settings))
-        if "train" in only:
-            add(cases.train_step(model, settings))
-            add(cases.train_step(model, settings, pruned=True))
-        if "transcribe" in only:
-            add(cases.transcription(model, settings))
-        if "compile" in only:
-            for batch in work.encoder_batches:
-                add(cases.compiled_encoder_forward(model, batch, settings))
-            add(cases.compiled_train_step(model, settings))
-    for one_at_a_time in (False, True):
-        if "transcribe" in only:
-            add(cases.bundled_transcription(settings, one_at_a_time))
-        if "int8" in only:
-            add(cases.int8_bundled_transcription(settings, one_at_a_time))
-    if "loss" in only:
-        add(cases.rnnt_loss_step(settings))
-
     results = {
         "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                     "processor": platform.processor() or platform.machine(),
@@ -191,13 +162,81 @@ def main(argv: list[str] | None = None) -> int:
                      "precision": "bf16" if bf16 else "fp32",
                      "repeats": settings.repeats,
                      "workload": dataclasses.asdict(work), "models": configs},
-        "rows": [dataclasses.asdict(row) for row in rows],
+        "rows": rows,
+        "failures": failures,
+        "complete": False,
     }
+
+    def save() -> None:
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(args.json, json.dumps(results, indent=2, default=_as_dict) + "\n")
+
+    def add(label: str, measure: Callable[..., Row], *args: object, **kwargs: object) -> None:
+        """Runs one row, ``measure(*args, **kwargs)``; a row that fails is reported and the
+        others still run. The JSON is rewritten after each row, so a run stopped at a time
+        limit keeps the rows it measured."""
+        try:
+            row = measure(*args, **kwargs)
+        except Exception as error:  # any failure of one row
+            traceback.print_exc()
+            failures.append(f"{label}: {type(error).__name__}: {error}")
+            print(f"{label}: FAILED, {failures[-1]}", flush=True)
+        else:
+            rows.append(row)
+            print(format_row(row), flush=True)
+        save()
+
+    for size in args.sizes:
+        cfg = model_config(size, args.quick)
+        configs[cfg.name] = cfg.to_dict()
+        model = ASRModel(cfg)
+        for batch in work.encoder_batches if "encoder" in only else ():
+            add(f"encoder forward, {cfg.name}, batch {batch}",
+                cases.encoder_forward, model, batch, settings)
+        for batch in work.encoder_batches if "int8" in only else ():
+            add(f"int8 encoder forward, {cfg.name}, batch {batch}",
+                cases.int8_encoder_forward, model, batch, settings)
+        if "int8" in only:
+            add(f"int8 Linear layers, {cfg.name}",
+                cases.int8_linear_layers, model, max(work.encoder_batches),
+                settings)
+        if "train" in only:
+            add(f"train step, {cfg.name}", cases.train_step, model, settings)
+            add(f"train step, pruned, {cfg.name}",
+                cases.train_step, model, settings, pruned=True)
+        if "transcribe" in only:
+            add(f"transcribe, {cfg.name}", cases.transcription, model, settings)
+        if "compile" in only:
+            for batch in work.encoder_batches:
+                add(f"encoder forward, compiled, {cfg.name}, batch {batch}",
+                    cases.compiled_encoder_forward, model, batch, settings)
+            add(f"train step, compiled, {cfg.name}",
+                cases.compiled_train_step, model, settings)
+    for one_at_a_time in (False, True):
+        batch_name = "one file at a time" if one_at_a_time else "all files at once"
+        if "transcribe" in only:
+            add(f"transcribe, bundled, {batch_name}",
+                cases.bundled_transcription, settings, one_at_a_time)
+        if "int8" in only:
+            add(f"int8 transcribe, bundled, {batch_name}",
+                cases.int8_bundled_transcription, settings, one_at_a_time)
+    if "loss" in only:
+        add("rnnt loss fwd+bwd", cases.rnnt_loss_step, settings)
+
+    results["complete"] = True
+    save()
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(args.json, json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")
+    if failures:
+        print(f"{len(failures)} row(s) failed:", *failures, sep="\n  ", file=sys.stderr)
+        return 1
     return 0
+
+
+def _as_dict(row: Row) -> dict:
+    """JSON for a ``Row``."""
+    return dataclasses.asdict(row)
 
 
 def cpu_model() -> str:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks import run as run_module
 from benchmarks.plain import plain_encoder_like, plain_lm_like, plain_state_dict
 from conformer_asr.inference.lm_dir import load_lm_dir
 from conformer_asr.inference.model_dir import BUNDLED_DIR, LM_SUBDIR
@@ -388,6 +389,7 @@ def test_quick_benchmark_in_bf16(tmp_path):
     results = json.loads(out.read_text())
     assert results["settings"]["precision"] == "bf16" and "bf16 matmul peak" in proc.stdout
     assert "int8 rows skipped" in proc.stdout  # int8 against float32 only
+    assert results["complete"] and results["failures"] == []
     assert {r["benchmark"] for r in results["rows"]} == {
         "encoder forward", "train step", "train step, pruned S=2", "transcribe",
         "transcribe, bundled", "rnnt loss fwd+bwd",
@@ -395,3 +397,21 @@ def test_quick_benchmark_in_bf16(tmp_path):
     for row in results["rows"]:
         assert row["fast_s"] > 0 and row["baseline_s"] > 0
 
+
+def test_a_failing_row_is_reported_and_the_others_still_run(tmp_path, monkeypatch, capsys):
+    def out_of_memory(*args: object) -> None:
+        raise RuntimeError("CUDA out of memory (a stand-in)")
+
+    monkeypatch.setattr(run_module.cases, "encoder_forward", out_of_memory)
+    out = tmp_path / "results.json"
+    code = run_module.main(["--quick", "--sizes", "s", "--only", "encoder", "loss",
+                            "--json", str(out)])
+    assert code == 1
+    results = json.loads(out.read_text())
+    assert [r["benchmark"] for r in results["rows"]] == ["rnnt loss fwd+bwd"]
+    assert results["failures"] == [
+        f"encoder forward, conformer-s-quick, batch {batch}: RuntimeError: CUDA out of memory "
+        "(a stand-in)" for batch in (1, 2)
+    ]
+    assert results["complete"]
+    assert "2 row(s) failed" in capsys.readouterr().err
