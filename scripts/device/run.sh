@@ -8,7 +8,8 @@
 #      fails is reported and the others still run; the JSON is rewritten after each row),
 #   2. `conformer-asr transcribe` of examples/ on the GPU and on the CPU,
 #   3. the test suite in 8 processes, which trains on the GPU where a test lets
-#      Lightning choose.
+#      Lightning choose (-v: each test's result as it finishes, so a time limit
+#      cannot hide which one failed).
 # Logs, the JSON and summary.txt (each step's exit status and time) go to $OUT.
 # DEVICE=cpu runs the same steps on a machine without a GPU (to try the kit).
 set -uo pipefail
@@ -45,4 +46,4 @@ step transcribe "${TRANSCRIBE_LIMIT:-60}" bash -c "
   $cli transcribe --device $device ${examples[*]} > $out/transcripts-$device.txt &&
   $cli transcribe --device cpu ${examples[*]} > $out/transcripts-cpu.txt &&
   cat $out/transcripts-$device.txt && diff $out/transcripts-$device.txt $out/transcripts-cpu.txt"
-step tests "${TEST_LIMIT:-120}" "$python" -m pytest -n 8 -p no:cacheprovider --durations=15
+step tests "${TEST_LIMIT:-120}" "$python" -m pytest -n 8 -v -p no:cacheprovider --durations=15
