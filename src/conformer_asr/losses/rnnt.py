@@ -209,16 +209,20 @@ def _alpha(blank_lp: torch.Tensor, label_lp: torch.Tensor) -> tuple[torch.Tensor
     label_s = _skew(label_lp, diagonals)
     alpha = blank_lp.new_full((batch, diagonals, max_u1), -math.inf)
     alpha[:, 0, 0] = 0.0
-    log_scales = blank_lp.new_zeros(batch, diagonals)
+    log_scales = blank_lp.new_zeros(diagonals, batch)
+    # Each step writes into views of alpha and log_scales made once: on a GPU the
+    # recursion's time is the host's cost of issuing its operations (6 kernels a diagonal
+    # here, 10 with temporaries).
+    alphas, scales = alpha.unbind(1), log_scales.unbind(0)
+    blanks, labels = blank_s.unbind(1), label_s.unbind(1)
     for n in range(1, diagonals):
-        prev = alpha[:, n - 1]
-        step = prev + blank_s[:, n - 1]
-        step[:, 1:] = torch.logaddexp(step[:, 1:], prev[:, :-1] + label_s[:, n - 1])
-        scale = step.amax(dim=1, keepdim=True)
-        scale.masked_fill_(scale == -math.inf, 0.0)  # past the end state
-        alpha[:, n] = step - scale
-        log_scales[:, n] = scale[:, 0]
-    return _unskew(alpha, max_t), log_scales
+        prev, step = alphas[n - 1], alphas[n]
+        torch.add(prev, blanks[n - 1], out=step)
+        torch.logaddexp(step[:, 1:], prev[:, :-1] + labels[n - 1], out=step[:, 1:])
+        scale = torch.amax(step, dim=1, out=scales[n])
+        scale.nan_to_num_(nan=math.nan, posinf=math.inf, neginf=0.0)  # 0 past the end state
+        step.sub_(scale[:, None])
+    return _unskew(alpha, max_t), log_scales.t()
 
 
 def _beta(
@@ -246,18 +250,22 @@ def _beta(
     """
     batch, max_t, max_u1 = blank_lp.shape
     diagonals = max_t + max_u1
-    blank_s = _skew(blank_lp, diagonals)
-    label_s = _skew(label_lp, diagonals)
+    # Each diagonal's scale is taken out of its transitions here, once, not in the loop.
+    scales = log_scales[:, :, None]
+    blank_s = _skew(blank_lp, diagonals).sub_(scales)
+    label_s = _skew(label_lp, diagonals).sub_(scales)
     beta = blank_lp.new_full((batch, diagonals, max_u1), -math.inf)
     items = torch.arange(batch, device=beta.device)
     ends = logit_lengths + target_lengths
     beta[items, ends, target_lengths] = -log_scales[items, ends]
+    step = beta.new_empty(batch, max_u1)
+    betas, blanks, labels = beta.unbind(1), blank_s.unbind(1), label_s.unbind(1)
     for n in range(diagonals - 2, -1, -1):
-        nxt = beta[:, n + 1]
-        step = nxt + blank_s[:, n]
-        step[:, :-1] = torch.logaddexp(step[:, :-1], nxt[:, 1:] + label_s[:, n])
+        nxt = betas[n + 1]
+        torch.add(nxt, blanks[n], out=step)
+        torch.logaddexp(step[:, :-1], nxt[:, 1:] + labels[n], out=step[:, :-1])
         # logaddexp keeps the end state set above on diagonal n = T_b + U_b.
-        beta[:, n] = torch.logaddexp(beta[:, n], step - log_scales[:, n, None])
+        torch.logaddexp(betas[n], step, out=betas[n])
     return _unskew(beta, max_t + 1)
 
 
