@@ -547,6 +547,15 @@ def test_outputs_that_cannot_be_written_are_one_line_errors(model_dir, tmp_path)
     assert result.stderr == f"error: {a_file / 'corpus'}: Not a directory\n"
 
 
+@pytest.mark.skipif(not os.path.ismount("/sys"), reason="no sysfs at /sys")
+def test_an_out_dir_that_takes_no_files_is_found_out_before_decoding(model_dir):
+    """sysfs takes no new files, even from root, as a read-only folder takes none from a
+    user; the error used to come after decoding every input, naming each output."""
+    result = _cli("transcribe", str(DATA / "clip1.wav"), str(DATA / "clip2.wav"), "--model",
+                  str(model_dir), "--out-dir", "/sys")
+    assert (result.returncode, result.stderr) == (2, "error: --out-dir /sys: Permission denied\n")
+
+
 def test_head_flag_picks_the_output_and_names_one_the_model_lacks():
     weather = str(EXAMPLES / "weather.wav")
     default, ctc = _cli("transcribe", weather), _cli("transcribe", weather, "--head", "ctc")

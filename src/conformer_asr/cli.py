@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .device import device_flag
-from .files import write_atomically
+from .files import check_writable, write_atomically
 
 if TYPE_CHECKING:
     from .inference.transcriber import Transcriber, Transcript
@@ -100,6 +100,7 @@ def _output_paths(args: argparse.Namespace) -> list[Path]:
         raise ValueError(f"--out-dir {out_dir}: a file, not a folder")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(paths[0])  # a read-only folder: found out before decoding
     except OSError as exc:
         raise ValueError(f"--out-dir {out_dir}: {exc.strerror or exc}") from None
     return paths

@@ -51,6 +51,18 @@ def temporary_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
 
 
+def check_writable(path: Path) -> None:
+    """Raise an OSError naming ``path`` unless a file can be written to it the way
+    :func:`write_atomically` writes (a read-only folder, say): found out before the work
+    whose result it is to hold, not after."""
+    probe = temporary_beside(path)
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise naming(error, path) from None
+
+
 @contextlib.contextmanager
 def replacing(path: str | Path, sync: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write ``path``'s new contents to; when the block ends

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..audio.io import AudioError
 from ..data.manifest import plain_records
-from ..files import naming, read_text, temporary_beside, write_atomically
+from ..files import check_writable, read_text, write_atomically
 from ..scoring import WordErrors, word_errors
 from ..text.normalize import normalize_text
 from .transcriber import Transcriber
@@ -96,12 +96,7 @@ def evaluate(
             raise ValueError(f"{output}: a folder, not a file to write the hypotheses to")
         if not Path(output).parent.is_dir():
             raise FileNotFoundError(f"{output}: no folder {Path(output).parent} to write it in")
-        probe = temporary_beside(Path(output))  # a read-only folder, say
-        try:
-            probe.touch()
-            probe.unlink()
-        except OSError as error:
-            raise naming(error, output) from None
+        check_writable(Path(output))  # a read-only folder, say
     report = EvalReport()
     hyps: list[dict] = []
     start = time.perf_counter()
