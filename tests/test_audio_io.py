@@ -42,6 +42,40 @@ def _cut_short_warning(path: Path) -> str:
     return f"^{path}: only 1.3 s of the 2.9 s its header gives could be read"
 
 
+def _unfinished_wav(path: Path, extra_chunk: bytes = b"") -> np.ndarray:
+    """weather.wav in 24 bits, ``extra_chunk`` before its data, written to ``path`` with
+    the RIFF and data sizes 0, as a recorder killed before it wrote them leaves them;
+    -> the samples as soundfile reads the finished file."""
+    finished = path.with_name("finished.wav")
+    sf.write(finished, sf.read(WEATHER, dtype="float32")[0], 16000, subtype="PCM_24")
+    data = finished.read_bytes()
+    at = data.index(b"data")
+    path.write_bytes(data[:4] + bytes(4) + data[8:at] + extra_chunk + b"data" + bytes(4)
+                     + data[at + 8:])
+    return sf.read(finished, dtype="float32")[0]
+
+
+@pytest.mark.parametrize("extra_chunk", [b"", b"LIST" + (3).to_bytes(4, "little") + b"abc\0"])
+def test_an_unfinished_wav_is_read_with_a_warning(tmp_path, extra_chunk):
+    """A WAV whose header gives no samples read as holding none, a recording lost."""
+    path = tmp_path / "unfinished.wav"
+    expected = _unfinished_wav(path, extra_chunk)
+    warning = (f"^{path}: its header gives no samples, as a recording stopped before it was "
+               "finished leaves it; the 2.9 s of data after it are read$")
+    with pytest.warns(AudioWarning, match=warning):
+        np.testing.assert_array_equal(load_audio(path), expected)
+    with pytest.warns(AudioWarning, match=warning):
+        np.testing.assert_array_equal(_streamed(path), expected)
+
+
+def test_a_wav_with_no_data_after_its_header_is_still_an_error(tmp_path):
+    path = tmp_path / "header-only.wav"
+    _unfinished_wav(path)
+    path.write_bytes(path.read_bytes()[:path.read_bytes().index(b"data") + 8])
+    with pytest.raises(AudioError, match=f"^{path}: contains no audio samples$"):
+        load_audio(path)
+
+
 def test_a_cut_mp3_is_read_up_to_the_cut(tmp_path, capfd):
     """Its header still counts the whole file's frames; the blocks held uninitialised
     memory (NaN or noise) past the cut, and libmpg123 warned on stderr. The reader warns

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import struct
 import sys
 import threading
 import warnings
@@ -25,7 +27,8 @@ class AudioError(Exception):
 
 
 class AudioWarning(UserWarning):
-    """A file was read only in part (cut short or damaged); the message names the file."""
+    """A file was read only in part (cut short or damaged), or beyond what its header
+    gives (an unfinished WAV file); the message names the file."""
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
@@ -140,7 +143,7 @@ def _open(path: str | Path) -> sf.SoundFile:
         raise AudioError(f"{name}: {error.strerror or error}") from None
     try:
         with _quiet_stderr(maybe_mp3):
-            return sf.SoundFile(path)
+            f = sf.SoundFile(path)
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
         if getattr(error, "code", None) == _SFE_BAD_FILE:
             # what libsndfile's MP3 probe, tried last, says of data it cannot decode: the
@@ -149,6 +152,67 @@ def _open(path: str | Path) -> sf.SoundFile:
         else:
             reason = str(error).split(":")[-1].strip() or "unreadable"
         raise AudioError(f"{name}: not a readable audio file ({reason})") from None
+    if f.format == "WAV" and f.frames == 0:
+        return _unfinished_wav(f, name, path)
+    return f
+
+
+def _unfinished_wav(f: sf.SoundFile, name: str, path: Path) -> sf.SoundFile:
+    """``f`` again, or, where its data chunk's size is 0 and data follows it (a recorder
+    stopped before it wrote the sizes: killed, or its disk full), the same file read as if
+    its header gave the data's size, with an AudioWarning."""
+    data_size_at, data_bytes = _wav_data_chunk(path)
+    if data_size_at is None or data_bytes == 0:
+        return f
+    f.close()
+    f = _ClosingSoundFile(_WavWithSizes(path, data_size_at, data_bytes))
+    warnings.warn(AudioWarning(
+        f"{name}: its header gives no samples, as a recording stopped before it was "
+        f"finished leaves it; the {f.frames / f.samplerate:.1f} s of data after it are read"),
+        stacklevel=3)
+    return f
+
+
+def _wav_data_chunk(path: Path) -> tuple[int | None, int]:
+    """(offset of the data chunk's size field, bytes after that field) for a RIFF WAVE file
+    whose data chunk gives size 0; (None, 0) otherwise."""
+    with path.open("rb") as file:
+        if file.read(12)[8:] != b"WAVE":
+            return None, 0
+        while len(header := file.read(8)) == 8:
+            chunk, size = header[:4], struct.unpack("<I", header[4:])[0]
+            if chunk == b"data":
+                at = file.tell() - 4
+                return (at, path.stat().st_size - at - 4) if size == 0 else (None, 0)
+            file.seek(size + size % 2, os.SEEK_CUR)  # chunks are padded to even sizes
+    return None, 0
+
+
+class _ClosingSoundFile(sf.SoundFile):
+    """A SoundFile over a file object, which it closes with itself."""
+
+    def close(self) -> None:
+        super().close()
+        self.name.close()
+
+
+class _WavWithSizes(io.FileIO):
+    """A WAV file read as if its header gave the RIFF and data sizes that the file's length
+    implies (libsndfile reads a data chunk of size 0 as holding no samples)."""
+
+    def __init__(self, path: Path, data_size_at: int, data_bytes: int) -> None:
+        super().__init__(path, "rb")
+        self._sizes = {4: struct.pack("<I", data_size_at + data_bytes - 4),
+                       data_size_at: struct.pack("<I", data_bytes)}
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        start = self.tell()
+        n = super().readinto(buffer) or 0
+        view = memoryview(buffer).cast("B")
+        for offset, value in self._sizes.items():
+            for i in range(max(offset, start), min(offset + 4, start + n)):
+                view[i - start] = value[i - offset]
+        return n
 
 
 def _read(f: sf.SoundFile, frames: int) -> tuple[np.ndarray, int]:
