@@ -547,6 +547,25 @@ def test_outputs_that_cannot_be_written_are_one_line_errors(model_dir, tmp_path)
     assert result.stderr == f"error: {a_file / 'corpus'}: Not a directory\n"
 
 
+def test_evaluate_prints_its_report_when_the_hypotheses_cannot_be_written(model_dir, tmp_path):
+    """A disk that fills up during decoding (a file-size limit here) costs the hypotheses
+    file, named in one line, not the report, which used to be lost with it."""
+    output = tmp_path / "hyps.jsonl"
+    script = ("import resource, signal, sys\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past it: EFBIG\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (20, 20))\n"
+              "from conformer_asr.cli import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+    result = subprocess.run(
+        [sys.executable, "-c", script, "evaluate", "--manifest", str(DATA / "manifest.jsonl"),
+         "--model", str(model_dir), "--output", str(output)],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stdout.startswith("WER ") and "RTF " in result.stdout
+    assert result.stderr == f"error: {output}: File too large\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.skipif(not os.path.ismount("/sys"), reason="no sysfs at /sys")
 def test_an_out_dir_that_takes_no_files_is_found_out_before_decoding(model_dir):
     """sysfs takes no new files, even from root, as a read-only folder takes none from a

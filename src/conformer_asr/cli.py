@@ -124,10 +124,12 @@ def _render(args: argparse.Namespace, path: str, result: Transcript, alone: bool
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .inference.evaluate import evaluate
+    from .inference.evaluate import check_output, evaluate, write_hypotheses
 
+    if args.output is not None:
+        check_output(args.output)
     transcriber = _load_transcriber(args)
-    report = evaluate(transcriber, args.manifest, args.output)
+    report = evaluate(transcriber, args.manifest)
     if args.json:
         decoding = {**vars(transcriber.options), "lm": transcriber.lm is not None}
         print(json.dumps({**report.to_dict(), "decoding": decoding, "int8": args.int8}))
@@ -135,6 +137,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             print(reason, file=sys.stderr)
     else:
         print(report.format())
+    if args.output is not None:
+        # after the report: a disk that filled up meanwhile costs the file, not the report
+        sys.stdout.flush()
+        write_hypotheses(report, args.output)
     return 1 if report.failed else 0  # scored as empty: the WER is not the model's alone
 
 

@@ -29,6 +29,7 @@ class EvalReport:
     by_speaker: dict[str, WordErrors] = field(default_factory=dict)
     utterances: int = 0
     failed: list[str] = field(default_factory=list)  # one-line reasons
+    hypotheses: list[dict] = field(default_factory=list)  # {"id", "text"} per utterance
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
 
@@ -87,18 +88,30 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     return rows
 
 
+def check_output(output: str | Path) -> None:
+    """Raise unless the hypotheses can be written to ``output`` (a missing or read-only
+    folder, say): found out before decoding, not after."""
+    if Path(output).is_dir():
+        raise ValueError(f"{output}: a folder, not a file to write the hypotheses to")
+    if not Path(output).parent.is_dir():
+        raise FileNotFoundError(f"{output}: no folder {Path(output).parent} to write it in")
+    check_writable(Path(output))
+
+
+def write_hypotheses(report: EvalReport, output: str | Path) -> None:
+    """``report``'s hypotheses as ``{"id", "text"}`` lines, written atomically."""
+    write_atomically(output, "".join(json.dumps(h) + "\n" for h in report.hypotheses))
+
+
 def evaluate(
     transcriber: Transcriber, manifest: str | Path, output: str | Path | None = None
 ) -> EvalReport:
+    """Transcribe ``manifest``'s utterances and score them; with ``output``, write the
+    hypotheses there too (checked before decoding)."""
     utterances = read_manifest(manifest)
-    if output is not None:  # found out now, not after decoding it all
-        if Path(output).is_dir():
-            raise ValueError(f"{output}: a folder, not a file to write the hypotheses to")
-        if not Path(output).parent.is_dir():
-            raise FileNotFoundError(f"{output}: no folder {Path(output).parent} to write it in")
-        check_writable(Path(output))  # a read-only folder, say
+    if output is not None:
+        check_output(output)
     report = EvalReport()
-    hyps: list[dict] = []
     start = time.perf_counter()
     results = transcriber.iter_transcripts([u.audio for u in utterances])
     for utt, (_, result) in zip(utterances, results, strict=True):
@@ -114,8 +127,8 @@ def evaluate(
             speaker = report.by_speaker.get(utt.speaker, WordErrors())
             report.by_speaker[utt.speaker] = speaker + errors
         report.utterances += 1
-        hyps.append({"id": utt.id, "text": text})
+        report.hypotheses.append({"id": utt.id, "text": text})
     report.wall_seconds = time.perf_counter() - start
     if output is not None:
-        write_atomically(output, "".join(json.dumps(h) + "\n" for h in hyps))
+        write_hypotheses(report, output)
     return report
