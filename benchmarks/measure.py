@@ -15,6 +15,8 @@ from torch._C._profiler import _EventType, _ProfilerEvent
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from conformer_asr.stderr import quiet_stderr
+
 Call = Callable[[], object]
 
 
@@ -88,7 +90,8 @@ def peak_bytes(call: Call) -> int:
         call()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    # quiet: the profiler's C++ side prints a line on stderr as it starts and stops
+    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         call()
     events = prof.profiler.kineto_results.experimental_event_tree()
     allocations = sorted(

@@ -206,9 +206,9 @@ def test_reading_wav_or_flac_leaves_other_threads_stderr_alone(tmp_path, capfd):
 
 
 def test_quiet_stderr_restores_fd_2_on_error(capfd):
-    from conformer_asr.audio.io import _quiet_stderr
+    from conformer_asr.stderr import quiet_stderr
 
-    with pytest.raises(ValueError), _quiet_stderr():
+    with pytest.raises(ValueError), quiet_stderr():
         os.write(2, b"hidden\n")
         raise ValueError
     os.write(2, b"shown\n")

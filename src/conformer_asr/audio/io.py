@@ -5,21 +5,19 @@ from __future__ import annotations
 import io
 import os
 import struct
-import sys
-import threading
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
 
+from ..stderr import quiet_stderr
+
 SAMPLE_RATE = 16000
 _LOAD_BLOCK = 1 << 20  # frames decoded at a time by load_audio
 _SFE_BAD_FILE = 7  # libsndfile: "File does not exist or is not a regular file (possibly a pipe?)."
-_STDERR_LOCK = threading.Lock()
 
 
 class AudioError(Exception):
@@ -85,36 +83,9 @@ def resample(samples: np.ndarray, rate: int, target_rate: int = SAMPLE_RATE) -> 
     return soxr.resample(samples, rate, target_rate, quality="HQ").astype(np.float32, copy=False)
 
 
-@contextmanager
-def _quiet_stderr(needed: bool = True) -> Iterator[None]:
-    """File descriptor 2 goes to the null device inside, if ``needed``: libmpg123 prints
-    notes on damaged or non-MP3 data there from C, past ``sys.stderr``. Restored on
-    leaving, error or not; one thread at a time, as fd 2 is the process's, so what other
-    threads write to stderr meanwhile is lost: only MP3 data and files of no known format
-    (which libsndfile gives to libmpg123 last) are read inside it."""
-    if not needed:
-        yield
-        return
-    with _STDERR_LOCK, open(os.devnull, "wb") as null:
-        if sys.stderr is not None:
-            sys.stderr.flush()
-        try:
-            saved = os.dup(2)
-        except OSError:  # fd 2 closed (a daemon's): nothing to silence
-            saved = -1
-        if saved < 0:
-            yield
-            return
-        try:
-            os.dup2(null.fileno(), 2)
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 # How the containers that libsndfile reads without libmpg123 begin: WAV, RF64, Wave64,
-# FLAC, OGG, AIFF, CAF, AU
+# FLAC, OGG, AIFF, CAF, AU. Other data may go to libmpg123, which prints notes on what it
+# cannot decode: it is read inside quiet_stderr, which costs other threads their stderr.
 _NOT_MP3_MAGIC = (b"RIFF", b"RF64", b"riff", b"fLaC", b"OggS", b"FORM", b"caff", b".snd")
 
 
@@ -142,7 +113,7 @@ def _open(path: str | Path) -> sf.SoundFile:
     except OSError as error:  # not readable by this user, say
         raise AudioError(f"{name}: {error.strerror or error}") from None
     try:
-        with _quiet_stderr(maybe_mp3):
+        with quiet_stderr(maybe_mp3):
             f = sf.SoundFile(path)
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
         if getattr(error, "code", None) == _SFE_BAD_FILE:
@@ -225,7 +196,7 @@ def _read(f: sf.SoundFile, frames: int) -> tuple[np.ndarray, int]:
     frames decoded before it, and seeks after every read, which fails in a cut FLAC file.
     """
     out = np.empty((frames, f.channels), dtype=np.float32)
-    with _quiet_stderr(f.format == "MPEG"):
+    with quiet_stderr(f.format == "MPEG"):
         n = sf._snd.sf_readf_float(f._file, sf._ffi.cast("float *", out.ctypes.data), frames)
         error = sf._snd.sf_error(f._file)
     return out[:n], error
