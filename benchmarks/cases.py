@@ -245,6 +245,40 @@ def compiled_encoder_forward(model: ASRModel, batch: int, settings: Settings) ->
     return row
 
 
+def graphed_encoder_forward(model: ASRModel, batch: int, settings: Settings) -> Row:
+    """The encoder's forward (eval, no_grad) captured once in a CUDA graph and replayed, vs
+    the same encoder run eagerly: a replay launches the whole forward at once, where the
+    eager forward launches its ~1,600 operations one by one from Python (the H200 table's
+    encoder rows were bound by that). GPU only; shapes fixed at capture. The largest
+    difference between the replayed and the eager output is in ``extra["max_abs_diff"]``."""
+    cfg = model.cfg
+    feats, lengths = random_features(cfg, batch, settings.work.audio_seconds)
+    encoder = model.encoder.eval()
+
+    @torch.no_grad()
+    def eager() -> torch.Tensor:
+        # autocast's cache of cast weights must be off while a graph is captured
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=settings.bf16,
+                            cache_enabled=False):
+            return encoder(feats, lengths)[0]
+
+    side = torch.cuda.Stream()  # capture wants its warm-up off the default stream
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            eager()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        replayed = eager()
+    # no peak memory: the graph holds its pool from capture on, so a replay allocates none
+    row = compare("encoder forward, CUDA graph", cfg.name, batch, "eager", graph.replay, eager,
+                  settings)
+    graph.replay()
+    row.extra = {"max_abs_diff": float((replayed.float() - eager().float()).abs().max())}
+    return row
+
+
 def compiled_train_step(model: ASRModel, settings: Settings) -> Row:
     """The train step's fast path (see ``train_step``) with the encoder compiled in place
     (``nn.Module.compile``) vs the same step run eagerly. The seconds of the first

@@ -47,6 +47,8 @@ def _notes(row: Row) -> str:
         parts.append(f"logits {extra['logits_mb']:.0f} MB")
     if "peak_flops" in extra:
         parts.append(f"MFU of {extra['peak_flops'] / 1e9:.1f} GFLOP/s")
+    if "max_abs_diff" in extra:
+        parts.append(f"output differs by {extra['max_abs_diff']:.2g} at most")
     if "compile_s" in extra:
         parts.append(f"first call {extra['compile_s']:.0f} s (compiling)")
     if "rtf_fast" in extra:
@@ -90,8 +92,8 @@ def format_row(row: Row) -> str:
 
 
 BENCHMARKS = ["encoder", "int8", "train", "transcribe", "loss"]
-# Opt-in: inductor spends minutes compiling each model on a CPU.
-OPTIONAL = ["compile"]
+# Opt-in: inductor spends minutes compiling each model on a CPU; CUDA graphs need a GPU.
+OPTIONAL = ["compile", "graphs"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -109,7 +111,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "so that a --quick or --only run overwrites no saved results)")
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS + OPTIONAL, default=BENCHMARKS,
                         help="run only these benchmarks (default: all but compile, the "
-                             "torch.compile rows)")
+                             "torch.compile rows, and graphs, the CUDA graph rows)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny models and inputs, one repeat: checks that everything runs")
     parser.add_argument("--device", type=device_flag, default="cpu",
@@ -147,8 +149,11 @@ def main(argv: list[str] | None = None) -> int:
           f"peak {peak / 1e9:.1f} GFLOP/s ({matmul_size}^2 mm), "
           f"median of {settings.repeats} interleaved calls; CPU {cpu}", flush=True)
     only = [b for b in args.only if b != "int8" or (device.type == "cpu" and not bf16)]
-    if only != args.only:
+    if "int8" in args.only and "int8" not in only:
         print("int8 rows skipped: they compare int8 with float32, on the CPU", flush=True)
+    if "graphs" in only and device.type != "cuda":
+        only.remove("graphs")
+        print("CUDA graph rows skipped: they need a CUDA GPU", flush=True)
     print(format_line([header for header, _, _ in COLUMNS]), flush=True)
     rows: list[Row] = []
     failures: list[str] = []
@@ -213,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
                     cases.compiled_encoder_forward, model, batch, settings)
             add(f"train step, compiled, {cfg.name}",
                 cases.compiled_train_step, model, settings)
+        for batch in work.encoder_batches if "graphs" in only else ():
+            add(f"encoder forward, CUDA graph, {cfg.name}, batch {batch}",
+                cases.graphed_encoder_forward, model, batch, settings)
     for one_at_a_time in (False, True):
         batch_name = "one file at a time" if one_at_a_time else "all files at once"
         if "transcribe" in only:

@@ -415,3 +415,12 @@ def test_a_failing_row_is_reported_and_the_others_still_run(tmp_path, monkeypatc
     ]
     assert results["complete"]
     assert "2 row(s) failed" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_graph_rows_are_skipped_without_a_gpu(tmp_path, capsys):
+    out = tmp_path / "results.json"
+    assert run_module.main(["--quick", "--sizes", "s", "--only", "graphs", "--json",
+                            str(out)]) == 0
+    assert "CUDA graph rows skipped: they need a CUDA GPU" in capsys.readouterr().out
+    assert json.loads(out.read_text())["rows"] == []

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The GPU checks, run on the lent GPU machine from the repository root, in one call
 # of the device tool (its time is short: one call, then give the machine back):
-#   run(command="bash scripts/device/run.sh", carry=[".whl"], timeout_s=480)
+#   run(command="bash scripts/device/run.sh", carry=[".whl"], timeout_s=560)
 # after `bash scripts/device/prepare.sh` here. Installs the carried wheels and this
 # checkout into the image's Python, then runs, each under its own time limit:
 #   1. the benchmark table in bf16 for S and M, with training throughput (a row that
 #      fails is reported and the others still run; the JSON is rewritten after each row),
-#   2. `conformer-asr transcribe` of examples/ on the GPU and on the CPU,
-#   3. the test suite in 8 processes, which trains on the GPU where a test lets
+#   2. the encoder forward captured in a CUDA graph against the eager one (opt-in rows),
+#   3. `conformer-asr transcribe` of examples/ on the GPU and on the CPU,
+#   4. the test suite in 8 processes, which trains on the GPU where a test lets
 #      Lightning choose (-v: each test's result as it finishes, so a time limit
 #      cannot hide which one failed).
 # Logs, the JSON and summary.txt (each step's exit status and time) go to $OUT.
@@ -40,6 +41,8 @@ step() {  # step NAME SECONDS COMMAND...: runs COMMAND under a limit, logs to $o
 
 step bench "${BENCH_LIMIT:-240}" "$python" -m benchmarks.run --device "$device" --sizes s m \
   --train-batch 32 --json "$out/results-gpu.json"
+step graphs "${GRAPHS_LIMIT:-90}" "$python" -m benchmarks.run --device "$device" --sizes s m \
+  --only graphs --json "$out/results-gpu-graphs.json"
 cli="$("$python" -c 'import os, sys; print(os.path.dirname(sys.executable))')/conformer-asr"
 examples=(examples/*.wav examples/*.flac)
 step transcribe "${TRANSCRIBE_LIMIT:-60}" bash -c "
