@@ -68,10 +68,12 @@ def test_an_unfinished_wav_is_read_with_a_warning(tmp_path, extra_chunk):
         np.testing.assert_array_equal(_streamed(path), expected)
 
 
-def test_a_wav_with_no_data_after_its_header_is_still_an_error(tmp_path):
+@pytest.mark.parametrize("after", [b"", b"LIST" + (5).to_bytes(4, "little") + b"INFOx\0"])
+def test_a_wav_with_no_data_after_its_header_is_still_an_error(tmp_path, after):
+    """Nothing after the empty data chunk, or only metadata chunks: not read as samples."""
     path = tmp_path / "header-only.wav"
     _unfinished_wav(path)
-    path.write_bytes(path.read_bytes()[:path.read_bytes().index(b"data") + 8])
+    path.write_bytes(path.read_bytes()[:path.read_bytes().index(b"data") + 8] + after)
     with pytest.raises(AudioError, match=f"^{path}: contains no audio samples$"):
         load_audio(path)
 

@@ -146,17 +146,40 @@ def _unfinished_wav(f: sf.SoundFile, name: str, path: Path) -> sf.SoundFile:
 
 def _wav_data_chunk(path: Path) -> tuple[int | None, int]:
     """(offset of the data chunk's size field, bytes after that field) for a RIFF WAVE file
-    whose data chunk gives size 0; (None, 0) otherwise."""
+    whose data chunk gives size 0 and is followed by data, not by other chunks (an empty
+    recording with its metadata); (None, 0) otherwise."""
     with path.open("rb") as file:
         if file.read(12)[8:] != b"WAVE":
             return None, 0
-        while len(header := file.read(8)) == 8:
-            chunk, size = header[:4], struct.unpack("<I", header[4:])[0]
-            if chunk == b"data":
+        while (chunk := _next_chunk(file)) is not None:
+            if chunk == (b"data", 0):
                 at = file.tell() - 4
-                return (at, path.stat().st_size - at - 4) if size == 0 else (None, 0)
-            file.seek(size + size % 2, os.SEEK_CUR)  # chunks are padded to even sizes
+                if _only_chunks_follow(file):
+                    return None, 0
+                return at, path.stat().st_size - at - 4
+            file.seek(chunk[1] + chunk[1] % 2, os.SEEK_CUR)  # chunks are padded to even sizes
     return None, 0
+
+
+def _next_chunk(file: io.BufferedReader) -> tuple[bytes, int] | None:
+    """The (id, size) of the RIFF chunk whose header starts at ``file``'s position."""
+    header = file.read(8)
+    return (header[:4], struct.unpack("<I", header[4:])[0]) if len(header) == 8 else None
+
+
+def _only_chunks_follow(file: io.BufferedReader) -> bool:
+    """Whether what follows ``file``'s position, to its end, is whole RIFF chunks with
+    printable ids (and nothing else); restores the position."""
+    start, end = file.tell(), os.fstat(file.fileno()).st_size
+    try:
+        while file.tell() < end:
+            chunk = _next_chunk(file)
+            if chunk is None or not all(32 <= c < 127 for c in chunk[0]):
+                return False
+            file.seek(chunk[1] + chunk[1] % 2, os.SEEK_CUR)
+        return file.tell() in (end, end + 1)  # the last pad byte may be missing
+    finally:
+        file.seek(start)
 
 
 class _ClosingSoundFile(sf.SoundFile):

@@ -6,9 +6,9 @@ from step to step. Over many rows the cost is spread thin, but over the few rows
 one utterance's beams it is most of the call. So below ``FEW_ROWS`` rows a float LSTM
 in eval mode is stepped here, one matrix product per weight matrix; above, and for int8
 (dynamically quantised) LSTMs, on GPUs, in training and under autocast, by the module
-itself. Both give the same result to float rounding. With the bundled model and LM on 2 threads,
-transcribing 40 test utterances one at a time took 7.9 s instead of 14.9 s, and 200
-in batches (mostly 256-2048 rows a step) took the same time either way.
+itself. Both give the same result to float rounding. With the bundled model and LM on 2
+threads, transcribing 40 test utterances one at a time took 7.9 s instead of 14.9 s, and
+200 in batches (mostly 256-2048 rows a step) took the same time either way.
 
 Over a few rows the products are bound by reading the weights, so where the weights
 are float16 values (the bundled LM is stored in float16) they are read as float16
