@@ -4,12 +4,15 @@ import errno
 import gzip
 import os
 import signal
+import stat
 import subprocess
 import sys
+import threading
 
 import pytest
 
 from conformer_asr.files import (
+    check_writable,
     claimed,
     read_text,
     remove_leftovers,
@@ -53,6 +56,39 @@ def test_an_error_about_another_file_is_not_renamed(tmp_path):
     with pytest.raises(FileNotFoundError) as raised, replacing(tmp_path / "out.txt") as tmp:
         tmp.write_text(missing.read_text())
     assert raised.value.filename == str(missing)
+
+
+def test_a_link_is_written_through_and_a_pipe_or_device_in_place(tmp_path):
+    """``--output`` given a link, a FIFO or a device: each used to be replaced by a plain
+    file (as root, /dev/full and /dev/stdout too)."""
+    (tmp_path / "target.jsonl").write_text("old\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to("target.jsonl")
+    check_writable(link)
+    write_atomically(link, "new\n")
+    assert link.is_symlink() and (tmp_path / "target.jsonl").read_text() == "new\n"
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    read: list[str] = []
+    reader = threading.Thread(target=lambda: read.append(fifo.read_text()), daemon=True)
+    reader.start()
+    check_writable(fifo)  # without opening it: that would wait for a reader
+    write_atomically(fifo, "through the pipe\n")
+    reader.join(timeout=30)
+    assert read == ["through the pipe\n"] and fifo.is_fifo()
+
+    full = tmp_path / "full"  # /dev/full's twin, so that a regression replaces only it
+    try:
+        os.mknod(full, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+        full.open("wb").close()
+    except OSError:
+        pytest.skip("this user cannot make or open a device node here")
+    with pytest.raises(OSError, match=rf"^\[Errno 28\] No space left on device: '{full}'$"):
+        write_atomically(full, "data")
+    assert full.is_char_device()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "full", "link.jsonl",
+                                                         "target.jsonl"]
 
 
 def test_sync_and_leftovers(tmp_path):

@@ -51,12 +51,29 @@ def temporary_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
 
 
+def _written_file(path: Path) -> Path:
+    """The file a write to ``path`` goes to: where ``path`` points if it is a symbolic link
+    (the link stays a link)."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def _is_stream(path: Path) -> bool:
+    """Whether ``path`` is a device, pipe or socket (``/dev/stdout``, a FIFO): written to
+    in place, as there is no file to swap for it."""
+    return path.exists() and not path.is_file() and not path.is_dir()
+
+
 def check_writable(path: Path) -> None:
     """Raise an OSError naming ``path`` unless a file can be written to it the way
     :func:`write_atomically` writes (a read-only folder, say): found out before the work
     whose result it is to hold, not after."""
-    probe = temporary_beside(path)
+    target = _written_file(path)
     try:
+        if _is_stream(target):
+            if not os.access(target, os.W_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return
+        probe = temporary_beside(target)
         probe.touch()
         probe.unlink()
     except OSError as error:
@@ -69,8 +86,16 @@ def replacing(path: str | Path, sync: bool = False) -> Iterator[Path]:
     without error, rename it over ``path``, which so holds either its old contents or all of
     the new. ``sync`` flushes the data to disk before the rename (checkpoints: after a power
     cut the file is complete or absent). On error the temporary file is removed, and an
-    ``OSError`` names ``path``, not the temporary file."""
-    path = Path(path)
+    ``OSError`` names ``path``, not the temporary file. A symbolic link is written through
+    (the file it points to is replaced); a device or pipe is written to in place."""
+    given = Path(path)
+    path = _written_file(given)
+    if _is_stream(path):
+        try:
+            yield path
+        except OSError as error:
+            raise naming(error, given) from None
+        return
     tmp = temporary_beside(path)
     try:
         yield tmp
@@ -80,7 +105,7 @@ def replacing(path: str | Path, sync: bool = False) -> Iterator[Path]:
     except OSError as error:
         if error.filename not in (None, str(tmp)):  # about another file the block used
             raise
-        raise naming(error, path) from None
+        raise naming(error, given) from None
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
