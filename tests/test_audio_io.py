@@ -42,12 +42,14 @@ def _cut_short_warning(path: Path) -> str:
     return f"^{path}: only 1.3 s of the 2.9 s its header gives could be read"
 
 
-def _unfinished_wav(path: Path, extra_chunk: bytes = b"") -> np.ndarray:
-    """weather.wav in 24 bits, ``extra_chunk`` before its data, written to ``path`` with
-    the RIFF and data sizes 0, as a recorder killed before it wrote them leaves them;
-    -> the samples as soundfile reads the finished file."""
+def _unfinished_wav(path: Path, extra_chunk: bytes = b"", fmt: str = "WAV") -> np.ndarray:
+    """weather.wav in 24 bits as ``fmt`` (WAV, or WAVEX: WAVE_FORMAT_EXTENSIBLE), with
+    ``extra_chunk`` before its data, written to ``path`` with the RIFF and data sizes 0, as
+    a recorder killed before it wrote them leaves them; -> the samples as soundfile reads
+    the finished file."""
     finished = path.with_name("finished.wav")
-    sf.write(finished, sf.read(WEATHER, dtype="float32")[0], 16000, subtype="PCM_24")
+    sf.write(finished, sf.read(WEATHER, dtype="float32")[0], 16000, subtype="PCM_24",
+             format=fmt)
     data = finished.read_bytes()
     at = data.index(b"data")
     path.write_bytes(data[:4] + bytes(4) + data[8:at] + extra_chunk + b"data" + bytes(4)
@@ -55,11 +57,13 @@ def _unfinished_wav(path: Path, extra_chunk: bytes = b"") -> np.ndarray:
     return sf.read(finished, dtype="float32")[0]
 
 
-@pytest.mark.parametrize("extra_chunk", [b"", b"LIST" + (3).to_bytes(4, "little") + b"abc\0"])
-def test_an_unfinished_wav_is_read_with_a_warning(tmp_path, extra_chunk):
+@pytest.mark.parametrize(("extra_chunk", "fmt"), [
+    (b"", "WAV"), (b"LIST" + (3).to_bytes(4, "little") + b"abc\0", "WAV"), (b"", "WAVEX"),
+])
+def test_an_unfinished_wav_is_read_with_a_warning(tmp_path, extra_chunk, fmt):
     """A WAV whose header gives no samples read as holding none, a recording lost."""
     path = tmp_path / "unfinished.wav"
-    expected = _unfinished_wav(path, extra_chunk)
+    expected = _unfinished_wav(path, extra_chunk, fmt)
     warning = (f"^{path}: its header gives no samples, as a recording stopped before it was "
                "finished leaves it; the 2.9 s of data after it are read$")
     with pytest.warns(AudioWarning, match=warning):
@@ -68,14 +72,19 @@ def test_an_unfinished_wav_is_read_with_a_warning(tmp_path, extra_chunk):
         np.testing.assert_array_equal(_streamed(path), expected)
 
 
-@pytest.mark.parametrize("after", [b"", b"LIST" + (5).to_bytes(4, "little") + b"INFOx\0"])
+@pytest.mark.parametrize("after", [
+    b"", b"LIST" + (5).to_bytes(4, "little") + b"INFOx\0", b"\x01\x02",  # < one 3-byte frame
+])
 def test_a_wav_with_no_data_after_its_header_is_still_an_error(tmp_path, after):
-    """Nothing after the empty data chunk, or only metadata chunks: not read as samples."""
+    """Nothing after the empty data chunk, only metadata chunks, or less than a frame: not
+    read as samples, and no warning that says otherwise before the error."""
     path = tmp_path / "header-only.wav"
     _unfinished_wav(path)
     path.write_bytes(path.read_bytes()[:path.read_bytes().index(b"data") + 8] + after)
-    with pytest.raises(AudioError, match=f"^{path}: contains no audio samples$"):
-        load_audio(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AudioWarning)
+        with pytest.raises(AudioError, match=f"^{path}: contains no audio samples$"):
+            load_audio(path)
 
 
 def test_a_cut_mp3_is_read_up_to_the_cut(tmp_path, capfd):

@@ -123,7 +123,7 @@ def _open(path: str | Path) -> sf.SoundFile:
         else:
             reason = str(error).split(":")[-1].strip() or "unreadable"
         raise AudioError(f"{name}: not a readable audio file ({reason})") from None
-    if f.format == "WAV" and f.frames == 0:
+    if f.format in ("WAV", "WAVEX") and f.frames == 0:
         return _unfinished_wav(f, name, path)
     return f
 
@@ -133,15 +133,18 @@ def _unfinished_wav(f: sf.SoundFile, name: str, path: Path) -> sf.SoundFile:
     stopped before it wrote the sizes: killed, or its disk full), the same file read as if
     its header gave the data's size, with an AudioWarning."""
     data_size_at, data_bytes = _wav_data_chunk(path)
-    if data_size_at is None or data_bytes == 0:
+    if data_size_at is None:
+        return f
+    whole = _ClosingSoundFile(_WavWithSizes(path, data_size_at, data_bytes))
+    if whole.frames == 0:  # less than one frame of data
+        whole.close()
         return f
     f.close()
-    f = _ClosingSoundFile(_WavWithSizes(path, data_size_at, data_bytes))
     warnings.warn(AudioWarning(
         f"{name}: its header gives no samples, as a recording stopped before it was "
-        f"finished leaves it; the {f.frames / f.samplerate:.1f} s of data after it are read"),
-        stacklevel=3)
-    return f
+        f"finished leaves it; the {whole.frames / whole.samplerate:.1f} s of data after it "
+        "are read"), stacklevel=3)
+    return whole
 
 
 def _wav_data_chunk(path: Path) -> tuple[int | None, int]:
