@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import platform
 import sys
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 from conformer_asr.device import device_flag
-from conformer_asr.files import write_atomically
+from conformer_asr.files import check_writable, write_atomically
 from conformer_asr.models import ASRModel
 from conformer_asr.models.quantize import bf16_convolutions_are_fast, full_range_int8_is_exact
 
@@ -66,7 +67,7 @@ def _notes(row: Row) -> str:
 
 # (header, width, cell) of each column; widths are minimums.
 COLUMNS: list[tuple[str, int, Callable[[Row], str]]] = [
-    ("benchmark", 22, lambda r: r.benchmark),
+    ("benchmark", 27, lambda r: r.benchmark),
     ("size / shape", 19, lambda r: r.size),
     ("batch", 5, lambda r: str(r.batch)),
     ("baseline", 9, lambda r: r.baseline),
@@ -126,6 +127,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.json is not None:  # found out now, not after the first row
+        try:
+            if args.json.is_dir():
+                raise IsADirectoryError(errno.EISDIR, "a folder, not a file")
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            check_writable(args.json)
+        except OSError as error:
+            print(f"error: --json {args.json}: {error.strerror or error}", file=sys.stderr)
+            return 2
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -174,7 +184,6 @@ def main(argv: list[str] | None = None) -> int:
 
     def save() -> None:
         if args.json is not None:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
             write_atomically(args.json, json.dumps(results, indent=2, default=_as_dict) + "\n")
 
     def add(label: str, measure: Callable[..., Row], *args: object, **kwargs: object) -> None:

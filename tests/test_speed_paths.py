@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -424,3 +425,12 @@ def test_cuda_graph_rows_are_skipped_without_a_gpu(tmp_path, capsys):
                             str(out)]) == 0
     assert "CUDA graph rows skipped: they need a CUDA GPU" in capsys.readouterr().out
     assert json.loads(out.read_text())["rows"] == []
+
+
+def test_a_json_file_that_cannot_be_written_is_found_out_before_the_first_row(tmp_path, capsys):
+    """It used to end the run in a traceback after the first row."""
+    assert run_module.main(["--quick", "--only", "loss", "--json", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: --json {tmp_path}: a folder, not a file\n"
+    if os.path.ismount("/sys"):  # takes no new files, even from root
+        assert run_module.main(["--quick", "--only", "loss", "--json", "/sys/x.json"]) == 2
+        assert capsys.readouterr().err == "error: --json /sys/x.json: Permission denied\n"

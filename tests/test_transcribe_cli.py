@@ -534,6 +534,10 @@ def test_outputs_that_cannot_be_written_are_one_line_errors(model_dir, tmp_path)
                   "--out-dir", str(a_file))
     assert (result.returncode, result.stderr) == (2, f"error: --out-dir {a_file}: a file, "
                                                      "not a folder\n")
+    result = _cli("transcribe", str(DATA / "clip1.wav"), "--model", str(model_dir),
+                  "--out-dir", "")  # wrote into the current folder
+    assert (result.returncode, result.stderr) == (2, "error: --out-dir: an empty string is "
+                                                     "not a folder name\n")
     # one output that cannot be written: named, and the other inputs' are still written
     subs = tmp_path / "subs"
     (subs / "clip1.txt").mkdir(parents=True)
@@ -567,12 +571,16 @@ def test_evaluate_prints_its_report_when_the_hypotheses_cannot_be_written(model_
 
 
 @pytest.mark.skipif(not os.path.ismount("/sys"), reason="no sysfs at /sys")
-def test_an_out_dir_that_takes_no_files_is_found_out_before_decoding(model_dir):
+def test_outputs_in_a_folder_that_takes_no_files_are_found_out_before_decoding(model_dir):
     """sysfs takes no new files, even from root, as a read-only folder takes none from a
-    user; the error used to come after decoding every input, naming each output."""
+    user; transcribe's error used to come after decoding every input, naming each output,
+    and evaluate's exit status was 1, as for a file that failed, not 2."""
     result = _cli("transcribe", str(DATA / "clip1.wav"), str(DATA / "clip2.wav"), "--model",
                   str(model_dir), "--out-dir", "/sys")
     assert (result.returncode, result.stderr) == (2, "error: --out-dir /sys: Permission denied\n")
+    result = _cli("evaluate", "--manifest", str(DATA / "manifest.jsonl"), "--model",
+                  str(model_dir), "--output", "/sys/hyps.jsonl")
+    assert (result.returncode, result.stderr) == (2, "error: /sys/hyps.jsonl: Permission denied\n")
 
 
 def test_head_flag_picks_the_output_and_names_one_the_model_lacks():

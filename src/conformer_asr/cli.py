@@ -89,6 +89,8 @@ def _output_paths(args: argparse.Namespace) -> list[Path]:
         if args.format in ("srt", "vtt") and len(args.audio) > 1:
             raise ValueError(f"--format {args.format}: give --out-dir for more than one file")
         return []
+    if args.out_dir == "":
+        raise ValueError("--out-dir: an empty string is not a folder name")
     out_dir = Path(args.out_dir)
     paths = [out_dir / (Path(audio).stem + OUTPUT_SUFFIXES[args.format]) for audio in args.audio]
     first: dict[Path, str] = {}
@@ -127,7 +129,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .inference.evaluate import check_output, evaluate, write_hypotheses
 
     if args.output is not None:
-        check_output(args.output)
+        try:
+            check_output(args.output)
+        except OSError as error:  # found before any work, as a missing folder is: exit 2
+            raise ValueError(_described(error)) from None
     transcriber = _load_transcriber(args)
     report = evaluate(transcriber, args.manifest)
     if args.json:
