@@ -8,10 +8,12 @@ import stat
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
 from conformer_asr.files import (
+    _in_place,
     check_writable,
     claimed,
     read_text,
@@ -78,6 +80,17 @@ def test_a_link_is_written_through_and_a_pipe_or_device_in_place(tmp_path):
     reader.join(timeout=30)
     assert read == ["through the pipe\n"] and fifo.is_fifo()
 
+    stdout = tmp_path / "stdout"  # as /dev/stdout, which a regression would replace
+    stdout.symlink_to("/proc/self/fd/1")
+    to_stdout = subprocess.run(
+        [sys.executable, "-c", "from conformer_asr.files import write_atomically; "
+         f"write_atomically({str(stdout)!r}, 'to the pipe')"],
+        capture_output=True, text=True, timeout=60)
+    assert (to_stdout.returncode, to_stdout.stdout) == (0, "to the pipe")
+    assert stdout.is_symlink()
+    # a name in /dev is written in place even where it leads to a file (a shell's redirect)
+    assert _in_place(Path("/dev/stdout")) and not _in_place(tmp_path / "target.jsonl")
+
     full = tmp_path / "full"  # /dev/full's twin, so that a regression replaces only it
     try:
         os.mknod(full, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
@@ -88,7 +101,7 @@ def test_a_link_is_written_through_and_a_pipe_or_device_in_place(tmp_path):
         write_atomically(full, "data")
     assert full.is_char_device()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "full", "link.jsonl",
-                                                         "target.jsonl"]
+                                                         "stdout", "target.jsonl"]
 
 
 def test_sync_and_leftovers(tmp_path):

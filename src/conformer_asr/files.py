@@ -57,23 +57,24 @@ def _written_file(path: Path) -> Path:
     return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
-def _is_stream(path: Path) -> bool:
-    """Whether ``path`` is a device, pipe or socket (``/dev/stdout``, a FIFO): written to
-    in place, as there is no file to swap for it."""
-    return path.exists() and not path.is_file() and not path.is_dir()
+def _in_place(path: Path) -> bool:
+    """Whether a write to ``path`` goes into it as it is, with no file swapped for it: a
+    device, pipe or socket (a FIFO), or any name in /dev (``/dev/stdout`` is the file a
+    shell redirects to, which must stay the one the shell has open)."""
+    return (path.absolute().is_relative_to("/dev")
+            or (path.exists() and not path.is_file() and not path.is_dir()))
 
 
 def check_writable(path: Path) -> None:
     """Raise an OSError naming ``path`` unless a file can be written to it the way
     :func:`write_atomically` writes (a read-only folder, say): found out before the work
     whose result it is to hold, not after."""
-    target = _written_file(path)
     try:
-        if _is_stream(target):
-            if not os.access(target, os.W_OK):
+        if _in_place(path):  # not opened: a FIFO would wait for its reader
+            if not os.access(path, os.W_OK):
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
             return
-        probe = temporary_beside(target)
+        probe = temporary_beside(_written_file(path))
         probe.touch()
         probe.unlink()
     except OSError as error:
@@ -89,13 +90,13 @@ def replacing(path: str | Path, sync: bool = False) -> Iterator[Path]:
     ``OSError`` names ``path``, not the temporary file. A symbolic link is written through
     (the file it points to is replaced); a device or pipe is written to in place."""
     given = Path(path)
-    path = _written_file(given)
-    if _is_stream(path):
+    if _in_place(given):
         try:
-            yield path
+            yield given
         except OSError as error:
             raise naming(error, given) from None
         return
+    path = _written_file(given)
     tmp = temporary_beside(path)
     try:
         yield tmp
