@@ -1,9 +1,12 @@
 """Pause finding (how the transcriber uses it: tests/test_transcribe_cli.py)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import soundfile as sf
 
-from conformer_asr.audio.pauses import find_pauses
+from conformer_asr.audio.pauses import find_pauses, is_steady
 
 RATE = 16000
 
@@ -40,3 +43,26 @@ def test_quiet_background_alone_is_one_pause_and_a_steady_sound_none():
         assert find_pauses(silence) == [(0, 3 * RATE)]
     assert find_pauses(bursts_and_gaps([("burst", 3.0)])) == []
     assert find_pauses(np.zeros(100, np.float32)) == []  # shorter than a frame
+
+
+def test_steady_sounds_are_told_from_speech():
+    """Silence, dither, hum and hiss alone are steady (the transcriber does not decode
+    them); speech is not, even at 1e-4 of full scale or in white noise as loud as it."""
+    rng = np.random.default_rng(0)
+    t = np.arange(3 * RATE) / RATE
+    steady = {
+        "digital silence": np.zeros(3 * RATE),
+        "16-bit dither": rng.integers(-1, 2, 3 * RATE) / 32768,
+        "50 Hz hum": 0.01 * np.sin(2 * np.pi * 50 * t) + 0.003 * np.sin(2 * np.pi * 150 * t),
+        "white noise, -40 dBFS": 0.01 * rng.standard_normal(3 * RATE),
+        "white noise, -80 dBFS": 1e-4 * rng.standard_normal(3 * RATE),
+    }
+    for name, audio in steady.items():
+        assert is_steady(audio.astype(np.float32)), name
+    speech, rate = sf.read(Path(__file__).parent / "data" / "clip1.wav", dtype="float32")
+    assert rate == RATE
+    noise = rng.standard_normal(len(speech)) * np.sqrt(np.mean(speech**2))
+    for name, audio in {"speech": speech, "speech at 1e-4": 1e-4 * speech / np.abs(speech).max(),
+                        "speech in noise, 0 dB SNR": speech + noise}.items():
+        assert not is_steady(audio.astype(np.float32)), name
+    assert is_steady(np.zeros(100, np.float32))  # shorter than a frame: nothing to decode

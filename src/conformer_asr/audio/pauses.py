@@ -20,17 +20,20 @@ ABOVE_FLOOR_DB = 10.0
 BELOW_LOUD_DB = 35.0
 MIN_BELOW_LOUD_DB = 10.0
 QUIET_DBFS = -60.0
+STEADY_DB = 2.5
 
 
-def frame_levels(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def frame_levels(
+    samples: np.ndarray, sample_rate: int = SAMPLE_RATE, floor_db: float = SILENCE_DB
+) -> np.ndarray:
     """(N,) float in [-1, 1] -> (N // frame,) level of each whole 10 ms frame in dBFS, its
-    mean left out: a DC offset (a cheap sound card's, -40 dBFS and more) made every frame
-    loud, so that no pause was found."""
+    mean left out (a DC offset, a cheap sound card's, -40 dBFS and more, made every frame
+    loud, so that no pause was found), and ``floor_db`` at the least."""
     frame = round(FRAME_SECONDS * sample_rate)
     count = len(samples) // frame
     frames = samples[: count * frame].reshape(count, frame).astype(np.float64)
     power = frames.var(axis=1)
-    return 10.0 * np.log10(np.maximum(power, 10.0 ** (SILENCE_DB / 10.0)))
+    return 10.0 * np.log10(np.maximum(power, 10.0 ** (floor_db / 10.0)))
 
 
 def find_pauses(
@@ -49,3 +52,17 @@ def find_pauses(
     return [(int(start) * frame, int(end) * frame)
             for start, end in zip(edges[::2], edges[1::2], strict=True)
             if end - start >= shortest]
+
+
+def is_steady(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bool:
+    """Whether (N,) ``samples`` hold one steady sound and no speech: the levels of their
+    10 ms frames spread over less than ``STEADY_DB`` (95th minus 5th percentile). Speech
+    rises and falls from syllable to syllable: 14.5 dB or more in the synthetic test sets,
+    still 5.1 dB in white noise as loud as it (0 dB SNR) and 3.0 dB at -5 dB SNR. Digital
+    silence, dither and hum spread 0 dB, white noise 1.5; pink noise, 3.8, is not caught.
+    Levels go down to -300 dBFS here: speech at -80 dBFS (1e-4 of full scale) is speech."""
+    levels = frame_levels(samples, sample_rate, floor_db=-300.0)
+    if len(levels) == 0:
+        return True
+    floor, loud = np.percentile(levels, [5, 95])
+    return bool(loud - floor < STEADY_DB)

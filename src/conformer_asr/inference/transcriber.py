@@ -15,7 +15,9 @@ most one window, as the model was trained on single utterances:
 
 Every segment, the whole of a short input included, is trimmed of any pause at its
 start or end beyond ``PAUSE_MARGIN`` (one that is all pause stays whole): the model
-was trained on utterances with up to a second of silence around them.
+was trained on utterances with up to a second of silence around them. A segment that is
+one steady sound (``audio.pauses.is_steady``: silence, dither, hum or hiss alone) is not
+decoded and has no words: the model, which never heard such input alone, made some up.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch
 
 from ..audio.features import LogMelFeatures
 from ..audio.io import SAMPLE_RATE, AudioError, resample, samples_of, stream_audio
-from ..audio.pauses import FRAME_SECONDS, find_pauses
+from ..audio.pauses import FRAME_SECONDS, find_pauses, is_steady
 from ..decoding.greedy import Hypothesis
 from ..decoding.lexicon import Lexicon
 from ..decoding.search import DecodingOptions, decode
@@ -190,8 +192,10 @@ class Transcriber:
             duration = 0.0
             try:
                 for segment in self._segments(index, item, sample_rate):
-                    batch.append(segment)
                     duration = segment.end
+                    if is_steady(segment.samples):  # no speech (module docstring)
+                        continue
+                    batch.append(segment)
                     if sum(len(s.samples) for s in batch) >= limit:
                         flush()
                         yield from ready()
