@@ -171,9 +171,9 @@ def claimed(folder: Path, name: str) -> Iterator[None]:
                 # neither hold it nor keep it after this process has gone, as with flock
                 fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as error:
-                if error.errno not in (errno.EACCES, errno.EAGAIN):
-                    pass  # a file system without locks: run unguarded
-                else:
+                # held by another process; any other error is a file system without locks,
+                # where the run goes unguarded
+                if error.errno in (errno.EACCES, errno.EAGAIN):
                     handle.seek(0)
                     holder = handle.read().strip() or "?"
                     raise ValueError(f"{name}: another run (process {holder}) is using "

@@ -154,13 +154,12 @@ def _tokenizer(cfg: TrainConfig, train_texts: list[str], out: Path) -> Tokenizer
     if own.is_file() and recorded in (None, wanted):  # a run stopped before its first checkpoint
         return Tokenizer(own)
     try:
-        return Tokenizer.train(train_texts, run_tokenizer(out).parent,
-                               vocab_size=cfg.data.tokenizer.vocab_size)
+        return Tokenizer.train(train_texts, own.parent, vocab_size=wanted)
     except RuntimeError as error:  # SentencePiece's own, e.g. fewer pieces than characters
         needed = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(error))
         if needed is None:
             raise
-        raise ConfigError(f"data.tokenizer.vocab_size: {cfg.data.tokenizer.vocab_size} is too "
+        raise ConfigError(f"data.tokenizer.vocab_size: {wanted} is too "
                           f"small: the training text needs {needed[1]} pieces for its "
                           "characters and the special ones") from None
 
