@@ -297,10 +297,14 @@ def test_trainer_settings_that_lightning_refuses_are_config_errors(tmp_path, cap
     from conformer_asr.cli import main
 
     config = _config(tmp_path)
-    for override, message in [("trainer.devices=abc", "devices"),
-                              ("trainer.precision=fp64x", "Precision 'fp64x' is invalid")]:
-        with pytest.raises(ConfigError, match=f"^trainer: .*{message}"):
-            train(load_config(config, [override]))
+    # checked before Lightning, whose message on a GPU machine named no setting
+    with pytest.raises(ConfigError, match=r"^trainer.devices: 'abc' is neither a number of "
+                                          r"devices, nor GPU indices such as '0,1', nor 'auto'$"):
+        train(load_config(config, ["trainer.devices=abc"]))
+    for devices in ["auto", "1", "-1", "0,1", "1,"]:  # as Lightning reads them
+        assert load_config(config, [f"trainer.devices='{devices}'"]).trainer.devices == devices
+    with pytest.raises(ConfigError, match="^trainer: .*Precision 'fp64x' is invalid"):
+        train(load_config(config, ["trainer.precision=fp64x"]))
     assert main(["train", str(config), "--set", f"data.train={tmp_path / 'none.jsonl'}"]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'none.jsonl'}: no such manifest\n"
 

@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,10 @@ class OptimConfig:
         return self.decoder_weight_noise if step >= self.weight_noise_start_step else 0.0
 
 
+# what Lightning takes as a string: "auto", a count ("2", "-1": all), GPU indices ("0,1")
+_DEVICES = re.compile(r"auto|-?\d+|\d+(,\s*\d+)*,?")
+
+
 @dataclass(frozen=True)
 class TrainerConfig:
     max_steps: int = 100000
@@ -132,6 +137,11 @@ class TrainerConfig:
                      "num_nodes", "log_every_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"trainer.{name}: must be >= 1")
+        # checked here, not left to Lightning: on a GPU machine its error for "abc" was
+        # "invalid literal for int() with base 10: 'abc'", which names no setting
+        if isinstance(self.devices, str) and not _DEVICES.fullmatch(self.devices):
+            raise ConfigError(f"trainer.devices: {self.devices!r} is neither a number of "
+                              "devices, nor GPU indices such as '0,1', nor 'auto'")
 
 
 @dataclass(frozen=True)
