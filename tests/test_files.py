@@ -3,6 +3,7 @@
 import errno
 import gzip
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -183,6 +184,18 @@ def test_a_folder_made_for_a_run_that_failed_at_once_is_removed(tmp_path):
         (tmp_path / "written" / "config.yaml").write_text("x")
         raise RuntimeError("stopped after writing")
     assert (tmp_path / "written" / "config.yaml").is_file()
+
+
+def test_a_folder_that_cannot_be_made_is_a_value_error_naming_the_setting(tmp_path):
+    """Found before any work and named like the other setting errors (exit 2 in the CLI);
+    it used to be an OSError (exit 1, the code for work that partly failed)."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("")
+    for folder, why in [(a_file, "a file, not a folder"), (a_file / "exp", "Not a directory"),
+                        (Path("/sys/exp"), "Operation not permitted")]:
+        with pytest.raises(ValueError, match=f"^--out {re.escape(str(folder))}: {why}$"), \
+                claimed(folder, "--out"):
+            pass
 
 
 _FILE_SIZE_LIMIT = """

@@ -160,11 +160,16 @@ def claimed(folder: Path, name: str) -> Iterator[None]:
     one's files. The operating system drops the lock when the process ends, also after
     kill -9. The holder first clears what writes killed with an earlier run left half done.
     A folder created here and left with nothing written in it (the run failed at once) is
-    removed again."""
+    removed again. A folder that cannot be made or written in is a ValueError too."""
     created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
     try:
-        with (folder / LOCK_FILE).open("a+") as handle:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock_file = (folder / LOCK_FILE).open("a+")
+    except OSError as error:  # found before any work, as a missing input is
+        why = "a file, not a folder" if folder.is_file() else error.strerror
+        raise ValueError(f"{name} {folder}: {why}") from None
+    try:
+        with lock_file as handle:
             try:
                 # a POSIX record lock, which belongs to this process alone: processes forked
                 # from it (DataLoader workers, which can outlive a killed run by seconds)

@@ -385,20 +385,19 @@ def build(config: SynthConfig) -> dict[str, Any]:
         raise SynthError(f"utterances must be at least 1, got {config.utterances}")
     if config.hours is not None and not config.hours > 0:
         raise SynthError(f"hours must be positive, got {config.hours}")
-    missing = missing_engines(config.engines)
-    if missing:
-        raise SynthError("; ".join(f"{engine}: {why}" for engine, why in missing.items()))
-    started = time.monotonic()
-    try:
-        sentences = load_sentences(config.sources)
-    except FileNotFoundError as error:
-        raise SynthError(str(error)) from error
-    voices = all_voices(config.engines)
-    count = len(sentences) if config.utterances is None else config.utterances
-    plan = plan_corpus(sentences, voices, count, config.seed)
-
     out_dir = config.out_dir
-    with claimed(out_dir, "--out"):
+    with claimed(out_dir, "--out"):  # first: a bad --out is named on any machine
+        missing = missing_engines(config.engines)
+        if missing:
+            raise SynthError("; ".join(f"{engine}: {why}" for engine, why in missing.items()))
+        started = time.monotonic()
+        try:
+            sentences = load_sentences(config.sources)
+        except FileNotFoundError as error:
+            raise SynthError(str(error)) from error
+        voices = all_voices(config.engines)
+        count = len(sentences) if config.utterances is None else config.utterances
+        plan = plan_corpus(sentences, voices, count, config.seed)
         _check_build_file(out_dir, config.seed, plan_fingerprint(sentences, voices, config.seed))
         for split in SPLITS:
             (out_dir / "audio" / split).mkdir(parents=True, exist_ok=True)
