@@ -129,6 +129,10 @@ def test_train_lm_writes_a_new_folder_or_resumes_its_own(corpus, tokenizer, tmp_
     with pytest.raises(ValueError, match=f"^{model}: not an LM run's folder"):
         train_lm([corpus], tokenizer, model, get_lm_config("tiny"), _train_config(5))
     assert (model / "model.safetensors").read_bytes() == b"acoustic weights"
+    with pytest.raises(ValueError, match=f"^--out {model / 'model.safetensors'}: a file, not "
+                                         "a folder$"):  # was "not an LM run's folder"
+        train_lm([corpus], tokenizer, model / "model.safetensors", get_lm_config("tiny"),
+                 _train_config(5))
 
     out = tmp_path / "lm"
     train_lm([corpus], tokenizer, out, get_lm_config("tiny"), _train_config(5))

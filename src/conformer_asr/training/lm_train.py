@@ -181,8 +181,8 @@ def train_lm(
     write the LM folder ``out_dir``."""
     out_dir = Path(out_dir)
     state_path = out_dir / STATE_FILE
-    if out_dir.exists() and not (out_dir.is_dir() and (
-            state_path.is_file() or all(p.name == LOCK_FILE for p in out_dir.iterdir()))):
+    if out_dir.is_dir() and not (  # a file there: claimed names it
+            state_path.is_file() or all(p.name == LOCK_FILE for p in out_dir.iterdir())):
         raise ValueError(f"{out_dir}: not an LM run's folder (no {STATE_FILE}) and not empty; "
                          "train-lm writes a new folder or resumes its own")
     with claimed(out_dir, "--out"):
