@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conformer_asr.audio.pauses import find_pauses, is_steady
+from conformer_asr.audio.pauses import find_pauses, is_steady, rises_above_its_floor
 
 RATE = 16000
 
@@ -45,9 +45,18 @@ def test_quiet_background_alone_is_one_pause_and_a_steady_sound_none():
     assert find_pauses(np.zeros(100, np.float32)) == []  # shorter than a frame
 
 
+def pink_noise(samples: int, rng: np.random.Generator) -> np.ndarray:
+    """(samples,) noise whose power falls as 1/f (fans, air conditioning), RMS 1."""
+    spectrum = np.fft.rfft(rng.standard_normal(samples))
+    hz = np.fft.rfftfreq(samples, 1.0 / RATE)
+    noise = np.fft.irfft(spectrum / np.sqrt(np.maximum(hz, hz[1])), samples)
+    return noise / noise.std()
+
+
 def test_steady_sounds_are_told_from_speech():
-    """Silence, dither, hum and hiss alone are steady (the transcriber does not decode
-    them); speech is not, even at 1e-4 of full scale or in white noise as loud as it."""
+    """Silence, dither, hum and noise alone are steady (the transcriber does not decode
+    them); speech is not, even at 1e-4 of full scale or in white or pink noise as loud as
+    it. Pink noise, whose level spreads more than white noise's, used to read as words."""
     rng = np.random.default_rng(0)
     t = np.arange(3 * RATE) / RATE
     steady = {
@@ -56,13 +65,31 @@ def test_steady_sounds_are_told_from_speech():
         "50 Hz hum": 0.01 * np.sin(2 * np.pi * 50 * t) + 0.003 * np.sin(2 * np.pi * 150 * t),
         "white noise, -40 dBFS": 0.01 * rng.standard_normal(3 * RATE),
         "white noise, -80 dBFS": 1e-4 * rng.standard_normal(3 * RATE),
+        "pink noise, -30 dBFS": 0.03 * pink_noise(3 * RATE, rng),
+        "pink noise, 0.3 s": 0.03 * pink_noise(round(0.3 * RATE), rng),
+        "pink noise, 20 s": 0.03 * pink_noise(20 * RATE, rng),
     }
     for name, audio in steady.items():
         assert is_steady(audio.astype(np.float32)), name
     speech, rate = sf.read(Path(__file__).parent / "data" / "clip1.wav", dtype="float32")
     assert rate == RATE
-    noise = rng.standard_normal(len(speech)) * np.sqrt(np.mean(speech**2))
+    loudness = np.sqrt(np.mean(speech**2))
     for name, audio in {"speech": speech, "speech at 1e-4": 1e-4 * speech / np.abs(speech).max(),
-                        "speech in noise, 0 dB SNR": speech + noise}.items():
+                        "speech in white noise, 0 dB SNR":
+                            speech + loudness * rng.standard_normal(len(speech)),
+                        "speech in pink noise, 0 dB SNR":
+                            speech + loudness * pink_noise(len(speech), rng)}.items():
         assert not is_steady(audio.astype(np.float32)), name
+
+
+def test_noise_never_rises_above_its_floor_whatever_the_seed():
+    """The spectral test's premise, over seeds and lengths: Gaussian white and pink noise
+    have no frame with cells 20 dB above their band's floor."""
+    rng = np.random.default_rng(1)
+    for seconds in (0.3, 2.0, 10.0):
+        for _ in range(10):
+            samples = round(seconds * RATE)
+            assert not rises_above_its_floor(rng.standard_normal(samples).astype(np.float32))
+            assert not rises_above_its_floor(pink_noise(samples, rng).astype(np.float32))
+    assert not rises_above_its_floor(np.zeros(300, np.float32))  # shorter than a frame
     assert is_steady(np.zeros(100, np.float32))  # shorter than a frame: nothing to decode

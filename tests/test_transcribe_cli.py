@@ -236,14 +236,17 @@ def test_grouped_decoding_keeps_the_input_order(model_dir):
 
 
 def test_a_steady_sound_alone_has_no_words():
-    """Hiss, hum or dither alone is not decoded: the bundled model made words up on it
-    ("a performer of a car" on white noise at -40 dBFS). Its duration is still given, and
-    speech after the hiss is still transcribed."""
+    """Hiss, hum, dither or fan-like noise alone is not decoded: the bundled model made
+    words up on it ("a performer of a car" on white noise at -40 dBFS, "in a performer" on
+    pink noise at -30). Its duration is still given, and speech after the hiss is still
+    transcribed."""
     transcriber = load_model()
     rng = np.random.default_rng(0)
     hiss = (0.01 * rng.standard_normal(3 * 16000)).astype(np.float32)
     hum = (0.01 * np.sin(2 * np.pi * 50 * np.arange(3 * 16000) / 16000)).astype(np.float32)
-    for steady in (hiss, hum):
+    spectrum = np.fft.rfft(rng.standard_normal(3 * 16000))  # pink: power as 1/f
+    pink = np.fft.irfft(spectrum / np.sqrt(np.maximum(np.fft.rfftfreq(3 * 16000), 1e-4)))
+    for steady in (hiss, hum, (0.03 * pink / pink.std()).astype(np.float32)):
         [(_, result)] = transcriber.iter_transcripts([steady])
         assert (result.text, result.words) == ("", [])
         assert result.duration == pytest.approx(3.0)

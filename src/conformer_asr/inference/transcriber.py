@@ -16,7 +16,7 @@ most one window, as the model was trained on single utterances:
 Every segment, the whole of a short input included, is trimmed of any pause at its
 start or end beyond ``PAUSE_MARGIN`` (one that is all pause stays whole): the model
 was trained on utterances with up to a second of silence around them. A segment that is
-one steady sound (``audio.pauses.is_steady``: silence, dither, hum or hiss alone) is not
+one steady sound (``audio.pauses.is_steady``: silence, dither, hum or noise alone) is not
 decoded and has no words: the model, which never heard such input alone, made some up.
 """
 
