@@ -331,6 +331,9 @@ def test_pack_bundles_the_lm_and_its_tuned_decoding(model_dir, lm_dir, tmp_path,
         assert torch.equal(value, original[key].half().float()), key
     assert len(packed.transcribe([str(DATA / "clip1.wav")])) == 1
     assert load_model(out, beam_size=2).options.lm_weight == 0.4
+    for lm in (out / "lm", lm_dir):  # named: the same settings (it used to be beam 1)
+        assert load_model(out, lm=lm).options == packed.options
+    assert load_model(model_dir, lm=lm_dir).options == DecodingOptions()  # none to take
 
     plain = load_model(out, lm=None)
     assert plain.lm is None and plain.options == DecodingOptions()

@@ -254,7 +254,7 @@ def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
     """Decoding and device flags: the arguments of ``load_model``."""
     p.add_argument("--beam-size", type=_count, default=None,
                    help="1: greedy search (default: 1, or the model folder's own setting "
-                        "when it has an LM, e.g. the bundled model)")
+                        "when an LM is used and the folder has one, e.g. the bundled model)")
     p.add_argument("--lm", type=_lm_flag, default="auto",
                    help="LM folder for shallow fusion (train-lm), or 'none' (default: the "
                         "model folder's own lm/ if it has one)")
