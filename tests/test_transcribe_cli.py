@@ -545,6 +545,18 @@ def test_outputs_that_cannot_be_written_are_one_line_errors(model_dir, tmp_path)
                   "--output", str(tmp_path))
     assert result.returncode == 2
     assert result.stderr == f"error: {tmp_path}: a folder, not a file to write the hypotheses to\n"
+    copy = tmp_path / "manifest.jsonl"  # its references were replaced by the hypotheses
+    copy.write_text("".join(json.dumps({**json.loads(line), "audio": str(DATA / json.loads(
+        line)["audio"])}) + "\n" for line in manifest.read_text().splitlines()))
+    before = copy.read_text()
+    (tmp_path / "link.jsonl").symlink_to(copy)
+    for output in (copy, tmp_path / "link.jsonl"):
+        result = _cli("evaluate", "--manifest", str(copy), "--model", str(model_dir),
+                      "--output", str(output))
+        assert (result.returncode, result.stderr) == (2, f"error: {output}: the manifest being "
+                                                         "scored; write the hypotheses to "
+                                                         "another file\n")
+    assert copy.read_text() == before
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     result = _cli("transcribe", str(DATA / "clip1.wav"), "--model", str(model_dir),

@@ -130,7 +130,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.output is not None:
         try:
-            check_output(args.output)
+            check_output(args.output, args.manifest)
         except OSError as error:  # found before any work, as a missing folder is: exit 2
             raise ValueError(_described(error)) from None
     transcriber = _load_transcriber(args)

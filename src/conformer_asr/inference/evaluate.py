@@ -88,11 +88,15 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     return rows
 
 
-def check_output(output: str | Path) -> None:
+def check_output(output: str | Path, manifest: str | Path) -> None:
     """Raise unless the hypotheses can be written to ``output`` (a missing or read-only
-    folder, say): found out before decoding, not after."""
+    folder, say, or ``manifest`` itself, whose references they replaced): found out before
+    decoding, not after."""
     if Path(output).is_dir():
         raise ValueError(f"{output}: a folder, not a file to write the hypotheses to")
+    if Path(output).exists() and Path(manifest).exists() and Path(output).samefile(manifest):
+        raise ValueError(f"{output}: the manifest being scored; write the hypotheses to "
+                         "another file")
     if not Path(output).parent.is_dir():
         raise FileNotFoundError(f"{output}: no folder {Path(output).parent} to write it in")
     check_writable(Path(output))
@@ -110,7 +114,7 @@ def evaluate(
     hypotheses there too (checked before decoding)."""
     utterances = read_manifest(manifest)
     if output is not None:
-        check_output(output)
+        check_output(output, manifest)
     report = EvalReport()
     start = time.perf_counter()
     results = transcriber.iter_transcripts([u.audio for u in utterances])
