@@ -310,6 +310,18 @@ def test_evaluate_names_unreadable_audio_and_exits_nonzero(model_dir, tmp_path):
     assert proc.returncode == 1 and "gone.wav: no such file" in proc.stdout
 
 
+def test_the_text_report_says_how_many_failures_it_leaves_out():
+    """It listed the first 10 under "12 utterances failed" and said nothing of the rest;
+    every file missing is most often a manifest copied away from its audio."""
+    from conformer_asr.inference.evaluate import EvalReport
+
+    failed = [f"audio/{i}.flac: no such file" for i in range(12)]
+    lines = EvalReport(utterances=12, failed=failed).format().splitlines()
+    assert lines[lines.index("12 utterances failed (scored as empty):") + 1:] == [
+        *(f"  {reason}" for reason in failed[:10]), "  ... and 2 more (--json lists them all)",
+        "(a manifest's relative audio paths are read from its own folder)"]
+
+
 def test_evaluate_refuses_an_empty_manifest(model_dir, tmp_path):
     """No utterances is an error, not a WER of 0%."""
     manifest = tmp_path / "empty.jsonl"

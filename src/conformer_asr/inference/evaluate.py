@@ -14,6 +14,8 @@ from ..scoring import WordErrors, word_errors
 from ..text.normalize import normalize_text
 from .transcriber import Transcriber
 
+SHOWN_FAILURES = 10  # in the text report; --json gives every one
+
 
 @dataclass
 class Utterance:
@@ -62,7 +64,12 @@ class EvalReport:
         if self.failed:
             lines.append(f"{len(self.failed)} utterance{'s' * (len(self.failed) != 1)} failed "
                          "(scored as empty):")
-            lines.extend(f"  {reason}" for reason in self.failed[:10])
+            lines.extend(f"  {reason}" for reason in self.failed[:SHOWN_FAILURES])
+            if len(self.failed) > SHOWN_FAILURES:
+                lines.append(f"  ... and {len(self.failed) - SHOWN_FAILURES} more (--json "
+                             "lists them all)")
+            if any(reason.endswith(": no such file") for reason in self.failed):
+                lines.append("(a manifest's relative audio paths are read from its own folder)")
         return "\n".join(lines)
 
 
