@@ -157,3 +157,8 @@ def test_transcribe_refuses_outputs_that_would_mix_or_collide(tmp_path):
     assert clash.stderr.strip() == (f"error: --out-dir: {weather} and {copy} would both be "
                                     "written to out/weather.txt")
     assert not (tmp_path / "out").exists()
+    # one file named two ways is no clash (it was refused, though the same name twice was not)
+    (tmp_path / "weather.wav").write_bytes((EXAMPLES / "weather.wav").read_bytes())
+    twice = _cli("transcribe", "weather.wav", "./weather.wav", "--out-dir", "out", cwd=tmp_path)
+    assert (twice.returncode, twice.stderr) == (0, "")
+    assert "sunny" in (tmp_path / "out" / "weather.txt").read_text()

@@ -95,7 +95,8 @@ def _output_paths(args: argparse.Namespace) -> list[Path]:
     paths = [out_dir / (Path(audio).stem + OUTPUT_SUFFIXES[args.format]) for audio in args.audio]
     first: dict[Path, str] = {}
     for audio, path in zip(args.audio, paths, strict=True):
-        if first.setdefault(path, audio) != audio:
+        # one file named twice ("a.wav ./a.wav") writes the same transcript twice
+        if Path(first.setdefault(path, audio)).resolve() != Path(audio).resolve():
             raise ValueError(f"--out-dir: {first[path]} and {audio} would both be written to "
                              f"{path}")
     if out_dir.exists() and not out_dir.is_dir():
