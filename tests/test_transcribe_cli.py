@@ -310,6 +310,22 @@ def test_evaluate_names_unreadable_audio_and_exits_nonzero(model_dir, tmp_path):
     assert proc.returncode == 1 and "gone.wav: no such file" in proc.stdout
 
 
+def test_references_with_digits_are_named_in_one_warning(model_dir, tmp_path):
+    """Scoring keeps letters only: "ran 2 homes" was scored as "ran homes", silently."""
+    rows = [json.loads(line) for line in (DATA / "manifest.jsonl").read_text().splitlines()]
+    rows = [row | {"audio": str(DATA / row["audio"])} for row in rows[:2]]
+    rows[1]["text"] = "a dog ran 2 homes"
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = _cli("evaluate", "--manifest", str(manifest), "--model", str(model_dir))
+    assert result.returncode == 0
+    assert result.stderr == (f"warning: {manifest}: 1 reference with digits, which scoring "
+                             f"leaves out (e.g. {rows[1]['id']}); the model writes numbers as "
+                             "words: write them so\n")
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows[:1]))
+    assert _cli("evaluate", "--manifest", str(manifest), "--model", str(model_dir)).stderr == ""
+
+
 def test_the_text_report_says_how_many_failures_it_leaves_out():
     """It listed the first 10 under "12 utterances failed" and said nothing of the rest;
     every file missing is most often a manifest copied away from its audio."""

@@ -379,13 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .audio.io import AudioError, AudioWarning
     from .data.manifest import ManifestError
+    from .inference.evaluate import ReferenceWarning
     from .inference.model_dir import ModelDirError
     from .models.config import ConfigError
 
     args = build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = _one_line_for(AudioWarning)
+            warnings.showwarning = _one_line_for((AudioWarning, ReferenceWarning))
             code = args.run(args)
         sys.stdout.flush()
         return code
@@ -405,13 +406,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _one_line_for(category: type[Warning]) -> Callable[..., None]:
-    """A ``warnings.showwarning`` that prints warnings of ``category`` as ``warning: ...``
+def _one_line_for(categories: tuple[type[Warning], ...]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints warnings of ``categories`` as ``warning: ...``
     lines (their messages name the file), and others as Python does."""
     python_way = warnings.showwarning
 
     def show(message: Warning | str, kind: type[Warning], *where: Any, **more: Any) -> None:
-        if issubclass(kind, category):
+        if issubclass(kind, categories):
             sys.stderr.write(f"warning: {message}\n")
         else:
             python_way(message, kind, *where, **more)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +17,11 @@ from ..text.normalize import normalize_text
 from .transcriber import Transcriber
 
 SHOWN_FAILURES = 10  # in the text report; --json gives every one
+_DIGIT = re.compile(r"[0-9]")
+
+
+class ReferenceWarning(UserWarning):
+    """A manifest's reference text that is not scored as it is written."""
 
 
 @dataclass
@@ -80,10 +87,13 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: manifest not found")
     rows = []
+    with_digits = []  # "2 dogs" was scored as "dogs", silently
     for number, item in plain_records(read_text(path).split("\n")):
         if item is None:
             raise ValueError(f'{path}:{number}: not a manifest line (expected JSON with "id", '
                              f'"audio" and "text" strings)')
+        if _DIGIT.search(item["text"]):
+            with_digits.append(item["id"])
         audio = Path(item["audio"])
         rows.append(Utterance(
             id=item["id"], audio=audio if audio.is_absolute() else path.parent / audio,
@@ -92,6 +102,11 @@ def read_manifest(path: str | Path) -> list[Utterance]:
         ))
     if not rows:
         raise ValueError(f"{path}: no utterances in the manifest")
+    if with_digits:
+        count = len(with_digits)
+        warnings.warn(f"{path}: {count} reference{'s' * (count != 1)} with digits, which "
+                      f"scoring leaves out (e.g. {with_digits[0]}); the model writes numbers "
+                      "as words: write them so", ReferenceWarning, stacklevel=2)
     return rows
 
 
