@@ -285,7 +285,11 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="conformer-asr", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="conformer-asr",
+        description="Speech recognition with Conformer models: transcribe with the bundled "
+                    "model, evaluate, train, and build a synthetic corpus. "
+                    "'conformer-asr COMMAND --help' tells more.")
     parser.add_argument("--version", action="version", version=__version__)
     commands = parser.add_subparsers(dest="command", required=True)
 
