@@ -305,6 +305,13 @@ def test_transcribe_and_evaluate_with_an_lm(model_dir, lm_dir, capsys):
     assert report["decoding"]["oov_penalty"] == 2
 
 
+def test_lm_folders_missing_or_not_lm_folders_are_told_apart(model_dir, tmp_path):
+    with pytest.raises(ModelDirError, match=f"^{tmp_path / 'nowhere'}: no such LM folder$"):
+        load_model(model_dir, lm=tmp_path / "nowhere")  # was "not an LM folder (no ...)"
+    with pytest.raises(ModelDirError, match=f"^{tmp_path}: not an LM folder \\(no config.json\\)$"):
+        load_model(model_dir, lm=tmp_path)
+
+
 def test_an_lm_with_another_tokenizer_is_refused(model_dir, tmp_path):
     other = Tokenizer.train(SENTENCES + ["zebras quietly jump"], tmp_path / "tok", vocab_size=45)
     save_lm_dir(WordPieceLM(LMConfig(vocab_size=other.vocab_size)), other, tmp_path / "lm")

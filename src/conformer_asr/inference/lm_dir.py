@@ -58,6 +58,8 @@ def load_lm_dir(directory: str | Path) -> tuple[WordPieceLM, Tokenizer, dict[str
     """-> (LM in eval mode on CPU, tokenizer, info). Raises ModelDirError."""
     directory = Path(directory)
     path = directory / CONFIG_FILE
+    if not directory.exists():
+        raise ModelDirError(f"{directory}: no such LM folder")
     if not path.is_file():
         raise ModelDirError(f"{directory}: not an LM folder (no {CONFIG_FILE})")
     try:
