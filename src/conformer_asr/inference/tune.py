@@ -36,6 +36,15 @@ class TuneResult:
 
 
 @dataclass
+class Tuning:
+    """What ``tune`` found: a result per setting, in grid order, and a one-line reason for
+    each utterance it could not read (scored as empty in every result)."""
+
+    results: list[TuneResult]
+    skipped: list[str]
+
+
+@dataclass
 class _Encoded:
     """Encoder output of a batch of utterances: their manifest indices, enc (B, T, D),
     lengths (B,)."""
@@ -49,15 +58,18 @@ class _Encoded:
 def _encode_all(
     model: ASRModel, utterances: Sequence[Utterance], batch_seconds: float,
     log: Callable[[str], None],
-) -> list[_Encoded]:
-    """Encode the readable utterances, shortest first, ``batch_seconds`` of audio a batch."""
+) -> tuple[list[_Encoded], list[str]]:
+    """Encode the readable utterances, shortest first, ``batch_seconds`` of audio a batch
+    -> (the batches, why each unreadable one was skipped)."""
     device = next(model.parameters()).device
     features = LogMelFeatures(model.cfg.features).to(device)
     durations = {}
+    skipped = []
     for i, utt in enumerate(utterances):
         try:
             durations[i] = audio_duration(utt.audio)
         except AudioError as error:
+            skipped.append(str(error))
             log(f"skipped (scored as empty): {error}")
     encoded: list[_Encoded] = []
     batch: list[int] = []
@@ -78,7 +90,7 @@ def _encode_all(
             batch = []
     log(f"encoded {len(order)} utterances ({sum(durations.values()):.1f} s of audio) in "
         f"{time.perf_counter() - start:.1f} s")
-    return encoded
+    return encoded, skipped
 
 
 def tune(
@@ -86,7 +98,7 @@ def tune(
     beam_size: int, lm_weights: Sequence[float], length_bonuses: Sequence[float],
     oov_penalties: Sequence[float] = (0.0,), lexicon: Lexicon | None = None,
     batch_seconds: float = 160.0, log: Callable[[str], None] = print,
-) -> list[TuneResult]:
+) -> Tuning:
     """WER of every (LM weight, length bonus, OOV penalty), in grid order; ``log`` gets a
     table row as each one finishes. ``model`` and ``lm`` must be in eval mode on one
     device; the penalties need ``lexicon``."""
@@ -95,7 +107,7 @@ def tune(
                          "(train-lm writes one)")
     grid = list(_grid(beam_size, lm_weights, length_bonuses, oov_penalties))  # checked first
     utterances = read_manifest(manifest)
-    encoded = _encode_all(model, utterances, batch_seconds, log)
+    encoded, skipped = _encode_all(model, utterances, batch_seconds, log)
     if not encoded:
         raise ValueError(f"{manifest}: none of its audio could be read; nothing to tune on")
     log(HEADER)
@@ -112,7 +124,7 @@ def tune(
         results.append(TuneResult(options.lm_weight, options.length_bonus,
                                   options.oov_penalty, errors))
         log(format_row(results[-1]))
-    return results
+    return Tuning(results, skipped)
 
 
 def _grid(beam_size: int, lm_weights: Sequence[float], length_bonuses: Sequence[float],
