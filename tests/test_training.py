@@ -484,6 +484,13 @@ def test_a_resume_that_cannot_fit_its_checkpoints_stops_before_writing(tmp_path)
         ("trainer.max_steps=4", f"error: trainer.max_steps: 4 is below the step "
          f"{exp / 'checkpoints' / 'last.ckpt'} has reached (5); give 5 or more (that many "
          "finishes the run: it averages the last checkpoints)"),  # rewrote config.yaml
+        # the restored schedule kept the old peak, while config.yaml recorded the new one
+        ("optim.peak_lr=0.1", f"error: optim.peak_lr: 0.1, but the run in {exp} started "
+         f"with 0.003 ({exp / 'config.yaml'}); a resume keeps its settings: give those, or "
+         "use a new out_dir"),
+        ("model.encoder.dropout=0.3", f"error: model.encoder.dropout: 0.3, but the run in "
+         f"{exp} started with 0.1 ({exp / 'config.yaml'}); a resume keeps its settings: give "
+         "those, or use a new out_dir"),
     ]:
         proc = _train(config, "--set", override)
         assert proc.returncode == 2, proc.stdout[-3000:]

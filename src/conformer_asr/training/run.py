@@ -23,7 +23,7 @@ import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -273,6 +273,47 @@ def _check_same_shapes(task: ASRTask, point: _ResumePoint) -> None:
                 f"was trained with ({run_config(point.path.parent.parent)}), or use a new out_dir")
 
 
+# What a resumed run may change: how and how long it runs, not what it learns from and how.
+# (data.tokenizer.path: init_from's tokenizer, or the run's own copy of it once that folder
+# has moved; _tokenizer checks the vocabulary's size, not its pieces.)
+_CHANGEABLE_ON_RESUME = ("trainer.", "data.num_workers", "init_from", "out_dir",
+                         "data.tokenizer.path")
+
+
+def _flattened(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flattened(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_same_settings(out: Path, resolved: dict[str, Any]) -> None:
+    """ConfigError where a resume's settings differ from those its run recorded when it
+    started, outside ``_CHANGEABLE_ON_RESUME``: the resume restores the optimiser, its
+    schedule and the random state, so such a change took no effect or half of one, while
+    config.yaml recorded it as the run's."""
+    try:
+        recorded = yaml.safe_load(run_config(out).read_text())
+    except (OSError, yaml.YAMLError):
+        return  # nothing recorded to hold the run to
+    if not isinstance(recorded, dict):
+        return
+    old = _flattened(recorded)
+    new = _flattened(yaml.safe_load(yaml.safe_dump(resolved)))  # tuples as YAML reads them
+    changed = [key for key in sorted(new.keys() & old.keys())
+               if new[key] != old[key] and not key.startswith(_CHANGEABLE_ON_RESUME)]
+    if changed:
+        key = changed[0]
+        more = f" (and {', '.join(changed[1:])})" if len(changed) > 1 else ""
+        raise ConfigError(f"{key}: {new[key]!r}, but the run in {out} started with "
+                          f"{old[key]!r}{more} ({run_config(out)}); a resume keeps its "
+                          "settings: give those, or use a new out_dir")
+
+
 def _how_to_resume(last: Path) -> str:
     point = _resume_point(last)
     if point is None:
@@ -306,6 +347,8 @@ def _train_in(out: Path, cfg: TrainConfig) -> Path:
                               "or more (that many finishes the run: it averages the last "
                               "checkpoints)")
     resolved = {**cfg.to_dict(), "model": model_cfg.to_dict()}
+    if resume is not None:
+        _check_same_settings(out, resolved)
     write_atomically(run_config(out), yaml.safe_dump(resolved, sort_keys=False))
 
     augmenter = Augmenter(cfg.data.augment, seed=cfg.seed) if cfg.data.augment else None
