@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -279,6 +282,28 @@ def test_a_disk_that_takes_no_more_audio_stops_the_build(tmp_path: Path) -> None
     assert proc.returncode == 1
     assert re.search(rf"^error: {tmp_path}/audio/\w+/[\w-]+\.flac: File too large$",
                      proc.stderr, re.M), proc.stderr[-2000:]
+
+
+def test_ctrl_c_stops_the_build_in_one_line(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group: each worker printed a KeyboardInterrupt
+    traceback, and the build no line saying how to go on."""
+    if MISSING_ENGINES or MISSING_SOURCES:
+        pytest.skip(f"missing TTS engines or text sources: {MISSING_ENGINES} {MISSING_SOURCES}")
+    build = subprocess.Popen([sys.executable, "-m", "conformer_asr.cli", "synth", "--out",
+                              str(tmp_path), "--utterances", "200", "--jobs", "2",
+                              "--no-progress"], stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)  # a group of its own, as in a terminal
+    try:
+        deadline = time.monotonic() + 120
+        while not any((tmp_path / "audio").rglob("*.flac")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.killpg(build.pid, signal.SIGINT)
+        _, stderr = build.communicate(timeout=120)
+    finally:
+        build.kill()
+    assert build.returncode == 130, stderr[-2000:]
+    assert stderr == (f"stopped: the same command resumes, keeping the utterances written "
+                      f"in {tmp_path}\n")
 
 
 def test_command_line(corpus: tuple[Path, dict], capsys: pytest.CaptureFixture[str]) -> None:

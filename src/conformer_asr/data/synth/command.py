@@ -40,6 +40,10 @@ def run_synth(args: argparse.Namespace) -> int:
     except SynthError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the workers finish the utterances they are on
+        print(f"stopped: the same command resumes, keeping the utterances written in "
+              f"{args.out}", file=sys.stderr)
+        return 130
     brief = {key: summary[key] for key in ("utterances", "hours", "words", "run")}
     brief["splits"] = {split: {k: v for k, v in tally.items() if k != "voice_ids"}
                        for split, tally in summary["splits"].items()}

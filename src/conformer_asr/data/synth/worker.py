@@ -75,10 +75,13 @@ PR_SET_PDEATHSIG = 1
 
 
 def init_worker(builder_pid: int) -> None:
-    """Pool initializer: make the worker die with the builder (Linux ``prctl``).
+    """Pool initializer: make the worker die with the builder (Linux ``prctl``), and leave
+    Ctrl-C to the builder.
 
-    Without this a killed build leaves its workers blocked forever on the task queue.
+    Without this a killed build leaves its workers blocked forever on the task queue. A
+    terminal's Ctrl-C reaches every process of the group: each worker printed a traceback.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != builder_pid:  # the builder died before prctl took effect
