@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -141,6 +142,19 @@ def test_train_lm_writes_a_new_folder_or_resumes_its_own(corpus, tokenizer, tmp_
     assert other.vocab_size == tokenizer.vocab_size  # the same LM config: only pieces differ
     with pytest.raises(ValueError, match="a run with another tokenizer; use a new --out"):
         train_lm([corpus], other, out, get_lm_config("tiny"), _train_config(10))
+    # a new seed drew a new held-out split, of sentences it had trained on; fewer steps
+    # than it had run wrote the LM of the later step (both were taken without a word)
+    for config, message in [
+            (dataclasses.replace(_train_config(10), seed=5), "--seed: 5, but the run in "
+             f"{out} started with 0; a resume keeps its settings: give those, or use a new "
+             "--out"),
+            (_train_config(3), f"--steps: 3 is below the step {out / 'train_state.pt'} has "
+             "reached (5); give 5 or more")]:
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            train_lm([corpus], tokenizer, out, get_lm_config("tiny"), config)
+    with pytest.raises(ValueError, match="^--text: "):
+        train_lm([corpus, corpus], tokenizer, out, get_lm_config("tiny"), _train_config(10))
+    assert train_lm([corpus], tokenizer, out, get_lm_config("tiny"), _train_config(6)).steps == 6
 
 
 def test_train_lm_keeps_a_second_run_out_of_its_folder(corpus, tokenizer, tmp_path):

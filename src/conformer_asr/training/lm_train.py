@@ -15,11 +15,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -128,13 +130,25 @@ def _load_corpus(
     return corpus
 
 
+def _settings(texts: Sequence[str | Path], exclude: Sequence[str | Path],
+              config: LMTrainConfig) -> dict[str, Any]:
+    """What a resumed run must keep, by the flag that sets it: its data, held-out split and
+    batches, and the optimiser and schedule, which the resume restores."""
+    return {"--text": [os.path.abspath(p) for p in texts],
+            "--exclude": [os.path.abspath(p) for p in exclude],
+            "--seed": config.seed, "--heldout-fraction": config.heldout_fraction,
+            "--batch-size": config.batch_size, "--lr": config.peak_lr,
+            "--warmup-steps": config.warmup_steps}
+
+
 def _resume(
     path: Path, lm: WordPieceLM, pieces: list[str], optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler, device: str,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, device: str, settings: dict[str, Any],
+    steps: int,
 ) -> tuple[int, float | None]:
-    """Load the training state at ``path`` if there is one, written for the same LM config
-    and tokenizer (``pieces``) -> (the step to continue from, the held-out perplexity at
-    step 0 if recorded)."""
+    """Load the training state at ``path`` if there is one, written for the same LM config,
+    tokenizer (``pieces``) and ``settings``, and not beyond ``steps`` -> (the step to
+    continue from, the held-out perplexity at step 0 if recorded)."""
     if not path.is_file():
         return 0, None
     state = torch.load(path, map_location=device, weights_only=True)
@@ -142,6 +156,15 @@ def _resume(
         raise ValueError(f"{path}: a run with another LM config; use a new --out")
     if state.get("pieces", pieces) != pieces:  # (states from before it was kept: not checked)
         raise ValueError(f"{path}: a run with another tokenizer; use a new --out")
+    for flag, value in settings.items():  # a new held-out split scored trained-on sentences
+        recorded = state.get("settings", {}).get(flag, value)  # (not kept before 2026-12-04)
+        if recorded != value:
+            raise ValueError(f"{flag}: {value}, but the run in {path.parent} started with "
+                             f"{recorded}; a resume keeps its settings: give those, or use a "
+                             "new --out")
+    if state["step"] > steps:  # it wrote the LM of the later step, and said nothing
+        raise ValueError(f"--steps: {steps} is below the step {path} has reached "
+                         f"({state['step']}); give {state['step']} or more")
     lm.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -201,7 +224,9 @@ def _train_lm_in(
     optimizer = torch.optim.Adam(lm.parameters(), lr=config.peak_lr)
     scheduler = noam_scheduler(optimizer, config.warmup_steps)
     pieces = tokenizer.pieces(range(tokenizer.vocab_size))
-    step, start_ppl = _resume(state_path, lm, pieces, optimizer, scheduler, device)
+    settings = _settings(texts, exclude, config)
+    step, start_ppl = _resume(state_path, lm, pieces, optimizer, scheduler, device, settings,
+                              config.steps)
     if step:
         log(f"resuming at step {step}")
     ppl = perplexity(lm, corpus.heldout)
@@ -234,7 +259,7 @@ def _train_lm_in(
                 with replacing(state_path, sync=True) as tmp:
                     save_torch({"lm_config": lm.cfg.to_dict(), "pieces": pieces, "step": step,
                                 "model": lm.state_dict(), "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict(),
+                                "scheduler": scheduler.state_dict(), "settings": settings,
                                 "heldout_perplexity_start": start_ppl}, tmp)
 
     if stop:  # the state of the last whole step is saved: a re-run goes on from it
