@@ -344,7 +344,9 @@ def test_pack_bundles_the_lm_and_its_tuned_decoding(model_dir, lm_dir, tmp_path,
     args = ["pack", str(model_dir), "--lm", str(lm_dir), "--out", str(out), "--beam-size", "3",
             "--lm-weight", "0.4", "--length-bonus", "0.5", "--oov-penalty", "1.5"]
     assert main(args) == 0
-    assert "MiB" in capsys.readouterr().out
+    assert capsys.readouterr().out.startswith(  # it printed DecodingOptions(beam_size=3, ...)
+        f"{out}: {model_dir} + {lm_dir} (float16), decoding with beam 3, LM weight 0.4, "
+        "length bonus 0.5, OOV penalty 1.5; ")
     assert (out / "lm" / "lexicon.txt").read_text() == (lm_dir / "lexicon.txt").read_text()
     stored = load_file(str(out / "lm" / "model.safetensors"))
     original = load_lm_dir(lm_dir)[0].state_dict()
@@ -368,6 +370,10 @@ def test_pack_bundles_the_lm_and_its_tuned_decoding(model_dir, lm_dir, tmp_path,
 
     assert main(args) == 2
     assert "not empty" in capsys.readouterr().err
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("")
+    assert main([*args[:4], "--out", str(a_file), *args[6:]]) == 2
+    assert capsys.readouterr().err == f"error: --out {a_file}: a file, not a folder\n"
 
 
 def test_a_packed_folder_with_bad_decoding_options_is_refused(model_dir, lm_dir, tmp_path):

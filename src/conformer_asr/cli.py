@@ -239,7 +239,9 @@ def _pack(args: argparse.Namespace) -> int:
                                length_bonus=args.length_bonus, oov_penalty=args.oov_penalty)
     out = pack_model(args.model, args.lm, args.out, decoding)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"{out}: {args.model} + {args.lm} (float16), {decoding}; {size / 2**20:.1f} MiB")
+    print(f"{out}: {args.model} + {args.lm} (float16), decoding with beam {decoding.beam_size}, "
+          f"LM weight {decoding.lm_weight:g}, length bonus {decoding.length_bonus:g}, OOV "
+          f"penalty {decoding.oov_penalty:g}; {size / 2**20:.1f} MiB")
     return 0
 
 

@@ -24,7 +24,9 @@ def pack_model(
     model_dir: str | Path, lm_dir: str | Path, out: str | Path, decoding: DecodingOptions
 ) -> Path:
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise ModelDirError(f"--out {out}: a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
         raise ModelDirError(f"{out}: already exists and is not empty; pack writes a new folder")
     model, tokenizer, config = load_model_dir(resolve_model_dir(model_dir))
     lm, lm_tokenizer, lm_info = load_lm_dir(lm_dir)
