@@ -379,9 +379,10 @@ def load_model(
 
     ``lm`` is an LM folder (``conformer-asr train-lm``), a loaded LM, None for no
     LM, or "auto": the model folder's own ``lm/`` if it has one (the bundled model
-    does). With an LM, the search takes the folder's recommended options (``pack``'s) if
-    it has them, unless ``options`` is given: naming the folder's own LM used to decode
-    with beam 1.
+    does). With an LM folder, the search takes the model folder's recommended options
+    (``pack``'s) if it has them, unless ``options`` is given: naming the folder's own LM
+    used to decode with beam 1. A loaded LM brings no lexicon for their OOV penalty, and
+    gets ``DecodingOptions()``'s.
     An LM folder's lexicon comes with it (for ``oov_penalty``). ``beam_size``,
     ``lm_weight``, ``length_bonus``, ``oov_penalty`` and ``head`` override single fields,
     e.g. ``load_model("exp/model", beam_size=8, lm="exp/lm", lm_weight=0.3)``, or
@@ -400,7 +401,7 @@ def load_model(
         model = quantize_int8(model)
     if isinstance(lm, str) and lm == "auto":
         lm = bundled_lm_dir(directory)
-    if lm is not None and options is None:
+    if isinstance(lm, str | Path) and options is None:
         options = config.decoding
     overrides = {"beam_size": beam_size, "lm_weight": lm_weight, "length_bonus": length_bonus,
                  "oov_penalty": oov_penalty, "head": head}
