@@ -305,7 +305,9 @@ def test_evaluate_names_unreadable_audio_and_exits_nonzero(model_dir, tmp_path):
     assert report["deletions"] >= len(broken["text"].split())
     hyps = [json.loads(line) for line in out.read_text().splitlines()]
     assert [h["id"] for h in hyps] == [first["id"], broken["id"]]
-    assert hyps[1]["text"] == ""
+    assert "error" not in hyps[0]  # the failed one is told apart from an empty transcript
+    assert hyps[1] == {"id": broken["id"], "text": "", "error": f"{tmp_path / 'gone.wav'}: "
+                                                                "no such file"}
     proc = _cli("evaluate", "--manifest", str(manifest), "--model", str(model_dir))
     assert proc.returncode == 1 and "gone.wav: no such file" in proc.stdout
 

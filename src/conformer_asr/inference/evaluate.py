@@ -38,7 +38,8 @@ class EvalReport:
     by_speaker: dict[str, WordErrors] = field(default_factory=dict)
     utterances: int = 0
     failed: list[str] = field(default_factory=list)  # one-line reasons
-    hypotheses: list[dict] = field(default_factory=list)  # {"id", "text"} per utterance
+    # {"id", "text"} per utterance, and "error" where its audio could not be read
+    hypotheses: list[dict] = field(default_factory=list)
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
 
@@ -125,7 +126,8 @@ def check_output(output: str | Path, manifest: str | Path) -> None:
 
 
 def write_hypotheses(report: EvalReport, output: str | Path) -> None:
-    """``report``'s hypotheses as ``{"id", "text"}`` lines, written atomically."""
+    """``report``'s hypotheses as ``{"id", "text"}`` lines (with ``"error"`` for audio that
+    could not be read), written atomically."""
     write_atomically(output, "".join(json.dumps(h) + "\n" for h in report.hypotheses))
 
 
@@ -153,7 +155,10 @@ def evaluate(
             speaker = report.by_speaker.get(utt.speaker, WordErrors())
             report.by_speaker[utt.speaker] = speaker + errors
         report.utterances += 1
-        report.hypotheses.append({"id": utt.id, "text": text})
+        hypothesis = {"id": utt.id, "text": text}
+        if isinstance(result, AudioError):  # told apart from an empty transcript
+            hypothesis["error"] = str(result)
+        report.hypotheses.append(hypothesis)
     report.wall_seconds = time.perf_counter() - start
     if output is not None:
         write_hypotheses(report, output)
