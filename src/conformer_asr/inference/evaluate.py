@@ -115,14 +115,15 @@ def check_output(output: str | Path, manifest: str | Path) -> None:
     """Raise unless the hypotheses can be written to ``output`` (a missing or read-only
     folder, say, or ``manifest`` itself, whose references they replaced): found out before
     decoding, not after."""
-    if Path(output).is_dir():
+    path = Path(output)
+    if path.is_dir():
         raise ValueError(f"{output}: a folder, not a file to write the hypotheses to")
-    if Path(output).exists() and Path(manifest).exists() and Path(output).samefile(manifest):
+    if path.exists() and Path(manifest).exists() and path.samefile(manifest):
         raise ValueError(f"{output}: the manifest being scored; write the hypotheses to "
                          "another file")
-    if not Path(output).parent.is_dir():
-        raise FileNotFoundError(f"{output}: no folder {Path(output).parent} to write it in")
-    check_writable(Path(output))
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{output}: no folder {path.parent} to write it in")
+    check_writable(path)
 
 
 def write_hypotheses(report: EvalReport, output: str | Path) -> None:

@@ -122,13 +122,23 @@ def _has_checkpoints(out: Path) -> bool:
     return last.is_file() or bool(step_checkpoints(last.parent))
 
 
+def _recorded_config(out: Path) -> dict[str, Any] | None:
+    """The configuration a run in ``out`` recorded when it started, or None where there is
+    none to read."""
+    try:
+        recorded = yaml.safe_load(run_config(out).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
 def _recorded_vocab_size(out: Path) -> int | None:
     """The tokenizer size in the configuration a run in ``out`` recorded when it started, or
     None where there is none to read."""
+    recorded = _recorded_config(out)
     try:
-        recorded = yaml.safe_load(run_config(out).read_text())
-        return int(recorded["data"]["tokenizer"]["vocab_size"])
-    except (OSError, yaml.YAMLError, TypeError, KeyError, ValueError):
+        return int(recorded["data"]["tokenizer"]["vocab_size"]) if recorded else None
+    except (TypeError, KeyError, ValueError):
         return None
 
 
@@ -296,12 +306,9 @@ def _check_same_settings(out: Path, resolved: dict[str, Any]) -> None:
     started, outside ``_CHANGEABLE_ON_RESUME``: the resume restores the optimiser, its
     schedule and the random state, so such a change took no effect or half of one, while
     config.yaml recorded it as the run's."""
-    try:
-        recorded = yaml.safe_load(run_config(out).read_text())
-    except (OSError, yaml.YAMLError):
+    recorded = _recorded_config(out)
+    if recorded is None:
         return  # nothing recorded to hold the run to
-    if not isinstance(recorded, dict):
-        return
     old = _flattened(recorded)
     new = _flattened(yaml.safe_load(yaml.safe_dump(resolved)))  # tuples as YAML reads them
     changed = [key for key in sorted(new.keys() & old.keys())
