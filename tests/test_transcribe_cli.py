@@ -1,5 +1,6 @@
 """transcribe / evaluate as a user runs them, including bad input."""
 
+import argparse
 import json
 import os
 import re
@@ -657,3 +658,24 @@ def test_head_flag_picks_the_output_and_names_one_the_model_lacks():
                                         "'attention'")):
         proc = _cli("transcribe", weather, "--head", head)
         assert (proc.returncode, proc.stderr) == (2, f"error: {message}\n")
+
+
+def test_every_option_help_tells_its_default():
+    """Options with a default named it nowhere (``train-lm --steps`` had no help at all)."""
+    from conformer_asr.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    helps = {name: " ".join(p.format_help().split()) for name, p in commands.items()}
+    assert "--steps STEPS training steps in all (default: 2000)" in helps["train-lm"]
+    assert "--seed SEED seed of the held-out split" in helps["train-lm"]
+    assert "(default: 0,0.1,0.2,0.3,0.4,0.5)" in helps["tune"]  # a list, as it is typed
+    assert "--oov-penalty OOV_PENALTY from conformer-asr tune (default: 0)" in helps["pack"]
+    assert "(default: None)" not in " ".join(helps.values())  # nothing to show, not shown
+    assert "--int8 run the Linear" in helps["transcribe"] and "(default: False)" not in \
+        helps["transcribe"]
+    for name, parser in commands.items():
+        for action in parser._actions:
+            if action.option_strings and not any(action.default is nothing for nothing in (
+                    None, False, argparse.SUPPRESS)) and action.default != []:
+                assert action.help and "default" in parser._get_formatter()._get_help_string(
+                    action), f"{name} {action.option_strings[0]}"

@@ -286,6 +286,21 @@ def _synth(args: argparse.Namespace) -> int:
     return run_synth(args)
 
 
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Ends each option's help with its default, unless the help already speaks of one or
+    there is nothing to show (no default, an off switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default, text = action.default, action.help or ""
+        if (not action.option_strings or "default" in text or default is None
+                or default is False or default == [] or default is argparse.SUPPRESS):
+            return action.help
+        values = default if isinstance(default, list) else [default]
+        shown = ",".join(f"{value:g}" if isinstance(value, float) else str(value)
+                         for value in values)
+        return f"{text} (default: {shown})".lstrip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="conformer-asr",
@@ -293,13 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "model, evaluate, train, and build a synthetic corpus. "
                     "'conformer-asr COMMAND --help' tells more.")
     parser.add_argument("--version", action="version", version=__version__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    subparsers = parser.add_subparsers(dest="command", required=True)
 
-    p = commands.add_parser("model-info", help="print parameter counts of a model as JSON")
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return subparsers.add_parser(name, formatter_class=_HelpWithDefaults, **kwargs)
+
+    p = command("model-info", help="print parameter counts of a model as JSON")
     p.add_argument("model", help="conformer-s|m|l or a model folder")
     p.set_defaults(run=_model_info)
 
-    p = commands.add_parser("transcribe", help="speech to text")
+    p = command("transcribe", help="speech to text")
     p.add_argument("audio", nargs="+", help="wav/flac/ogg/mp3 files, any rate and channels")
     p.add_argument("--model", default=None, help="model folder (default: the bundled model)")
     p.add_argument("--format", choices=list(OUTPUT_SUFFIXES), default="text",
@@ -310,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_transcriber_flags(p)
     p.set_defaults(run=_transcribe)
 
-    p = commands.add_parser("evaluate", help="WER and real-time factor on a JSONL manifest",
+    p = command("evaluate", help="WER and real-time factor on a JSONL manifest",
                             description="Utterances whose audio cannot be read are named, "
                                         "scored as empty, and make the exit status 1.")
     p.add_argument("--manifest", required=True, help='lines {"id", "audio", "text"}')
@@ -320,13 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(run=_evaluate)
 
-    p = commands.add_parser("train", help="train a model from a YAML config (resumes if stopped)")
+    p = command("train", help="train a model from a YAML config (resumes if stopped)")
     p.add_argument("config", help="training YAML (see recipes/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set trainer.max_steps=1000")
     p.set_defaults(run=_train)
 
-    p = commands.add_parser("train-lm", help="train a word-piece LSTM LM and write it with its "
+    p = command("train-lm", help="train a word-piece LSTM LM and write it with its "
                                              "lexicon, for shallow fusion")
     p.add_argument("--text", nargs="+", required=True,
                    help="text files (.txt or .txt.gz), one sentence per line")
@@ -337,23 +355,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", nargs="+", default=[], metavar="MANIFEST",
                    help="dev/test manifests: their transcripts are removed from the text")
     p.add_argument("--config", default="small", help="LM size: tiny, small or paper")
-    p.add_argument("--steps", type=_count, default=2000)
+    p.add_argument("--steps", type=_count, default=2000, help="training steps in all")
     p.add_argument("--batch-size", type=_count, default=64, help="sentences per step")
     p.add_argument("--lr", type=_number_between(0, math.inf, "positive"), default=2e-3,
                    help="peak learning rate (Noam schedule)")
-    p.add_argument("--warmup-steps", type=_count, default=200)
+    p.add_argument("--warmup-steps", type=_count, default=200,
+                   help="steps to the peak learning rate")
     p.add_argument("--heldout-fraction", type=_number_between(0, 1, "between 0 and 1"),
-                   default=0.02)
-    p.add_argument("--seed", type=int, default=0)
+                   default=0.02, help="share of the sentences held out to measure perplexity")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split, the "
+                   "sentence order and the initial weights")
     _add_device_flag(p)
     p.set_defaults(run=_train_lm)
 
-    p = commands.add_parser("tune", help="grid-search LM weight, length bonus and OOV "
+    p = command("tune", help="grid-search LM weight, length bonus and OOV "
                                          "penalty on a dev set")
     p.add_argument("--manifest", required=True, help='dev lines {"id", "audio", "text"}')
     p.add_argument("--model", default=None, help="model folder (default: the bundled model)")
     p.add_argument("--lm", required=True, help="LM folder (conformer-asr train-lm)")
-    p.add_argument("--beam-size", type=_count, default=4)
+    p.add_argument("--beam-size", type=_count, default=4, help="hypotheses kept")
     p.add_argument("--lm-weights", type=_floats, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5],
                    help="comma-separated, e.g. 0.1,0.2,0.3")
     p.add_argument("--length-bonuses", type=_floats, default=[0.0, 0.5, 1.0, 1.5],
@@ -363,12 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_flag(p)
     p.set_defaults(run=_tune)
 
-    p = commands.add_parser("pack", help="bundle a model folder with an LM and the decoding "
+    p = command("pack", help="bundle a model folder with an LM and the decoding "
                                          "tuned for them (what the bundled model is)")
     p.add_argument("model", help="model folder")
     p.add_argument("--lm", required=True, help="LM folder (train-lm), same tokenizer")
     p.add_argument("--out", required=True, help="folder to create")
-    p.add_argument("--beam-size", type=_count, default=8)
+    p.add_argument("--beam-size", type=_count, default=8, help="hypotheses kept")
     p.add_argument("--lm-weight", type=_number, required=True, help="from conformer-asr tune")
     p.add_argument("--length-bonus", type=_number, required=True, help="from conformer-asr tune")
     p.add_argument("--oov-penalty", type=_number, default=0.0, help="from conformer-asr tune")
@@ -376,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .data.synth import add_synth_arguments
 
-    p = commands.add_parser("synth", help="build a multi-voice synthetic speech corpus")
+    p = command("synth", help="build a multi-voice synthetic speech corpus")
     add_synth_arguments(p)
     p.set_defaults(run=_synth)
     return parser
