@@ -1,6 +1,7 @@
 """transcribe / evaluate as a user runs them, including bad input."""
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -15,7 +16,8 @@ import torch
 
 from conformer_asr import load_model
 from conformer_asr.audio.io import AudioError, load_audio, resample, samples_of
-from conformer_asr.inference.model_dir import save_model_dir
+from conformer_asr.inference.lm_dir import load_lm_dir
+from conformer_asr.inference.model_dir import read_config, resolve_model_dir, save_model_dir
 from conformer_asr.inference.transcriber import Word, without_overlaps
 from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
 from conformer_asr.text.tokenizer import Tokenizer
@@ -518,8 +520,16 @@ def test_model_info_reads_a_folder_and_names_a_bad_one(model_dir, tmp_path):
     assert report["params"]["total"] == sum(p.numel() for p in ASRModel(
         ModelConfig.from_dict(report["config"])).parameters())
     (tmp_path / "config.json").write_text("{not json")
+    assert "lm" not in report and "decoding" not in report  # it has neither
     result = _cli("model-info", "default")  # the bundled model, as --model takes it
-    assert result.returncode == 0 and json.loads(result.stdout)["info"], result.stderr
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    bundled = read_config(resolve_model_dir("default"))
+    assert report["info"] == bundled.info and bundled.decoding is not None
+    assert report["decoding"] == dataclasses.asdict(bundled.decoding)  # what it decodes with
+    lm, _, lm_info = load_lm_dir(resolve_model_dir("default") / "lm")
+    assert report["lm"] == {"name": lm.cfg.name, "info": lm_info,
+                            "params": sum(p.numel() for p in lm.parameters())}
     result = _cli("model-info", str(tmp_path))
     assert result.returncode != 0
     assert "invalid model config" in result.stderr and len(result.stderr.splitlines()) == 1

@@ -21,22 +21,35 @@ if TYPE_CHECKING:
 
 
 def _model_info(args: argparse.Namespace) -> int:
-    from .inference.model_dir import read_config, resolve_model_dir
+    """A built-in size's parameter counts, or a model folder's, with the folder's training
+    record, its own LM (name, parameters, training record) and its decoding settings."""
+    import dataclasses
+
+    from .inference.lm_dir import load_lm_dir
+    from .inference.model_dir import LM_SUBDIR, read_config, resolve_model_dir
     from .models import ASRModel, count_parameters, get_config
     from .models.config import NAMED_CONFIGS, PAPER_PARAMS
 
-    info: dict = {}
     if args.model in NAMED_CONFIGS or not (args.model == "default" or Path(args.model).exists()):
         cfg = get_config(args.model)
-    else:
-        folder = read_config(resolve_model_dir(args.model))
-        cfg, info = folder.model, folder.info
-    report = {"name": cfg.name, "params": count_parameters(ASRModel(cfg)),
-              "config": cfg.to_dict()}
-    if cfg.name in PAPER_PARAMS:
-        report["paper_params"] = PAPER_PARAMS[cfg.name]
-    if info:
-        report["info"] = info
+        report = {"name": cfg.name, "params": count_parameters(ASRModel(cfg)),
+                  "config": cfg.to_dict()}
+        if cfg.name in PAPER_PARAMS:
+            report["paper_params"] = PAPER_PARAMS[cfg.name]
+        print(json.dumps(report))
+        return 0
+    directory = resolve_model_dir(args.model)
+    folder = read_config(directory)
+    report = {"name": folder.model.name, "params": count_parameters(ASRModel(folder.model)),
+              "config": folder.model.to_dict()}
+    if folder.info:
+        report["info"] = folder.info
+    if (directory / LM_SUBDIR).is_dir():
+        lm, _, lm_info = load_lm_dir(directory / LM_SUBDIR)
+        report["lm"] = {"name": lm.cfg.name, "params": sum(p.numel() for p in lm.parameters()),
+                        "info": lm_info}
+    if folder.decoding is not None:
+        report["decoding"] = dataclasses.asdict(folder.decoding)
     print(json.dumps(report))
     return 0
 
