@@ -352,6 +352,19 @@ def test_evaluate_refuses_an_empty_manifest(model_dir, tmp_path):
     assert proc.stderr.strip() == f"error: {manifest}: no utterances in the manifest"
 
 
+def test_evaluate_refuses_an_id_given_twice(tmp_path):
+    """Manifests joined twice were scored with every utterance counted twice, and the
+    hypotheses file had two lines for one id."""
+    manifest = tmp_path / "twice.jsonl"
+    line = json.dumps({"id": "a", "audio": str(DATA / "clip1.wav"), "text": "x"})
+    other = json.dumps({"id": "b", "audio": str(DATA / "clip2.wav"), "text": "y"})
+    manifest.write_text(f"{line}\n{other}\n\n{line}\n")
+    proc = _cli("evaluate", "--manifest", str(manifest))
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == f"error: {manifest}:4: id 'a' again (first on line 1): ids must be " \
+                          "unique\n"
+
+
 def test_evaluate_names_a_manifest_it_cannot_read(model_dir, tmp_path):
     """An audio file given as the manifest, and a line that is not an utterance: one line
     each, naming the file (and the line), before any decoding."""

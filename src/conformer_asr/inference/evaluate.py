@@ -82,17 +82,22 @@ class EvalReport:
 
 
 def read_manifest(path: str | Path) -> list[Utterance]:
-    """Lines ``{"id", "audio", "text"}`` (+ optional "speaker"/"voice"); audio relative to
-    the manifest's folder or absolute."""
+    """Lines ``{"id", "audio", "text"}`` (+ optional "speaker"/"voice"), each id once; audio
+    relative to the manifest's folder or absolute."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: manifest not found")
     rows = []
     with_digits = []  # "2 dogs" was scored as "dogs", silently
+    line_of: dict[str, int] = {}  # an id given twice was scored twice, its hypotheses ambiguous
     for number, item in plain_records(read_text(path).split("\n")):
         if item is None:
             raise ValueError(f'{path}:{number}: not a manifest line (expected JSON with "id", '
                              f'"audio" and "text" strings)')
+        if item["id"] in line_of:
+            raise ValueError(f"{path}:{number}: id {item['id']!r} again (first on line "
+                             f"{line_of[item['id']]}): ids must be unique")
+        line_of[item["id"]] = number
         if _DIGIT.search(item["text"]):
             with_digits.append(item["id"])
         audio = Path(item["audio"])
