@@ -465,6 +465,20 @@ def test_a_run_stopped_before_its_first_checkpoint_takes_a_new_vocab_size(tmp_pa
     assert first.vocab_size == 30 and _tokenizer(bigger, texts, exp).vocab_size == 40
 
 
+def test_a_vocab_size_the_text_cannot_fill_is_said(tmp_path, capsys):
+    """SentencePiece stops merging where the text runs out of pairs; the run used a smaller
+    output layer than its config.yaml said, silently."""
+    from conformer_asr.training.run import _tokenizer
+
+    cfg = load_config(_config(tmp_path), ["data.tokenizer.vocab_size=5000"])
+    texts = [c.supervisions[0].text for c in load_manifests(cfg.data.train, DataIssues())]
+    made = _tokenizer(cfg, texts, Path(cfg.out_dir)).vocab_size
+    assert made < 5000
+    assert capsys.readouterr().out == (
+        f"data.tokenizer.vocab_size: 5000, but the training text makes only {made} word "
+        f"pieces; the model outputs those {made}\n")
+
+
 def test_a_resume_that_cannot_fit_its_checkpoints_stops_before_writing(tmp_path):
     """Another model section, or the run's tokenizer gone: one line naming the problem,
     and config.yaml still describes the checkpoints."""

@@ -164,7 +164,7 @@ def _tokenizer(cfg: TrainConfig, train_texts: list[str], out: Path) -> Tokenizer
     if own.is_file() and recorded in (None, wanted):  # a run stopped before its first checkpoint
         return Tokenizer(own)
     try:
-        return Tokenizer.train(train_texts, own.parent, vocab_size=wanted)
+        tokenizer = Tokenizer.train(train_texts, own.parent, vocab_size=wanted)
     except RuntimeError as error:  # SentencePiece's own, e.g. fewer pieces than characters
         needed = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(error))
         if needed is None:
@@ -172,6 +172,10 @@ def _tokenizer(cfg: TrainConfig, train_texts: list[str], out: Path) -> Tokenizer
         raise ConfigError(f"data.tokenizer.vocab_size: {wanted} is too "
                           f"small: the training text needs {needed[1]} pieces for its "
                           "characters and the special ones") from None
+    if tokenizer.vocab_size < wanted:  # SentencePiece stops where the text has no more merges
+        _say(f"data.tokenizer.vocab_size: {wanted}, but the training text makes only "
+             f"{tokenizer.vocab_size} word pieces; the model outputs those {tokenizer.vocab_size}")
+    return tokenizer
 
 
 def _precision(cfg: TrainConfig) -> str:
