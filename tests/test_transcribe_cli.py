@@ -74,6 +74,30 @@ def test_bad_files_are_named_and_the_rest_transcribed(model_dir, tmp_path):
     assert rows[2]["duration"] == pytest.approx(len(mono) / 16000, abs=0.01)
 
 
+def test_names_that_are_not_utf8_or_too_long(model_dir, tmp_path):
+    """A name that is not UTF-8 (Latin-1 "café") stopped the whole run with an encoding error
+    naming no file; a name too long for the file system did too, after decoding the files
+    before it, whose transcripts were lost. Now the first is read and printed as the bytes
+    it is, the second named, and the others transcribed, in any locale."""
+    latin = tmp_path / os.fsdecode(b"caf\xe9.wav")
+    latin.write_bytes((DATA / "clip1.wav").read_bytes())
+    too_long = tmp_path / ("a" * 300 + ".wav")
+    good = DATA / "clip2.wav"
+    proc = subprocess.run(
+        [sys.executable, "-m", "conformer_asr.cli", "transcribe", str(latin), str(too_long),
+         str(good), "--model", str(model_dir)],
+        capture_output=True, timeout=300, env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
+    assert proc.returncode == 1
+    assert proc.stderr.decode() == f"error: {too_long}: File name too long\n"
+    lines = proc.stdout.split(b"\n")
+    assert lines[0].startswith(os.fsencode(latin) + b"\t") and lines[1].startswith(
+        os.fsencode(good) + b"\t") and lines[2:] == [b""]
+    model = load_model(model_dir)
+    results = list(model.iter_transcripts([latin, str(too_long)]))
+    assert results[0][1].text == model.transcribe(DATA / "clip1.wav")[0]
+    assert isinstance(results[1][1], AudioError)
+
+
 def test_bad_last_or_only_file_is_a_one_line_error(model_dir, tmp_path):
     text = tmp_path / "notes.wav"
     text.write_text("this is not audio")

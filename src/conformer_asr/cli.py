@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -423,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
     from .models.config import ConfigError
 
     args = build_parser().parse_args(argv)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # a file name that is not UTF-8 comes in as "surrogate escapes" and goes out as the
+        # bytes it was, as other Unix tools print it, instead of failing to print
+        sys.stdout.reconfigure(errors="surrogateescape")
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_for((AudioWarning, ReferenceWarning))

@@ -89,32 +89,40 @@ def resample(samples: np.ndarray, rate: int, target_rate: int = SAMPLE_RATE) -> 
 _NOT_MP3_MAGIC = (b"RIFF", b"RF64", b"riff", b"fLaC", b"OggS", b"FORM", b"caff", b".snd")
 
 
+def _not_a_file_because(name: str, path: Path) -> str | None:
+    """Why ``path`` is not an audio file to open, or None if it is a non-empty regular file.
+    Raises the OSError of a check that could not be made (a name too long, say)."""
+    if path.is_file():
+        return "empty file" if path.stat().st_size == 0 else None
+    if path.is_dir():
+        return "a folder, not an audio file"
+    if path.is_symlink() and not path.exists():
+        return f"a broken symbolic link (to {os.readlink(path)})"
+    if path.exists():
+        return "not a regular file (a pipe, device or socket): give an audio file"
+    if name == "-":
+        return "no such file (audio is not read from standard input: give a file)"
+    return "no such file"
+
+
 def _open(path: str | Path) -> sf.SoundFile:
     if str(path) == "":
         raise AudioError("an empty string is not a file name")
     name, path = str(path), Path(path)  # the name as given: Path drops a leading "./"
-    if not path.is_file():
-        if path.is_dir():
-            reason = "a folder, not an audio file"
-        elif path.is_symlink() and not path.exists():
-            reason = f"a broken symbolic link (to {os.readlink(path)})"
-        elif path.exists():
-            reason = "not a regular file (a pipe, device or socket): give an audio file"
-        elif name == "-":
-            reason = "no such file (audio is not read from standard input: give a file)"
-        else:
-            reason = "no such file"
-        raise AudioError(f"{name}: {reason}")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{name}: empty file")
     try:
-        with path.open("rb") as f:
-            maybe_mp3 = not f.read(4).startswith(_NOT_MP3_MAGIC)
-    except OSError as error:  # not readable by this user, say
+        reason = _not_a_file_because(name, path)
+        if reason is None:
+            with path.open("rb") as f:
+                maybe_mp3 = not f.read(4).startswith(_NOT_MP3_MAGIC)
+    except OSError as error:  # not readable by this user, a name too long, ...
         raise AudioError(f"{name}: {error.strerror or error}") from None
+    if reason is not None:
+        raise AudioError(f"{name}: {reason}")
     try:
         with quiet_stderr(maybe_mp3):
-            f = sf.SoundFile(path)
+            # as bytes: soundfile encodes a str name strictly as UTF-8, which a name that
+            # is not UTF-8 (kept by Python as "surrogate escapes") cannot be
+            f = sf.SoundFile(os.fsencode(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
         if getattr(error, "code", None) == _SFE_BAD_FILE:
             # what libsndfile's MP3 probe, tried last, says of data it cannot decode: the

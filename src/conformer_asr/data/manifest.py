@@ -164,7 +164,7 @@ def _header(audio: str) -> _Header | str:
     if not os.path.isfile(audio):
         return "missing audio"
     try:
-        with sf.SoundFile(audio) as f:
+        with sf.SoundFile(os.fsencode(audio)) as f:  # bytes: a name may not be UTF-8
             header = _Header(f.samplerate, f.frames, f.channels)
     except (sf.LibsndfileError, RuntimeError, TypeError):
         return "unreadable audio"
