@@ -584,6 +584,22 @@ def test_a_reader_that_leaves_early_gets_no_traceback(model_dir):
     assert result.stderr == ""
 
 
+def test_evaluate_writes_its_hypotheses_when_the_reader_has_left(model_dir, tmp_path):
+    """`evaluate --output h.jsonl | head -1`: the report went first, and the closed pipe
+    ended the run before the hypotheses file was written."""
+    output = tmp_path / "hyps.jsonl"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "wb") as stdout:
+        result = subprocess.run(
+            [sys.executable, "-m", "conformer_asr.cli", "evaluate", "--manifest",
+             str(DATA / "manifest.jsonl"), "--model", str(model_dir), "--output", str(output)],
+            stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert (result.returncode, result.stderr) == (141, "")
+    ids = [json.loads(line)["id"] for line in (DATA / "manifest.jsonl").read_text().splitlines()]
+    assert [json.loads(line)["id"] for line in output.read_text().splitlines()] == ids
+
+
 @pytest.mark.parametrize("device", ["tpu", "cuda:x", "cuda:99"]
                          + ([] if torch.cuda.is_available() else ["cuda"]))
 def test_a_device_this_machine_lacks_is_a_usage_error(model_dir, device):

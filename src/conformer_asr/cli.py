@@ -150,6 +150,14 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise ValueError(_described(error)) from None
     transcriber = _load_transcriber(args)
     report = evaluate(transcriber, args.manifest)
+    unwritten: OSError | None = None
+    if args.output is not None:
+        # before the report, which a reader that leaves early (`| head`) would cut short;
+        # a disk that filled up meanwhile costs the file, not the report
+        try:
+            write_hypotheses(report, args.output)
+        except OSError as error:
+            unwritten = error
     if args.json:
         decoding = {**vars(transcriber.options), "lm": transcriber.lm is not None}
         print(json.dumps({**report.to_dict(), "decoding": decoding, "int8": args.int8}))
@@ -157,10 +165,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             print(reason, file=sys.stderr)
     else:
         print(report.format())
-    if args.output is not None:
-        # after the report: a disk that filled up meanwhile costs the file, not the report
+    if unwritten is not None:
         sys.stdout.flush()
-        write_hypotheses(report, args.output)
+        raise unwritten
     return 1 if report.failed else 0  # scored as empty: the WER is not the model's alone
 
 
