@@ -201,3 +201,12 @@ def test_data_issues_cap_merge_and_summary():
     assert first.summary() == ("missing audio: 8 (e.g. 0.wav, 1.wav, 2.wav, 3.wav, 4.wav)\n"
                                "empty text: 1 (e.g. u1)")
     assert DataIssues().total == 0 and DataIssues().summary() == ""
+
+
+def test_speaker_zero_is_a_speaker(corpus):
+    """Numeric speaker ids: 0 was read as no speaker, and left out of evaluate's breakdown."""
+    manifest = _write_lines(corpus / "numbered.jsonl", [
+        {"id": "a", "audio": "wavs/a.wav", "text": "hi", "speaker": 0},
+        {"id": "b", "audio": "wavs/b.flac", "text": "there", "voice": 1},
+        {"id": "c", "audio": "wavs/a.wav", "text": "you", "speaker": None}])
+    assert [u.speaker for u in read_manifest(manifest)] == ["0", "1", ""]

@@ -104,7 +104,7 @@ def read_manifest(path: str | Path) -> list[Utterance]:
         rows.append(Utterance(
             id=item["id"], audio=audio if audio.is_absolute() else path.parent / audio,
             text=normalize_text(item["text"]),
-            speaker=str(item.get("speaker") or item.get("voice") or ""),
+            speaker=_speaker(item),
         ))
     if not rows:
         raise ValueError(f"{path}: no utterances in the manifest")
@@ -114,6 +114,12 @@ def read_manifest(path: str | Path) -> list[Utterance]:
                       f"scoring leaves out (e.g. {with_digits[0]}); the model writes numbers "
                       "as words: write them so", ReferenceWarning, stacklevel=2)
     return rows
+
+
+def _speaker(item: dict) -> str:
+    """A line's "speaker" (or "voice"), "" where it has none; 0 is a speaker too."""
+    speaker = item.get("speaker", item.get("voice"))
+    return "" if speaker is None else str(speaker)
 
 
 def check_output(output: str | Path, manifest: str | Path) -> None:
