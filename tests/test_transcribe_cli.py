@@ -449,6 +449,11 @@ def test_python_api_accepts_arrays(model_dir):
                          (np.float32(0.3), "float32")):
         with pytest.raises(AudioError, match=f"^input 0: not audio but a {kind} "):
             transcriber.transcribe(single)
+    # an open file, one input named for what it is: it was a sequence of its "lines"
+    with (DATA / "clip1.wav").open("rb") as file:
+        results = list(transcriber.iter_transcripts(file))
+    assert len(results) == 1 and str(results[0][1]).startswith(
+        "input 0: not audio but a BufferedReader (give a file path")
     assert transcriber.transcribe(torch.from_numpy(audio).bfloat16())[0]  # (NumPy has none)
     for rate in (0, -8000, "16000", float("nan")):  # soxr's error, or a TypeError
         with pytest.raises(ValueError, match=f"^sample_rate: the arrays' rate in Hz, a "

@@ -44,7 +44,7 @@ def samples_of(array: object, name: str) -> np.ndarray:
     or integers (int16, int32, uint8 PCM) scaled as in a WAV file. AudioError naming
     ``name`` for other shapes or types, or NaN and infinite samples.
     """
-    if hasattr(array, "detach"):  # a torch tensor
+    if hasattr(array, "detach") and hasattr(array, "cpu"):  # a torch tensor (a file has detach)
         tensor = array.detach().cpu()
         try:
             array = tensor.numpy()

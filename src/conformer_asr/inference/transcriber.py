@@ -23,6 +23,7 @@ decoded and has no words: the model, which never heard such input alone, made so
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
 import math
 import numbers
@@ -156,9 +157,10 @@ class Transcriber:
             raise ValueError(f"sample_rate: the arrays' rate in Hz, a positive number; got "
                              f"{sample_rate!r}")
         # one recording (or one thing that is not a recording: it is named as such), not a
-        # sequence of characters, bytes or samples; any other iterable is a sequence of
-        # inputs (a generator too: each is handed back with its result)
-        single = str | bytes | Path | np.ndarray | np.generic | torch.Tensor
+        # sequence of characters, bytes, lines of an open file or samples; any other
+        # iterable is a sequence of inputs (a generator too: each is handed back with its
+        # result)
+        single = str | bytes | Path | np.ndarray | np.generic | torch.Tensor | io.IOBase
         inputs = [inputs] if isinstance(inputs, single) else list(inputs)
         pending: dict[int, list[tuple[_Segment, Hypothesis]]] = {}
         finished: dict[int, float | AudioError] = {}  # duration, or why the input failed
