@@ -72,19 +72,31 @@ def test_cues_keep_every_word_in_order_within_the_limits(seed):
         assert cue.start == group[0].start
         assert group[-1].end <= cue.end <= max(
             group[-1].end, group[0].start + MIN_CUE_SECONDS)
-        assert all(b.start - a.end < PAUSE_SECONDS for a, b in itertools.pairwise(group))
+        assert all(_ms(b.start - a.end) < _ms(PAUSE_SECONDS)
+                   for a, b in itertools.pairwise(group))
         if len(group) > 1:
             assert len(cue.lines) <= MAX_LINES
             assert all(len(line) <= MAX_LINE_CHARS for line in cue.lines)
-            assert group[-1].end - group[0].start <= MAX_CUE_SECONDS
+            assert _ms(group[-1].end - group[0].start) <= _ms(MAX_CUE_SECONDS)
         if next_cue is None:
             continue
         assert cue.end <= max(next_cue.start, group[-1].end)
         first = transcript.words[position]  # did not fit in this cue
-        assert (first.start - group[-1].end >= PAUSE_SECONDS
-                or first.end - group[0].start > MAX_CUE_SECONDS
+        assert (_ms(first.start - group[-1].end) >= _ms(PAUSE_SECONDS)
+                or _ms(first.end - group[0].start) > _ms(MAX_CUE_SECONDS)
                 or len(_wrapped(" ".join([*(w.word for w in group), first.word])))
                 > MAX_LINES)
+
+
+def _ms(seconds: float) -> int:
+    """Times to the millisecond: word times are decimals that floats hold inexactly."""
+    return round(seconds * 1000)
+
+
+def test_a_pause_of_exactly_the_limit_starts_a_cue():
+    """0.7 - 0.4 is 0.29999... in floating point: that pause of 0.3 s kept one cue."""
+    words = [Word("one", 0.1, 0.4), Word("two", 0.7, 0.9), Word("three", 1.1, 1.3)]
+    assert [c.lines for c in cues(_transcript(words))] == [("one",), ("two three",)]
 
 
 def _wrapped(text: str) -> list[str]:

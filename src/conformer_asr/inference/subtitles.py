@@ -50,9 +50,14 @@ def cues(transcript: Transcript) -> list[Cue]:
 
 
 def _fits(group: list[Word], word: Word) -> bool:
-    return (word.start - group[-1].end < PAUSE_SECONDS
-            and word.end - group[0].start <= MAX_CUE_SECONDS
+    # in whole milliseconds: 0.7 - 0.4 is 0.29999... in floating point, not a pause of 0.3 s
+    return (_ms(word.start - group[-1].end) < _ms(PAUSE_SECONDS)
+            and _ms(word.end - group[0].start) <= _ms(MAX_CUE_SECONDS)
             and len(_lines([*group, word])) <= MAX_LINES)
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
 
 
 def _lines(words: Sequence[Word]) -> list[str]:
