@@ -705,6 +705,35 @@ def test_checkpoints_come_at_their_steps_and_at_the_last(tmp_path):
     assert _step_of(tmp_path / "last.ckpt") == 13
 
 
+def _checkpoints_read_as_model_folders(run: Path, folder: Path, tuned: Path,
+                                       tmp_path: Path) -> None:
+    """design.md's `model-info NAME_OR_CHECKPOINT`; `--model` and `load_model` take one too.
+    ``run`` averaged its last checkpoint alone into ``folder``; ``tuned`` started from that
+    folder, moved away since."""
+    from conformer_asr import load_model
+    from conformer_asr.inference.model_dir import ModelDirError
+
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    from_checkpoint, from_folder = load_model(checkpoint), load_model(folder)
+    for name, value in from_folder.model.state_dict().items():
+        torch.testing.assert_close(from_checkpoint.model.state_dict()[name], value, msg=name)
+    clip = DATA / "clip1.wav"
+    assert from_checkpoint.transcribe(clip) == from_folder.transcribe(clip)
+    assert load_model(tuned / "checkpoints" / "last.ckpt").transcribe(clip)  # its own tokenizer
+    proc = subprocess.run([sys.executable, "-m", "conformer_asr.cli", "model-info",
+                           str(checkpoint)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["params"] == json.loads(subprocess.run(
+        [sys.executable, "-m", "conformer_asr.cli", "model-info", str(folder)],
+        capture_output=True, text=True, timeout=120).stdout)["params"]
+    assert info["info"] == {"checkpoint": str(checkpoint)}
+    alone = tmp_path / "alone.ckpt"  # away from its run: no architecture to read
+    alone.write_bytes(checkpoint.read_bytes())
+    with pytest.raises(ModelDirError, match=f"^{alone}: a checkpoint without its run's "):
+        load_model(alone)
+
+
 def test_init_from_starts_a_run_from_a_trained_model_folder(tmp_path):
     """A fine-tuning run takes the folder's architecture, tokenizer and weights; its model
     section may change dropout and the heads but not the encoder."""
@@ -754,6 +783,8 @@ def test_init_from_starts_a_run_from_a_trained_model_folder(tmp_path):
     config = json.loads((tmp_path / "tuned" / "model" / "config.json").read_text())
     assert config["info"]["steps"] == 2 and config["info"]["init_from"]["info"]["steps"] == 2
     assert config["model"]["encoder"]["d_model"] == 32
+    _checkpoints_read_as_model_folders(source / "exp", tmp_path / "moved", tmp_path / "tuned",
+                                       tmp_path)
     (tmp_path / "moved").rename(folder)
 
     with pytest.raises(ConfigError, match=r"^data\.tokenizer: init_from"):
@@ -761,6 +792,9 @@ def test_init_from_starts_a_run_from_a_trained_model_folder(tmp_path):
     with pytest.raises(ConfigError, match=r"^init_from: .*no such model folder"):
         parse_config({**raw, "init_from": str(tmp_path / "missing"),
                       "out_dir": str(tmp_path / "new")})
+    checkpoint = source / "exp" / "checkpoints" / "last.ckpt"  # a model, but not a start
+    with pytest.raises(ConfigError, match=f"^init_from: {checkpoint}: a training checkpoint; "):
+        parse_config({**raw, "init_from": str(checkpoint), "out_dir": str(tmp_path / "new")})
     with pytest.raises(ConfigError, match=r"^model\.base"):
         parse_config({**raw, "model": {"base": "conformer-s"}})
     wider = parse_config({**raw, "model": {"encoder": {"d_model": 64}},

@@ -335,12 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
         return subparsers.add_parser(name, formatter_class=_HelpWithDefaults, **kwargs)
 
     p = command("model-info", help="print parameter counts of a model as JSON")
-    p.add_argument("model", help="conformer-s|m|l or a model folder")
+    p.add_argument("model", help="conformer-s|m|l, a model folder or a training checkpoint")
     p.set_defaults(run=_model_info)
 
     p = command("transcribe", help="speech to text")
     p.add_argument("audio", nargs="+", help="wav/flac/ogg/mp3 files, any rate and channels")
-    p.add_argument("--model", default=None, help="model folder (default: the bundled model)")
+    p.add_argument("--model", default=None,
+                   help="model folder or training checkpoint (default: the bundled model)")
     p.add_argument("--format", choices=list(OUTPUT_SUFFIXES), default="text",
                    help="text, JSON lines, or SubRip / WebVTT subtitles")
     p.add_argument("--words", action="store_true", help="with --format json: word timestamps")
@@ -353,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Utterances whose audio cannot be read are named, "
                                         "scored as empty, and make the exit status 1.")
     p.add_argument("--manifest", required=True, help='lines {"id", "audio", "text"}')
-    p.add_argument("--model", default=None, help="model folder (default: the bundled model)")
+    p.add_argument("--model", default=None,
+                   help="model folder or training checkpoint (default: the bundled model)")
     p.add_argument("--output", default=None, help='write {"id", "text"} lines here')
     _add_transcriber_flags(p)
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
@@ -392,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("tune", help="grid-search LM weight, length bonus and OOV "
                                          "penalty on a dev set")
     p.add_argument("--manifest", required=True, help='dev lines {"id", "audio", "text"}')
-    p.add_argument("--model", default=None, help="model folder (default: the bundled model)")
+    p.add_argument("--model", default=None,
+                   help="model folder or training checkpoint (default: the bundled model)")
     p.add_argument("--lm", required=True, help="LM folder (conformer-asr train-lm)")
     p.add_argument("--beam-size", type=_count, default=4, help="hypotheses kept")
     p.add_argument("--lm-weights", type=_floats, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5],

@@ -79,7 +79,17 @@ class FolderConfig:
     decoding: DecodingOptions | None  # recommended with the folder's own LM, if it has one
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a training checkpoint, which reads as a model folder does."""
+    return Path(path).suffix == ".ckpt" and Path(path).is_file()
+
+
 def read_config(directory: str | Path) -> FolderConfig:
+    """The folder's config.json, or a training checkpoint's run's settings."""
+    if is_checkpoint(directory):
+        from ..training.checkpoints import read_checkpoint_config  # training imports this
+
+        return read_checkpoint_config(Path(directory))
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise ModelDirError(f"{directory}: not a model folder (no {CONFIG_FILE})")
@@ -103,8 +113,13 @@ def bundled_lm_dir(directory: str | Path) -> Path | None:
 
 
 def load_model_dir(directory: str | Path) -> tuple[ASRModel, Tokenizer, FolderConfig]:
-    """-> (model in eval mode on CPU, tokenizer, parsed config.json). Raises ModelDirError."""
+    """-> (model in eval mode on CPU, tokenizer, parsed config.json). Raises ModelDirError.
+    A training checkpoint (``RUN/checkpoints/*.ckpt``) reads as a folder of its weights."""
     directory = Path(directory)
+    if is_checkpoint(directory):
+        from ..training.checkpoints import read_checkpoint  # training imports this module
+
+        return read_checkpoint(directory)
     config = read_config(directory)
     for name in (WEIGHTS_FILE, MODEL_FILE):
         if not (directory / name).is_file():
@@ -142,7 +157,8 @@ def load_weights(module: M, directory: Path) -> M:
 
 
 def resolve_model_dir(path_or_name: str | Path | None) -> Path:
-    """None or "default" -> the bundled model; anything else must be a model folder."""
+    """None or "default" -> the bundled model; anything else must be a model folder (or a
+    training checkpoint)."""
     if path_or_name is None or str(path_or_name) == "default":
         if not (BUNDLED_DIR / CONFIG_FILE).is_file():
             raise ModelDirError(f"{BUNDLED_DIR}: the bundled model is missing from this install")

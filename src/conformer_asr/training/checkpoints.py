@@ -1,17 +1,24 @@
-"""Crash-safe checkpoint writing and checkpoint averaging."""
+"""Crash-safe checkpoint writing, checkpoint averaging, and a checkpoint read as a model."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ..files import flush_to_disk, naming, save_torch, temporary_beside
+from ..files import flush_to_disk, naming, read_text, save_torch, temporary_beside
+from ..inference.model_dir import FolderConfig, ModelDirError
+from ..models.asr import ASRModel
+from ..models.config import ConfigError, ModelConfig
+from ..text.tokenizer import Tokenizer
+from .config import run_config, run_tokenizer
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -155,3 +162,56 @@ def average_checkpoints(paths: list[Path], prefix: str = "model.") -> dict[str, 
             else:
                 total[name] = value
     return {k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in total.items()}
+
+
+def read_checkpoint(path: Path) -> tuple[ASRModel, Tokenizer, FolderConfig]:
+    """A training checkpoint (``RUN/checkpoints/*.ckpt``) as ``load_model_dir`` reads a model
+    folder: the model at that step in eval mode on the CPU (not averaged), the run's
+    tokenizer, and its architecture from ``RUN/config.yaml`` (info: the checkpoint and its
+    step). Raises ModelDirError naming what is missing or unreadable."""
+    config, tokenizer = _checkpoint_config(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        state = checkpoint["state_dict"]
+    except Exception as error:  # torch.load raises many kinds for a file that is no checkpoint
+        raise ModelDirError(f"{path}: not a readable training checkpoint ({error})") from None
+    model = ASRModel(config.model)
+    weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise ModelDirError(f"{path}: weights do not match {run_config(path.parent.parent)} "
+                            f"({first})") from None
+    info = {"checkpoint": str(path), "steps": checkpoint.get("global_step")}
+    return model.eval(), tokenizer, dataclasses.replace(config, info=info)
+
+
+def read_checkpoint_config(path: Path) -> FolderConfig:
+    """The architecture of a training checkpoint's run (``RUN/config.yaml``) as a model
+    folder's config, without loading the weights."""
+    config, _ = _checkpoint_config(path)
+    return dataclasses.replace(config, info={"checkpoint": str(path)})
+
+
+def _checkpoint_config(path: Path) -> tuple[FolderConfig, Tokenizer]:
+    run = path.parent.parent
+    settings = run_config(run)
+    if not settings.is_file():
+        raise ModelDirError(f"{path}: a checkpoint without its run's {settings}, which gives "
+                            "the model's architecture (checkpoints are read in their run's "
+                            "checkpoints/ folder)")
+    try:
+        recorded = yaml.safe_load(read_text(settings))
+        model = ModelConfig.from_dict(recorded["model"])
+        given = ((recorded.get("data") or {}).get("tokenizer") or {}).get("path")
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError, ConfigError) as error:
+        raise ModelDirError(f"{settings}: not a run's recorded settings ({error})") from None
+    tokenizer_file = Path(given) if given and Path(given).is_file() else run_tokenizer(run)
+    if not tokenizer_file.is_file():
+        raise ModelDirError(f"{path}: the run's tokenizer ({tokenizer_file}) is missing")
+    tokenizer = Tokenizer(tokenizer_file)
+    if tokenizer.vocab_size != model.vocab_size:
+        raise ModelDirError(f"{path}: the tokenizer {tokenizer_file} has {tokenizer.vocab_size} "
+                            f"pieces, {settings} says {model.vocab_size}")
+    return FolderConfig(model, {}, None), tokenizer

@@ -33,7 +33,7 @@ import yaml
 
 from ..data.augment import AugmentConfig
 from ..files import read_text
-from ..inference.model_dir import ModelDirError, read_config, resolve_model_dir
+from ..inference.model_dir import ModelDirError, is_checkpoint, read_config, resolve_model_dir
 from ..models.config import (
     ConfigError,
     ModelConfig,
@@ -246,6 +246,9 @@ def _init_source(value: Any, out_dir: Path) -> tuple[str, ModelConfig, Path] | N
     if all(path.is_file() for path in recorded_files):
         recorded = yaml.safe_load(run_config(out_dir).read_text())
         return str(value), ModelConfig.from_dict(recorded["model"]), run_tokenizer(out_dir)
+    if is_checkpoint(value):
+        raise ConfigError(f"init_from: {value}: a training checkpoint; give a model folder "
+                          "(its run's model/, say)")
     try:
         folder = resolve_model_dir(str(value)).resolve()
         return str(folder), read_config(folder).model, folder / MODEL_FILE
