@@ -120,6 +120,9 @@ def test_batches_that_fill_up_exactly_at_the_last_input(model_dir):
 def test_missing_and_mismatched_model_folders(model_dir, tmp_path):
     proc = _cli("transcribe", str(DATA / "clip1.wav"), "--model", str(tmp_path / "nope"))
     assert proc.returncode == 2 and "no such model folder" in proc.stderr
+    proc = _cli("transcribe", str(DATA / "clip1.wav"), "--model", "")  # was ".: not a model..."
+    assert (proc.returncode, proc.stderr) == (2, "error: an empty string is not a model "
+                                                 "folder's name\n")
     broken = tmp_path / "broken"
     broken.mkdir()
     for name in ("config.json", "tokenizer.model"):
@@ -395,10 +398,14 @@ def test_evaluate_names_a_manifest_it_cannot_read(model_dir, tmp_path):
     lines = tmp_path / "no_text.jsonl"
     lines.write_text('{"id": "a", "audio": "a.wav", "text": "a"}\n'
                      '{"id": "b", "audio": "b.wav", "text": 3}\n')
+    no_audio = tmp_path / "no_audio.jsonl"  # "" was the manifest's folder: "a folder"
+    no_audio.write_text('{"id": "a", "audio": "", "text": "a"}\n')
     for path, message in [
         (DATA / "clip1.wav", rf"{DATA / 'clip1.wav'}: not UTF-8 text \(byte \d+\)"),
         (lines, rf'{lines}:2: not a manifest line \(expected JSON with "id", "audio" and '
                 r'"text" strings\)'),
+        (no_audio, rf"{no_audio}:1: an empty \"audio\" \(id 'a'\)"),
+        (tmp_path, rf"{tmp_path}: a folder, not a manifest"),  # was "manifest not found"
     ]:
         proc = _cli("evaluate", "--manifest", str(path), "--model", str(model_dir))
         assert proc.returncode == 2 and proc.stdout == ""

@@ -85,6 +85,8 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     """Lines ``{"id", "audio", "text"}`` (+ optional "speaker"/"voice"), each id once; audio
     relative to the manifest's folder or absolute."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: a folder, not a manifest")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: manifest not found")
     rows = []
@@ -94,6 +96,8 @@ def read_manifest(path: str | Path) -> list[Utterance]:
         if item is None:
             raise ValueError(f'{path}:{number}: not a manifest line (expected JSON with "id", '
                              f'"audio" and "text" strings)')
+        if not item["audio"]:  # Path("") is ".", the manifest's folder
+            raise ValueError(f'{path}:{number}: an empty "audio" (id {item["id"]!r})')
         if item["id"] in line_of:
             raise ValueError(f"{path}:{number}: id {item['id']!r} again (first on line "
                              f"{line_of[item['id']]}): ids must be unique")

@@ -163,6 +163,8 @@ def resolve_model_dir(path_or_name: str | Path | None) -> Path:
         if not (BUNDLED_DIR / CONFIG_FILE).is_file():
             raise ModelDirError(f"{BUNDLED_DIR}: the bundled model is missing from this install")
         return BUNDLED_DIR
+    if str(path_or_name) == "":  # Path("") is ".", the current folder
+        raise ModelDirError("an empty string is not a model folder's name")
     path = Path(path_or_name)
     if not path.exists():
         raise ModelDirError(f"{path}: no such model folder")
