@@ -140,6 +140,38 @@ def test_script_transcript_line_without_text(broken, tmp_path, line):
                  f'{transcript} line 2: expected "ID TEXT", got {line!r}')
 
 
+def test_script_transcript_id_given_twice(broken, tmp_path):
+    """Lhotse's recipe stopped with "RecordingSet has recordings with duplicated IDs"."""
+    transcript = broken / "dev-clean" / "84" / "121123" / "84-121123.trans.txt"
+    transcript.write_text(f"{transcript.read_text()}84-121123-0000 AGAIN\n")
+    assert_error(run_prepare("--corpus-dir", broken, "--out-dir", tmp_path),
+                 f"{transcript} line 2: 84-121123-0000 again (first in 84-121123.trans.txt "
+                 "line 1); each id once")
+
+
+def test_download_fetches_only_the_parts_not_there(broken, tmp_path, monkeypatch):
+    """A part unpacked by hand has no Lhotse ".completed" mark: Lhotse fetched it again and
+    deleted the folder, with anything the user kept in it, to unpack the archive there."""
+    from lhotse.recipes import librispeech
+
+    fetched = []
+
+    def download(target_dir, dataset_parts):  # no network here: unpack a copy instead
+        fetched.extend(dataset_parts)
+        for part in dataset_parts:
+            shutil.copytree(broken / "dev-clean", Path(target_dir) / "LibriSpeech" / part)
+
+    monkeypatch.setattr(librispeech, "download_librispeech", download)
+    notes = broken / "dev-clean" / "MY_NOTES.txt"
+    notes.write_text("mine")
+    prepared = prepare_librispeech(broken, tmp_path, parts=["dev-clean", "dev-other"],
+                                   download=True)
+    assert fetched == ["dev-other"] and notes.read_text() == "mine"
+    assert [p.name for p in prepared] == ["dev-clean", "dev-other"]
+    prepare_librispeech(broken, tmp_path, parts=["dev-clean"], download=True)
+    assert fetched == ["dev-other"]  # nothing absent: nothing fetched
+
+
 def test_script_transcript_not_utf8(broken, tmp_path):
     transcript = broken / "dev-clean" / "84" / "121123" / "84-121123.trans.txt"
     transcript.write_bytes("84-121123-0000 CAF\xc9\n".encode("latin-1"))

@@ -68,7 +68,11 @@ def prepare_librispeech(corpus_dir: str | Path, out_dir: str | Path, *,
                              "(the archives unpack into <parent>/LibriSpeech)")
         from lhotse.recipes.librispeech import download_librispeech
 
-        download_librispeech(corpus_dir.parent, dataset_parts=list(parts or LIBRISPEECH_PARTS))
+        # Lhotse fetches again, and replaces, any part folder without its own ".completed"
+        # mark, which a copy unpacked by hand lacks: only absent parts are its to fetch
+        absent = [p for p in parts or LIBRISPEECH_PARTS if not (corpus_dir / p).is_dir()]
+        if absent:
+            download_librispeech(corpus_dir.parent, dataset_parts=absent)
     _check_librispeech(corpus_dir, parts, issues)
     return prepare_corpus("librispeech", corpus_dir, out_dir, parts=parts, num_jobs=num_jobs,
                           issues=issues)
@@ -103,8 +107,10 @@ def _check_librispeech(corpus_dir: Path, parts: Sequence[str] | None, issues: Da
 
 def _librispeech_audio(part_dir: Path) -> list[Path]:
     """The audio file that each line of ``part_dir``'s ``*.trans.txt`` files names; a
-    ValueError naming the file and line for a line that is not ``ID TEXT``."""
+    ValueError naming the file and line for a line that is not ``ID TEXT``, or that gives an
+    id again (Lhotse's recipe stops at either, naming neither)."""
     audio = []
+    first_given: dict[str, str] = {}
     for transcript in sorted(part_dir.rglob("*.trans.txt")):
         for number, line in enumerate(read_text(transcript).splitlines(), start=1):
             fields = line.split(maxsplit=1)
@@ -112,6 +118,10 @@ def _librispeech_audio(part_dir: Path) -> list[Path]:
                 raise ValueError(f'{transcript} line {number}: expected "ID TEXT", got '
                                  f"{line.strip()!r}")
             utterance = fields[0]  # <speaker>-<chapter>-<n>, in <speaker>/<chapter>/
+            if utterance in first_given:
+                raise ValueError(f"{transcript} line {number}: {utterance} again (first in "
+                                 f"{first_given[utterance]}); each id once")
+            first_given[utterance] = f"{transcript.name} line {number}"
             audio.append(part_dir / Path(utterance.replace("-", "/")).parent
                          / f"{utterance}.flac")
     return audio
