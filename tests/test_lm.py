@@ -226,6 +226,25 @@ def test_train_lm_removes_sentences_of_excluded_manifests(corpus, tokenizer, tmp
     assert info["train_sentences"] + info["heldout_sentences"] == 60 - 12
 
 
+def test_a_manifest_given_as_text_gives_its_transcripts(tmp_path):
+    """`train-lm --text train.jsonl` trained on the JSON lines, ids and paths and all."""
+    from conformer_asr.training.lm_corpus import read_sentences
+
+    plain = tmp_path / "train.jsonl"
+    plain.write_text(json.dumps({"id": "a", "audio": "a.wav", "text": "The cat sat."}) + "\n\n"
+                     + json.dumps({"id": "b", "audio": "b.wav", "text": "A dog!"}) + "\n")
+    cuts = tmp_path / "cuts.jsonl"
+    cuts.write_text(json.dumps({"id": "c", "supervisions": [{"text": "TWO"}, {"text": "words"}]})
+                    + "\n")
+    text = tmp_path / "text.txt"
+    text.write_text('{not json, a sentence}\n"quoted"\n')
+    assert read_sentences([plain, cuts, text]) == ["the cat sat", "a dog", "two words",
+                                                    "not json a sentence", "quoted"]
+    (tmp_path / "half.jsonl").write_text(plain.read_text() + '{"id": "d"}\n')
+    with pytest.raises(ValueError, match=r"half\.jsonl:4: no transcript"):
+        read_sentences([tmp_path / "half.jsonl"])
+
+
 def test_train_lm_refuses_a_manifest_without_transcripts(corpus, tokenizer, tmp_path, capsys):
     manifest = tmp_path / "bad.jsonl"
     manifest.write_text(json.dumps({"id": "a", "audio": "a.wav"}) + "\n")

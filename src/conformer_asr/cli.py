@@ -370,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("train-lm", help="train a word-piece LSTM LM and write it with its "
                                              "lexicon, for shallow fusion")
     p.add_argument("--text", nargs="+", required=True,
-                   help="text files (.txt or .txt.gz), one sentence per line")
+                   help="text files (.txt or .txt.gz), one sentence per line, or JSONL "
+                        "manifests (their transcripts)")
     p.add_argument("--tokenizer", required=True,
                    help="the acoustic model's folder ('default': the bundled model), or "
                         "its tokenizer.model")

@@ -23,11 +23,27 @@ def _lines(path: Path) -> list[str]:
 
 
 def read_sentences(paths: Iterable[str | Path]) -> list[str]:
-    """One sentence per line (``.gz`` too), normalised; empty lines dropped."""
+    """One sentence per line (``.gz`` too), normalised; empty lines dropped. A manifest
+    (JSON lines, such as a corpus's ``train.jsonl``) gives its transcripts instead: read as
+    lines of text, the LM learnt its ids and audio paths."""
     sentences = []
-    for path in paths:
-        sentences.extend(text for line in _lines(Path(path)) if (text := normalize_text(line)))
+    for path in map(Path, paths):
+        lines = _lines(path)
+        if _is_manifest(lines):
+            texts: Iterable[str] = (normalize_text(t) for t in _transcripts(path))
+        else:
+            texts = map(normalize_text, lines)
+        sentences.extend(text for text in texts if text)
     return sentences
+
+
+def _is_manifest(lines: list[str]) -> bool:
+    first = next((line for line in lines if line.strip()), "")
+    try:
+        record = json.loads(first) if first.lstrip().startswith("{") else None
+    except json.JSONDecodeError:
+        return False
+    return isinstance(record, dict) and ("text" in record or "supervisions" in record)
 
 
 def _manifest_lines(path: Path) -> Iterator[tuple[int, dict]]:
@@ -40,20 +56,23 @@ def _manifest_lines(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def manifest_texts(paths: Iterable[str | Path]) -> set[str]:
-    """Normalised transcripts of JSONL manifests: plain lines ``{"text": ...}`` or Lhotse
-    cuts (``supervisions[].text``). A line without text is an error, not a silent gap."""
-    texts = set()
-    for path in paths:
-        for number, record in _manifest_lines(Path(path)):
-            if isinstance(record, dict) and isinstance(record.get("text"), str):
-                text = record["text"]
-            elif isinstance(record, dict) and isinstance(record.get("supervisions"), list):
-                text = " ".join(s.get("text") or "" for s in record["supervisions"])
-            else:
-                raise ValueError(f"{path}:{number}: no transcript (\"text\") to exclude")
-            texts.add(normalize_text(text))
+    """Normalised transcripts of JSONL manifests, as a set (see ``_transcripts``)."""
+    texts = {normalize_text(text) for path in paths for text in _transcripts(Path(path))}
     texts.discard("")
     return texts
+
+
+def _transcripts(path: Path) -> Iterator[str]:
+    """The transcript of each line of a JSONL manifest: plain lines ``{"text": ...}`` or
+    Lhotse cuts (``supervisions[].text``). A line without text is an error, not a silent
+    gap."""
+    for number, record in _manifest_lines(path):
+        if isinstance(record, dict) and isinstance(record.get("text"), str):
+            yield record["text"]
+        elif isinstance(record, dict) and isinstance(record.get("supervisions"), list):
+            yield " ".join(s.get("text") or "" for s in record["supervisions"])
+        else:
+            raise ValueError(f"{path}:{number}: no transcript (\"text\")")
 
 
 def drop_excluded(sentences: list[str], excluded: set[str]) -> tuple[list[str], int]:
