@@ -27,6 +27,7 @@ from conformer_asr.data.augment import AugmentConfig, Augmenter
 from conformer_asr.data.datamodule import load_manifests
 from conformer_asr.data.dataset import SpeechDataset, utterance_rng
 from conformer_asr.data.manifest import DataIssues
+from conformer_asr.inference.model_dir import BUNDLED_DIR
 from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
 from conformer_asr.models.config import ConfigError
 from conformer_asr.text.tokenizer import Tokenizer
@@ -505,10 +506,13 @@ def test_a_resume_that_cannot_fit_its_checkpoints_stops_before_writing(tmp_path)
         ("model.encoder.dropout=0.3", f"error: model.encoder.dropout: 0.3, but the run in "
          f"{exp} started with 0.1 ({exp / 'config.yaml'}); a resume keeps its settings: give "
          "those, or use a new out_dir"),
+        # a whole section switched off: its fields were compared, and it had none
+        ("data.augment=null", f"error: data.augment: None, but the run in {exp} started "
+         "with {"),
     ]:
         proc = _train(config, "--set", override)
         assert proc.returncode == 2, proc.stdout[-3000:]
-        assert proc.stdout.strip().splitlines()[-1] == message
+        assert proc.stdout.strip().splitlines()[-1].startswith(message)
         assert (exp / "config.yaml").read_text() == recorded
     (exp / "tokenizer" / "tokenizer.model").unlink()
     proc = _train(config, "--set", "trainer.max_steps=8")
@@ -783,6 +787,16 @@ def test_init_from_starts_a_run_from_a_trained_model_folder(tmp_path):
     config = json.loads((tmp_path / "tuned" / "model" / "config.json").read_text())
     assert config["info"]["steps"] == 2 and config["info"]["init_from"]["info"]["steps"] == 2
     assert config["model"]["encoder"]["d_model"] == 32
+    recorded = (tmp_path / "tuned" / "config.yaml").read_text()
+    other = {**raw, "init_from": "default"}  # ignored by the resume, and recorded as the run's
+    tuned_yaml.write_text(yaml.safe_dump(other))
+    proc = _train(tuned_yaml)
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert proc.stdout.strip().splitlines()[-1].startswith(
+        f"error: init_from: '{BUNDLED_DIR.resolve()}', but the run in {tmp_path / 'tuned'} "
+        f"started with '{folder}'")
+    assert (tmp_path / "tuned" / "config.yaml").read_text() == recorded
+    tuned_yaml.write_text(yaml.safe_dump(raw))
     _checkpoints_read_as_model_folders(source / "exp", tmp_path / "moved", tmp_path / "tuned",
                                        tmp_path)
     (tmp_path / "moved").rename(folder)

@@ -33,7 +33,13 @@ import yaml
 
 from ..data.augment import AugmentConfig
 from ..files import read_text
-from ..inference.model_dir import ModelDirError, is_checkpoint, read_config, resolve_model_dir
+from ..inference.model_dir import (
+    BUNDLED_DIR,
+    ModelDirError,
+    is_checkpoint,
+    read_config,
+    resolve_model_dir,
+)
 from ..models.config import (
     ConfigError,
     ModelConfig,
@@ -245,7 +251,10 @@ def _init_source(value: Any, out_dir: Path) -> tuple[str, ModelConfig, Path] | N
     recorded_files = (last_checkpoint(out_dir), run_tokenizer(out_dir), run_config(out_dir))
     if all(path.is_file() for path in recorded_files):
         recorded = yaml.safe_load(run_config(out_dir).read_text())
-        return str(value), ModelConfig.from_dict(recorded["model"]), run_tokenizer(out_dir)
+        # named as when the run started (a resume checks it is the same), folder or not
+        folder = BUNDLED_DIR if str(value) == "default" else Path(str(value))
+        return str(folder.resolve()), ModelConfig.from_dict(recorded["model"]), \
+            run_tokenizer(out_dir)
     if is_checkpoint(value):
         raise ConfigError(f"init_from: {value}: a training checkpoint; give a model folder "
                           "(its run's model/, say)")

@@ -290,8 +290,7 @@ def _check_same_shapes(task: ASRTask, point: _ResumePoint) -> None:
 # What a resumed run may change: how and how long it runs, not what it learns from and how.
 # (data.tokenizer.path: init_from's tokenizer, or the run's own copy of it once that folder
 # has moved; _tokenizer checks the vocabulary's size, not its pieces.)
-_CHANGEABLE_ON_RESUME = ("trainer.", "data.num_workers", "init_from", "out_dir",
-                         "data.tokenizer.path")
+_CHANGEABLE_ON_RESUME = ("trainer.", "data.num_workers", "out_dir", "data.tokenizer.path")
 
 
 def _flattened(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -313,16 +312,30 @@ def _check_same_settings(out: Path, resolved: dict[str, Any]) -> None:
     recorded = _recorded_config(out)
     if recorded is None:
         return  # nothing recorded to hold the run to
-    old = _flattened(recorded)
-    new = _flattened(yaml.safe_load(yaml.safe_dump(resolved)))  # tuples as YAML reads them
-    changed = [key for key in sorted(new.keys() & old.keys())
-               if new[key] != old[key] and not key.startswith(_CHANGEABLE_ON_RESUME)]
-    if changed:
-        key = changed[0]
-        more = f" (and {', '.join(changed[1:])})" if len(changed) > 1 else ""
-        raise ConfigError(f"{key}: {new[key]!r}, but the run in {out} started with "
-                          f"{old[key]!r}{more} ({run_config(out)}); a resume keeps its "
-                          "settings: give those, or use a new out_dir")
+    now = yaml.safe_load(yaml.safe_dump(resolved))  # tuples as YAML reads them
+    old, new = _flattened(recorded), _flattened(now)
+    changed = {key for key in new.keys() & old.keys() if new[key] != old[key]}
+    # a section switched off or on: None on one side, its fields on the other
+    for side, other in ((new, old), (old, new)):
+        for key in side.keys() - other.keys():
+            parts = key.split(".")
+            changed.update(section for section in (".".join(parts[:n])
+                                                   for n in range(1, len(parts)))
+                           if section in other and other[section] is None)
+    changed_keys = sorted(key for key in changed if not key.startswith(_CHANGEABLE_ON_RESUME))
+    if changed_keys:
+        key = changed_keys[0]
+        more = f" (and {', '.join(changed_keys[1:])})" if len(changed_keys) > 1 else ""
+        raise ConfigError(f"{key}: {_at(now, key)!r}, but the run in {out} started with "
+                          f"{_at(recorded, key)!r}{more} ({run_config(out)}); a resume keeps "
+                          "its settings: give those, or use a new out_dir")
+
+
+def _at(tree: dict[str, Any], key: str) -> Any:
+    """``tree``'s value at a flattened key: {"a": {"b": 1}}, "a.b" -> 1."""
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
 
 
 def _how_to_resume(last: Path) -> str:
