@@ -575,6 +575,17 @@ def test_an_unreadable_checkpoint_is_passed_over(tmp_path):
     assert f"resuming from {folder / 'step-10.ckpt'}" in out
     assert torch.load(last, weights_only=False)["global_step"] == 12
 
+    # one to average cut short: left out, named, where it ended the run with a traceback
+    newest = folder / "step-12.ckpt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    proc = _train(config, "--set", "trainer.max_steps=12")
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:]
+    assert (f"{newest}: cannot be read (PytorchStreamReader failed reading zip archive: "
+            "failed finding central directory); averaging the others") in out
+    info = json.loads((tmp_path / "exp" / "model" / "config.json").read_text())["info"]
+    assert info["averaged_checkpoints"] == ["last.ckpt"]  # the same step, whole
+
     for path in folder.glob("*.ckpt"):
         path.write_bytes(b"not a checkpoint")
     proc = _train(config, "--set", "trainer.max_steps=14")

@@ -256,15 +256,9 @@ def _resume_point(last: Path) -> _ResumePoint | None:
     where none can be read."""
     candidates = [p for p in (last, *reversed(step_checkpoints(last.parent))) if p.is_file()]
     for path in candidates:
-        try:
-            with path.open("rb") as f:
-                if f.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive; torch's
-                    # own error for other data is advice about mmap
-                    raise ValueError("not a PyTorch checkpoint")
-            state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-        except Exception as error:  # torch raises several kinds for a damaged file
-            reason = (str(error).strip() or repr(error)).splitlines()[0].split(". ")[0]
-            _say(f"{path}: cannot be read ({reason}); trying an older checkpoint")
+        state = _mapped_checkpoint(path)
+        if isinstance(state, str):
+            _say(f"{path}: cannot be read ({state}); trying an older checkpoint")
             continue
         shapes = {name: tuple(value.shape) for name, value in state["state_dict"].items()}
         return _ResumePoint(path, state["global_step"], shapes)
@@ -272,6 +266,34 @@ def _resume_point(last: Path) -> _ResumePoint | None:
         raise ConfigError(f"{last.parent}: none of its checkpoints can be read; move them "
                           "away to start afresh")
     return None
+
+
+def _mapped_checkpoint(path: Path) -> dict[str, Any] | str:
+    """The checkpoint at ``path``, its tensors mapped from the file rather than read, or why
+    it cannot be read (a file copied in part, say)."""
+    try:
+        with path.open("rb") as f:
+            if f.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive; torch's own
+                # error for other data is advice about mmap
+                raise ValueError("not a PyTorch checkpoint")
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as error:  # torch raises several kinds for a damaged file
+        return (str(error).strip() or repr(error)).splitlines()[0].split(". ")[0]
+
+
+def _averaged_checkpoints(newest: list[Path], last: Path) -> list[Path]:
+    """The checkpoints to average into the model: the newest step ones that can be read
+    (each one that cannot is named and left out), else ``last``; ConfigError if none can."""
+    readable = []
+    for path in newest:
+        reason = _mapped_checkpoint(path)
+        if isinstance(reason, str):
+            _say(f"{path}: cannot be read ({reason}); averaging the others")
+        else:
+            readable.append(path)
+    if readable or isinstance(_mapped_checkpoint(last), dict):
+        return readable or [last]
+    raise ConfigError(f"{last.parent}: none of the checkpoints to average can be read")
 
 
 def _check_same_shapes(task: ASRTask, point: _ResumePoint) -> None:
@@ -442,7 +464,7 @@ def _train_in(out: Path, cfg: TrainConfig) -> Path:
         print(f"bad data skipped during training: {task.issues.summary()}")
     if not trainer.is_global_zero:
         return out / "model"
-    chosen = step_checkpoints(checkpoints)[-cfg.trainer.average_last:] or [last]
+    chosen = _averaged_checkpoints(step_checkpoints(checkpoints)[-cfg.trainer.average_last:], last)
     task.model.load_state_dict(average_checkpoints(chosen))
     info = {"averaged_checkpoints": [p.name for p in chosen], "steps": trainer.global_step,
             "train_manifests": [os.path.relpath(p) for p in cfg.data.train]}
