@@ -613,6 +613,36 @@ def _cuts_and_tokenizer(count: int) -> tuple[list, Tokenizer]:
     return cuts, tokenizer
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_small_set_makes_batches_for_every_process(monkeypatch, rank):
+    """80 s of audio in 20 s batches for 2 processes: the 8 buckets the set was cut into
+    held 10 s each, none a whole batch, so each process's sampler made no batch at all
+    (each bucket's partial batch is dropped, for equal batch counts)."""
+    from types import SimpleNamespace
+
+    from conformer_asr.data.datamodule import SpeechDataModule
+
+    cuts, tokenizer = _cuts_and_tokenizer(4)
+    many = CutSet.from_cuts(  # of 80 lengths, 0.5-1.2 s: buckets split them by length
+        cuts[n % 4].truncate(duration=0.5 + 0.009 * n).with_id(f"u{n}") for n in range(80))
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what Lhotse's samplers read the shard from
+    monkeypatch.setenv("RANK", str(rank))
+    cfg = ModelConfig(encoder=EncoderConfig(d_model=32, n_layers=1, n_heads=2),
+                      vocab_size=tokenizer.vocab_size)
+    data = SpeechDataModule(many, None, tokenizer, cfg, None, max_duration=20, num_buckets=20,
+                            num_workers=0, seed=0)
+    data.trainer = SimpleNamespace(world_size=2)
+    batches = list(data.train_dataloader().sampler)
+    assert batches and all(sum(c.duration for c in b) <= 20 for _, b in batches)
+
+
+def test_a_manifest_listed_twice_is_read_once():
+    issues = DataIssues()
+    manifest = str(DATA / "manifest.jsonl")
+    assert len(load_manifests([manifest, manifest], issues)) == 4
+    assert issues.counts == {"duplicate id": 4}
+
+
 def test_dataset_skips_and_counts_audio_with_nan(tmp_path):
     """One NaN sample would make the step's loss and every weight NaN."""
     cuts, tokenizer = _cuts_and_tokenizer(2)

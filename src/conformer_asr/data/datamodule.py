@@ -63,8 +63,13 @@ class SpeechDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
-        distributed = self.trainer is not None and self.trainer.world_size > 1
-        buckets = min(self.num_buckets, len(self.train_cuts) // 10)
+        processes = self.trainer.world_size if self.trainer is not None else 1
+        distributed = processes > 1
+        # Every bucket needs a batch for each process: with several, each bucket's last
+        # partial batch is dropped, and a small set in many buckets made no batch at all.
+        seconds = sum(c.duration for c in self.train_cuts)
+        buckets = min(self.num_buckets, len(self.train_cuts) // 10,
+                      int(seconds // (self.max_duration * processes)))
         common = {"max_duration": self.max_duration, "shuffle": True, "seed": self.seed,
                   "drop_last": distributed}  # drop_last: equal batch counts on every rank
         with warnings.catch_warnings():
@@ -90,14 +95,15 @@ class SpeechDataModule(L.LightningDataModule):
 
 def load_manifests(paths: tuple[str, ...] | list[str], issues: DataIssues,
                    max_seconds: float | None = None) -> CutSet:
-    """Concatenate manifests; drop (and count) utterances longer than ``max_seconds``."""
-    cuts = CutSet.from_cuts(c for path in paths for c in load_cuts(path, issues))
-    if max_seconds is None:
-        return cuts
-    kept = []
-    for cut in cuts:
-        if cut.duration > max_seconds:
+    """Concatenate manifests; drop (and count) utterances longer than ``max_seconds``, and
+    ids that an earlier manifest gave (a manifest listed twice doubled the data)."""
+    kept, seen = [], set()
+    for cut in (c for path in paths for c in load_cuts(path, issues)):
+        if cut.id in seen:
+            issues.add("duplicate id", cut.id)
+        elif max_seconds is not None and cut.duration > max_seconds:
             issues.add(f"longer than {max_seconds:g} s", cut.id)
         else:
             kept.append(cut)
+        seen.add(cut.id)
     return CutSet.from_cuts(kept)

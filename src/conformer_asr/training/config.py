@@ -70,7 +70,7 @@ class DataConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     augment: AugmentConfig | None = None
     max_duration: float = 200.0  # seconds of audio per batch (per GPU)
-    num_buckets: int = 20
+    num_buckets: int = 20  # at most; fewer where each could not fill a batch per process
     num_workers: int = 2
     max_utterance_seconds: float = 30.0
 
