@@ -415,6 +415,18 @@ def test_too_little_data_for_the_ddp_processes_is_a_one_line_error(tmp_path):
     assert sorted(re.findall(pattern, out)) == ["0", "1"]
 
 
+def test_a_folder_that_holds_no_run_is_not_trained_into(tmp_path):
+    """out_dir naming another run's model/ filled it with checkpoints/, config.yaml, ..."""
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    cfg = load_config(_config(tmp_path))
+    with pytest.raises(ConfigError, match=rf"^out_dir: {folder} is not empty and holds no "
+                                          r"training run \(no config\.yaml\); give a new"):
+        train(cfg)
+    assert [p.name for p in folder.iterdir()] == ["config.json"]  # not even a lock
+
+
 def test_a_second_run_in_the_same_folder_stops_at_once(tmp_path):
     config = _config(tmp_path)
     exp = tmp_path / "exp"

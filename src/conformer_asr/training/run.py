@@ -234,11 +234,23 @@ def _say(message: str) -> None:
     print(message)
 
 
+_RUN_FILES = {"config.yaml", "tokenizer", "checkpoints", "logs", "curves.png", "model"}
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) and return the exported model folder."""
     out = Path(cfg.out_dir)
     if rank_zero_only.rank != 0:  # the other DDP processes, started by the first one,
         return _train_in(out, cfg)  # which holds the folder for them all
+    # A run's folder has its config.yaml or its tokenizer/ (the first things it writes), or
+    # nothing but what a run writes and hidden files (the lock, what a killed write left);
+    # one with other things (a model folder, say) is not to fill with checkpoints. (A file
+    # there: claimed names it.)
+    if out.is_dir() and not (run_tokenizer(out).parent.is_dir() or run_config(out).is_file()
+                             or all(p.name.startswith(".") or p.name in _RUN_FILES
+                                    for p in out.iterdir())):
+        raise ConfigError(f"out_dir: {out} is not empty and holds no training run (no "
+                          f"{run_config(out).name}); give a new folder, or a run's to resume it")
     with claimed(out, "out_dir"):
         return _train_in(out, cfg)
 
