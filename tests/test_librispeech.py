@@ -218,7 +218,8 @@ def test_script_unreadable_audio(broken, tmp_path):
 
 def test_script_out_dir_not_creatable(corpus, tmp_path):
     (tmp_path / "notes.txt").write_text("not a folder")
-    for out_dir, reason in [("notes.txt", "File exists"), ("notes.txt/data", "Not a directory")]:
+    for out_dir, reason in [("notes.txt", "a file, not a folder"),  # was "File exists"
+                            ("notes.txt/data", "Not a directory")]:
         assert_error(run_prepare("--corpus-dir", corpus, "--out-dir", tmp_path / out_dir),
                      f"{tmp_path / out_dir}: cannot create the output folder ({reason})")
 

@@ -142,6 +142,9 @@ def test_train_lm_writes_a_new_folder_or_resumes_its_own(corpus, tokenizer, tmp_
     assert other.vocab_size == tokenizer.vocab_size  # the same LM config: only pieces differ
     with pytest.raises(ValueError, match="a run with another tokenizer; use a new --out"):
         train_lm([corpus], other, out, get_lm_config("tiny"), _train_config(10))
+    smaller = Tokenizer.train(SENTENCES, tmp_path / "smaller", vocab_size=30)
+    with pytest.raises(ValueError, match="a run with another tokenizer; use a new --out"):
+        train_lm([corpus], smaller, out, get_lm_config("tiny"), _train_config(10))  # "LM config"
     # a new seed drew a new held-out split, of sentences it had trained on; fewer steps
     # than it had run wrote the LM of the later step (both were taken without a word)
     for config, message in [
@@ -349,6 +352,9 @@ def test_lm_folders_missing_or_not_lm_folders_are_told_apart(model_dir, tmp_path
         load_model(model_dir, lm=tmp_path / "nowhere")  # was "not an LM folder (no ...)"
     with pytest.raises(ModelDirError, match=f"^{tmp_path}: not an LM folder \\(no config.json\\)$"):
         load_model(model_dir, lm=tmp_path)
+    with pytest.raises(ModelDirError, match=f"^{model_dir}: a model folder, not an LM folder "
+                                            r"\(train-lm writes those\)$"):  # was "invalid..."
+        load_model(model_dir, lm=model_dir)
 
 
 def test_an_lm_with_another_tokenizer_is_refused(model_dir, tmp_path):

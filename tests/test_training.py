@@ -269,6 +269,9 @@ def test_config_overrides_and_errors(tmp_path):
                               ("data.tokenizer.path=4", r"^data\.tokenizer\.path: expected a path"),
                               ("data=7", r"^data: expected a mapping, got 7$"),
                               ("model=5", r"^model: expected a mapping, got 5$"),
+                              # was "expected a mapping, got NoneType"
+                              ("model.spec_augment=null", r"^model\.spec_augment: null; give "
+                               r"its settings, or leave it out for the defaults$"),
                               ("out_dir=", r"^out_dir: expected a path, got None$"),
                               ("out_dir=''", r"^out_dir: expected a path, got ''$"),
                               ("seed=abc", r"^seed: expected an integer, got 'abc'$"),
@@ -306,8 +309,14 @@ def test_trainer_settings_that_lightning_refuses_are_config_errors(tmp_path, cap
         assert load_config(config, [f"trainer.devices='{devices}'"]).trainer.devices == devices
     with pytest.raises(ConfigError, match="^trainer: .*Precision 'fp64x' is invalid"):
         train(load_config(config, ["trainer.precision=fp64x"]))
+    from conformer_asr.training.run import _precision  # Lightning's 16 and 32: "expected a string"
+
+    assert [_precision(load_config(config, [f"trainer.precision={p}"])) for p in
+            (16, 32, "bf16-mixed")] == ["16", "32", "bf16-mixed"]
     assert main(["train", str(config), "--set", f"data.train={tmp_path / 'none.jsonl'}"]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'none.jsonl'}: no such manifest\n"
+    assert main(["train", str(config), "--set", f"data.train={tmp_path}"]) == 2  # was "no such"
+    assert capsys.readouterr().err == f"error: {tmp_path}: a folder, not a manifest\n"
 
 
 def test_decoder_weight_noise_trains_the_clean_weights():

@@ -138,7 +138,8 @@ def _make_out_dir(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise OSError(f"{out_dir}: cannot create the output folder ({error.strerror})") from None
+        why = "a file, not a folder" if out_dir.is_file() else error.strerror
+        raise OSError(f"{out_dir}: cannot create the output folder ({why})") from None
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise PermissionError(f"{out_dir}: the output folder is not writable")
 

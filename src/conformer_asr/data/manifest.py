@@ -90,6 +90,8 @@ def load_cuts(path: str | Path, issues: DataIssues | None = None) -> CutSet:
     """
     path = Path(path)
     issues = issues if issues is not None else DataIssues()
+    if path.is_dir():
+        raise ManifestError(f"{path}: a folder, not a manifest")
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest")
     lines = read_text(path).split("\n")

@@ -64,6 +64,9 @@ def load_lm_dir(directory: str | Path) -> tuple[WordPieceLM, Tokenizer, dict[str
         raise ModelDirError(f"{directory}: not an LM folder (no {CONFIG_FILE})")
     try:
         data = json.loads(read_text(path))
+        if isinstance(data, dict) and "model" in data and "lm" not in data:
+            raise ModelDirError(f"{directory}: a model folder, not an LM folder (train-lm "
+                                "writes those)")
         cfg, info = LMConfig.from_dict(data["lm"]), data.get("info", {})
     except (json.JSONDecodeError, KeyError, ConfigError) as error:
         raise ModelDirError(f"{path}: invalid LM config ({error})") from None

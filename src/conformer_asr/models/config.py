@@ -208,6 +208,8 @@ class ModelConfig:
 def build_section(cls: type, values: Any, where: str) -> Any:
     if isinstance(values, cls):
         return values
+    if values is None:
+        raise ConfigError(f"{where}: null; give its settings, or leave it out for the defaults")
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}

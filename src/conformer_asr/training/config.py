@@ -132,7 +132,7 @@ class TrainerConfig:
     val_every_steps: int = 1000
     checkpoint_every_steps: int = 1000
     average_last: int = 5  # checkpoints averaged into the final model
-    precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
+    precision: int | str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU; or Lightning's
     accelerator: str = "auto"
     devices: int | str = "auto"
     num_nodes: int = 1

@@ -180,7 +180,7 @@ def _tokenizer(cfg: TrainConfig, train_texts: list[str], out: Path) -> Tokenizer
 
 def _precision(cfg: TrainConfig) -> str:
     if cfg.trainer.precision != "auto":
-        return cfg.trainer.precision
+        return str(cfg.trainer.precision)  # Lightning's 16 is "16" too
     return "bf16-mixed" if torch.cuda.is_available() else "32-true"
 
 
