@@ -351,8 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_transcribe)
 
     p = command("evaluate", help="WER and real-time factor on a JSONL manifest",
-                            description="Utterances whose audio cannot be read are named, "
-                                        "scored as empty, and make the exit status 1.")
+                description="Utterances whose audio cannot be read are named, scored as "
+                            "empty, and make the exit status 1.")
     p.add_argument("--manifest", required=True, help='lines {"id", "audio", "text"}')
     p.add_argument("--model", default=None,
                    help="model folder or training checkpoint (default: the bundled model)")
@@ -367,8 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set trainer.max_steps=1000")
     p.set_defaults(run=_train)
 
-    p = command("train-lm", help="train a word-piece LSTM LM and write it with its "
-                                             "lexicon, for shallow fusion")
+    p = command("train-lm", help="train a word-piece LSTM LM and write it with its lexicon, "
+                                 "for shallow fusion")
     p.add_argument("--text", nargs="+", required=True,
                    help="text files (.txt or .txt.gz), one sentence per line, or JSONL "
                         "manifests (their transcripts)")
@@ -392,8 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_flag(p)
     p.set_defaults(run=_train_lm)
 
-    p = command("tune", help="grid-search LM weight, length bonus and OOV "
-                                         "penalty on a dev set")
+    p = command("tune", help="grid-search LM weight, length bonus and OOV penalty on a dev "
+                             "set")
     p.add_argument("--manifest", required=True, help='dev lines {"id", "audio", "text"}')
     p.add_argument("--model", default=None,
                    help="model folder or training checkpoint (default: the bundled model)")
@@ -408,8 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_flag(p)
     p.set_defaults(run=_tune)
 
-    p = command("pack", help="bundle a model folder with an LM and the decoding "
-                                         "tuned for them (what the bundled model is)")
+    p = command("pack", help="bundle a model folder with an LM and the decoding tuned for "
+                             "them (what the bundled model is)")
     p.add_argument("model", help="model folder")
     p.add_argument("--lm", required=True, help="LM folder (train-lm), same tokenizer")
     p.add_argument("--out", required=True, help="folder to create")
