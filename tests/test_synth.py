@@ -315,8 +315,17 @@ def test_command_line(corpus: tuple[Path, dict], capsys: pytest.CaptureFixture[s
     assert json.loads(capsys.readouterr().out)["run"]["skipped"] == UTTERANCES
     assert run_synth(parser.parse_args(["--out", str(corpus[0])])) == 2
     capsys.readouterr()
-    for bad, message in [(["--hours", "-1.0"], "hours must be positive"),
-                         (["--utterances", "0"], "utterances must be at least 1")]:
+    for bad, message in [(["--hours", "-1.0"], "hours must be a positive number, got -1.0"),
+                         (["--hours", "inf"], "hours must be a positive number, got inf"),
+                         (["--utterances", "0"], "utterances must be at least 1, got 0")]:
         assert run_synth(parser.parse_args(["--out", str(corpus[0] / "new"), *bad])) == 2
-        assert capsys.readouterr().err == f"error: {message}, got {bad[1]}\n"
+        assert capsys.readouterr().err == f"error: {message}\n"  # (inf: a traceback)
     assert not (corpus[0] / "new").exists()
+    # a folder of the user's own (its train.jsonl and LICENSES.md were written over)
+    mine = corpus[0] / "mine"
+    mine.mkdir()
+    (mine / "train.jsonl").write_text("my own data\n")
+    assert run_synth(parser.parse_args(["--out", str(mine), "--utterances", "3"])) == 2
+    assert capsys.readouterr().err == (f"error: {mine} is not empty and holds no corpus build "
+                                       "(no build.json); choose a new --out\n")
+    assert [p.name for p in mine.iterdir()] == ["train.jsonl"]

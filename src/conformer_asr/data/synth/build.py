@@ -383,9 +383,16 @@ def build(config: SynthConfig) -> dict[str, Any]:
         raise SynthError("jobs must be at least 1")
     if config.utterances is not None and config.utterances < 1:
         raise SynthError(f"utterances must be at least 1, got {config.utterances}")
-    if config.hours is not None and not config.hours > 0:
-        raise SynthError(f"hours must be positive, got {config.hours}")
+    if config.hours is not None and not 0 < config.hours < math.inf:
+        raise SynthError(f"hours must be a positive number, got {config.hours}")
     out_dir = config.out_dir
+    # a build's folder has its build.json (written before any audio), or only hidden files
+    # (the lock); the manifests, LICENSES.md, ... of a folder with other things were
+    # written over
+    if out_dir.is_dir() and not (out_dir / "build.json").is_file() and any(
+            not p.name.startswith(".") for p in out_dir.iterdir()):
+        raise SynthError(f"{out_dir} is not empty and holds no corpus build (no build.json); "
+                         "choose a new --out")
     with claimed(out_dir, "--out"):  # first: a bad --out is named on any machine
         missing = missing_engines(config.engines)
         if missing:
