@@ -120,6 +120,16 @@ def test_batches_that_fill_up_exactly_at_the_last_input(model_dir):
 def test_missing_and_mismatched_model_folders(model_dir, tmp_path):
     proc = _cli("transcribe", str(DATA / "clip1.wav"), "--model", str(tmp_path / "nope"))
     assert proc.returncode == 2 and "no such model folder" in proc.stderr
+    run = tmp_path / "run"  # a training run's folder, and an LM folder, for a model folder
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "config.json").write_text((model_dir / "config.json").read_text())
+    (tmp_path / "lm").mkdir()
+    (tmp_path / "lm" / "config.json").write_text('{"lm": {}, "info": {}}')
+    for folder, message in [(run, f"a training run's folder; its model is {run / 'model'}"),
+                            (tmp_path / "lm", "an LM folder, not a model folder (give it as "
+                                              "--lm)")]:  # were "not a model folder (no ...)"
+        proc = _cli("model-info", str(folder))  # and "invalid model config ('model')"
+        assert (proc.returncode, proc.stderr) == (2, f"error: {folder}: {message}\n")
     proc = _cli("transcribe", str(DATA / "clip1.wav"), "--model", "")  # was ".: not a model..."
     assert (proc.returncode, proc.stderr) == (2, "error: an empty string is not a model "
                                                  "folder's name\n")

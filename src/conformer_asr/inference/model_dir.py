@@ -92,9 +92,15 @@ def read_config(directory: str | Path) -> FolderConfig:
         return read_checkpoint_config(Path(directory))
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
+        if (Path(directory) / "model" / CONFIG_FILE).is_file():
+            raise ModelDirError(f"{directory}: a training run's folder; its model is "
+                                f"{Path(directory) / 'model'}")
         raise ModelDirError(f"{directory}: not a model folder (no {CONFIG_FILE})")
     try:
         data = json.loads(read_text(path))
+        if isinstance(data, dict) and "lm" in data and "model" not in data:
+            raise ModelDirError(f"{directory}: an LM folder, not a model folder (give it as "
+                                "--lm)")
         model = ModelConfig.from_dict(data["model"])
     except (json.JSONDecodeError, KeyError, ConfigError) as error:
         raise ModelDirError(f"{path}: invalid model config ({error})") from None
