@@ -478,6 +478,25 @@ def test_python_api_accepts_arrays(model_dir):
             transcriber.transcribe(audio, sample_rate=rate)  # type: ignore[arg-type]
 
 
+def test_a_generator_is_drawn_from_as_results_are_needed(model_dir):
+    """An endless generator (a queue of recordings, say) gave no result: it was read to its
+    end first, holding every array it made."""
+    transcriber = load_model(model_dir)
+    audio, _ = sf.read(DATA / "clip1.wav", dtype="float32")
+    drawn = []
+
+    def recordings():
+        while len(drawn) < 1000:  # "endless": the code before would hang, not fail
+            drawn.append(len(drawn))
+            yield audio
+        raise RuntimeError("drawn to its end")
+
+    results = transcriber.iter_transcripts(recordings())
+    first, second = next(results), next(results)
+    assert first[1].text == second[1].text == transcriber.transcribe(audio)[0]
+    assert first[0] is audio and len(drawn) <= transcriber.batch_seconds / 1.5 + 2
+
+
 def test_paths_that_are_not_audio_files_are_named_for_what_they_are(model_dir, tmp_path):
     """A pipe, "-" and a broken link were all "no such file"; "" was "." and "a folder"."""
     transcriber = load_model(model_dir)

@@ -161,7 +161,9 @@ class Transcriber:
         # iterable is a sequence of inputs (a generator too: each is handed back with its
         # result)
         single = str | bytes | Path | np.ndarray | np.generic | torch.Tensor | io.IOBase
-        inputs = [inputs] if isinstance(inputs, single) else list(inputs)
+        # drawn one at a time, as decoding needs them: a generator fed by a queue yields
+        # results as it goes (it was read to its end first, holding every array it made)
+        given: dict[int, AudioInput] = {}  # inputs not handed back yet
         pending: dict[int, list[tuple[_Segment, Hypothesis]]] = {}
         finished: dict[int, float | AudioError] = {}  # duration, or why the input failed
         batch: list[_Segment] = []
@@ -181,16 +183,17 @@ class Transcriber:
             """Inputs, in order, whose every window has been decoded."""
             nonlocal next_out
             while next_out in finished and all(s.index != next_out for s in batch):
-                outcome = finished.pop(next_out)
+                outcome, item = finished.pop(next_out), given.pop(next_out)
                 parts = pending.pop(next_out, [])
                 if isinstance(outcome, AudioError):
-                    yield inputs[next_out], outcome
+                    yield item, outcome
                 else:
-                    yield inputs[next_out], self._assemble(parts, outcome)
+                    yield item, self._assemble(parts, outcome)
                 next_out += 1
 
         limit = self.batch_seconds * SAMPLE_RATE
-        for index, item in enumerate(inputs):
+        for index, item in enumerate([inputs] if isinstance(inputs, single) else inputs):
+            given[index] = item
             duration = 0.0
             try:
                 for segment in self._segments(index, item, sample_rate):
