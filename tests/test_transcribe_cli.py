@@ -472,6 +472,9 @@ def test_python_api_accepts_arrays(model_dir):
     assert len(results) == 1 and str(results[0][1]).startswith(
         "input 0: not audio but a BufferedReader (give a file path")
     assert transcriber.transcribe(torch.from_numpy(audio).bfloat16())[0]  # (NumPy has none)
+    with pytest.raises(ValueError, match=r"^sample_rate: 16 Hz is below any audio rate \(it "
+                                         r"is in Hz: 16000, not 16\)$"):  # 1000x the samples
+        transcriber.transcribe(audio, sample_rate=16)
     for rate in (0, -8000, "16000", float("nan")):  # soxr's error, or a TypeError
         with pytest.raises(ValueError, match=f"^sample_rate: the arrays' rate in Hz, a "
                                              f"positive number; got {rate!r}"):
@@ -664,6 +667,16 @@ def test_decoding_weights_without_an_lm_to_apply_them_to_are_errors(model_dir):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+@pytest.mark.parametrize(("setting", "value", "kind"), [
+    ("beam_size", 8.0, "a whole number"), ("beam_size", True, "a whole number"),
+    ("beam_size", "8", "a whole number"), ("lm_weight", "0.5", "a number")])
+def test_decoding_settings_of_the_wrong_type_are_named_at_once(model_dir, setting, value, kind):
+    """beam_size=8.0 loaded, then failed inside torch at the first search."""
+    with pytest.raises(ValueError, match=f"^{setting}: must be {kind}, got {value!r}$"):
+        load_model(model_dir, **{setting: value})
+    assert load_model(model_dir, beam_size=np.int64(2)).options.beam_size == 2
+
+
 def test_load_model_names_a_device_this_machine_lacks(model_dir):
     with pytest.raises(ValueError, match="^device 'cuda': torch sees no CUDA GPU here$"):
         load_model(model_dir, device="cuda")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -39,11 +40,20 @@ class DecodingOptions:
     head: str = "auto"
 
     def __post_init__(self) -> None:
+        # checked here, where a caller can be told: 8.0, True or "8" failed inside torch at
+        # the first search
+        for name in ("beam_size", "max_symbols_per_frame"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"{name}: must be a whole number, got {value!r}")
         if self.beam_size < 1:
             raise ValueError(f"beam_size: must be >= 1, got {self.beam_size}")
         if self.max_symbols_per_frame < 1:
             raise ValueError("max_symbols_per_frame: must be >= 1")
         for name in ("lm_weight", "length_bonus", "oov_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ValueError(f"{name}: must be a number, got {value!r}")
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name}: must be a finite number, got {getattr(self, name)}")
         if self.lm_weight < 0:

@@ -86,6 +86,9 @@ class _Segment:
     end: float
 
 
+MIN_SAMPLE_RATE = 1000  # Hz; the lowest rate an array may be given at
+
+
 class Transcriber:
     """Wraps a model, its tokenizer, a decoding strategy and an optional LM and lexicon
     for shallow fusion (same tokenizer as the model).
@@ -156,6 +159,9 @@ class Transcriber:
                 or not 0 < sample_rate < math.inf:
             raise ValueError(f"sample_rate: the arrays' rate in Hz, a positive number; got "
                              f"{sample_rate!r}")
+        if sample_rate < MIN_SAMPLE_RATE:  # 16 (kHz) made 1000 times the samples, and words
+            raise ValueError(f"sample_rate: {sample_rate!r} Hz is below any audio rate (it is "
+                             f"in Hz: {SAMPLE_RATE}, not {SAMPLE_RATE // 1000})")
         # one recording (or one thing that is not a recording: it is named as such), not a
         # sequence of characters, bytes, lines of an open file or samples; any other
         # iterable is a sequence of inputs (a generator too: each is handed back with its
