@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -466,6 +467,14 @@ def test_python_api_accepts_arrays(model_dir):
                          (np.float32(0.3), "float32")):
         with pytest.raises(AudioError, match=f"^input 0: not audio but a {kind} "):
             transcriber.transcribe(single)
+    # any path-like object is a path (a PurePath was iterated, a DirEntry "not audio")
+    clip = DATA / "clip1.wav"
+    entry = next(e for e in os.scandir(DATA) if e.name == "clip1.wav")
+    assert transcriber.transcribe(pathlib.PurePosixPath(clip)) == from_file
+    assert transcriber.transcribe([entry]) == from_file
+    with pytest.raises(AudioError, match=r"^input 0: an array of <U\d+, not of samples "
+                                         r"\(give file paths as a list\)$"):
+        transcriber.transcribe(np.array([str(clip)]))
     # an open file, one input named for what it is: it was a sequence of its "lines"
     with (DATA / "clip1.wav").open("rb") as file:
         results = list(transcriber.iter_transcripts(file))

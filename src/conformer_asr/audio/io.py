@@ -62,6 +62,9 @@ def samples_of(array: object, name: str) -> np.ndarray:
         array = (array.astype(np.float32) - 128.0) / 128.0
     elif np.issubdtype(array.dtype, np.signedinteger):
         array = array.astype(np.float32) / -float(np.iinfo(array.dtype).min)
+    elif array.dtype.kind in "USO":  # np.array(["a.wav", ...]), a table's column of paths
+        raise AudioError(f"{name}: an array of {array.dtype}, not of samples (give file paths "
+                         "as a list)")
     elif not np.issubdtype(array.dtype, np.floating):
         raise AudioError(f"{name}: expected float, signed integer or uint8 samples, got "
                          f"{array.dtype}")

@@ -27,6 +27,7 @@ import io
 import itertools
 import math
 import numbers
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,8 @@ from ..text.tokenizer import Tokenizer
 from .lm_dir import load_lexicon_for, load_lm_for
 from .model_dir import bundled_lm_dir, load_model_dir, resolve_model_dir
 
-AudioInput = str | Path | np.ndarray | torch.Tensor  # arrays: see audio.io.samples_of
+# paths (any os.PathLike), or arrays: see audio.io.samples_of
+AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
 
 PAUSE_MARGIN = 0.25  # seconds of a pause kept on each side of a cut in it
 _MARGIN_SAMPLES = round(PAUSE_MARGIN * SAMPLE_RATE)
@@ -166,7 +168,7 @@ class Transcriber:
         # sequence of characters, bytes, lines of an open file or samples; any other
         # iterable is a sequence of inputs (a generator too: each is handed back with its
         # result)
-        single = str | bytes | Path | np.ndarray | np.generic | torch.Tensor | io.IOBase
+        single = str | bytes | os.PathLike | np.ndarray | np.generic | torch.Tensor | io.IOBase
         # drawn one at a time, as decoding needs them: a generator fed by a queue yields
         # results as it goes (it was read to its end first, holding every array it made)
         given: dict[int, AudioInput] = {}  # inputs not handed back yet
@@ -220,10 +222,10 @@ class Transcriber:
 
     def _segments(self, index: int, item: AudioInput, sample_rate: int) -> Iterator[_Segment]:
         blocks: Iterable[np.ndarray]
-        if not isinstance(item, str | Path):
+        if not isinstance(item, str | os.PathLike):
             blocks = [resample(samples_of(item, f"input {index}"), sample_rate)]
         else:
-            blocks = stream_audio(item, block_seconds=self.window)
+            blocks = stream_audio(os.fspath(item), block_seconds=self.window)
         buffer = np.zeros(0, dtype=np.float32)
         offset = 0  # samples before buffer[0]
         keep_from = 0.0
