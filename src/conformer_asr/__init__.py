@@ -4,7 +4,10 @@
     >>> conformer_asr.load_model().transcribe(["examples/weather.wav"])  # doctest: +SKIP
 """
 
-from .inference.transcriber import Transcriber, load_model
+from .audio.io import AudioError
+from .decoding.search import DecodingOptions
+from .inference.transcriber import Transcriber, Transcript, Word, load_model
 
 __version__ = "0.1.0"
-__all__ = ["Transcriber", "load_model", "__version__"]
+__all__ = ["AudioError", "DecodingOptions", "Transcriber", "Transcript", "Word", "load_model",
+           "__version__"]

@@ -59,6 +59,8 @@ _FRAME_SAMPLES = round(FRAME_SECONDS * SAMPLE_RATE)  # pauses are found frame by
 
 @dataclass
 class Word:
+    """A recognised word and when it was said, in seconds from the input's start."""
+
     word: str
     start: float
     end: float
@@ -66,6 +68,9 @@ class Word:
 
 @dataclass
 class Transcript:
+    """One input's transcript: its words joined by spaces, the input's length in seconds,
+    and the words with their times."""
+
     text: str
     duration: float
     words: list[Word] = field(default_factory=list)
@@ -95,8 +100,9 @@ class Transcriber:
     """Wraps a model, its tokenizer, a decoding strategy and an optional LM and lexicon
     for shallow fusion (same tokenizer as the model).
 
-    transcribe(["a.wav", array, ...]) -> ["text", ...]. Arrays are 16 kHz mono
-    float unless ``sample_rate`` says otherwise. ``window_seconds``, ``overlap_seconds``,
+    transcribe(["a.wav", array, ...]) -> ["text", ...]. Arrays are read as files are
+    (``audio.io.samples_of``: float or integer PCM, mono or either channel layout) at
+    ``sample_rate``, 16 kHz unless given. ``window_seconds``, ``overlap_seconds``,
     ``min_segment_seconds`` and ``pause_seconds`` say how long inputs are cut (module
     docstring); ``batch_seconds`` is the audio decoded at once.
     """
