@@ -97,14 +97,26 @@ BENCHMARKS = ["encoder", "int8", "train", "transcribe", "loss"]
 OPTIONAL = ["compile", "graphs"]
 
 
+def _positive(text: str) -> int:
+    """A whole number >= 1 (argparse names the flag: 0 threads was a torch traceback, 0
+    repeats silently the default)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", choices=["s", "m", "l"], default=["s", "m"],
                         help="model sizes (conformer-s, -m, -l)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=_positive, default=None,
                         help="torch threads (default: torch's own choice)")
-    parser.add_argument("--repeats", type=int, default=None,
+    parser.add_argument("--repeats", type=_positive, default=None,
                         help="timed calls of each path; the median is reported "
                              f"(default {FULL.repeats}, {QUICK.repeats} with --quick)")
     parser.add_argument("--json", type=Path, default=None,
@@ -120,7 +132,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "only)")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="fp32, or bf16 autocast for both paths (auto: bf16 on a GPU)")
-    parser.add_argument("--train-batch", type=int, default=None,
+    parser.add_argument("--train-batch", type=_positive, default=None,
                         help="utterances per training step (default: the workload's, 8)")
     return parser.parse_args(argv)
 
@@ -147,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_batch is not None:
         work = dataclasses.replace(work, train_batch=args.train_batch)
     matmul_size = work.matmul_size if device.type == "cpu" else 2 * work.matmul_size
-    settings = Settings(work, args.repeats or work.repeats, 0.0, matmul_size, bf16)
+    repeats = work.repeats if args.repeats is None else args.repeats
+    settings = Settings(work, repeats, 0.0, matmul_size, bf16)
     peak = settings.measure_peak()
     settings = dataclasses.replace(settings, peak_flops=peak)
     where = (f"{torch.get_num_threads()} threads" if device.type == "cpu"

@@ -434,3 +434,17 @@ def test_a_json_file_that_cannot_be_written_is_found_out_before_the_first_row(tm
     if os.path.ismount("/sys"):  # takes no new files, even from root
         assert run_module.main(["--quick", "--only", "loss", "--json", "/sys/x.json"]) == 2
         assert capsys.readouterr().err == "error: --json /sys/x.json: Permission denied\n"
+
+
+@pytest.mark.parametrize(("flag", "value", "why"), [
+    ("--threads", "0", "must be at least 1, got 0"),  # was torch's traceback
+    ("--repeats", "0", "must be at least 1, got 0"),  # was the default, silently
+    ("--repeats", "-2", "must be at least 1, got -2"),  # every row failed
+    ("--train-batch", "x", "expected a whole number, got 'x'")])
+def test_benchmark_counts_are_checked(flag, value, why, capsys):
+    parse_args = run_module.parse_args
+    with pytest.raises(SystemExit) as stop:
+        parse_args([flag, value])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"argument {flag}: {why}")
+    assert parse_args([flag, "3"]).__dict__[flag[2:].replace("-", "_")] == 3
