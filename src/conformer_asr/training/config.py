@@ -222,7 +222,15 @@ def _model_from(raw: dict[str, Any], init_model: ModelConfig | None) -> ModelCon
             merged[key] = {**merged[key], **value}
         else:
             merged[key] = value
-    return ModelConfig.from_dict(merged)
+    model = ModelConfig.from_dict(merged)
+    if init_model is not None:  # its weights: found here, not as a page of missing keys
+        for name, value in dataclasses.asdict(model.encoder).items():
+            theirs = getattr(init_model.encoder, name)
+            if name != "dropout" and value != theirs:
+                raise ConfigError(f"model.encoder.{name}: {value!r}, but init_from's encoder "
+                                  f"has {theirs!r}; its weights keep their shapes (leave "
+                                  f"model.encoder.{name} out)")
+    return model
 
 
 def last_checkpoint(out_dir: str | Path) -> Path:
