@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -541,6 +542,25 @@ def test_a_resume_that_cannot_fit_its_checkpoints_stops_before_writing(tmp_path)
     assert proc.stdout.strip().splitlines()[-1] == (
         f"error: {exp / 'tokenizer' / 'tokenizer.model'}: missing, and the checkpoints in {exp} "
         "need the tokenizer they were trained with; put it back, or use a new out_dir")
+
+
+def test_a_run_resumes_on_its_corpus_moved_elsewhere(tmp_path):
+    """Its manifests named anew once the old ones are gone; while they are there, another
+    corpus is still refused."""
+    corpus = Path(shutil.copytree(DATA, tmp_path / "corpus"))
+    raw = yaml.safe_load(_config(tmp_path, max_steps=3).read_text())
+    raw["data"].update(train=str(corpus / "manifest.jsonl"), dev=str(corpus / "manifest.jsonl"))
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert _train(config).returncode == 0
+    elsewhere = Path(shutil.copytree(corpus, tmp_path / "elsewhere"))
+    settings = [f"data.{key}={elsewhere / 'manifest.jsonl'}" for key in ("train", "dev")]
+    args = [arg for setting in [*settings, "trainer.max_steps=4"] for arg in ("--set", setting)]
+    proc = _train(config, *args)
+    assert proc.returncode == 2 and "error: data.dev: " in proc.stdout, proc.stdout[-2000:]
+    shutil.rmtree(corpus)
+    proc = _train(config, *args)
+    assert proc.returncode == 0 and "resuming from" in proc.stdout, proc.stdout[-3000:]
 
 
 def test_curves_that_cannot_be_drawn_do_not_stop_training(tmp_path):

@@ -325,6 +325,9 @@ def _check_same_shapes(task: ASRTask, point: _ResumePoint) -> None:
 # (data.tokenizer.path: init_from's tokenizer, or the run's own copy of it once that folder
 # has moved; _tokenizer checks the vocabulary's size, not its pieces.)
 _CHANGEABLE_ON_RESUME = ("trainer.", "data.num_workers", "out_dir", "data.tokenizer.path")
+# ... and the manifests, once none of those the run started with is where it was: a corpus
+# moved elsewhere (it could not be resumed without editing config.yaml)
+_MOVABLE = ("data.train", "data.dev")
 
 
 def _flattened(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -356,13 +359,20 @@ def _check_same_settings(out: Path, resolved: dict[str, Any]) -> None:
             changed.update(section for section in (".".join(parts[:n])
                                                    for n in range(1, len(parts)))
                            if section in other and other[section] is None)
-    changed_keys = sorted(key for key in changed if not key.startswith(_CHANGEABLE_ON_RESUME))
+    changed_keys = sorted(key for key in changed if not key.startswith(_CHANGEABLE_ON_RESUME)
+                          and not (key in _MOVABLE and _gone(_at(recorded, key))))
     if changed_keys:
         key = changed_keys[0]
         more = f" (and {', '.join(changed_keys[1:])})" if len(changed_keys) > 1 else ""
         raise ConfigError(f"{key}: {_at(now, key)!r}, but the run in {out} started with "
                           f"{_at(recorded, key)!r}{more} ({run_config(out)}); a resume keeps "
                           "its settings: give those, or use a new out_dir")
+
+
+def _gone(paths: Any) -> bool:
+    """Whether none of the recorded manifest ``paths`` (a path or a list) is there any more."""
+    paths = paths if isinstance(paths, list) else [paths]
+    return bool(paths) and all(isinstance(p, str) and not Path(p).exists() for p in paths)
 
 
 def _at(tree: dict[str, Any], key: str) -> Any:
