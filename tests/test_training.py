@@ -315,7 +315,9 @@ def test_trainer_settings_that_lightning_refuses_are_config_errors(tmp_path, cap
     assert [_precision(load_config(config, [f"trainer.precision={p}"])) for p in
             (16, 32, "bf16-mixed")] == ["16", "32", "bf16-mixed"]
     assert main(["train", str(config), "--set", f"data.train={tmp_path / 'none.jsonl'}"]) == 2
-    assert capsys.readouterr().err == f"error: {tmp_path / 'none.jsonl'}: no such manifest\n"
+    assert capsys.readouterr().err == (  # with how it was found: a copied YAML names none
+        f"error: {tmp_path / 'none.jsonl'}: no such manifest (data paths in a YAML file are "
+        "read from the file's folder, those given with --set from the current one)\n")
     assert main(["train", str(config), "--set", f"data.train={tmp_path}"]) == 2  # was "no such"
     assert capsys.readouterr().err == f"error: {tmp_path}: a folder, not a manifest\n"
 

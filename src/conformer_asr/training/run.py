@@ -38,7 +38,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..data.augment import Augmenter
 from ..data.datamodule import SpeechDataModule, load_manifests
-from ..data.manifest import DataIssues
+from ..data.manifest import DataIssues, ManifestError
 from ..files import claimed, replacing, write_atomically
 from ..inference.model_dir import ModelDirError, read_config, read_weights, save_model_dir
 from ..models import load_encoder_and_heads
@@ -393,8 +393,14 @@ def _train_in(out: Path, cfg: TrainConfig) -> Path:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     issues = DataIssues()
-    train_cuts = load_manifests(cfg.data.train, issues, cfg.data.max_utterance_seconds)
-    dev_cuts = load_manifests([cfg.data.dev], issues) if cfg.data.dev else None
+    try:
+        train_cuts = load_manifests(cfg.data.train, issues, cfg.data.max_utterance_seconds)
+        dev_cuts = load_manifests([cfg.data.dev], issues) if cfg.data.dev else None
+    except ManifestError as error:  # a recipe's YAML copied elsewhere names no corpus there
+        if str(error).endswith(": no such manifest"):
+            raise ManifestError(f"{error} (data paths in a YAML file are read from the file's "
+                                "folder, those given with --set from the current one)") from None
+        raise
     if issues.total:
         _say(f"manifest problems (skipped): {issues.summary()}")
     if len(train_cuts) == 0:
