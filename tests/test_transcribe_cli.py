@@ -686,6 +686,27 @@ def test_decoding_settings_of_the_wrong_type_are_named_at_once(model_dir, settin
     assert load_model(model_dir, beam_size=np.int64(2)).options.beam_size == 2
 
 
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"lm": 123}, "lm: an LM folder, a loaded WordPieceLM, None or 'auto'; got 123"),
+    ({"lm": "none"}, "lm: 'none' is no folder; for no LM, give lm=None"),
+    ({"options": {"beam_size": 4}}, "options: a DecodingOptions or None; got {'beam_size': 4}"),
+    ({"int8": "yes"}, "int8: True or False; got 'yes'")])
+def test_load_model_arguments_of_the_wrong_kind_are_named(model_dir, kwargs, message):
+    """Each was an AttributeError or TypeError from deep inside, or (int8) taken as True."""
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        load_model(model_dir, **kwargs)
+
+
+def test_python_api_names_no_input_and_empty_arrays(model_dir):
+    transcriber = load_model(model_dir)
+    with pytest.raises(ValueError, match=r"^inputs: a path or array, or a list of them; got "
+                                         "None$"):  # was "'NoneType' object is not iterable"
+        transcriber.transcribe(None)  # type: ignore[arg-type]
+    with pytest.raises(AudioError, match=r"^input 0: no samples \(an empty array of shape "
+                                         r"\(0,\)\)$"):  # was "expected (samples,) ...(0,)"
+        transcriber.transcribe(np.zeros(0, np.float32))
+
+
 def test_load_model_names_a_device_this_machine_lacks(model_dir):
     with pytest.raises(ValueError, match="^device 'cuda': torch sees no CUDA GPU here$"):
         load_model(model_dir, device="cuda")

@@ -53,9 +53,11 @@ def samples_of(array: object, name: str) -> np.ndarray:
     if not isinstance(array, np.ndarray):
         raise AudioError(f"{name}: not audio but a {type(array).__name__} (give a file path "
                          "as str or Path, or an array or tensor of samples)")
-    if array.ndim not in (1, 2) or array.size == 0:
+    if array.ndim not in (1, 2):
         raise AudioError(f"{name}: expected (samples,) or (samples, channels) audio, got "
                          f"shape {array.shape}")
+    if array.size == 0:
+        raise AudioError(f"{name}: no samples (an empty array of shape {array.shape})")
     if array.ndim == 2 and array.shape[0] < array.shape[1]:
         array = array.T  # (C, N)
     if array.dtype == np.uint8:  # 8-bit PCM is unsigned, centred on 128

@@ -177,6 +177,8 @@ class Transcriber:
         single = str | bytes | os.PathLike | np.ndarray | np.generic | torch.Tensor | io.IOBase
         # drawn one at a time, as decoding needs them: a generator fed by a queue yields
         # results as it goes (it was read to its end first, holding every array it made)
+        if inputs is None:
+            raise ValueError("inputs: a path or array, or a list of them; got None")
         given: dict[int, AudioInput] = {}  # inputs not handed back yet
         pending: dict[int, list[tuple[_Segment, Hypothesis]]] = {}
         finished: dict[int, float | AudioError] = {}  # duration, or why the input failed
@@ -411,6 +413,15 @@ def load_model(
     (``quantize_int8``; a loaded LM passed in is copied, not changed): faster on the
     CPU, at a small cost in accuracy; CPU only.
     """
+    # named here, not as an AttributeError or TypeError deep inside (lm=123, options={...})
+    if not isinstance(lm, str | os.PathLike | WordPieceLM | None):
+        raise ValueError(f"lm: an LM folder, a loaded WordPieceLM, None or 'auto'; got {lm!r}")
+    if isinstance(lm, str) and lm == "none":  # the command line's word for it
+        raise ValueError("lm: 'none' is no folder; for no LM, give lm=None")
+    if not isinstance(options, DecodingOptions | None):
+        raise ValueError(f"options: a DecodingOptions or None; got {options!r}")
+    if not isinstance(int8, bool):
+        raise ValueError(f"int8: True or False; got {int8!r}")
     if int8 and torch.device(device).type != "cpu":
         raise ValueError(f"int8: int8 inference runs on the CPU only, not on {device!r}")
     check_device(device)  # torch's own error for a GPU this machine lacks is a bare assert
@@ -420,19 +431,19 @@ def load_model(
         model = quantize_int8(model)
     if isinstance(lm, str) and lm == "auto":
         lm = bundled_lm_dir(directory)
-    if isinstance(lm, str | Path) and options is None:
+    if isinstance(lm, str | os.PathLike) and options is None:
         options = config.decoding
     overrides = {"beam_size": beam_size, "lm_weight": lm_weight, "length_bonus": length_bonus,
                  "oov_penalty": oov_penalty, "head": head}
     options = dataclasses.replace(options or DecodingOptions(),
                                   **{k: v for k, v in overrides.items() if v is not None})
     lexicon = None
-    if isinstance(lm, str | Path):
+    if isinstance(lm, str | os.PathLike):
         lexicon = load_lexicon_for(lm, tokenizer)
         lm = load_lm_for(lm, tokenizer)
     if lm is None and lm_weight is not None:
-        raise ValueError("lm_weight: there is no LM to weigh (--lm none, or a model folder "
-                         "without one)")
+        raise ValueError("lm_weight: there is no LM to weigh (lm=None, --lm none, or a model "
+                         "folder without one)")
     if int8 and lm is not None:
         lm = quantize_int8(lm)
     return Transcriber(model.to(device), tokenizer, options,
