@@ -352,6 +352,11 @@ def test_lm_folders_missing_or_not_lm_folders_are_told_apart(model_dir, tmp_path
         load_model(model_dir, lm=tmp_path / "nowhere")  # was "not an LM folder (no ...)"
     with pytest.raises(ModelDirError, match=f"^{tmp_path}: not an LM folder \\(no config.json\\)$"):
         load_model(model_dir, lm=tmp_path)
+    (tmp_path / "stopped").mkdir()
+    (tmp_path / "stopped" / STATE_FILE).write_bytes(b"")  # train-lm stopped before its end
+    with pytest.raises(ModelDirError, match=f"^{tmp_path / 'stopped'}: an LM still being "
+                                            "trained or stopped"):  # "not an LM folder"
+        load_model(model_dir, lm=tmp_path / "stopped")
     with pytest.raises(ModelDirError, match=f"^{model_dir}: a model folder, not an LM folder "
                                             r"\(train-lm writes those\)$"):  # was "invalid..."
         load_model(model_dir, lm=model_dir)
@@ -419,3 +424,7 @@ def test_train_lm_tokenizer_of_a_folder_a_file_or_the_bundled_model(tokenizer, t
     assert load_tokenizer(tokenizer.path).vocab_size == tokenizer.vocab_size
     with pytest.raises(FileNotFoundError, match="tokenizer model not found"):
         load_tokenizer(tmp_path / "missing")
+    (tmp_path / "run" / "model").mkdir(parents=True)  # was "tokenizer model not found"
+    with pytest.raises(ModelDirError, match=f"^{tmp_path / 'run'}: a training run's folder; "
+                                            f"its model is {tmp_path / 'run' / 'model'}$"):
+        load_tokenizer(tmp_path / "run")

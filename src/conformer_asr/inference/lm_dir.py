@@ -61,6 +61,9 @@ def load_lm_dir(directory: str | Path) -> tuple[WordPieceLM, Tokenizer, dict[str
     if not directory.exists():
         raise ModelDirError(f"{directory}: no such LM folder")
     if not path.is_file():
+        if (directory / "train_state.pt").is_file():  # train-lm's state, written as it goes
+            raise ModelDirError(f"{directory}: an LM still being trained or stopped (no "
+                                f"{CONFIG_FILE} yet); the same train-lm command finishes it")
         raise ModelDirError(f"{directory}: not an LM folder (no {CONFIG_FILE})")
     try:
         data = json.loads(read_text(path))
@@ -93,6 +96,8 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     """A tokenizer.model file, or the tokenizer of a model or LM folder ("default": the
     bundled model's)."""
     path = resolve_model_dir(path) if str(path) == "default" else Path(path)
+    if path.is_dir() and not (path / MODEL_FILE).is_file() and (path / "model").is_dir():
+        raise ModelDirError(f"{path}: a training run's folder; its model is {path / 'model'}")
     return Tokenizer.load(path) if path.is_dir() else Tokenizer(path)
 
 
