@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from conformer_asr.cli import positive_count
 from conformer_asr.device import device_flag
 from conformer_asr.files import check_writable, write_atomically
 from conformer_asr.models import ASRModel
@@ -97,26 +98,15 @@ BENCHMARKS = ["encoder", "int8", "train", "transcribe", "loss"]
 OPTIONAL = ["compile", "graphs"]
 
 
-def _positive(text: str) -> int:
-    """A whole number >= 1 (argparse names the flag: 0 threads was a torch traceback, 0
-    repeats silently the default)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", choices=["s", "m", "l"], default=["s", "m"],
                         help="model sizes (conformer-s, -m, -l)")
-    parser.add_argument("--threads", type=_positive, default=None,
+    # counts >= 1: 0 threads was a torch traceback, 0 repeats the default, silently
+    parser.add_argument("--threads", type=positive_count, default=None,
                         help="torch threads (default: torch's own choice)")
-    parser.add_argument("--repeats", type=_positive, default=None,
+    parser.add_argument("--repeats", type=positive_count, default=None,
                         help="timed calls of each path; the median is reported "
                              f"(default {FULL.repeats}, {QUICK.repeats} with --quick)")
     parser.add_argument("--json", type=Path, default=None,
@@ -132,7 +122,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "only)")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="fp32, or bf16 autocast for both paths (auto: bf16 on a GPU)")
-    parser.add_argument("--train-batch", type=_positive, default=None,
+    parser.add_argument("--train-batch", type=positive_count, default=None,
                         help="utterances per training step (default: the workload's, 8)")
     return parser.parse_args(argv)
 

@@ -437,10 +437,10 @@ def test_a_json_file_that_cannot_be_written_is_found_out_before_the_first_row(tm
 
 
 @pytest.mark.parametrize(("flag", "value", "why"), [
-    ("--threads", "0", "must be at least 1, got 0"),  # was torch's traceback
-    ("--repeats", "0", "must be at least 1, got 0"),  # was the default, silently
-    ("--repeats", "-2", "must be at least 1, got -2"),  # every row failed
-    ("--train-batch", "x", "expected a whole number, got 'x'")])
+    ("--threads", "0", "must be 1 or more, got 0"),  # was torch's traceback
+    ("--repeats", "0", "must be 1 or more, got 0"),  # was the default, silently
+    ("--repeats", "-2", "must be 1 or more, got -2"),  # every row failed
+    ("--train-batch", "x", "not a whole number: 'x'")])
 def test_benchmark_counts_are_checked(flag, value, why, capsys):
     parse_args = run_module.parse_args
     with pytest.raises(SystemExit) as stop:

@@ -547,8 +547,8 @@ def test_python_api_reads_arrays_as_files_are_read():
                       "channels) audio, got shape (2, 2, 100)"),
                      (np.zeros(100, np.uint16), "expected float, signed integer or uint8 "
                       "samples, got uint16"),
-                     (np.zeros(0, np.float32), "expected (samples,) or (samples, channels) "
-                      "audio, got shape (0,)")]:
+                     (np.zeros((0, 2), np.float32), "no samples (an empty array of shape "
+                      "(0, 2))")]:
         with pytest.raises(AudioError, match=re.escape(f"input 0: {why}")):
             transcriber.transcribe([bad])
 

@@ -227,7 +227,8 @@ def _number_between(low: float, high: float, meaning: str) -> Callable[[str], fl
     return parse
 
 
-def _count(text: str) -> int:
+def positive_count(text: str) -> int:
+    """An argparse type: a whole number >= 1 (the benchmark runner's counts too)."""
     try:
         value = int(text)
     except ValueError:
@@ -276,7 +277,7 @@ def _add_device_flag(p: argparse.ArgumentParser) -> None:
 
 def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
     """Decoding and device flags: the arguments of ``load_model``."""
-    p.add_argument("--beam-size", type=_count, default=None,
+    p.add_argument("--beam-size", type=positive_count, default=None,
                    help="1: greedy search (default: 1, or the model folder's own setting "
                         "when an LM is used and the folder has one, e.g. the bundled model)")
     p.add_argument("--lm", type=_lm_flag, default="auto",
@@ -379,11 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", nargs="+", default=[], metavar="MANIFEST",
                    help="dev/test manifests: their transcripts are removed from the text")
     p.add_argument("--config", default="small", help="LM size: tiny, small or paper")
-    p.add_argument("--steps", type=_count, default=2000, help="training steps in all")
-    p.add_argument("--batch-size", type=_count, default=64, help="sentences per step")
+    p.add_argument("--steps", type=positive_count, default=2000, help="training steps in all")
+    p.add_argument("--batch-size", type=positive_count, default=64, help="sentences per step")
     p.add_argument("--lr", type=_number_between(0, math.inf, "positive"), default=2e-3,
                    help="peak learning rate (Noam schedule)")
-    p.add_argument("--warmup-steps", type=_count, default=200,
+    p.add_argument("--warmup-steps", type=positive_count, default=200,
                    help="steps to the peak learning rate")
     p.add_argument("--heldout-fraction", type=_number_between(0, 1, "between 0 and 1"),
                    default=0.02, help="share of the sentences held out to measure perplexity")
@@ -398,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="model folder or training checkpoint (default: the bundled model)")
     p.add_argument("--lm", required=True, help="LM folder (conformer-asr train-lm)")
-    p.add_argument("--beam-size", type=_count, default=4, help="hypotheses kept")
+    p.add_argument("--beam-size", type=positive_count, default=4, help="hypotheses kept")
     p.add_argument("--lm-weights", type=_floats, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5],
                    help="comma-separated, e.g. 0.1,0.2,0.3")
     p.add_argument("--length-bonuses", type=_floats, default=[0.0, 0.5, 1.0, 1.5],
@@ -413,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model folder")
     p.add_argument("--lm", required=True, help="LM folder (train-lm), same tokenizer")
     p.add_argument("--out", required=True, help="folder to create")
-    p.add_argument("--beam-size", type=_count, default=8, help="hypotheses kept")
+    p.add_argument("--beam-size", type=positive_count, default=8, help="hypotheses kept")
     p.add_argument("--lm-weight", type=_number, required=True, help="from conformer-asr tune")
     p.add_argument("--length-bonus", type=_number, required=True, help="from conformer-asr tune")
     p.add_argument("--oov-penalty", type=_number, default=0.0, help="from conformer-asr tune")
