@@ -175,10 +175,10 @@ class Transcriber:
         # iterable is a sequence of inputs (a generator too: each is handed back with its
         # result)
         single = str | bytes | os.PathLike | np.ndarray | np.generic | torch.Tensor | io.IOBase
-        # drawn one at a time, as decoding needs them: a generator fed by a queue yields
-        # results as it goes (it was read to its end first, holding every array it made)
         if inputs is None:
             raise ValueError("inputs: a path or array, or a list of them; got None")
+        # drawn one at a time, as decoding needs them: a generator fed by a queue yields
+        # results as it goes (it was read to its end first, holding every array it made)
         given: dict[int, AudioInput] = {}  # inputs not handed back yet
         pending: dict[int, list[tuple[_Segment, Hypothesis]]] = {}
         finished: dict[int, float | AudioError] = {}  # duration, or why the input failed

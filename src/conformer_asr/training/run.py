@@ -298,9 +298,9 @@ def _averaged_checkpoints(newest: list[Path], last: Path) -> list[Path]:
     (each one that cannot is named and left out), else ``last``; ConfigError if none can."""
     readable = []
     for path in newest:
-        reason = _mapped_checkpoint(path)
-        if isinstance(reason, str):
-            _say(f"{path}: cannot be read ({reason}); averaging the others")
+        state = _mapped_checkpoint(path)
+        if isinstance(state, str):
+            _say(f"{path}: cannot be read ({state}); averaging the others")
         else:
             readable.append(path)
     if readable or isinstance(_mapped_checkpoint(last), dict):
