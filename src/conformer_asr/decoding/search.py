@@ -54,8 +54,8 @@ class DecodingOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ValueError(f"{name}: must be a number, got {value!r}")
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name}: must be a finite number, got {getattr(self, name)}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name}: must be a finite number, got {value}")
         if self.lm_weight < 0:
             raise ValueError(f"lm_weight: must be >= 0, got {self.lm_weight}")
         if self.oov_penalty < 0:
