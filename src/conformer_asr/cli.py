@@ -271,6 +271,11 @@ def _lm_flag(text: str) -> str | None:
     return None if text == "none" else text
 
 
+def _add_model_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="model folder or training checkpoint (default: the bundled model)")
+
+
 def _add_device_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=device_flag, default="cpu", help="cpu, cuda or cuda:N")
 
@@ -341,8 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("transcribe", help="speech to text")
     p.add_argument("audio", nargs="+", help="wav/flac/ogg/mp3 files, any rate and channels")
-    p.add_argument("--model", default=None,
-                   help="model folder or training checkpoint (default: the bundled model)")
+    _add_model_flag(p)
     p.add_argument("--format", choices=list(OUTPUT_SUFFIXES), default="text",
                    help="text, JSON lines, or SubRip / WebVTT subtitles")
     p.add_argument("--words", action="store_true", help="with --format json: word timestamps")
@@ -355,8 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
                 description="Utterances whose audio cannot be read are named, scored as "
                             "empty, and make the exit status 1.")
     p.add_argument("--manifest", required=True, help='lines {"id", "audio", "text"}')
-    p.add_argument("--model", default=None,
-                   help="model folder or training checkpoint (default: the bundled model)")
+    _add_model_flag(p)
     p.add_argument("--output", default=None, help='write {"id", "text"} lines here')
     _add_transcriber_flags(p)
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
@@ -396,8 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("tune", help="grid-search LM weight, length bonus and OOV penalty on a dev "
                              "set")
     p.add_argument("--manifest", required=True, help='dev lines {"id", "audio", "text"}')
-    p.add_argument("--model", default=None,
-                   help="model folder or training checkpoint (default: the bundled model)")
+    _add_model_flag(p)
     p.add_argument("--lm", required=True, help="LM folder (conformer-asr train-lm)")
     p.add_argument("--beam-size", type=positive_count, default=4, help="hypotheses kept")
     p.add_argument("--lm-weights", type=_floats, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5],
