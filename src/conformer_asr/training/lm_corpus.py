@@ -30,7 +30,7 @@ def read_sentences(paths: Iterable[str | Path]) -> list[str]:
     for path in map(Path, paths):
         lines = _lines(path)
         if _is_manifest(lines):
-            texts: Iterable[str] = (normalize_text(t) for t in _transcripts(path))
+            texts: Iterable[str] = (normalize_text(t) for t in _transcripts(path, lines))
         else:
             texts = map(normalize_text, lines)
         sentences.extend(text for text in texts if text)
@@ -46,8 +46,8 @@ def _is_manifest(lines: list[str]) -> bool:
     return isinstance(record, dict) and ("text" in record or "supervisions" in record)
 
 
-def _manifest_lines(path: Path) -> Iterator[tuple[int, dict]]:
-    for number, line in enumerate(_lines(path), start=1):
+def _manifest_lines(path: Path, lines: list[str]) -> Iterator[tuple[int, dict]]:
+    for number, line in enumerate(lines, start=1):
         if line.strip():
             try:
                 yield number, json.loads(line)
@@ -57,16 +57,17 @@ def _manifest_lines(path: Path) -> Iterator[tuple[int, dict]]:
 
 def manifest_texts(paths: Iterable[str | Path]) -> set[str]:
     """Normalised transcripts of JSONL manifests, as a set (see ``_transcripts``)."""
-    texts = {normalize_text(text) for path in paths for text in _transcripts(Path(path))}
+    texts = {normalize_text(text) for path in map(Path, paths)
+             for text in _transcripts(path, _lines(path))}
     texts.discard("")
     return texts
 
 
-def _transcripts(path: Path) -> Iterator[str]:
-    """The transcript of each line of a JSONL manifest: plain lines ``{"text": ...}`` or
-    Lhotse cuts (``supervisions[].text``). A line without text is an error, not a silent
-    gap."""
-    for number, record in _manifest_lines(path):
+def _transcripts(path: Path, lines: list[str]) -> Iterator[str]:
+    """The transcript of each of the ``lines`` of the JSONL manifest ``path``: plain lines
+    ``{"text": ...}`` or Lhotse cuts (``supervisions[].text``). A line without text is an
+    error, not a silent gap."""
+    for number, record in _manifest_lines(path, lines):
         if isinstance(record, dict) and isinstance(record.get("text"), str):
             yield record["text"]
         elif isinstance(record, dict) and isinstance(record.get("supervisions"), list):
