@@ -4,6 +4,7 @@
     LM_DIR/model.safetensors  weights
     LM_DIR/tokenizer.model    the recogniser's SentencePiece model it was trained with
     LM_DIR/lexicon.txt        optional: known words, one per line, for the OOV penalty
+    LM_DIR/train_state.pt     while train-lm runs (and after): what it resumes from
 
 Files are written atomically (temporary name, then rename), the config last, so
 a folder with a config.json is complete.
@@ -33,6 +34,7 @@ from .model_dir import (
 )
 
 LEXICON_FILE = "lexicon.txt"
+STATE_FILE = "train_state.pt"
 
 
 def save_lm_dir(
@@ -61,7 +63,7 @@ def load_lm_dir(directory: str | Path) -> tuple[WordPieceLM, Tokenizer, dict[str
     if not directory.exists():
         raise ModelDirError(f"{directory}: no such LM folder")
     if not path.is_file():
-        if (directory / "train_state.pt").is_file():  # train-lm's state, written as it goes
+        if (directory / STATE_FILE).is_file():
             raise ModelDirError(f"{directory}: an LM still being trained or stopped (no "
                                 f"{CONFIG_FILE} yet); the same train-lm command finishes it")
         raise ModelDirError(f"{directory}: not an LM folder (no {CONFIG_FILE})")

@@ -26,15 +26,13 @@ from typing import Any
 import torch
 
 from ..files import LOCK_FILE, claimed, replacing, save_torch
-from ..inference.lm_dir import save_lm_dir
+from ..inference.lm_dir import STATE_FILE, save_lm_dir
 from ..models.config import ConfigError
 from ..models.lm import LMConfig, WordPieceLM
 from ..text.dictionary import dictionary_words
 from ..text.tokenizer import Tokenizer
 from .lm_corpus import drop_excluded, manifest_texts, read_sentences, split_heldout
 from .schedule import noam_scheduler
-
-STATE_FILE = "train_state.pt"
 
 
 @dataclass(frozen=True)
