@@ -16,7 +16,7 @@ import gzip
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +150,13 @@ def remove_leftovers(folder: Path) -> int:
     for path in leftovers:
         path.unlink(missing_ok=True)
     return len(leftovers)
+
+
+def holds_more_than(folder: Path, names: Collection[str] = ()) -> bool:
+    """Whether ``folder`` is a folder that holds anything besides ``names`` and hidden files
+    (its lock, what a killed write left): someone else's, not one for a tool to write in."""
+    return folder.is_dir() and any(not p.name.startswith(".") and p.name not in names
+                                   for p in folder.iterdir())
 
 
 @contextlib.contextmanager

@@ -39,7 +39,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from ..data.augment import Augmenter
 from ..data.datamodule import SpeechDataModule, load_manifests
 from ..data.manifest import DataIssues, ManifestError
-from ..files import claimed, replacing, write_atomically
+from ..files import claimed, holds_more_than, replacing, write_atomically
 from ..inference.model_dir import ModelDirError, read_config, read_weights, save_model_dir
 from ..models import load_encoder_and_heads
 from ..models.config import ConfigError, ModelConfig
@@ -246,9 +246,8 @@ def train(cfg: TrainConfig) -> Path:
     # nothing but what a run writes and hidden files (the lock, what a killed write left);
     # one with other things (a model folder, say) is not to fill with checkpoints. (A file
     # there: claimed names it.)
-    if out.is_dir() and not (run_tokenizer(out).parent.is_dir() or run_config(out).is_file()
-                             or all(p.name.startswith(".") or p.name in _RUN_FILES
-                                    for p in out.iterdir())):
+    if holds_more_than(out, _RUN_FILES) and not (run_tokenizer(out).parent.is_dir()
+                                                 or run_config(out).is_file()):
         raise ConfigError(f"out_dir: {out} is not empty and holds no training run (no "
                           f"{run_config(out).name}); give a new folder, or a run's to resume it")
     with claimed(out, "out_dir"):

@@ -46,7 +46,7 @@ from typing import Any
 import soundfile as sf
 from tqdm import tqdm
 
-from ...files import claimed, write_atomically
+from ...files import claimed, holds_more_than, write_atomically
 from .store import (
     SPLITS,
     SynthError,
@@ -389,8 +389,7 @@ def build(config: SynthConfig) -> dict[str, Any]:
     # a build's folder has its build.json (written before any audio), or only hidden files
     # (the lock); the manifests, LICENSES.md, ... of a folder with other things were
     # written over
-    if out_dir.is_dir() and not (out_dir / "build.json").is_file() and any(
-            not p.name.startswith(".") for p in out_dir.iterdir()):
+    if holds_more_than(out_dir) and not (out_dir / "build.json").is_file():
         raise SynthError(f"{out_dir} is not empty and holds no corpus build (no build.json); "
                          "choose a new --out")
     with claimed(out_dir, "--out"):  # first: a bad --out is named on any machine
