@@ -24,6 +24,7 @@ import torch
 from conformer_asr.cli import positive_count
 from conformer_asr.device import device_flag
 from conformer_asr.files import check_writable, write_atomically
+from conformer_asr.malloc import keep_freed_memory
 from conformer_asr.models import ASRModel
 from conformer_asr.models.quantize import bf16_convolutions_are_fast, full_range_int8_is_exact
 
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    kept = keep_freed_memory()  # as the command line does: both paths measured with it
     device = torch.device(args.device)
     if device.type != "cpu":  # the default-device mode costs every torch call some time
         torch.set_default_device(device)
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
              else torch.cuda.get_device_name(device))
     cpu = {"cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
            "int8_activation_bits": 8 if full_range_int8_is_exact() else 7,
-           "bf16_convolutions": bf16_convolutions_are_fast()}
+           "bf16_convolutions": bf16_convolutions_are_fast(), "keep_freed_memory": kept}
     print(f"torch {torch.__version__}, {where}, {'bf16' if bf16 else 'float32'} matmul "
           f"peak {peak / 1e9:.1f} GFLOP/s ({matmul_size}^2 mm), "
           f"median of {settings.repeats} interleaved calls; CPU {cpu}", flush=True)

@@ -435,9 +435,11 @@ def main(argv: list[str] | None = None) -> int:
     from .data.manifest import ManifestError
     from .inference.evaluate import ReferenceWarning
     from .inference.model_dir import ModelDirError
+    from .malloc import keep_freed_memory
     from .models.config import ConfigError
 
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     if isinstance(sys.stdout, io.TextIOWrapper):
         # a file name that is not UTF-8 comes in as "surrogate escapes" and goes out as the
         # bytes it was, as other Unix tools print it, instead of failing to print
