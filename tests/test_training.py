@@ -565,6 +565,18 @@ def test_a_run_resumes_on_its_corpus_moved_elsewhere(tmp_path):
     assert proc.returncode == 0 and "resuming from" in proc.stdout, proc.stdout[-3000:]
 
 
+def test_a_short_run_without_a_dev_set_logs_and_draws_its_curves(tmp_path):
+    """The README's fine-tuning example (10 steps, no dev set) left logs/ empty and drew
+    no curves: rows were logged every 20 steps and the curves drawn after validations."""
+    config = _config(tmp_path, max_steps=3, log_every_steps=20)
+    proc = _train(config, "--set", "data.dev=null")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    with (tmp_path / "exp" / "logs" / "metrics.csv").open(newline="") as f:
+        losses = [row["train_loss"] for row in csv.DictReader(f) if row["train_loss"]]
+    assert len(losses) == 1 and np.isfinite(float(losses[0]))
+    assert (tmp_path / "exp" / "curves.png").stat().st_size > 0
+
+
 def test_curves_that_cannot_be_drawn_do_not_stop_training(tmp_path):
     """A full disk at curves.png ended the run (its checkpoints were fine)."""
     config = _config(tmp_path, max_steps=5)

@@ -97,7 +97,8 @@ class _ResumableCSVLogger(CSVLogger):
 
 class _TrainingLog(Callback):
     """Trims metrics.csv to the checkpoint a run resumes from; draws curves.png after
-    each validation."""
+    each validation and at the end of training (a run without a dev set has no
+    validation)."""
 
     def __init__(self, logger: _ResumableCSVLogger, out_png: Path) -> None:
         self.logger, self.out_png = logger, out_png
@@ -107,14 +108,22 @@ class _TrainingLog(Callback):
             self.logger.drop_rows_from(trainer.global_step)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and not trainer.sanity_checking:
-            self.logger.save()
-            if self.logger.metrics_csv.is_file():
-                try:
-                    plot_curves(self.logger.metrics_csv, self.out_png)
-                except OSError as error:  # a picture is no reason to stop training
-                    print(f"warning: {error.filename or self.out_png}: {error.strerror}; "
-                          "the curves are drawn again after the next validation")
+        if not trainer.sanity_checking:
+            self._draw(trainer, "after the next validation")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._draw(trainer, "when the run is resumed")
+
+    def _draw(self, trainer: L.Trainer, when_again: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        self.logger.save()
+        if self.logger.metrics_csv.is_file():
+            try:
+                plot_curves(self.logger.metrics_csv, self.out_png)
+            except OSError as error:  # a picture is no reason to stop training
+                print(f"warning: {error.filename or self.out_png}: {error.strerror}; "
+                      f"the curves are drawn again {when_again}")
 
 
 def _has_checkpoints(out: Path) -> bool:
@@ -449,7 +458,8 @@ def _train_in(out: Path, cfg: TrainConfig) -> Path:
                 check_val_every_n_epoch=None,
                 limit_val_batches=None if dev_cuts is not None else 0,
                 num_sanity_val_steps=0,
-                log_every_n_steps=cfg.trainer.log_every_steps,
+                # a run shorter than the interval logs its last step
+                log_every_n_steps=min(cfg.trainer.log_every_steps, cfg.trainer.max_steps),
                 logger=logger,
                 callbacks=callbacks,
                 plugins=[AtomicCheckpointIO()],
