@@ -270,6 +270,22 @@ def test_tune_prints_a_table_and_the_best_setting(model_dir, lm_dir, capsys):
     assert lines[-2].startswith("best (beam 2)")
 
 
+def test_tune_int8_tunes_the_int8_model_and_lm(model_dir, lm_dir, capsys, monkeypatch):
+    """tune had no --int8: settings for an int8 deployment were tuned on float32 ones."""
+    import conformer_asr.models.quantize as quantize
+
+    quantized = []
+    real = quantize.quantize_int8
+    monkeypatch.setattr(quantize, "quantize_int8",
+                        lambda module: quantized.append(type(module).__name__) or real(module))
+    args = ["tune", "--manifest", str(DATA / "manifest.jsonl"), "--model", str(model_dir),
+            "--lm", str(lm_dir), "--beam-size", "2", "--lm-weights", "0.5",
+            "--length-bonuses", "1", "--int8"]
+    assert main(args) == 0
+    assert quantized == ["ASRModel", "WordPieceLM"]
+    assert capsys.readouterr().out.splitlines()[-2].startswith("best (beam 2)")
+
+
 def test_tune_stops_before_encoding_on_a_bad_grid_or_with_nothing_to_score(model_dir, lm_dir,
                                                                           tmp_path, capsys):
     from conformer_asr.inference.model_dir import load_model_dir

@@ -242,10 +242,15 @@ def _tune(args: argparse.Namespace) -> int:
     from .inference.lm_dir import load_lexicon_for, load_lm_for
     from .inference.model_dir import load_model_dir, resolve_model_dir
     from .inference.tune import best_result, format_row, tune
+    from .models.quantize import check_int8_device, quantize_int8
 
+    if args.int8:
+        check_int8_device(args.device)
     model, tokenizer, _ = load_model_dir(resolve_model_dir(args.model))
     lm = load_lm_for(args.lm, tokenizer)
     lexicon = load_lexicon_for(args.lm, tokenizer)
+    if args.int8:  # tuned as it will decode
+        model, lm = quantize_int8(model), quantize_int8(lm)
     tuning = tune(model.to(args.device), tokenizer, lm.to(args.device), args.manifest,
                   args.beam_size, args.lm_weights, args.length_bonuses,
                   args.oov_penalties, lexicon, log=lambda line: print(line, flush=True))
@@ -301,6 +306,10 @@ def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
                    help="auto, ctc or transducer: the output a hybrid CTC + transducer model "
                         "decodes with (default: auto, the transducer where there is one)")
     _add_device_flag(p)
+    _add_int8_flag(p)
+
+
+def _add_int8_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8", action="store_true",
                    help="run the Linear and LSTM layers of the model and its LM in int8 (and "
                         "the subsampling convolutions in bfloat16 on AVX-512 CPUs): faster on "
@@ -409,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oov-penalties", type=_floats, default=[0.0],
                    help="comma-separated, e.g. 0,2,4 (needs the LM folder's lexicon.txt)")
     _add_device_flag(p)
+    _add_int8_flag(p)
     p.set_defaults(run=_tune)
 
     p = command("pack", help="bundle a model folder with an LM and the decoding tuned for "

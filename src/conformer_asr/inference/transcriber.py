@@ -44,7 +44,7 @@ from ..decoding.search import DecodingOptions, decode
 from ..device import check_device
 from ..models.asr import ASRModel
 from ..models.lm import WordPieceLM
-from ..models.quantize import quantize_int8
+from ..models.quantize import check_int8_device, quantize_int8
 from ..text.tokenizer import Tokenizer
 from .lm_dir import load_lexicon_for, load_lm_for
 from .model_dir import bundled_lm_dir, load_model_dir, resolve_model_dir
@@ -422,8 +422,8 @@ def load_model(
         raise ValueError(f"options: a DecodingOptions or None; got {options!r}")
     if not isinstance(int8, bool):
         raise ValueError(f"int8: True or False; got {int8!r}")
-    if int8 and torch.device(device).type != "cpu":
-        raise ValueError(f"int8: int8 inference runs on the CPU only, not on {device!r}")
+    if int8:
+        check_int8_device(device)
     check_device(device)  # torch's own error for a GPU this machine lacks is a bare assert
     directory = resolve_model_dir(path_or_name)
     model, tokenizer, config = load_model_dir(directory)

@@ -46,6 +46,12 @@ def quantize_int8(model: ModuleT) -> ModuleT:
     return quantized.eval()
 
 
+def check_int8_device(device: str | torch.device) -> None:
+    """ValueError unless ``device`` is the CPU, the one device int8 inference runs on."""
+    if torch.device(device).type != "cpu":
+        raise ValueError(f"int8: int8 inference runs on the CPU only, not on {str(device)!r}")
+
+
 @contextlib.contextmanager
 def _quiet_deprecations() -> Iterator[None]:
     """torch.ao.quantization is deprecated in favour of the separate torchao package; its
