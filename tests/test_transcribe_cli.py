@@ -826,3 +826,30 @@ def test_every_option_help_tells_its_default():
                     None, False, argparse.SUPPRESS)) and action.default != []:
                 assert action.help and "default" in parser._get_formatter()._get_help_string(
                     action), f"{name} {action.option_strings[0]}"
+
+
+def test_help_needs_no_torch():
+    """`conformer-asr --help` took 1.8 s: importing the package imported torch."""
+    code = ("import sys\nfrom conformer_asr.cli import main\n"
+            "for argv in (['--help'], ['transcribe', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "import conformer_asr\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.splitlines()[-1] == "False"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT")
+def test_ctrl_c_while_torch_loads_ends_quietly():
+    """Ctrl-C in the first second printed a traceback from inside torch's or lhotse's
+    import, and the exit status was -2 instead of 130."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "conformer_asr.cli", "transcribe",
+                             str(EXAMPLES / "weather.wav")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # past the interpreter's start, well before torch is loaded
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out, err) == (130, "", "")

@@ -441,6 +441,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _run_command(argv)
+    except KeyboardInterrupt:  # also while torch is still being imported
+        return 130
+
+
+def _run_command(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)  # first: --help and usage errors need no torch
     from .audio.io import AudioError, AudioWarning
     from .data.manifest import ManifestError
     from .inference.evaluate import ReferenceWarning
@@ -448,7 +456,6 @@ def main(argv: list[str] | None = None) -> int:
     from .malloc import keep_freed_memory
     from .models.config import ConfigError
 
-    args = build_parser().parse_args(argv)
     keep_freed_memory()
     if isinstance(sys.stdout, io.TextIOWrapper):
         # a file name that is not UTF-8 comes in as "surrogate escapes" and goes out as the
@@ -464,8 +471,6 @@ def main(argv: list[str] | None = None) -> int:
             ValueError) as error:
         sys.stderr.write(f"error: {_described(error)}\n")  # one write: DDP processes share it
         return 2
-    except KeyboardInterrupt:
-        return 130
     except BrokenPipeError:
         # The reader left early (`... | head`): stop quietly like other Unix tools, and point
         # stdout at /dev/null so the interpreter's final flush cannot raise again.
