@@ -35,6 +35,7 @@ head -300 "$corpus/dev.jsonl" > "$corpus/dev_small.jsonl"
 
 # Larger batches than the CPU recipe's 80 s (the GPU is idle most of a small step), a
 # learning rate for them, silence padding (as step 2c) and VTLP.
+# shellcheck disable=SC2206  # TRAIN_SET is words
 settings=(init_from=default data.tokenizer=null "data.train=$corpus/train.jsonl"
           "data.dev=$corpus/dev_small.jsonl" "data.num_workers=$workers" "out_dir=$run_dir"
           data.max_duration=640 optim.peak_lr=0.0003 optim.warmup_steps=100 seed=5
