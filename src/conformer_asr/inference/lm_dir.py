@@ -30,6 +30,7 @@ from .model_dir import (
     ModelDirError,
     load_weights,
     resolve_model_dir,
+    training_run_error,
     write_folder,
 )
 
@@ -99,7 +100,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     bundled model's)."""
     path = resolve_model_dir(path) if str(path) == "default" else Path(path)
     if path.is_dir() and not (path / MODEL_FILE).is_file() and (path / "model").is_dir():
-        raise ModelDirError(f"{path}: a training run's folder; its model is {path / 'model'}")
+        raise training_run_error(path)
     return Tokenizer.load(path) if path.is_dir() else Tokenizer(path)
 
 

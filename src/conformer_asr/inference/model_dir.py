@@ -84,6 +84,12 @@ def is_checkpoint(path: str | Path) -> bool:
     return Path(path).suffix == ".ckpt" and Path(path).is_file()
 
 
+def training_run_error(directory: str | Path) -> ModelDirError:
+    """The error for a training run's folder given where its model folder goes."""
+    return ModelDirError(f"{directory}: a training run's folder; its model is "
+                         f"{Path(directory) / 'model'}")
+
+
 def read_config(directory: str | Path) -> FolderConfig:
     """The folder's config.json, or a training checkpoint's run's settings."""
     if is_checkpoint(directory):
@@ -93,8 +99,7 @@ def read_config(directory: str | Path) -> FolderConfig:
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         if (Path(directory) / "model" / CONFIG_FILE).is_file():
-            raise ModelDirError(f"{directory}: a training run's folder; its model is "
-                                f"{Path(directory) / 'model'}")
+            raise training_run_error(directory)
         raise ModelDirError(f"{directory}: not a model folder (no {CONFIG_FILE})")
     try:
         data = json.loads(read_text(path))
