@@ -351,6 +351,12 @@ def test_evaluate_names_unreadable_audio_and_exits_nonzero(model_dir, tmp_path):
                                                                 "no such file"}
     proc = _cli("evaluate", "--manifest", str(manifest), "--model", str(model_dir))
     assert proc.returncode == 1 and "gone.wav: no such file" in proc.stdout
+    # its path was absolute: the hint about relative paths would mislead
+    assert "relative audio paths" not in proc.stdout
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in (first, second)))
+    proc = _cli("evaluate", "--manifest", str(manifest), "--model", str(model_dir))
+    assert proc.returncode == 1 and proc.stdout.rstrip().endswith(
+        "(a manifest's relative audio paths are read from its own folder)")
 
 
 def test_references_with_digits_are_named_in_one_warning(model_dir, tmp_path):
@@ -375,7 +381,8 @@ def test_the_text_report_says_how_many_failures_it_leaves_out():
     from conformer_asr.inference.evaluate import EvalReport
 
     failed = [f"audio/{i}.flac: no such file" for i in range(12)]
-    lines = EvalReport(utterances=12, failed=failed).format().splitlines()
+    report = EvalReport(utterances=12, failed=failed, relative_path_missing=True)
+    lines = report.format().splitlines()
     assert lines[lines.index("12 utterances failed (scored as empty):") + 1:] == [
         *(f"  {reason}" for reason in failed[:10]), "  ... and 2 more (--json lists them all)",
         "(a manifest's relative audio paths are read from its own folder)"]

@@ -30,6 +30,7 @@ class Utterance:
     audio: Path
     text: str
     speaker: str
+    relative: bool = False  # the manifest gave the audio path relative to its folder
 
 
 @dataclass
@@ -42,6 +43,8 @@ class EvalReport:
     hypotheses: list[dict] = field(default_factory=list)
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
+    # an audio file missing where the manifest gave its path relative to its own folder
+    relative_path_missing: bool = False
 
     @property
     def rtf(self) -> float:
@@ -76,7 +79,7 @@ class EvalReport:
             if len(self.failed) > SHOWN_FAILURES:
                 lines.append(f"  ... and {len(self.failed) - SHOWN_FAILURES} more (--json "
                              "lists them all)")
-            if any(reason.endswith(": no such file") for reason in self.failed):
+            if self.relative_path_missing:
                 lines.append("(a manifest's relative audio paths are read from its own folder)")
         return "\n".join(lines)
 
@@ -108,7 +111,7 @@ def read_manifest(path: str | Path) -> list[Utterance]:
         rows.append(Utterance(
             id=item["id"], audio=audio if audio.is_absolute() else path.parent / audio,
             text=normalize_text(item["text"]),
-            speaker=_speaker(item),
+            speaker=_speaker(item), relative=not audio.is_absolute(),
         ))
     if not rows:
         raise ValueError(f"{path}: no utterances in the manifest")
@@ -161,6 +164,8 @@ def evaluate(
     for utt, (_, result) in zip(utterances, results, strict=True):
         if isinstance(result, AudioError):
             report.failed.append(str(result))
+            if utt.relative and str(result).endswith(": no such file"):
+                report.relative_path_missing = True
             text = ""
         else:
             text = result.text
