@@ -710,7 +710,7 @@ def test_dataset_skips_and_counts_audio_with_nan(tmp_path):
     cfg = ModelConfig(encoder=EncoderConfig(d_model=32, n_layers=1, n_heads=2),
                       vocab_size=tokenizer.vocab_size)
     batch = SpeechDataset(tokenizer, cfg)[(0, CutSet.from_cuts(cuts))]
-    assert len(batch) == 2 and torch.isfinite(batch.feats).all()
+    assert len(batch) == 2 and torch.isfinite(batch.waves).all()
     assert batch.issues.counts == {"NaN or infinite samples": 1}
     assert batch.issues.examples["NaN or infinite samples"] == ["nan"]
 
@@ -726,14 +726,34 @@ def test_dataset_warps_each_utterance_by_its_own_drawn_factor():
                             vtlp=(0.85, 1.15))
     warped = SpeechDataset(tokenizer, cfg, Augmenter(augment), seed=3)[(2, CutSet.from_cuts(cuts))]
     plain = SpeechDataset(tokenizer, cfg)[(2, CutSet.from_cuts(cuts))]
+    assert plain.warps is None
+    task = ASRTask(cfg, OptimConfig(), tokenizer)
+    (warped_feats, _), (plain_feats, _) = task.features(warped), task.features(plain)
     for i, cut in enumerate(cuts):
         factor = Augmenter(augment).warp_factor(utterance_rng(3, 2, cut.id))
         reference = LogMelFeatures(cfg.features)
         reference.filters = mel_filterbank(512, 80, 16000, factor)
         samples = torch.from_numpy(cut.load_audio().mean(axis=0))
         expected, n = reference(samples[None], torch.tensor([samples.numel()]))
-        torch.testing.assert_close(warped.feats[i, : int(n)], expected[0], atol=1e-4, rtol=1e-4)
-        assert (warped.feats[i] - plain.feats[i]).abs().max() > 0.1
+        torch.testing.assert_close(warped_feats[i, : int(n)], expected[0], atol=1e-4, rtol=1e-4)
+        assert (warped_feats[i] - plain_feats[i]).abs().max() > 0.1
+
+
+def test_features_are_float32_in_a_bf16_step():
+    """The task computes the batch's features itself (on the model's device): inside the
+    step's bf16 autocast they must still be float32, the same as outside it (bf16 would
+    round the mel energies before their logarithm)."""
+    cuts, tokenizer = _cuts_and_tokenizer(2)
+    cfg = ModelConfig(encoder=EncoderConfig(d_model=32, n_layers=1, n_heads=2),
+                      vocab_size=tokenizer.vocab_size)
+    batch = SpeechDataset(tokenizer, cfg)[(0, CutSet.from_cuts(cuts))]
+    task = ASRTask(cfg, OptimConfig(), tokenizer)
+    expected, expected_lengths = LogMelFeatures(cfg.features)(batch.waves, batch.wave_lengths)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats, lengths = task.features(batch)
+    assert feats.dtype == torch.float32
+    torch.testing.assert_close(feats, expected)
+    assert lengths.tolist() == expected_lengths.tolist()
 
 
 def test_validation_reports_the_mean_loss_per_utterance():
@@ -752,7 +772,7 @@ def test_validation_reports_the_mean_loss_per_utterance():
         metrics = trainer.validate(task, dataloaders=loader, verbose=False)[0]
     task.model.eval()
     with torch.no_grad():
-        losses = [float(task.model(b.feats, b.feat_lengths, b.targets, b.target_lengths).loss)
+        losses = [float(task.model(*task.features(b), b.targets, b.target_lengths).loss)
                   * len(b) for b in batches]
     assert metrics["val_loss"] == pytest.approx(sum(losses) / 4, rel=1e-5)
 

@@ -1,9 +1,12 @@
-"""Batches for training and validation: cuts in, padded features and targets out.
+"""Batches for training and validation: cuts in, padded waveforms and targets out.
 
 A Lhotse sampler picks the cuts of each batch (dynamic bucketing by duration,
-split across DDP ranks); this dataset loads their audio, augments it, computes
-log-mel features and tokenises the text, all inside DataLoader workers.
-Unusable utterances are counted in the batch's ``issues`` and skipped.
+split across DDP ranks); this dataset loads their audio, augments it and tokenises
+the text, inside DataLoader workers. Log-mel features are computed from the batch's
+waveforms where the model is (``ASRTask.features``): on a GPU they take milliseconds,
+while in the workers they were more than half of the loader's time, which bounded
+a GPU run's throughput. Unusable utterances are counted in the batch's ``issues`` and
+skipped.
 
 Augmentation randomness is a pure function of (seed, epoch, cut id), so a batch
 is the same whichever worker makes it and after a resume.
@@ -20,7 +23,6 @@ import torch
 from lhotse import CutSet
 from lhotse.dataset.sampling.base import CutSampler
 
-from ..audio.features import LogMelFeatures
 from ..audio.io import SAMPLE_RATE
 from ..models.config import ConfigError, ModelConfig
 from ..text.tokenizer import UNK_ID, Tokenizer
@@ -30,10 +32,13 @@ from .manifest import DataIssues
 
 @dataclass
 class Batch:
-    """feats (B, T, F), feat_lengths (B,), targets (B, U), target_lengths (B,), plus metadata."""
+    """waves (B, N) float in [-1, 1], zero-padded; wave_lengths (B,) samples; warps (B,)
+    each utterance's VTLP factor, or None where VTLP is off; targets (B, U),
+    target_lengths (B,); plus metadata."""
 
-    feats: torch.Tensor
-    feat_lengths: torch.Tensor
+    waves: torch.Tensor
+    wave_lengths: torch.Tensor
+    warps: torch.Tensor | None
     targets: torch.Tensor
     target_lengths: torch.Tensor
     ids: list[str]
@@ -94,7 +99,6 @@ class SpeechDataset(torch.utils.data.Dataset):
         seed: int = 0,
     ) -> None:
         self.tokenizer = tokenizer
-        self.features = LogMelFeatures(model.features)
         self.min_samples = model.min_samples
         self.augmenter = augmenter
         self.seed = seed
@@ -140,16 +144,13 @@ class SpeechDataset(torch.utils.data.Dataset):
                  epoch: int) -> Batch:
         if not cuts:
             empty = torch.zeros(0, dtype=torch.long)
-            return Batch(torch.zeros(0, 1, self.features.cfg.n_mels), empty, empty[:, None],
+            return Batch(torch.zeros(0, self.min_samples), empty, None, empty[:, None],
                          empty, [], [], [], 0.0, issues, epoch)
         lengths = torch.tensor([len(w) for w in waves])
-        feats, feat_lengths = self.features(
-            torch.nn.utils.rnn.pad_sequence(waves, batch_first=True), lengths,
-            None if set(warps) == {1.0} else torch.tensor(warps),
-        )
         return Batch(
-            feats=feats,
-            feat_lengths=feat_lengths,
+            waves=torch.nn.utils.rnn.pad_sequence(waves, batch_first=True),
+            wave_lengths=lengths,
+            warps=None if set(warps) == {1.0} else torch.tensor(warps),
             targets=torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True),
             target_lengths=torch.tensor([len(t) for t in tokens]),
             ids=[c.id for c in cuts],

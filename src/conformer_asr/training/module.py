@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from ..audio.features import LogMelFeatures
 from ..data.dataset import Batch
 from ..data.manifest import DataIssues
 from ..decoding.search import DecodingOptions, decode
@@ -26,6 +27,7 @@ class ASRTask(L.LightningModule):
     def __init__(self, model_cfg: ModelConfig, optim: OptimConfig, tokenizer: Tokenizer) -> None:
         super().__init__()
         self.model = ASRModel(model_cfg)
+        self.log_mel = LogMelFeatures(model_cfg.features)  # no weights: not in checkpoints
         self.optim = optim
         self.tokenizer = tokenizer
         self.issues = DataIssues()
@@ -51,6 +53,13 @@ class ASRTask(L.LightningModule):
         epoch, consumed = self.position
         self.position = (batch.epoch, consumed + 1 if batch.epoch == epoch else 1)
 
+    def features(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(feats (B, T, F), feat_lengths (B,)) of the batch's waveforms, computed on the
+        model's device and in float32 whatever the step's precision (bf16 would round the
+        power spectrum before its logarithm)."""
+        with torch.autocast(self.device.type, enabled=False):
+            return self.log_mel(batch.waves, batch.wave_lengths, batch.warps)
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         self._note_issues(batch.issues)
         self._sum_step_data(batch)
@@ -60,7 +69,7 @@ class ASRTask(L.LightningModule):
             # Lightning cannot skip a step under DDP (the other processes wait for this
             # one's gradients): this one takes part with zero gradients
             return sum(p.sum() for p in self.model.parameters()) * 0.0
-        out = self.model(batch.feats, batch.feat_lengths, batch.targets, batch.target_lengths,
+        out = self.model(*self.features(batch), batch.targets, batch.target_lengths,
                          pred_weight_noise=self.optim.weight_noise(self.global_step))
         self.log("train_loss", out.loss, prog_bar=True, batch_size=len(batch))
         for name in ("ctc", "rnnt"):
@@ -96,7 +105,7 @@ class ASRTask(L.LightningModule):
         self._note_issues(batch.issues)
         if len(batch) == 0:
             return
-        enc, lengths = self.model.encode(batch.feats, batch.feat_lengths)
+        enc, lengths = self.model.encode(*self.features(batch))
         out = self.model.loss(enc, lengths, batch.targets, batch.target_lengths)
         loss_sum, utterances = self._val_loss
         self._val_loss = (loss_sum + float(out.loss) * len(batch), utterances + len(batch))
