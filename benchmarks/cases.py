@@ -5,19 +5,29 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import soundfile as sf
 import torch
+from lhotse import CutSet
 from torch import nn
 
 from conformer_asr import load_model
 from conformer_asr.audio.features import LogMelFeatures
-from conformer_asr.audio.io import audio_duration
+from conformer_asr.audio.io import SAMPLE_RATE, audio_duration, load_audio
+from conformer_asr.data.augment import AugmentConfig, Augmenter
+from conformer_asr.data.dataset import SpeechDataset
+from conformer_asr.data.manifest import load_cuts
 from conformer_asr.decoding.search import DecodingOptions, decode
+from conformer_asr.inference.model_dir import BUNDLED_DIR
 from conformer_asr.inference.transcriber import Transcriber
 from conformer_asr.losses.rnnt import rnnt_loss, rnnt_loss_reference
-from conformer_asr.models import ASRModel, load_encoder_and_heads, quantize_int8
+from conformer_asr.models import ASRModel, ModelConfig, load_encoder_and_heads, quantize_int8
+from conformer_asr.text.tokenizer import Tokenizer
 
 from .measure import (
     Call,
@@ -435,4 +445,56 @@ def int8_bundled_transcription(settings: Settings, one_at_a_time: bool) -> Row:
     row = _transcribe_examples("int8 transcribe, bundled", "fp32", load_model(int8=True),
                                load_model(), settings, one_at_a_time)
     row.targets = {"speed-up >= 1.5": row.speedup >= 1.5}
+    return row
+
+
+# scripts/device/train.sh's augmentation, VTLP included (the recipe's, plus pads and VTLP)
+LOADER_AUGMENTATION = AugmentConfig(noise_prob=0.3, snr_db=(10.0, 30.0), reverb_prob=0.1,
+                                    pad_prob=0.5, pad_seconds=(0.0, 1.0), vtlp=(0.9, 1.1))
+
+
+def _example_cuts(folder: Path, count: int, seconds: float) -> CutSet:
+    """``count`` utterances of ``seconds`` each: the shipped ``station.flac`` (real speech,
+    resampled to 16 kHz) tiled to that length, written once as FLAC, each with its own id
+    (its own augmentation draws)."""
+    speech = load_audio(EXAMPLES / "station.flac")
+    samples = np.resize(speech, int(seconds * SAMPLE_RATE))
+    sf.write(folder / "utterance.flac", samples, SAMPLE_RATE)
+    text = "please call me when you arrive at the station"
+    manifest = folder / "manifest.jsonl"
+    manifest.write_text("".join(
+        json.dumps({"id": f"u{i}", "audio": "utterance.flac", "text": text}) + "\n"
+        for i in range(count)))
+    return load_cuts(manifest)
+
+
+def loader_batch(settings: Settings) -> Row:
+    """One training batch as a DataLoader worker makes it, on one CPU thread: reading the
+    FLAC files, ``LOADER_AUGMENTATION`` and tokenising (``SpeechDataset``). The training
+    step computes the log-mel features on the model's device (``ASRTask.features``); the
+    baseline is the worker computing them as well, as it did before 2026-12-04. Reported
+    as audio seconds per second of one worker; the batch is the workload's
+    ``loader_batch`` utterances of ``audio_seconds``."""
+    work = settings.work
+    cfg = ModelConfig()
+    dataset = SpeechDataset(Tokenizer.load(BUNDLED_DIR), cfg, Augmenter(LOADER_AUGMENTATION))
+    features = LogMelFeatures(cfg.features)
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as folder, torch.device("cpu"):
+        cuts = _example_cuts(Path(folder), work.loader_batch, work.audio_seconds)
+
+        def baseline() -> None:
+            batch = dataset[(0, cuts)]
+            features(batch.waves, batch.wave_lengths, batch.warps)
+
+        torch.set_num_threads(1)  # as worker_init sets in every worker
+        try:
+            row = compare("loader batch", "-", work.loader_batch, "features in worker",
+                          lambda: dataset[(0, cuts)], baseline,
+                          dataclasses.replace(settings, bf16=False))
+        finally:
+            torch.set_num_threads(threads)
+    audio_seconds = work.loader_batch * work.audio_seconds
+    row.extra = {"audio_s_per_s_fast": audio_seconds / row.fast_s,
+                 "audio_s_per_s_baseline": audio_seconds / row.baseline_s}
     return row

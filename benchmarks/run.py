@@ -56,6 +56,9 @@ def _notes(row: Row) -> str:
         parts.append(f"first call {extra['compile_s']:.0f} s (compiling)")
     if "rtf_fast" in extra:
         parts.append(f"RTF {extra['rtf_fast']:.3f} / {extra['rtf_baseline']:.3f}")
+    if "audio_s_per_s_fast" in extra:
+        parts.append(f"{extra['audio_s_per_s_fast']:.0f} / "
+                     f"{extra['audio_s_per_s_baseline']:.0f} audio s/s per worker")
     if "audio_h_per_h_fast" in extra:
         parts.append(f"{extra['audio_h_per_h_fast']:.0f} / "
                      f"{extra['audio_h_per_h_baseline']:.0f} audio h/h")
@@ -94,7 +97,7 @@ def format_row(row: Row) -> str:
     return format_line([cell(row) for _, _, cell in COLUMNS])
 
 
-BENCHMARKS = ["encoder", "int8", "train", "transcribe", "loss"]
+BENCHMARKS = ["encoder", "int8", "train", "transcribe", "loss", "loader"]
 # Opt-in: inductor spends minutes compiling each model on a CPU; CUDA graphs need a GPU.
 OPTIONAL = ["compile", "graphs"]
 
@@ -245,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                 cases.int8_bundled_transcription, settings, one_at_a_time)
     if "loss" in only:
         add("rnnt loss fwd+bwd", cases.rnnt_loss_step, settings)
+    if "loader" in only:
+        add("loader batch", cases.loader_batch, settings)
 
     results["complete"] = True
     save()

@@ -351,7 +351,7 @@ def test_quick_benchmark_writes_json(tmp_path):
     assert {r["benchmark"] for r in rows} == {
         "encoder forward", "int8 encoder forward", "int8 Linear layers", "train step",
         "train step, pruned S=2", "transcribe", "transcribe, bundled", "int8 transcribe, bundled",
-        "rnnt loss fwd+bwd",
+        "rnnt loss fwd+bwd", "loader batch",
     }
     for row in rows:
         assert row["fast_s"] > 0 and row["baseline_s"] > 0
@@ -368,6 +368,8 @@ def test_quick_benchmark_writes_json(tmp_path):
     assert loss["extra"]["peak_over_logits_fast"] < loss["extra"]["peak_over_logits_baseline"]
     [transcribe] = [r for r in rows if r["benchmark"] == "transcribe"]
     assert transcribe["extra"]["rtf_fast"] > 0
+    [loader] = [r for r in rows if r["benchmark"] == "loader batch"]  # 2 utterances of 1 s
+    assert loader["extra"]["audio_s_per_s_fast"] == pytest.approx(2.0 / loader["fast_s"])
     for name in ("transcribe, bundled", "int8 transcribe, bundled"):
         # all four examples in one call, and one call per file
         bundled = [r for r in rows if r["benchmark"] == name]
@@ -393,7 +395,7 @@ def test_quick_benchmark_in_bf16(tmp_path):
     assert results["complete"] and results["failures"] == []
     assert {r["benchmark"] for r in results["rows"]} == {
         "encoder forward", "train step", "train step, pruned S=2", "transcribe",
-        "transcribe, bundled", "rnnt loss fwd+bwd",
+        "transcribe, bundled", "rnnt loss fwd+bwd", "loader batch",
     }
     for row in results["rows"]:
         assert row["fast_s"] > 0 and row["baseline_s"] > 0
