@@ -94,8 +94,8 @@ class LogMelFeatures(nn.Module):
         if warps is None:
             return torch.log(torch.clamp(power @ self.filters, min=LOG_FLOOR))
         cfg = self.cfg
-        filters = torch.stack([  # (B, n_fft // 2 + 1, n_mels)
-            mel_filterbank(cfg.n_fft, cfg.n_mels, cfg.sample_rate, float(w)) for w in warps
+        filters = torch.stack([  # (B, n_fft // 2 + 1, n_mels), made on the CPU
+            mel_filterbank(cfg.n_fft, cfg.n_mels, cfg.sample_rate, w) for w in warps.tolist()
         ]).to(power.device)
         return torch.log(torch.clamp(torch.bmm(power, filters), min=LOG_FLOOR))
 
