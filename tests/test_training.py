@@ -28,10 +28,11 @@ from conformer_asr.data.augment import AugmentConfig, Augmenter
 from conformer_asr.data.datamodule import load_manifests
 from conformer_asr.data.dataset import SpeechDataset, utterance_rng
 from conformer_asr.data.manifest import DataIssues
-from conformer_asr.inference.model_dir import BUNDLED_DIR
+from conformer_asr.inference.model_dir import BUNDLED_DIR, ModelDirError
 from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
 from conformer_asr.models.config import ConfigError
 from conformer_asr.text.tokenizer import Tokenizer
+from conformer_asr.training.checkpoints import read_checkpoint_config
 from conformer_asr.training.config import OptimConfig, load_config, parse_config
 from conformer_asr.training.module import ASRTask
 from conformer_asr.training.run import _without_lightning_chatter, train
@@ -831,7 +832,6 @@ def _checkpoints_read_as_model_folders(run: Path, folder: Path, tuned: Path,
     ``run`` averaged its last checkpoint alone into ``folder``; ``tuned`` started from that
     folder, moved away since."""
     from conformer_asr import load_model
-    from conformer_asr.inference.model_dir import ModelDirError
 
     checkpoint = run / "checkpoints" / "last.ckpt"
     from_checkpoint, from_folder = load_model(checkpoint), load_model(folder)
@@ -943,6 +943,17 @@ def test_init_from_starts_a_run_from_a_trained_model_folder(tmp_path):
     with pytest.raises(ConfigError, match=r"^init_from: .*no model\.safetensors"):
         train(parse_config({**raw, "init_from": str(no_weights),
                             "out_dir": str(tmp_path / "no-weights-run")}))
+    # a resume reads the architecture from the run's config.yaml, and so does a checkpoint
+    # read as a model: damaged, the resume was a traceback
+    recorded = tmp_path / "tuned" / "config.yaml"
+    checkpoint = tmp_path / "tuned" / "checkpoints" / "last.ckpt"
+    for damage in ("model: [1, 2\n", "model: {encoder: 3}\n", "- a list\n", "\xff\n"):
+        recorded.write_bytes(damage.encode("latin-1"))
+        message = f"^{re.escape(str(recorded))}: not a run's recorded settings"
+        with pytest.raises(ConfigError, match=message):
+            parse_config(raw)
+        with pytest.raises(ModelDirError, match=message):
+            read_checkpoint_config(checkpoint)
 
     # the heads may change: a narrower joint and the pruned loss's simple joint start new
     raw["model"] = {"joint_dim": 16, "rnnt_prune_range": 2}

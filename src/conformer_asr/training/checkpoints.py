@@ -9,16 +9,15 @@ from typing import Any
 
 import lightning as L
 import torch
-import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ..files import flush_to_disk, naming, read_text, save_torch, temporary_beside
+from ..files import flush_to_disk, naming, save_torch, temporary_beside
 from ..inference.model_dir import FolderConfig, ModelDirError
 from ..models.asr import ASRModel
-from ..models.config import ConfigError, ModelConfig
+from ..models.config import ConfigError
 from ..text.tokenizer import Tokenizer
-from .config import run_config, run_tokenizer
+from .config import recorded_model, run_config, run_tokenizer
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -202,11 +201,12 @@ def _checkpoint_config(path: Path) -> tuple[FolderConfig, Tokenizer]:
                             "the model's architecture (checkpoints are read in their run's "
                             "checkpoints/ folder)")
     try:
-        recorded = yaml.safe_load(read_text(settings))
-        model = ModelConfig.from_dict(recorded["model"])
+        recorded, model = recorded_model(run)
         given = ((recorded.get("data") or {}).get("tokenizer") or {}).get("path")
-    except (yaml.YAMLError, KeyError, TypeError, AttributeError, ConfigError) as error:
+    except AttributeError as error:  # a data or tokenizer section that is not a mapping
         raise ModelDirError(f"{settings}: not a run's recorded settings ({error})") from None
+    except ConfigError as error:
+        raise ModelDirError(str(error)) from None
     tokenizer_file = Path(given) if given and Path(given).is_file() else run_tokenizer(run)
     if not tokenizer_file.is_file():
         raise ModelDirError(f"{path}: the run's tokenizer ({tokenizer_file}) is missing")

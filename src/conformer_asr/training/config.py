@@ -243,6 +243,29 @@ def run_config(out_dir: str | Path) -> Path:
     return Path(out_dir) / "config.yaml"
 
 
+def recorded_config(out_dir: str | Path) -> dict[str, Any] | None:
+    """The configuration a run in ``out_dir`` recorded when it started (``run_config``), or
+    None where there is none to read: missing, unreadable, or not a YAML mapping."""
+    try:
+        recorded = yaml.safe_load(read_text(run_config(out_dir)))
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8 text
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def recorded_model(out_dir: str | Path) -> tuple[dict[str, Any], ModelConfig]:
+    """(the configuration a run in ``out_dir`` recorded, the model architecture in it); a
+    ConfigError naming the file where either cannot be read."""
+    recorded = recorded_config(out_dir)
+    try:
+        if recorded is None:
+            raise ConfigError("unreadable, or not YAML settings")
+        return recorded, ModelConfig.from_dict(recorded["model"])
+    except (KeyError, TypeError, AttributeError, ConfigError) as error:
+        raise ConfigError(f"{run_config(out_dir)}: not a run's recorded settings "
+                          f"({error})") from None
+
+
 def run_tokenizer(out_dir: str | Path) -> Path:
     """Where a run keeps the tokenizer it trained or was given by ``init_from``."""
     return Path(out_dir) / "tokenizer" / MODEL_FILE
@@ -258,11 +281,10 @@ def _init_source(value: Any, out_dir: Path) -> tuple[str, ModelConfig, Path] | N
         return None
     recorded_files = (last_checkpoint(out_dir), run_tokenizer(out_dir), run_config(out_dir))
     if all(path.is_file() for path in recorded_files):
-        recorded = yaml.safe_load(run_config(out_dir).read_text())
+        _, model = recorded_model(out_dir)
         # named as when the run started (a resume checks it is the same), folder or not
         folder = BUNDLED_DIR if str(value) == "default" else Path(str(value))
-        return str(folder.resolve()), ModelConfig.from_dict(recorded["model"]), \
-            run_tokenizer(out_dir)
+        return str(folder.resolve()), model, run_tokenizer(out_dir)
     if is_checkpoint(value):
         raise ConfigError(f"init_from: {value}: a training checkpoint; give a model folder "
                           "(its run's model/, say)")

@@ -50,7 +50,13 @@ from .checkpoints import (
     average_checkpoints,
     step_checkpoints,
 )
-from .config import TrainConfig, last_checkpoint, run_config, run_tokenizer
+from .config import (
+    TrainConfig,
+    last_checkpoint,
+    recorded_config,
+    run_config,
+    run_tokenizer,
+)
 from .curves import plot_curves
 from .module import ASRTask
 
@@ -131,20 +137,10 @@ def _has_checkpoints(out: Path) -> bool:
     return last.is_file() or bool(step_checkpoints(last.parent))
 
 
-def _recorded_config(out: Path) -> dict[str, Any] | None:
-    """The configuration a run in ``out`` recorded when it started, or None where there is
-    none to read."""
-    try:
-        recorded = yaml.safe_load(run_config(out).read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    return recorded if isinstance(recorded, dict) else None
-
-
 def _recorded_vocab_size(out: Path) -> int | None:
     """The tokenizer size in the configuration a run in ``out`` recorded when it started, or
     None where there is none to read."""
-    recorded = _recorded_config(out)
+    recorded = recorded_config(out)
     try:
         return int(recorded["data"]["tokenizer"]["vocab_size"]) if recorded else None
     except (TypeError, KeyError, ValueError):
@@ -354,7 +350,7 @@ def _check_same_settings(out: Path, resolved: dict[str, Any]) -> None:
     started, outside ``_CHANGEABLE_ON_RESUME``: the resume restores the optimiser, its
     schedule and the random state, so such a change took no effect or half of one, while
     config.yaml recorded it as the run's."""
-    recorded = _recorded_config(out)
+    recorded = recorded_config(out)
     if recorded is None:
         return  # nothing recorded to hold the run to
     now = yaml.safe_load(yaml.safe_dump(resolved))  # tuples as YAML reads them
