@@ -23,29 +23,40 @@ def mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
 VTLP_KNEE_HZ = 4800.0  # Jaitly & Hinton (2013): below ~this the warp is a pure scaling
 
 
-def warp_frequencies(hz: torch.Tensor, factor: float, nyquist: float) -> torch.Tensor:
+def warp_frequencies(hz: torch.Tensor, factor: float | torch.Tensor,
+                     nyquist: float) -> torch.Tensor:
     """VTLP's piecewise-linear frequency warp (Jaitly & Hinton, 2013): ``hz * factor`` up
     to a knee at ``VTLP_KNEE_HZ * min(factor, 1) / factor``, then the straight line that
-    takes the knee to ``nyquist``, so that 0 and Nyquist stay fixed."""
-    knee = VTLP_KNEE_HZ * min(factor, 1.0) / factor
+    takes the knee to ``nyquist``, so that 0 and Nyquist stay fixed. ``factor`` is a number
+    or a tensor that broadcasts against ``hz`` (a column of factors: one warp per row)."""
+    factor = torch.as_tensor(factor, dtype=hz.dtype)
+    knee = VTLP_KNEE_HZ * factor.clamp(max=1.0) / factor
     above = nyquist - (nyquist - knee * factor) / (nyquist - knee) * (nyquist - hz)
     return torch.where(hz <= knee, hz * factor, above)
 
 
 def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int,
-                   warp: float = 1.0) -> torch.Tensor:
+                   warp: float | torch.Tensor = 1.0) -> torch.Tensor:
     """Triangular HTK-mel filters from 0 Hz to Nyquist, peak 1: (n_fft // 2 + 1, n_mels).
 
     ``warp`` != 1 evaluates the filters at the VTLP-warped bin frequencies: a formant at
-    f Hz then lands in the channel that f * warp would have (below the knee)."""
-    bins_hz = torch.linspace(0.0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
-    if warp != 1.0:
+    f Hz then lands in the channel that f * warp would have (below the knee). A tensor of
+    B warps gives one filterbank each, (B, n_fft // 2 + 1, n_mels), made in float32 on the
+    warps' device (a training batch's); a single one is made in float64."""
+    batched = isinstance(warp, torch.Tensor)
+    dtype = torch.float32 if batched else torch.float64
+    device = warp.device if batched else None
+    bins_hz = torch.linspace(0.0, sample_rate / 2, n_fft // 2 + 1, dtype=dtype, device=device)
+    if batched:
+        bins_hz = warp_frequencies(bins_hz, warp.to(dtype)[:, None], sample_rate / 2)
+    elif warp != 1.0:
         bins_hz = warp_frequencies(bins_hz, warp, sample_rate / 2)
     top = hz_to_mel(torch.tensor(sample_rate / 2, dtype=torch.float64))
     edges_hz = mel_to_hz(torch.linspace(0.0, float(top), n_mels + 2, dtype=torch.float64))
+    edges_hz = edges_hz.to(dtype=dtype, device=device)
     low, centre, high = edges_hz[:-2], edges_hz[1:-1], edges_hz[2:]
-    rising = (bins_hz[:, None] - low) / (centre - low)
-    falling = (high - bins_hz[:, None]) / (high - centre)
+    rising = (bins_hz[..., None] - low) / (centre - low)
+    falling = (high - bins_hz[..., None]) / (high - centre)
     return torch.clamp(torch.minimum(rising, falling), min=0.0).float()
 
 
@@ -93,10 +104,8 @@ class LogMelFeatures(nn.Module):
         power = spectrum.real.square() + spectrum.imag.square()
         if warps is None:
             return torch.log(torch.clamp(power @ self.filters, min=LOG_FLOOR))
-        cfg = self.cfg
-        filters = torch.stack([  # (B, n_fft // 2 + 1, n_mels), made on the CPU
-            mel_filterbank(cfg.n_fft, cfg.n_mels, cfg.sample_rate, w) for w in warps.tolist()
-        ]).to(power.device)
+        cfg = self.cfg  # one filterbank per utterance: (B, n_fft // 2 + 1, n_mels)
+        filters = mel_filterbank(cfg.n_fft, cfg.n_mels, cfg.sample_rate, warps.to(power.device))
         return torch.log(torch.clamp(torch.bmm(power, filters), min=LOG_FLOOR))
 
     @torch.no_grad()
