@@ -578,6 +578,24 @@ def test_a_short_run_without_a_dev_set_logs_and_draws_its_curves(tmp_path):
     assert (tmp_path / "exp" / "curves.png").stat().st_size > 0
 
 
+def test_log_rows_are_numbered_like_the_checkpoints(tmp_path):
+    """metrics.csv numbered each step's rows from 0: the 10th step's validation said 9
+    beside checkpoints/step-10.ckpt. A row's step is now the steps done, as the learning
+    rate it logs shows (the Noam schedule's value at that step)."""
+    config = _config(tmp_path, max_steps=10, average_last=2)
+    proc = _train(config)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    with (tmp_path / "exp" / "logs" / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows if r["val_wer"]] == [5, 10]
+    train_rows = [r for r in rows if r["lr"]]
+    assert [int(r["step"]) for r in train_rows] == [2, 4, 6, 8, 10]
+    for row in train_rows:
+        assert float(row["lr"]) == pytest.approx(0.003 * noam_factor(int(row["step"]), 5))
+    assert _checkpoint_files(tmp_path / "exp" / "checkpoints") == [
+        "last.ckpt", "step-5.ckpt", "step-10.ckpt"]
+
+
 def test_curves_that_cannot_be_drawn_do_not_stop_training(tmp_path):
     """A full disk at curves.png ended the run (its checkpoints were fine)."""
     config = _config(tmp_path, max_steps=5)

@@ -86,7 +86,13 @@ class _ResumableCSVLogger(CSVLogger):
     def metrics_csv(self) -> Path:
         return Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
 
-    def drop_rows_from(self, step: int) -> None:
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Lightning gives a step's rows the number of steps done before it (the 200th
+        step's say 199); they get the step's own number, as its checkpoint does."""
+        super().log_metrics(metrics, None if step is None else step + 1)
+
+    def drop_rows_after(self, step: int) -> None:
         path = self.metrics_csv
         if not path.is_file():
             return
@@ -94,7 +100,7 @@ class _ResumableCSVLogger(CSVLogger):
             reader = csv.DictReader(f)
             fields = reader.fieldnames or []
             # a run killed mid-write can leave a torn last line: drop it too
-            rows = [r for r in reader if (r.get("step") or "").isdigit() and int(r["step"]) < step]
+            rows = [r for r in reader if (r.get("step") or "").isdigit() and int(r["step"]) <= step]
         with replacing(path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
@@ -111,7 +117,7 @@ class _TrainingLog(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            self.logger.drop_rows_from(trainer.global_step)
+            self.logger.drop_rows_after(trainer.global_step)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
