@@ -300,14 +300,16 @@ def test_tune_stops_before_encoding_on_a_bad_grid_or_with_nothing_to_score(model
     gone = tmp_path / "gone.jsonl"
     gone.write_text('{"id": "a", "audio": "a.wav", "text": "a cat"}\n')
     assert main([*base, "--manifest", str(gone), "--beam-size", "2"]) == 2
-    assert capsys.readouterr().err == (f"error: {gone}: none of its audio could be read; "
-                                       "nothing to tune on\n")
+    assert capsys.readouterr().err == (
+        f"skipped (scored as empty): {tmp_path / 'a.wav'}: no such file\n"
+        f"error: {gone}: none of its audio could be read; nothing to tune on\n")
     some_gone = tmp_path / "some-gone.jsonl"  # exit 1, as evaluate's (it was 0)
     some_gone.write_text(gone.read_text() + json.dumps(
         {"id": "b", "audio": str(DATA / "clip1.wav"), "text": "a cat"}) + "\n")
     assert main([*base, "--manifest", str(some_gone), "--beam-size", "2"]) == 1
-    assert f"skipped (scored as empty): {tmp_path / 'a.wav'}: no such file" in (
-        capsys.readouterr().out)
+    out, err = capsys.readouterr()  # the table on stdout, what was skipped on stderr
+    assert err == f"skipped (scored as empty): {tmp_path / 'a.wav'}: no such file\n"
+    assert "skipped" not in out and "best (beam 2):" in out
 
 
 @pytest.mark.parametrize(("args", "message"), [

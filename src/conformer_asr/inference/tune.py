@@ -9,6 +9,7 @@ about 30 s.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -54,13 +55,18 @@ class _Encoded:
     lengths: torch.Tensor
 
 
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 @torch.no_grad()
 def _encode_all(
     model: ASRModel, utterances: Sequence[Utterance], batch_seconds: float,
-    log: Callable[[str], None],
+    log: Callable[[str], None], warn: Callable[[str], None],
 ) -> tuple[list[_Encoded], list[str]]:
     """Encode the readable utterances, shortest first, ``batch_seconds`` of audio a batch
-    -> (the batches, why each unreadable one was skipped)."""
+    -> (the batches, why each unreadable one was skipped). ``warn`` gets a line for each
+    skipped one, ``log`` one when all are encoded."""
     device = next(model.parameters()).device
     features = LogMelFeatures(model.cfg.features).to(device)
     durations = {}
@@ -70,7 +76,7 @@ def _encode_all(
             durations[i] = audio_duration(utt.audio)
         except AudioError as error:
             skipped.append(str(error))
-            log(f"skipped (scored as empty): {error}")
+            warn(f"skipped (scored as empty): {error}")
     encoded: list[_Encoded] = []
     batch: list[int] = []
     start = time.perf_counter()
@@ -98,16 +104,18 @@ def tune(
     beam_size: int, lm_weights: Sequence[float], length_bonuses: Sequence[float],
     oov_penalties: Sequence[float] = (0.0,), lexicon: Lexicon | None = None,
     batch_seconds: float = 160.0, log: Callable[[str], None] = print,
+    warn: Callable[[str], None] = _to_stderr,
 ) -> Tuning:
     """WER of every (LM weight, length bonus, OOV penalty), in grid order; ``log`` gets a
-    table row as each one finishes. ``model`` and ``lm`` must be in eval mode on one
-    device; the penalties need ``lexicon``."""
+    table row as each one finishes, ``warn`` a line for each utterance that cannot be read
+    (stderr by default: the table stays whole on stdout). ``model`` and ``lm`` must be in
+    eval mode on one device; the penalties need ``lexicon``."""
     if lexicon is None and any(oov_penalties):
         raise ValueError("oov_penalties: the LM folder has no lexicon.txt, so they must be 0 "
                          "(train-lm writes one)")
     grid = list(_grid(beam_size, lm_weights, length_bonuses, oov_penalties))  # checked first
     utterances = read_manifest(manifest)
-    encoded, skipped = _encode_all(model, utterances, batch_seconds, log)
+    encoded, skipped = _encode_all(model, utterances, batch_seconds, log, warn)
     if not encoded:
         raise ValueError(f"{manifest}: none of its audio could be read; nothing to tune on")
     log(HEADER)
