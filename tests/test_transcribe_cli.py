@@ -856,7 +856,11 @@ def test_ctrl_c_while_torch_loads_ends_quietly():
     proc = subprocess.Popen([sys.executable, "-m", "conformer_asr.cli", "transcribe",
                              str(EXAMPLES / "weather.wav")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)  # past the interpreter's start, well before torch is loaded
+    # once torch's library is mapped, its import is under way (a fixed half second was
+    # still the interpreter's start on a loaded machine: killed by the signal, -2)
+    maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.monotonic() + 60
+    while "libtorch" not in maps.read_text() and time.monotonic() < deadline:
+        time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert (proc.returncode, out, err) == (130, "", "")
