@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conformer_asr.audio.io import AudioError, AudioWarning, load_audio, stream_audio
+from conformer_asr.audio.io import (
+    AudioError,
+    AudioSlice,
+    AudioWarning,
+    audio_duration,
+    load_audio,
+    stream_audio,
+)
 
 WEATHER = Path(__file__).parents[1] / "examples" / "weather.wav"
 
@@ -224,3 +231,28 @@ def test_quiet_stderr_restores_fd_2_on_error(capfd):
         raise ValueError
     os.write(2, b"shown\n")
     assert capfd.readouterr().err == "shown\n"
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "FLAC"])
+def test_a_slice_reads_the_samples_of_its_part_of_the_file(tmp_path, fmt):
+    """AudioSlice (a Lhotse cut of a long recording, for evaluate): the frames from its
+    start for its duration, of one channel or all averaged, named in its errors."""
+    rng = np.random.default_rng(0)
+    stereo = (rng.uniform(-0.5, 0.5, (48000, 2)) * 32767).astype(np.int16)
+    path = tmp_path / f"long.{fmt.lower()}"
+    sf.write(path, stereo, 16000, format=fmt, subtype="PCM_16")
+    whole = sf.read(path, dtype="float32")[0]
+    part = AudioSlice(path, start=1.25, duration=0.5, channel=1)
+    np.testing.assert_array_equal(load_audio(part), whole[20000:28000, 1])
+    both = AudioSlice(path, start=0.0, duration=3.0)
+    np.testing.assert_array_equal(load_audio(both), whole.mean(axis=1))
+    assert audio_duration(part) == 0.5
+    assert len(load_audio(AudioSlice(path, 2.75, 1.0))) == 4000  # the file ends first
+    for bad, reason in [(AudioSlice(path, 3.0, 1.0), "starts outside the file (3.00 s long)"),
+                        (AudioSlice(path, 1.0, 1.0, channel=2), "no channel 2 (the file has 2)")]:
+        for read in (load_audio, audio_duration):  # tune checks durations first
+            with pytest.raises(AudioError) as error:
+                read(bad)
+            assert str(error.value) == f"{path} ({bad.start:.2f}-{bad.start + 1:.2f} s): {reason}"
+    with pytest.raises(AudioError, match="no such file"):
+        audio_duration(AudioSlice(tmp_path / "gone.wav", 0.0, 1.0))

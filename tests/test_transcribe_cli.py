@@ -329,6 +329,77 @@ def test_evaluate_writes_hypotheses_and_reports(model_dir, tmp_path):
     assert ids == ["clip1", "clip2", "clip3", "clip4"]
 
 
+def _evaluated(manifest: Path, model_dir: Path) -> tuple[int, dict, str, str]:
+    """``evaluate --json --output`` -> (exit status, report without its RTF, hypotheses
+    file, stderr)."""
+    out = manifest.parent / f"{manifest.name}.hyps"
+    proc = _cli("evaluate", "--manifest", str(manifest), "--model", str(model_dir),
+                "--output", str(out), "--json")
+    report = json.loads(proc.stdout) if proc.stdout else {}
+    report.pop("rtf", None)
+    return proc.returncode, report, out.read_text() if out.exists() else "", proc.stderr
+
+
+def test_evaluate_reads_lhotse_cuts_manifests(model_dir, tmp_path):
+    """train reads Lhotse cuts manifests; evaluate refused them ("not a manifest line").
+    Cuts of whole files, and cuts of parts of one long recording, now score as the plain
+    manifest of the same audio; a cut that is not in one file, or a line that is no cut,
+    is a one-line error naming its line; a part outside its file is an unreadable one."""
+    from lhotse import CutSet, MonoCut, Recording
+
+    from conformer_asr.data.manifest import load_cuts
+
+    cuts = load_cuts(DATA / "manifest.jsonl").map_supervisions(
+        lambda s: dataclasses.replace(s, speaker=f"reader {s.id[-1]}"))
+    cuts.to_file(tmp_path / "cuts.jsonl.gz")
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps(
+        {"id": c.id, "audio": c.recording.sources[0].source, "speaker": f"reader {c.id[-1]}",
+         "text": c.supervisions[0].text}) + "\n" for c in cuts))
+    expected = _evaluated(plain, model_dir)
+    assert expected[0] == 0 and expected[1]["words"] == 19 and len(expected[1]["by_speaker"]) == 4
+    assert _evaluated(tmp_path / "cuts.jsonl.gz", model_dir) == expected
+
+    # the four clips in one recording, 0.5 s apart, and a cut for each
+    clips = [sf.read(c.recording.sources[0].source, dtype="int16")[0] for c in cuts]
+    gap = np.zeros(8000, dtype=np.int16)
+    sf.write(tmp_path / "long.wav", np.concatenate([x for c in clips for x in (gap, c)]), 16000)
+    recording = Recording.from_file(tmp_path / "long.wav")
+    parts, start = [], 0
+    for cut, samples in zip(cuts, clips, strict=True):
+        start += len(gap)
+        span = {"start": start / 16000, "duration": len(samples) / 16000}
+        supervision = dataclasses.replace(cut.supervisions[0], recording_id=recording.id, **span)
+        parts.append(MonoCut(id=cut.id, channel=0, recording=recording,
+                             supervisions=[supervision], **span))
+        start += len(samples)
+    CutSet.from_cuts(parts).to_file(tmp_path / "parts.jsonl")
+    assert _evaluated(tmp_path / "parts.jsonl", model_dir) == expected
+
+    outside = tmp_path / "outside.jsonl"
+    CutSet.from_cuts([parts[0], dataclasses.replace(parts[1], id="late", start=30.0)]).to_file(
+        outside)
+    status, report, hyps, err = _evaluated(outside, model_dir)
+    assert status == 1 and report["failed"] == 1
+    assert json.loads(hyps.splitlines()[1])["error"] == (
+        f"{tmp_path / 'long.wav'} (30.00-{30 + parts[1].duration:.2f} s): starts outside the "
+        f"file ({start / 16000:.2f} s long)")
+
+    mixed = tmp_path / "mixed.jsonl"
+    two = parts[1].append(parts[2])
+    CutSet.from_cuts([parts[0], two]).to_file(mixed)
+    not_a_cut = tmp_path / "not_a_cut.jsonl"
+    not_a_cut.write_text(plain.read_text().splitlines()[0].join(
+        [(tmp_path / "parts.jsonl").read_text().splitlines()[0] + "\n", "\n"]))
+    for path, message in [
+        (mixed, f"{mixed}:2: cut '{two.id}' is not in one audio file (its channels are "
+                "in several, or it mixes cuts)"),
+        (not_a_cut, f"{not_a_cut}:2: not a Lhotse cut, as the first line is"),
+    ]:
+        proc = _cli("evaluate", "--manifest", str(path), "--model", str(model_dir))
+        assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", f"error: {message}\n")
+
+
 def test_evaluate_names_unreadable_audio_and_exits_nonzero(model_dir, tmp_path):
     """The other utterances are still scored; the unreadable one counts as empty."""
     first, second = map(json.loads, (DATA / "manifest.jsonl").read_text().splitlines()[:2])

@@ -367,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("evaluate", help="WER and real-time factor on a JSONL manifest",
                 description="Utterances whose audio cannot be read are named, scored as "
                             "empty, and make the exit status 1.")
-    p.add_argument("--manifest", required=True, help='lines {"id", "audio", "text"}')
+    p.add_argument("--manifest", required=True,
+                   help='lines {"id", "audio", "text"}, or Lhotse cuts (.jsonl[.gz])')
     _add_model_flag(p)
     p.add_argument("--output", default=None, help='write {"id", "text"} lines here')
     _add_transcriber_flags(p)
@@ -407,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("tune", help="grid-search LM weight, length bonus and OOV penalty on a dev "
                              "set")
-    p.add_argument("--manifest", required=True, help='dev lines {"id", "audio", "text"}')
+    p.add_argument("--manifest", required=True,
+                   help='dev lines {"id", "audio", "text"}, or Lhotse cuts (.jsonl[.gz])')
     _add_model_flag(p)
     p.add_argument("--lm", required=True, help="LM folder (conformer-asr train-lm)")
     p.add_argument("--beam-size", type=positive_count, default=4, help="hypotheses kept")

@@ -7,6 +7,7 @@ import os
 import struct
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -266,19 +267,66 @@ def _frames(f: sf.SoundFile, path: str | Path, block: int) -> Iterator[np.ndarra
             "damaged? What was read is used"), stacklevel=2)
 
 
-def audio_duration(path: str | Path) -> float:
-    """Duration in seconds from the header, without reading the samples."""
+@dataclass(frozen=True)
+class AudioSlice:
+    """``duration`` seconds of an audio file from ``start`` (a Lhotse cut of a long
+    recording), of channel ``channel`` (its index in the file; None: all, averaged)."""
+
+    path: str | Path
+    start: float
+    duration: float
+    channel: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.start:.2f}-{self.start + self.duration:.2f} s)"
+
+
+def audio_duration(path: str | Path | AudioSlice) -> float:
+    """Duration in seconds from the header, without reading the samples (a slice's own,
+    once its file opens and holds its start and channel)."""
+    if isinstance(path, AudioSlice):
+        with _open(path.path) as f:
+            _check_slice(path, f)
+        return path.duration
     with _open(path) as f:
         return f.frames / f.samplerate
 
 
-def load_audio(path: str | Path, target_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Whole file (up to the end of its data or the first damage) -> (N,) float32 mono at
-    ``target_rate``. Raises AudioError."""
+def load_audio(path: str | Path | AudioSlice, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Whole file (up to the end of its data or the first damage), or a slice of one, ->
+    (N,) float32 mono at ``target_rate``. Raises AudioError."""
+    if isinstance(path, AudioSlice):
+        return _load_slice(path, target_rate)
     with _open(path) as f:
         samples = np.concatenate(list(_frames(f, path, _LOAD_BLOCK)))
         rate = f.samplerate
     return resample(finite(to_mono(samples), str(path)), rate, target_rate)
+
+
+def _check_slice(part: AudioSlice, f: sf.SoundFile) -> int:
+    """-> the frame ``part`` starts at in ``f``; AudioError unless ``f`` holds it."""
+    first = round(part.start * f.samplerate)
+    if not 0 <= first < f.frames:
+        raise AudioError(f"{part}: starts outside the file ({f.frames / f.samplerate:.2f} s "
+                         "long)")
+    if part.channel is not None and not 0 <= part.channel < f.channels:
+        raise AudioError(f"{part}: no channel {part.channel} (the file has {f.channels})")
+    return first
+
+
+def _load_slice(part: AudioSlice, target_rate: int) -> np.ndarray:
+    with _open(part.path) as f:
+        rate, first = f.samplerate, _check_slice(part, f)
+        try:
+            f.seek(first)
+        except (sf.LibsndfileError, RuntimeError) as error:
+            raise AudioError(f"{part}: cannot seek to its start ({error})") from None
+        samples, error = _read(f, max(1, round(part.duration * rate)))
+    if len(samples) == 0:
+        reason = sf.LibsndfileError(error).error_string.split(":")[-1].strip() if error else ""
+        raise AudioError(f"{part}: corrupt audio data{f' ({reason})' if reason else ''}")
+    mono = samples[:, part.channel] if part.channel is not None else samples
+    return resample(finite(to_mono(mono), str(part)), rate, target_rate)
 
 
 def stream_audio(

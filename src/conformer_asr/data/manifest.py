@@ -74,7 +74,17 @@ def _absolute(path: str | Path) -> Path:
     return Path(os.path.abspath(path))
 
 
-def _is_lhotse(first: dict[str, Any]) -> bool:
+def first_record(lines: list[str]) -> dict[str, Any]:
+    """The JSON object on a manifest's first non-blank line; {} where there is none."""
+    first_line = next((line for line in lines if line.strip()), "")
+    try:
+        first = json.loads(first_line) if first_line else {}
+    except json.JSONDecodeError:
+        first = {}
+    return first if isinstance(first, dict) else {}
+
+
+def is_lhotse(first: dict[str, Any]) -> bool:
     """Lhotse cut manifests carry ``type`` (MonoCut, ...) and a ``recording`` or ``tracks``."""
     return "type" in first and ("recording" in first or "tracks" in first)
 
@@ -95,13 +105,8 @@ def load_cuts(path: str | Path, issues: DataIssues | None = None) -> CutSet:
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest")
     lines = read_text(path).split("\n")
-    first_line = next((line for line in lines if line.strip()), "")
-    try:
-        first = json.loads(first_line) if first_line else {}
-    except json.JSONDecodeError:
-        first = {}
-    first = first if isinstance(first, dict) else {}
-    if _is_lhotse(first):
+    first = first_record(lines)
+    if is_lhotse(first):
         cuts = clean_cuts(CutSet.from_file(path), issues)
     elif not first or "audio" in first:  # an unparsable first line is counted, not fatal
         cuts = _read_plain(path, lines, issues)

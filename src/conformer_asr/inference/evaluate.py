@@ -6,11 +6,16 @@ import json
 import re
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..audio.io import AudioError
-from ..data.manifest import plain_records
+from lhotse.cut import Cut
+from lhotse.cut.data import DataCut
+from lhotse.serialization import deserialize_item as deserialize_cut
+
+from ..audio.io import AudioError, AudioSlice
+from ..data.manifest import first_record, has_plain_form, is_lhotse, plain_records
 from ..files import check_writable, read_text, write_atomically
 from ..scoring import WordErrors, word_errors
 from ..text.normalize import normalize_text
@@ -27,7 +32,7 @@ class ReferenceWarning(UserWarning):
 @dataclass
 class Utterance:
     id: str
-    audio: Path
+    audio: Path | AudioSlice
     text: str
     speaker: str
     relative: bool = False  # the manifest gave the audio path relative to its folder
@@ -86,33 +91,28 @@ class EvalReport:
 
 def read_manifest(path: str | Path) -> list[Utterance]:
     """Lines ``{"id", "audio", "text"}`` (+ optional "speaker"/"voice"), each id once; audio
-    relative to the manifest's folder or absolute."""
+    relative to the manifest's folder or absolute. A Lhotse cuts manifest (``.jsonl`` or
+    ``.jsonl.gz``, as ``train`` reads) works too where each cut lies in one audio file
+    (the whole of it, or a part: an ``AudioSlice``); its paths are read as Lhotse reads
+    them, relative to the current folder."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path}: a folder, not a manifest")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: manifest not found")
+    lines = read_text(path).split("\n")
+    read = _cut_utterances if is_lhotse(first_record(lines)) else _plain_utterances
     rows = []
     with_digits = []  # "2 dogs" was scored as "dogs", silently
     line_of: dict[str, int] = {}  # an id given twice was scored twice, its hypotheses ambiguous
-    for number, item in plain_records(read_text(path).split("\n")):
-        if item is None:
-            raise ValueError(f'{path}:{number}: not a manifest line (expected JSON with "id", '
-                             f'"audio" and "text" strings)')
-        if not item["audio"]:  # Path("") is ".", the manifest's folder
-            raise ValueError(f'{path}:{number}: an empty "audio" (id {item["id"]!r})')
-        if item["id"] in line_of:
-            raise ValueError(f"{path}:{number}: id {item['id']!r} again (first on line "
-                             f"{line_of[item['id']]}): ids must be unique")
-        line_of[item["id"]] = number
-        if _DIGIT.search(item["text"]):
-            with_digits.append(item["id"])
-        audio = Path(item["audio"])
-        rows.append(Utterance(
-            id=item["id"], audio=audio if audio.is_absolute() else path.parent / audio,
-            text=normalize_text(item["text"]),
-            speaker=_speaker(item), relative=not audio.is_absolute(),
-        ))
+    for number, utterance, written in read(path, lines):
+        if utterance.id in line_of:
+            raise ValueError(f"{path}:{number}: id {utterance.id!r} again (first on line "
+                             f"{line_of[utterance.id]}): ids must be unique")
+        line_of[utterance.id] = number
+        if _DIGIT.search(written):
+            with_digits.append(utterance.id)
+        rows.append(utterance)
     if not rows:
         raise ValueError(f"{path}: no utterances in the manifest")
     if with_digits:
@@ -121,6 +121,60 @@ def read_manifest(path: str | Path) -> list[Utterance]:
                       f"scoring leaves out (e.g. {with_digits[0]}); the model writes numbers "
                       "as words: write them so", ReferenceWarning, stacklevel=2)
     return rows
+
+
+def _plain_utterances(path: Path, lines: list[str]) -> Iterator[tuple[int, Utterance, str]]:
+    """(line number, utterance, its text as written) for each line of a plain manifest."""
+    for number, item in plain_records(lines):
+        if item is None:
+            raise ValueError(f'{path}:{number}: not a manifest line (expected JSON with "id", '
+                             f'"audio" and "text" strings)')
+        if not item["audio"]:  # Path("") is ".", the manifest's folder
+            raise ValueError(f'{path}:{number}: an empty "audio" (id {item["id"]!r})')
+        audio = Path(item["audio"])
+        yield number, Utterance(
+            id=item["id"], audio=audio if audio.is_absolute() else path.parent / audio,
+            text=normalize_text(item["text"]),
+            speaker=_speaker(item), relative=not audio.is_absolute(),
+        ), item["text"]
+
+
+def _cut_utterances(path: Path, lines: list[str]) -> Iterator[tuple[int, Utterance, str]]:
+    """(line number, utterance, its text as written) for each cut of a Lhotse cuts manifest
+    (``lines`` are its text: a cut a line)."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            cut = deserialize_cut(json.loads(line))
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            cut = error
+        if not isinstance(cut, Cut):
+            raise ValueError(f"{path}:{number}: not a Lhotse cut, as the first line is")
+        audio = _cut_audio(cut)
+        if audio is None:
+            raise ValueError(f"{path}:{number}: cut {cut.id!r} is not in one audio file (its "
+                             "channels are in several, or it mixes cuts)")
+        written = " ".join(s.text or "" for s in cut.supervisions)
+        speaker = next((s.speaker for s in cut.supervisions if s.speaker), "")
+        yield number, Utterance(id=cut.id, audio=audio, text=normalize_text(written),
+                                speaker=str(speaker)), written
+
+
+def _cut_audio(cut: Cut) -> Path | AudioSlice | None:
+    """A cut's audio: its file, where it is the whole of one (all its channels), else the
+    part of the file it is; None where it is not in one file."""
+    sources = cut.recording.sources if isinstance(cut, DataCut) and cut.has_recording else []
+    if len(sources) != 1 or sources[0].type != "file":
+        return None
+    source = sources[0]
+    one_of_several = isinstance(cut.channel, int) and len(source.channels) > 1
+    if one_of_several and cut.channel not in source.channels:
+        return None
+    if has_plain_form(cut) and not one_of_several:
+        return Path(source.source)
+    channel = source.channels.index(cut.channel) if one_of_several else None
+    return AudioSlice(Path(source.source), cut.start, cut.duration, channel)
 
 
 def _speaker(item: dict) -> str:

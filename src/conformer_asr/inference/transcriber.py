@@ -36,7 +36,15 @@ import numpy as np
 import torch
 
 from ..audio.features import LogMelFeatures
-from ..audio.io import SAMPLE_RATE, AudioError, resample, samples_of, stream_audio
+from ..audio.io import (
+    SAMPLE_RATE,
+    AudioError,
+    AudioSlice,
+    load_audio,
+    resample,
+    samples_of,
+    stream_audio,
+)
 from ..audio.pauses import FRAME_SECONDS, find_pauses, is_steady
 from ..decoding.greedy import Hypothesis
 from ..decoding.lexicon import Lexicon
@@ -49,8 +57,8 @@ from ..text.tokenizer import Tokenizer
 from .lm_dir import load_lexicon_for, load_lm_for
 from .model_dir import bundled_lm_dir, load_model_dir, resolve_model_dir
 
-# paths (any os.PathLike), or arrays: see audio.io.samples_of
-AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
+# paths (any os.PathLike), parts of files, or arrays: see audio.io.samples_of
+AudioInput = str | os.PathLike | AudioSlice | np.ndarray | torch.Tensor
 
 PAUSE_MARGIN = 0.25  # seconds of a pause kept on each side of a cut in it
 _MARGIN_SAMPLES = round(PAUSE_MARGIN * SAMPLE_RATE)
@@ -102,7 +110,8 @@ class Transcriber:
 
     transcribe(["a.wav", array, ...]) -> ["text", ...]. Arrays are read as files are
     (``audio.io.samples_of``: float or integer PCM, mono or either channel layout) at
-    ``sample_rate``, 16 kHz unless given. ``window_seconds``, ``overlap_seconds``,
+    ``sample_rate``, 16 kHz unless given; an ``audio.io.AudioSlice`` is a part of a file.
+    ``window_seconds``, ``overlap_seconds``,
     ``min_segment_seconds`` and ``pause_seconds`` say how long inputs are cut (module
     docstring); ``batch_seconds`` is the audio decoded at once.
     """
@@ -174,7 +183,8 @@ class Transcriber:
         # sequence of characters, bytes, lines of an open file or samples; any other
         # iterable is a sequence of inputs (a generator too: each is handed back with its
         # result)
-        single = str | bytes | os.PathLike | np.ndarray | np.generic | torch.Tensor | io.IOBase
+        single = (str | bytes | os.PathLike | AudioSlice | np.ndarray | np.generic | torch.Tensor
+                  | io.IOBase)
         if inputs is None:
             raise ValueError("inputs: a path or array, or a list of them; got None")
         # drawn one at a time, as decoding needs them: a generator fed by a queue yields
@@ -230,7 +240,9 @@ class Transcriber:
 
     def _segments(self, index: int, item: AudioInput, sample_rate: int) -> Iterator[_Segment]:
         blocks: Iterable[np.ndarray]
-        if not isinstance(item, str | os.PathLike):
+        if isinstance(item, AudioSlice):  # a part of a recording, read at once
+            blocks = [load_audio(item)]
+        elif not isinstance(item, str | os.PathLike):
             blocks = [resample(samples_of(item, f"input {index}"), sample_rate)]
         else:
             blocks = stream_audio(os.fspath(item), block_seconds=self.window)
