@@ -247,6 +247,9 @@ def test_a_slice_reads_the_samples_of_its_part_of_the_file(tmp_path, fmt):
     both = AudioSlice(path, start=0.0, duration=3.0)
     np.testing.assert_array_equal(load_audio(both), whole.mean(axis=1))
     assert audio_duration(part) == 0.5
+    for block_seconds in (0.1, 10.0):  # read block by block, as the transcriber reads it
+        streamed = np.concatenate(list(stream_audio(part, block_seconds=block_seconds)))
+        np.testing.assert_array_equal(streamed, load_audio(part))
     assert len(load_audio(AudioSlice(path, 2.75, 1.0))) == 4000  # the file ends first
     for bad, reason in [(AudioSlice(path, 3.0, 1.0), "starts outside the file (3.00 s long)"),
                         (AudioSlice(path, 1.0, 1.0, channel=2), "no channel 2 (the file has 2)")]:

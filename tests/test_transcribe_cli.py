@@ -296,10 +296,14 @@ def test_a_steady_sound_alone_has_no_words():
     assert "sunny" in text
 
 
-def test_long_recording_memory_is_bounded(model_dir, tmp_path):
+@pytest.mark.parametrize("part", [False, True])
+def test_long_recording_memory_is_bounded(model_dir, tmp_path, part):
     """Audio held while transcribing a 20-minute file stays near one batch of windows
-    (160 s), not the whole recording (77 MB of float32 samples)."""
+    (160 s), not the whole recording (77 MB of float32 samples); so does an 18-minute
+    slice of it (a Lhotse cut), which was read whole."""
     import tracemalloc
+
+    from conformer_asr.audio.io import AudioSlice
 
     transcriber = load_model(model_dir)
     long = tmp_path / "long.wav"
@@ -308,11 +312,12 @@ def test_long_recording_memory_is_bounded(model_dir, tmp_path):
     with sf.SoundFile(long, "w", 16000, 1) as f:
         for _ in range(20):
             f.write(minute)
+    item = AudioSlice(long, start=60.0, duration=1080.0) if part else long
     tracemalloc.start()
-    [(_, result)] = list(transcriber.iter_transcripts([long]))
+    [(_, result)] = list(transcriber.iter_transcripts([item]))
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert result.duration == pytest.approx(1200.0)
+    assert result.duration == pytest.approx(1080.0 if part else 1200.0)
     assert peak < 50 * 2**20, f"peak {peak / 2**20:.0f} MiB of numpy/Python memory"
 
 

@@ -295,12 +295,17 @@ def audio_duration(path: str | Path | AudioSlice) -> float:
 def load_audio(path: str | Path | AudioSlice, target_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Whole file (up to the end of its data or the first damage), or a slice of one, ->
     (N,) float32 mono at ``target_rate``. Raises AudioError."""
-    if isinstance(path, AudioSlice):
-        return _load_slice(path, target_rate)
-    with _open(path) as f:
-        samples = np.concatenate(list(_frames(f, path, _LOAD_BLOCK)))
+    with _open(path.path if isinstance(path, AudioSlice) else path) as f:
+        samples = np.concatenate(list(_samples(f, path, _LOAD_BLOCK)))
         rate = f.samplerate
     return resample(finite(to_mono(samples), str(path)), rate, target_rate)
+
+
+def _samples(f: sf.SoundFile, path: str | Path | AudioSlice, block: int) -> Iterator[np.ndarray]:
+    """The (n, C) frames of the file or slice ``path`` (opened as ``f``), ``block`` at a time."""
+    if isinstance(path, AudioSlice):
+        return _slice_frames(f, path, block)
+    return _frames(f, path, block)
 
 
 def _check_slice(part: AudioSlice, f: sf.SoundFile) -> int:
@@ -314,33 +319,39 @@ def _check_slice(part: AudioSlice, f: sf.SoundFile) -> int:
     return first
 
 
-def _load_slice(part: AudioSlice, target_rate: int) -> np.ndarray:
-    with _open(part.path) as f:
-        rate, first = f.samplerate, _check_slice(part, f)
-        try:
-            f.seek(first)
-        except (sf.LibsndfileError, RuntimeError) as error:
-            raise AudioError(f"{part}: cannot seek to its start ({error})") from None
-        samples, error = _read(f, max(1, round(part.duration * rate)))
-    if len(samples) == 0:
+def _slice_frames(f: sf.SoundFile, part: AudioSlice, block: int) -> Iterator[np.ndarray]:
+    """``part``'s frames of ``f`` (of its channel alone where it names one), ``block`` at a
+    time, up to its end, the file's, or the first damage; AudioError naming it if none
+    decodes."""
+    first = _check_slice(part, f)
+    try:
+        f.seek(first)
+    except (sf.LibsndfileError, RuntimeError) as error:
+        raise AudioError(f"{part}: cannot seek to its start ({error})") from None
+    left, total, error = max(1, round(part.duration * f.samplerate)), 0, 0
+    while left > 0 and not error:
+        chunk, error = _read(f, min(block, left))
+        if len(chunk) == 0:
+            break
+        left, total = left - len(chunk), total + len(chunk)
+        yield chunk if part.channel is None else chunk[:, part.channel : part.channel + 1]
+    if total == 0:
         reason = sf.LibsndfileError(error).error_string.split(":")[-1].strip() if error else ""
         raise AudioError(f"{part}: corrupt audio data{f' ({reason})' if reason else ''}")
-    mono = samples[:, part.channel] if part.channel is not None else samples
-    return resample(finite(to_mono(mono), str(part)), rate, target_rate)
 
 
 def stream_audio(
-    path: str | Path, block_seconds: float = 30.0, target_rate: int = SAMPLE_RATE
+    path: str | Path | AudioSlice, block_seconds: float = 30.0, target_rate: int = SAMPLE_RATE
 ) -> Iterator[np.ndarray]:
-    """Yield consecutive (n,) float32 mono blocks at ``target_rate``, reading the file
-    block by block so memory stays bounded for hour-long recordings (up to the end of its
-    data or the first damage, as ``load_audio``)."""
-    with _open(path) as f:
+    """Yield consecutive (n,) float32 mono blocks at ``target_rate``, reading the file (or
+    slice) block by block so memory stays bounded for hour-long recordings (up to the end
+    of its data or the first damage, as ``load_audio``)."""
+    with _open(path.path if isinstance(path, AudioSlice) else path) as f:
         rate = f.samplerate
         resampler = None if rate == target_rate else soxr.ResampleStream(
             rate, target_rate, 1, dtype="float32", quality="HQ"
         )
-        for chunk in _frames(f, path, max(1, int(block_seconds * rate))):
+        for chunk in _samples(f, path, max(1, int(block_seconds * rate))):
             mono = finite(to_mono(chunk), str(path))
             yield mono if resampler is None else resampler.resample_chunk(mono)
         if resampler is not None:

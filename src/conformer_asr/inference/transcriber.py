@@ -40,7 +40,6 @@ from ..audio.io import (
     SAMPLE_RATE,
     AudioError,
     AudioSlice,
-    load_audio,
     resample,
     samples_of,
     stream_audio,
@@ -240,8 +239,8 @@ class Transcriber:
 
     def _segments(self, index: int, item: AudioInput, sample_rate: int) -> Iterator[_Segment]:
         blocks: Iterable[np.ndarray]
-        if isinstance(item, AudioSlice):  # a part of a recording, read at once
-            blocks = [load_audio(item)]
+        if isinstance(item, AudioSlice):
+            blocks = stream_audio(item, block_seconds=self.window)
         elif not isinstance(item, str | os.PathLike):
             blocks = [resample(samples_of(item, f"input {index}"), sample_rate)]
         else:
