@@ -393,6 +393,8 @@ def test_evaluate_reads_lhotse_cuts_manifests(model_dir, tmp_path):
     mixed = tmp_path / "mixed.jsonl"
     two = parts[1].append(parts[2])
     CutSet.from_cuts([parts[0], two]).to_file(mixed)
+    faster = tmp_path / "faster.jsonl"  # a resampled cut is read as recorded, and resampled
+    CutSet.from_cuts([parts[0].resample(8000), parts[1].perturb_speed(1.1)]).to_file(faster)
     not_a_cut = tmp_path / "not_a_cut.jsonl"
     not_a_cut.write_text(plain.read_text().splitlines()[0].join(
         [(tmp_path / "parts.jsonl").read_text().splitlines()[0] + "\n", "\n"]))
@@ -400,6 +402,8 @@ def test_evaluate_reads_lhotse_cuts_manifests(model_dir, tmp_path):
         (mixed, f"{mixed}:2: cut '{two.id}' is not in one audio file (its channels are "
                 "in several, or it mixes cuts)"),
         (not_a_cut, f"{not_a_cut}:2: not a Lhotse cut, as the first line is"),
+        (faster, f"{faster}:2: cut '{parts[1].id}_sp1.1' changes its recording's audio "
+                 "(Speed), which evaluate does not do: it scores audio as recorded"),
     ]:
         proc = _cli("evaluate", "--manifest", str(path), "--model", str(model_dir))
         assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", f"error: {message}\n")

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lhotse.augmentation import Resample
 from lhotse.cut import Cut
 from lhotse.cut.data import DataCut
 from lhotse.serialization import deserialize_item as deserialize_cut
@@ -155,6 +156,12 @@ def _cut_utterances(path: Path, lines: list[str]) -> Iterator[tuple[int, Utteran
         if audio is None:
             raise ValueError(f"{path}:{number}: cut {cut.id!r} is not in one audio file (its "
                              "channels are in several, or it mixes cuts)")
+        changes = [type(t).__name__ for t in cut.recording.transforms or []
+                   if not isinstance(t, Resample)]  # the transcriber resamples anyway
+        if changes:
+            raise ValueError(f"{path}:{number}: cut {cut.id!r} changes its recording's audio "
+                             f"({', '.join(changes)}), which evaluate does not do: it scores "
+                             "audio as recorded")
         written = " ".join(s.text or "" for s in cut.supervisions)
         speaker = next((s.speaker for s in cut.supervisions if s.speaker), "")
         yield number, Utterance(id=cut.id, audio=audio, text=normalize_text(written),
