@@ -97,6 +97,18 @@ def test_text_is_normalised(corpus):
     assert load_cuts(manifest)["a"].supervisions[0].text == "hello world it's cafe time"
 
 
+def test_a_bad_file_met_again_is_counted_again_and_shown_once():
+    """Training meets a bad file every epoch (and in each DDP process): the summary said
+    "NaN or infinite samples: 3 (e.g. x, x, x)"."""
+    issues, other = DataIssues(), DataIssues()
+    for example in ["x", "x", "y"]:
+        issues.add("bad", example)
+    for example in ["y", "z"]:
+        other.add("bad", example)
+    issues.merge(other)
+    assert issues.summary() == "bad: 5 (e.g. x, y, z)"
+
+
 def test_each_bad_data_kind_is_counted_and_skipped(corpus):
     (corpus / "wavs" / "broken.wav").write_bytes(b"RIFF not really audio")
     sf.write(corpus / "wavs" / "empty.wav", np.zeros(0), 16000)

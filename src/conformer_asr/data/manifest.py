@@ -38,7 +38,8 @@ class ManifestError(Exception):
 
 @dataclass
 class DataIssues:
-    """Counts of skipped utterances per problem kind, with up to 5 examples each."""
+    """Counts of skipped utterances per problem kind, with up to 5 examples each (each
+    example once: training meets the same bad file again every epoch)."""
 
     counts: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
@@ -46,15 +47,18 @@ class DataIssues:
 
     def add(self, kind: str, example: str) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + 1
-        shown = self.examples.setdefault(kind, [])
-        if len(shown) < self.max_examples:
-            shown.append(example)
+        self._show(kind, [example])
 
     def merge(self, other: DataIssues) -> None:
         for kind, count in other.counts.items():
             self.counts[kind] = self.counts.get(kind, 0) + count
-            shown = self.examples.setdefault(kind, [])
-            shown.extend(other.examples.get(kind, [])[: self.max_examples - len(shown)])
+            self._show(kind, other.examples.get(kind, []))
+
+    def _show(self, kind: str, examples: list[str]) -> None:
+        shown = self.examples.setdefault(kind, [])
+        for example in examples:
+            if len(shown) < self.max_examples and example not in shown:
+                shown.append(example)
 
     @property
     def total(self) -> int:
