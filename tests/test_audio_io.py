@@ -259,3 +259,22 @@ def test_a_slice_reads_the_samples_of_its_part_of_the_file(tmp_path, fmt):
             assert str(error.value) == f"{path} ({bad.start:.2f}-{bad.start + 1:.2f} s): {reason}"
     with pytest.raises(AudioError, match="no such file"):
         audio_duration(AudioSlice(tmp_path / "gone.wav", 0.0, 1.0))
+
+
+def test_a_chained_ogg_file_says_that_only_its_first_stream_is_read(tmp_path):
+    """``cat a.ogg b.ogg`` makes one valid OGG file of two streams; libsndfile reads the
+    first and stops, and the rest was dropped without a word."""
+    tone = (0.3 * np.sin(np.arange(32000) / 10)).astype(np.float32)
+    first, second, chained = tmp_path / "a.ogg", tmp_path / "b.ogg", tmp_path / "ab.ogg"
+    sf.write(first, tone, 16000, format="OGG", subtype="VORBIS")
+    sf.write(second, tone[:24000], 16000, format="OGG", subtype="VORBIS")
+    chained.write_bytes(first.read_bytes() + second.read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        alone = load_audio(first)  # one stream: no warning
+    with pytest.warns(AudioWarning) as caught:
+        samples = load_audio(chained)
+    assert [str(w.message) for w in caught] == [
+        f"{chained}: 2 OGG streams one after another (chained), of which only the first "
+        "(2.0 s) can be read; split the file to transcribe the rest"]
+    np.testing.assert_array_equal(samples, alone)

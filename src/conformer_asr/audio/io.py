@@ -265,6 +265,28 @@ def _frames(f: sf.SoundFile, path: str | Path, block: int) -> Iterator[np.ndarra
             f"{path}: only {total / f.samplerate:.1f} s of the {f.frames / f.samplerate:.1f} s "
             f"its header gives could be read{f' ({reason})' if reason else ''}; cut short or "
             "damaged? What was read is used"), stacklevel=2)
+    if f.format == "OGG" and (later := _later_ogg_streams(path)):
+        warnings.warn(AudioWarning(
+            f"{path}: {later + 1} OGG streams one after another (chained), of which only the "
+            f"first ({total / f.samplerate:.1f} s) can be read; split the file to transcribe "
+            "the rest"), stacklevel=2)
+
+
+def _later_ogg_streams(path: str | Path) -> int:
+    """How many streams of the OGG file ``path`` begin after one has ended: a chained file
+    (``cat a.ogg b.ogg``), of which libsndfile reads the first alone. Walks the page headers
+    (27 bytes and a segment table each) without reading the pages."""
+    later, ended = 0, False
+    try:
+        with open(path, "rb") as file:
+            while len(header := file.read(27)) == 27 and header.startswith(b"OggS"):
+                flags, segments = header[5], file.read(header[26])
+                later += bool(flags & 0x02 and ended)  # the first page of a stream
+                ended = ended or bool(flags & 0x04)  # the last page of a stream
+                file.seek(sum(segments), os.SEEK_CUR)
+    except OSError:  # gone since it was read: what was read stands
+        pass
+    return later
 
 
 @dataclass(frozen=True)
