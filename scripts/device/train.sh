@@ -10,6 +10,8 @@
 #      a killed run would be, and finishes it with the same command and max_steps set to
 #      its last checkpoint (the run resumes there and averages its last checkpoints);
 #   3. evaluates the bundled model and the new one, greedy, on test_unseen.
+# While it trains, the GPU's utilisation (gpu-utilisation.csv) and the busiest processes
+# (processes.log) are sampled, to tell whether the GPU or the loading workers bound it.
 # Everything it writes (the model folder, the run's config, metrics and curves, each
 # step's log) comes back in one archive, $OUT/run.tar: the device tool brings back only
 # a few files of $OUT (8 on 2026-12-04, when the model folder's three were left out).
@@ -47,7 +49,19 @@ for setting in "${settings[@]}"; do train+=(--set "$setting"); done
 # SIGKILL at the deadline: the run's checkpoints are written atomically, so the newest
 # one is whole whatever the moment (the package's kill -9 test checks this).
 seconds=${TRAIN_SECONDS:-280}
+# What bounds the run, the GPU or the loading workers: the GPU's utilisation each second
+# (where nvidia-smi is) and the busiest processes every 10 s, in the archive.
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 1 \
+    > "$out/gpu-utilisation.csv" 2>&1 &
+  sampler=$!
+fi
+# top's second frame: the CPU each process used over the last second
+(while sleep 9; do top -b -n 2 -d 1 -o %CPU -w 150 -c | awk '/^top -/{n++} n==2' | head -30
+ done) > "$out/processes.log" 2>&1 &
+watcher=$!
 step train "$((seconds + 30))" timeout -s KILL "$seconds" "${train[@]}"
+kill "$watcher" ${sampler:-} 2>/dev/null
 last=$(find "$run_dir/checkpoints" -name 'step-*.ckpt' 2>/dev/null \
        | sed -E 's/.*step-([0-9]+)\.ckpt/\1/' | sort -n | tail -1)
 [ -n "$last" ] || { echo "no checkpoint was written"; exit 1; }
