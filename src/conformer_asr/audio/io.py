@@ -303,21 +303,24 @@ class AudioSlice:
         return f"{self.path} ({self.start:.2f}-{self.start + self.duration:.2f} s)"
 
 
+def _file_of(path: str | Path | AudioSlice) -> str | Path:
+    return path.path if isinstance(path, AudioSlice) else path
+
+
 def audio_duration(path: str | Path | AudioSlice) -> float:
     """Duration in seconds from the header, without reading the samples (a slice's own,
     once its file opens and holds its start and channel)."""
-    if isinstance(path, AudioSlice):
-        with _open(path.path) as f:
+    with _open(_file_of(path)) as f:
+        if isinstance(path, AudioSlice):
             _check_slice(path, f)
-        return path.duration
-    with _open(path) as f:
+            return path.duration
         return f.frames / f.samplerate
 
 
 def load_audio(path: str | Path | AudioSlice, target_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Whole file (up to the end of its data or the first damage), or a slice of one, ->
     (N,) float32 mono at ``target_rate``. Raises AudioError."""
-    with _open(path.path if isinstance(path, AudioSlice) else path) as f:
+    with _open(_file_of(path)) as f:
         samples = np.concatenate(list(_samples(f, path, _LOAD_BLOCK)))
         rate = f.samplerate
     return resample(finite(to_mono(samples), str(path)), rate, target_rate)
@@ -368,7 +371,7 @@ def stream_audio(
     """Yield consecutive (n,) float32 mono blocks at ``target_rate``, reading the file (or
     slice) block by block so memory stays bounded for hour-long recordings (up to the end
     of its data or the first damage, as ``load_audio``)."""
-    with _open(path.path if isinstance(path, AudioSlice) else path) as f:
+    with _open(_file_of(path)) as f:
         rate = f.samplerate
         resampler = None if rate == target_rate else soxr.ResampleStream(
             rate, target_rate, 1, dtype="float32", quality="HQ"
