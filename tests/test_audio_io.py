@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conformer_asr.audio.ffmpeg import ffmpeg_installed
 from conformer_asr.audio.io import (
     AudioError,
     AudioSlice,
@@ -278,3 +279,80 @@ def test_a_chained_ogg_file_says_that_only_its_first_stream_is_read(tmp_path):
         f"{chained}: 2 OGG streams one after another (chained), of which only the first "
         "(2.0 s) can be read; split the file to transcribe the rest"]
     np.testing.assert_array_equal(samples, alone)
+
+
+needs_ffmpeg = pytest.mark.skipif(not ffmpeg_installed(),
+                                  reason="ffmpeg not installed (apt-get install ffmpeg)")
+
+
+def _ffmpeg(*args: str | Path) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *map(str, args)], check=True,
+                   timeout=60)
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize(("name", "codec"), [("a.m4a", "alac"), ("-b:1.mka", "pcm_s16le")])
+def test_formats_libsndfile_lacks_are_read_through_ffmpeg(tmp_path, name, codec):
+    """m4a (ALAC) and Matroska (PCM) hold the WAV file's samples losslessly: read through
+    ffmpeg, whole and streamed, they are the WAV file's to the last bit (a name that
+    starts with "-" and holds ":" is still a file name to ffmpeg). A slice starts where
+    ffmpeg's seek lands, within the container's timestamp resolution (Matroska's is 1 ms)."""
+    rng = np.random.default_rng(0)
+    stereo = (rng.uniform(-0.5, 0.5, (48000, 2)) * 32767).astype(np.int16)
+    wav, other = tmp_path / "a.wav", tmp_path / name
+    sf.write(wav, stereo, 16000, subtype="PCM_16")
+    _ffmpeg("-i", wav, "-c:a", codec, f"file:{other}")
+    np.testing.assert_array_equal(load_audio(other), load_audio(wav))
+    np.testing.assert_array_equal(_streamed(other), _streamed(wav))
+    assert audio_duration(other) == pytest.approx(3.0, abs=1e-3)
+    right = stereo[:, 1] / np.float32(32768)
+    part = AudioSlice(other, 1.25, 0.5, channel=1)
+    samples = load_audio(part)
+    assert len(samples) == 8000
+    lags = [lag for lag in range(-16, 17)
+            if np.array_equal(samples, right[20000 + lag : 28000 + lag])]
+    assert len(lags) == 1, lags
+    np.testing.assert_array_equal(np.concatenate(list(stream_audio(part, 0.1))), samples)
+    with pytest.raises(AudioError, match=r"starts outside the file \(3.00 s long\)"):
+        load_audio(AudioSlice(other, 3.5, 1.0))
+
+
+@needs_ffmpeg
+def test_lossy_and_unfinished_ffmpeg_files(tmp_path):
+    """A browser's recording (Opus in WebM, written as a stream: no length in it) is
+    counted; a WebM file cut short is read up to the cut with a warning, as a FLAC file
+    is; an m4a file cut short (its index is at the end) is a one-line error."""
+    speech = load_audio(WEATHER)
+    streamed, whole, m4a = tmp_path / "rec.webm", tmp_path / "whole.webm", tmp_path / "a.m4a"
+    with streamed.open("wb") as out:  # to a pipe: ffmpeg cannot go back to write the length
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(WEATHER), "-c:a",
+                        "libopus", "-f", "webm", "-"], stdout=out, check=True, timeout=60)
+    assert audio_duration(streamed) == pytest.approx(len(speech) / 16000, abs=0.03)
+    decoded = load_audio(streamed)
+    n = min(len(decoded), len(speech))
+    assert np.corrcoef(decoded[:n], speech[:n])[0, 1] > 0.95  # lossy, but the same speech
+    _ffmpeg("-i", WEATHER, "-c:a", "libopus", whole)
+    cut = tmp_path / "cut.webm"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.warns(AudioWarning, match=rf"^{cut}: only 1\.\d s of the 2\.9 s its header "
+                                          "gives could be read"):
+        assert 0.3 < len(load_audio(cut)) / len(speech) < 0.7
+    _ffmpeg("-i", WEATHER, "-c:a", "aac", m4a)
+    cut = tmp_path / "cut.m4a"
+    cut.write_bytes(m4a.read_bytes()[: m4a.stat().st_size // 2])
+    with pytest.raises(AudioError) as error:
+        load_audio(cut)
+    assert str(error.value) == f"{cut}: not a readable audio file (Format not recognised.)"
+
+
+def test_without_ffmpeg_the_error_says_what_reads_such_a_file(tmp_path, monkeypatch):
+    monkeypatch.setattr("conformer_asr.audio.ffmpeg.shutil.which", lambda name: None)
+    for name, hint in [("talk.M4A", "; .m4a files are read through the ffmpeg program, "
+                                     "which is not installed (apt-get install ffmpeg)"),
+                       ("notes.txt", "")]:
+        path = tmp_path / name
+        path.write_bytes(b"\x00\x00\x00\x20ftypM4A " + bytes(range(256)) * 8)
+        with pytest.raises(AudioError) as error:
+            load_audio(path)
+        assert str(error.value) == (f"{path}: not a readable audio file (Format not "
+                                    f"recognised.){hint}")

@@ -16,6 +16,7 @@ import soundfile as sf
 import torch
 
 from conformer_asr import load_model
+from conformer_asr.audio.ffmpeg import ffmpeg_installed
 from conformer_asr.audio.io import AudioError, load_audio, resample, samples_of
 from conformer_asr.inference.lm_dir import load_lm_dir
 from conformer_asr.inference.model_dir import read_config, resolve_model_dir, save_model_dir
@@ -687,6 +688,22 @@ def test_bundled_model_is_small_and_transcribes_the_examples():
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["audio"] for line in lines] == examples
     assert all(line["text"] for line in lines)
+
+
+@pytest.mark.skipif(not ffmpeg_installed(), reason="ffmpeg not installed (apt-get install ffmpeg)")
+def test_an_m4a_recording_transcribes_as_its_wav_does(tmp_path):
+    """A phone's m4a (here ALAC, lossless) goes through ffmpeg and reads as the WAV file it
+    was made from: the same words at the same times."""
+    m4a = tmp_path / "weather.m4a"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(EXAMPLES / "weather.wav"),
+                    "-c:a", "alac", str(m4a)], check=True, timeout=60)
+    result = _cli("transcribe", "--format", "json", "--words", "--lm", "none",
+                  str(EXAMPLES / "weather.wav"), str(m4a))
+    assert result.returncode == 0, result.stderr
+    wav_row, m4a_row = (json.loads(line) for line in result.stdout.splitlines())
+    assert m4a_row["audio"] == str(m4a) and wav_row["words"]
+    assert {k: v for k, v in m4a_row.items() if k != "audio"} == {
+        k: v for k, v in wav_row.items() if k != "audio"}
 
 
 def test_model_info_reads_a_folder_and_names_a_bad_one(model_dir, tmp_path):

@@ -354,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_model_info)
 
     p = command("transcribe", help="speech to text")
-    p.add_argument("audio", nargs="+", help="wav/flac/ogg/mp3 files, any rate and channels")
+    p.add_argument("audio", nargs="+", help="wav/flac/ogg/mp3 files (m4a, webm, ... too "
+                   "where ffmpeg is installed), any rate and channels")
     _add_model_flag(p)
     p.add_argument("--format", choices=list(OUTPUT_SUFFIXES), default="text",
                    help="text, JSON lines, or SubRip / WebVTT subtitles")

@@ -1,4 +1,7 @@
-"""Audio loading: wav/flac/ogg/mp3/... at any rate and channel count -> 16 kHz mono."""
+"""Audio loading: wav/flac/ogg/mp3/... at any rate and channel count -> 16 kHz mono.
+
+libsndfile (through soundfile) reads what it can; other formats (m4a, mp4, webm, ...) are
+decoded by the ffmpeg program where it is installed (``audio.ffmpeg``)."""
 
 from __future__ import annotations
 
@@ -15,10 +18,13 @@ import soundfile as sf
 import soxr
 
 from ..stderr import quiet_stderr
+from .ffmpeg import FFmpegFile, missing_ffmpeg_hint, open_with_ffmpeg
 
 SAMPLE_RATE = 16000
 _LOAD_BLOCK = 1 << 20  # frames decoded at a time by load_audio
 _SFE_BAD_FILE = 7  # libsndfile: "File does not exist or is not a regular file (possibly a pipe?)."
+_NOT_RECOGNISED = "Format not recognised."  # libsndfile's reason for a format it does not read
+_AudioFile = sf.SoundFile | FFmpegFile
 
 
 class AudioError(Exception):
@@ -111,7 +117,7 @@ def _not_a_file_because(name: str, path: Path) -> str | None:
     return "no such file"
 
 
-def _open(path: str | Path) -> sf.SoundFile:
+def _open(path: str | Path) -> _AudioFile:
     if str(path) == "":
         raise AudioError("an empty string is not a file name")
     name, path = str(path), Path(path)  # the name as given: Path drops a leading "./"
@@ -133,10 +139,13 @@ def _open(path: str | Path) -> sf.SoundFile:
         if getattr(error, "code", None) == _SFE_BAD_FILE:
             # what libsndfile's MP3 probe, tried last, says of data it cannot decode: the
             # file is known to be a regular one, so no format recognised it
-            reason = "Format not recognised."
+            reason = _NOT_RECOGNISED
         else:
             reason = str(error).split(":")[-1].strip() or "unreadable"
-        raise AudioError(f"{name}: not a readable audio file ({reason})") from None
+        if reason == _NOT_RECOGNISED and (decoded := open_with_ffmpeg(path)) is not None:
+            return decoded
+        raise AudioError(f"{name}: not a readable audio file ({reason})"
+                         f"{missing_ffmpeg_hint(path)}") from None
     if f.format in ("WAV", "WAVEX") and f.frames == 0:
         return _unfinished_wav(f, name, path)
     return f
@@ -226,38 +235,40 @@ class _WavWithSizes(io.FileIO):
         return n
 
 
-def _read(f: sf.SoundFile, frames: int) -> tuple[np.ndarray, int]:
-    """Decode up to ``frames`` more frames: ((n, C) float32, libsndfile's error code or 0).
+def _read(f: _AudioFile, frames: int) -> tuple[np.ndarray, str]:
+    """Decode up to ``frames`` more frames: ((n, C) float32, why decoding failed, or "").
 
     n falls short where the data ends, which may be before the header's frame count (a
-    file cut short), or where the decoder fails on damage (the code says why). libsndfile
+    file cut short), or where the decoder fails on damage (the reason says why). libsndfile
     is called directly: soundfile's ``blocks`` yields whole blocks after a short read (the
     tail uninitialised memory: NaN or noise), and its ``read`` raises on damage, losing the
     frames decoded before it, and seeks after every read, which fails in a cut FLAC file.
     """
+    if isinstance(f, FFmpegFile):
+        return f.read(frames)
     out = np.empty((frames, f.channels), dtype=np.float32)
     with quiet_stderr(f.format == "MPEG"):
         n = sf._snd.sf_readf_float(f._file, sf._ffi.cast("float *", out.ctypes.data), frames)
         error = sf._snd.sf_error(f._file)
-    return out[:n], error
+    reason = sf.LibsndfileError(error).error_string.split(":")[-1].strip() if error else ""
+    return out[:n], reason
 
 
-def _frames(f: sf.SoundFile, path: str | Path, block: int) -> Iterator[np.ndarray]:
+def _frames(f: _AudioFile, path: str | Path, block: int) -> Iterator[np.ndarray]:
     """``f``'s (n, C) float32 frames, ``block`` at a time, up to the end of its data or the
     first damage (a FLAC or MP3 file cut short is read up to the cut, as a WAV file is);
     AudioError naming ``path`` if no frame decodes, an AudioWarning if they stop well
     before the header's frame count (more than 2% and 0.1 s short: an MP3 header's count
     can be an estimate)."""
-    total, error = 0, 0
-    while not error:
-        chunk, error = _read(f, block)
+    total, reason = 0, ""
+    while not reason:
+        chunk, reason = _read(f, block)
         if len(chunk) == 0:
             break
         total += len(chunk)
         yield chunk
-    reason = sf.LibsndfileError(error).error_string.split(":")[-1].strip() if error else ""
     if total == 0:
-        raise AudioError(f"{path}: corrupt audio data ({reason})" if error
+        raise AudioError(f"{path}: corrupt audio data ({reason})" if reason
                          else f"{path}: contains no audio samples")
     missing = f.frames - total
     if missing > max(0.02 * f.frames, 0.1 * f.samplerate):
@@ -326,14 +337,14 @@ def load_audio(path: str | Path | AudioSlice, target_rate: int = SAMPLE_RATE) ->
     return resample(finite(to_mono(samples), str(path)), rate, target_rate)
 
 
-def _samples(f: sf.SoundFile, path: str | Path | AudioSlice, block: int) -> Iterator[np.ndarray]:
+def _samples(f: _AudioFile, path: str | Path | AudioSlice, block: int) -> Iterator[np.ndarray]:
     """The (n, C) frames of the file or slice ``path`` (opened as ``f``), ``block`` at a time."""
     if isinstance(path, AudioSlice):
         return _slice_frames(f, path, block)
     return _frames(f, path, block)
 
 
-def _check_slice(part: AudioSlice, f: sf.SoundFile) -> int:
+def _check_slice(part: AudioSlice, f: _AudioFile) -> int:
     """-> the frame ``part`` starts at in ``f``; AudioError unless ``f`` holds it."""
     first = round(part.start * f.samplerate)
     if not 0 <= first < f.frames:
@@ -344,7 +355,7 @@ def _check_slice(part: AudioSlice, f: sf.SoundFile) -> int:
     return first
 
 
-def _slice_frames(f: sf.SoundFile, part: AudioSlice, block: int) -> Iterator[np.ndarray]:
+def _slice_frames(f: _AudioFile, part: AudioSlice, block: int) -> Iterator[np.ndarray]:
     """``part``'s frames of ``f`` (of its channel alone where it names one), ``block`` at a
     time, up to its end, the file's, or the first damage; AudioError naming it if none
     decodes."""
@@ -353,15 +364,14 @@ def _slice_frames(f: sf.SoundFile, part: AudioSlice, block: int) -> Iterator[np.
         f.seek(first)
     except (sf.LibsndfileError, RuntimeError) as error:
         raise AudioError(f"{part}: cannot seek to its start ({error})") from None
-    left, total, error = max(1, round(part.duration * f.samplerate)), 0, 0
-    while left > 0 and not error:
-        chunk, error = _read(f, min(block, left))
+    left, total, reason = max(1, round(part.duration * f.samplerate)), 0, ""
+    while left > 0 and not reason:
+        chunk, reason = _read(f, min(block, left))
         if len(chunk) == 0:
             break
         left, total = left - len(chunk), total + len(chunk)
         yield chunk if part.channel is None else chunk[:, part.channel : part.channel + 1]
     if total == 0:
-        reason = sf.LibsndfileError(error).error_string.split(":")[-1].strip() if error else ""
         raise AudioError(f"{part}: corrupt audio data{f' ({reason})' if reason else ''}")
 
 
