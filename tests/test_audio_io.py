@@ -321,7 +321,8 @@ def test_formats_libsndfile_lacks_are_read_through_ffmpeg(tmp_path, name, codec)
 def test_lossy_and_unfinished_ffmpeg_files(tmp_path):
     """A browser's recording (Opus in WebM, written as a stream: no length in it) is
     counted; a WebM file cut short is read up to the cut with a warning, as a FLAC file
-    is; an m4a file cut short (its index is at the end) is a one-line error."""
+    is; an m4a file cut short (its index is at the end) and a video without sound are
+    one-line errors."""
     speech = load_audio(WEATHER)
     streamed, whole, m4a = tmp_path / "rec.webm", tmp_path / "whole.webm", tmp_path / "a.m4a"
     with streamed.open("wb") as out:  # to a pipe: ffmpeg cannot go back to write the length
@@ -343,6 +344,12 @@ def test_lossy_and_unfinished_ffmpeg_files(tmp_path):
     with pytest.raises(AudioError) as error:
         load_audio(cut)
     assert str(error.value) == f"{cut}: not a readable audio file (Format not recognised.)"
+    silent = tmp_path / "silent.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=duration=1:size=32x32:rate=5", "-pix_fmt",
+            "yuv420p", silent)
+    with pytest.raises(AudioError) as error:
+        audio_duration(silent)
+    assert str(error.value) == f"{silent}: no audio in it (video only)"
 
 
 def test_without_ffmpeg_the_error_says_what_reads_such_a_file(tmp_path, monkeypatch):

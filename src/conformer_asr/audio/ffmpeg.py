@@ -45,34 +45,41 @@ def _input(path: Path) -> bytes:
     return b"file:" + os.fsencode(path)
 
 
-def open_with_ffmpeg(path: Path) -> FFmpegFile | None:
-    """``path``'s first audio stream, open for reading; None where ffmpeg is not installed
-    or finds no audio stream in the file."""
+def open_with_ffmpeg(path: Path) -> FFmpegFile | str | None:
+    """``path``'s first audio stream, open for reading; why not, where ffprobe reads the
+    file and finds no audio stream in it (a video alone); None where ffmpeg is not
+    installed or cannot read the file."""
     if not ffmpeg_installed():
         return None
     try:
         probe = subprocess.run(
-            ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
-             "stream=sample_rate,channels,duration:format=duration,format_name",
+            ["ffprobe", "-v", "error", "-show_entries",
+             "stream=codec_type,sample_rate,channels,duration:format=duration,format_name",
              "-of", "json", _input(path)],
             stdin=subprocess.DEVNULL, capture_output=True, timeout=_PROBE_SECONDS)
         info = json.loads(probe.stdout or b"{}")
     except (OSError, subprocess.TimeoutExpired, ValueError):
         return None
-    streams = info.get("streams") or [{}]
+    container = info.get("format", {})
+    streams = info.get("streams", [])
+    audio = [stream for stream in streams if stream.get("codec_type") == "audio"]
+    if not audio:
+        if not container:
+            return None
+        kinds = sorted({str(stream.get("codec_type", "unknown")) for stream in streams})
+        return f"no audio in it ({' and '.join(kinds) + ' only' if kinds else 'no streams'})"
     try:
-        rate, channels = int(streams[0]["sample_rate"]), int(streams[0]["channels"])
+        rate, channels = int(audio[0]["sample_rate"]), int(audio[0]["channels"])
     except (KeyError, ValueError):
         return None
     if rate <= 0 or channels <= 0:
         return None
-    duration = streams[0].get("duration", info.get("format", {}).get("duration"))
+    duration = audio[0].get("duration", container.get("duration"))
     try:
         frames = round(float(duration) * rate)
     except (TypeError, ValueError):  # not given (a browser's webm recording): count them
         frames = None
-    return FFmpegFile(path, info.get("format", {}).get("format_name", "ffmpeg"), rate,
-                      channels, frames)
+    return FFmpegFile(path, container.get("format_name", "ffmpeg"), rate, channels, frames)
 
 
 class FFmpegFile:

@@ -142,8 +142,11 @@ def _open(path: str | Path) -> _AudioFile:
             reason = _NOT_RECOGNISED
         else:
             reason = str(error).split(":")[-1].strip() or "unreadable"
-        if reason == _NOT_RECOGNISED and (decoded := open_with_ffmpeg(path)) is not None:
+        decoded = open_with_ffmpeg(path) if reason == _NOT_RECOGNISED else None
+        if isinstance(decoded, FFmpegFile):
             return decoded
+        if decoded is not None:  # a file ffmpeg reads, without audio
+            raise AudioError(f"{name}: {decoded}") from None
         raise AudioError(f"{name}: not a readable audio file ({reason})"
                          f"{missing_ffmpeg_hint(path)}") from None
     if f.format in ("WAV", "WAVEX") and f.frames == 0:
