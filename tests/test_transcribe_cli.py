@@ -597,6 +597,43 @@ def test_a_generator_is_drawn_from_as_results_are_needed(model_dir):
     assert first[0] is audio and len(drawn) <= transcriber.batch_seconds / 1.5 + 2
 
 
+def test_dash_reads_the_audio_piped_in(model_dir, tmp_path):
+    """`... | conformer-asr transcribe -`: what is piped in is transcribed as the file it
+    came from, named "-" (stdin.EXT with --out-dir); junk, "-" twice and a terminal are
+    one-line errors."""
+    clip = DATA / "clip1.wav"
+
+    def piped(data: bytes, *args: str, stdin: int | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "conformer_asr.cli", "transcribe", *args,
+                               "--model", str(model_dir)], capture_output=True, timeout=300,
+                              input=None if stdin is not None else data, stdin=stdin)
+
+    result = piped(clip.read_bytes(), "-", str(clip), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert rows[0]["audio"] == "-" and rows[1]["audio"] == str(clip)
+    assert rows[0]["text"] == rows[1]["text"] and rows[0]["duration"] == rows[1]["duration"]
+    result = piped(clip.read_bytes(), "-", str(clip), "--out-dir", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    assert (out / "stdin.txt").read_text() == (out / "clip1.txt").read_text()
+    result = piped(b"not audio", "-", str(clip))
+    assert (result.returncode, result.stderr.decode()) == (
+        1, "error: -: not a readable audio file (Format not recognised.)\n")
+    assert result.stdout.decode().startswith(f"{clip}\t")
+    result = piped(b"", "-", "-")
+    assert (result.returncode, result.stderr.decode()) == (
+        2, "error: - (standard input) can be given once\n")
+    terminal, other_end = os.openpty()
+    try:
+        result = piped(b"", "-", stdin=other_end)
+    finally:
+        os.close(terminal)
+        os.close(other_end)
+    assert result.returncode == 2
+    assert result.stderr.decode().startswith("error: -: standard input is a terminal; pipe audio")
+
+
 def test_paths_that_are_not_audio_files_are_named_for_what_they_are(model_dir, tmp_path):
     """A pipe, "-" and a broken link were all "no such file"; "" was "." and "a folder"."""
     transcriber = load_model(model_dir)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,26 +75,55 @@ def _load_transcriber(args: argparse.Namespace) -> Transcriber:
 OUTPUT_SUFFIXES = {"text": ".txt", "json": ".json", "srt": ".srt", "vtt": ".vtt"}
 
 
+STDIN = "-"  # an input name: the audio piped in
+
+
 def _transcribe(args: argparse.Namespace) -> int:
     from .audio.io import AudioError
 
     out_paths = _output_paths(args)
+    if args.audio.count(STDIN) > 1:
+        raise ValueError(f"{STDIN} (standard input) can be given once")
+    if STDIN in args.audio and sys.stdin.isatty():
+        raise ValueError(f"{STDIN}: standard input is a terminal; pipe audio into it "
+                         f"(e.g. arecord -f cd | conformer-asr transcribe {STDIN})")
     transcriber = _load_transcriber(args)
     failed = 0
-    for index, (path, result) in enumerate(transcriber.iter_transcripts(args.audio)):
-        if isinstance(result, AudioError):
-            print(f"error: {result}", file=sys.stderr)
-            failed += 1
-        elif out_paths:
-            try:
-                write_atomically(out_paths[index], _render(args, str(path), result, alone=True))
-            except OSError as error:  # this output only: the others are still written
-                print(f"error: {out_paths[index]}: {error.strerror or error}", file=sys.stderr)
+    with _stdin_spooled(args.audio) as (inputs, spooled):
+        for index, (_, result) in enumerate(transcriber.iter_transcripts(inputs)):
+            name = args.audio[index]
+            if isinstance(result, AudioError):
+                message = str(result)
+                if name == STDIN and spooled and message.startswith(spooled):
+                    message = STDIN + message[len(spooled):]
+                print(f"error: {message}", file=sys.stderr)
                 failed += 1
-        else:
-            print(_render(args, str(path), result, alone=len(args.audio) == 1), end="",
-                  flush=True)
+            elif out_paths:
+                try:
+                    write_atomically(out_paths[index], _render(args, name, result, alone=True))
+                except OSError as error:  # this output only: the others are still written
+                    print(f"error: {out_paths[index]}: {error.strerror or error}",
+                          file=sys.stderr)
+                    failed += 1
+            else:
+                print(_render(args, name, result, alone=len(args.audio) == 1), end="",
+                      flush=True)
     return 1 if failed else 0
+
+
+@contextlib.contextmanager
+def _stdin_spooled(names: list[str]) -> Iterator[tuple[list[str], str]]:
+    """(``names`` with ``STDIN`` replaced by a temporary file holding what was piped in,
+    that file's name or ""). The audio is copied to disk, not memory: readers need to
+    seek, and an hour of it is hundreds of MB. The file is removed on leaving."""
+    if STDIN not in names:
+        yield names, ""
+        return
+    with tempfile.TemporaryDirectory(prefix="conformer-asr-") as folder:
+        spooled = os.path.join(folder, "stdin")
+        with open(spooled, "wb") as out:
+            shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+        yield [spooled if name == STDIN else name for name in names], spooled
 
 
 def _output_paths(args: argparse.Namespace) -> list[Path]:
@@ -106,7 +138,8 @@ def _output_paths(args: argparse.Namespace) -> list[Path]:
     if args.out_dir == "":
         raise ValueError("--out-dir: an empty string is not a folder name")
     out_dir = Path(args.out_dir)
-    paths = [out_dir / (Path(audio).stem + OUTPUT_SUFFIXES[args.format]) for audio in args.audio]
+    paths = [out_dir / (("stdin" if audio == STDIN else Path(audio).stem)
+                        + OUTPUT_SUFFIXES[args.format]) for audio in args.audio]
     first: dict[Path, str] = {}
     for audio, path in zip(args.audio, paths, strict=True):
         # one file named twice ("a.wav ./a.wav") writes the same transcript twice
@@ -355,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("transcribe", help="speech to text")
     p.add_argument("audio", nargs="+", help="wav/flac/ogg/mp3 files (m4a, webm, ... too "
-                   "where ffmpeg is installed), any rate and channels")
+                   "where ffmpeg is installed), any rate and channels; - reads standard "
+                   "input")
     _add_model_flag(p)
     p.add_argument("--format", choices=list(OUTPUT_SUFFIXES), default="text",
                    help="text, JSON lines, or SubRip / WebVTT subtitles")
