@@ -137,6 +137,22 @@ def test_padding_puts_silence_around_the_speech(speech):
     assert 5 < sum(padded) < 35
 
 
+def test_band_limiting_keeps_what_lies_below_half_the_rate(speech):
+    """A trip through 8 kHz, as a phone line's: nothing left above 4 kHz, what lies below
+    3.5 kHz kept, same length and timing; drawn for about band_prob of the utterances."""
+    assert not AugmentConfig(**{**OFF, "band_prob": 0.5}).is_identity
+    out = _augment(speech, band_prob=1.0, band_rate=(8000.0, 8000.0)).astype(np.float64)
+    assert len(out) == len(speech)
+    freqs = np.fft.rfftfreq(len(speech), 1 / SAMPLE_RATE)
+    before, after = (np.fft.rfft(x) for x in (speech.astype(np.float64), out))
+    assert np.sum(np.abs(after[freqs > 4100]) ** 2) < 1e-6 * np.sum(np.abs(after) ** 2)
+    low = freqs < 3500
+    assert np.abs(after[low] - before[low]).max() < 1e-3 * np.abs(before[low]).max()
+    changed = [not np.array_equal(_augment(speech, seed, band_prob=0.5), speech)
+               for seed in range(40)]
+    assert 5 < sum(changed) < 35
+
+
 def test_noise_covers_the_padding(speech):
     out = _augment(speech, pad_prob=1.0, pad_seconds=(0.25, 0.25), noise_prob=1.0)
     pad = SAMPLE_RATE // 4
@@ -187,6 +203,7 @@ def test_yaml_lists_become_tuples():
     ("gain_db", (-10.0, 40.0)), ("noise_kinds", ()), ("noise_kinds", ("jet engine",)),
     ("num_rirs", 0), ("vtlp", (0.5, 1.0)), ("vtlp", (1.1, 0.9)),
     ("pad_prob", 2.0), ("pad_seconds", (1.0, 0.5)), ("pad_seconds", (-0.1, 0.5)),
+    ("band_prob", 1.5), ("band_rate", (3000.0, 8000.0)), ("band_rate", (8000.0, 22050.0)),
 ])
 def test_invalid_values_name_the_field(field, value):
     with pytest.raises(ConfigError, match=rf"^data\.augment\.{field}: "):

@@ -1,4 +1,5 @@
-"""On-the-fly waveform augmentation: speed, pauses, reverberation, additive noise, gain.
+"""On-the-fly waveform augmentation: speed, pauses, reverberation, additive noise,
+bandwidth, gain.
 
 Meant to help a model trained on clean (e.g. TTS) speech cope with real recordings.
 Every random choice comes from the ``np.random.Generator`` passed to each call, so
@@ -18,7 +19,12 @@ Order of the steps, as in a real recording chain:
 3. reverb: convolve with a simulated room impulse response (see ``simulate_rir``).
 4. noise: add synthetic noise at an SNR drawn from ``snr_db`` (see ``NOISE_KINDS``),
    over the padding too (the SNR is over the whole padded utterance).
-5. gain: scale by a level drawn from ``gain_db``.
+5. band: with probability ``band_prob``, the bandwidth of a phone line or a low-rate
+   recording: resampled to a rate drawn from ``band_rate`` (Hz) and back, which keeps
+   what lies below half that rate. A model trained on 16 kHz speech alone reads it
+   badly: 8 kHz copies of the first 300 ``test_seen`` utterances took the bundled model
+   trained without this step from 9.7% to 49.7% WER (greedy 24.6% to 69.1%).
+6. gain: scale by a level drawn from ``gain_db``.
 
 The result is then scaled down if needed so that no sample lies outside [-1, 1]
 (scaling, not clipping, so no distortion is added). Nothing here reads audio files:
@@ -217,6 +223,16 @@ def _convolve(samples: np.ndarray, rir: np.ndarray) -> np.ndarray:
     return wet * (np.sqrt(np.mean(samples**2)) / wet_rms) if wet_rms > 0 else wet
 
 
+def band_limited(samples: np.ndarray, rate: float) -> np.ndarray:
+    """(N,) 16 kHz samples as they come back from a trip through ``rate`` Hz: nothing left
+    above about ``rate / 2`` (soxr's anti-aliasing filter); same length and timing."""
+    if rate >= SAMPLE_RATE:
+        return samples
+    back = soxr.resample(soxr.resample(samples, SAMPLE_RATE, rate, quality="HQ"), rate,
+                         SAMPLE_RATE, quality="HQ")
+    return np.pad(back[: samples.size], (0, max(0, samples.size - back.size)))
+
+
 # --- configuration and the augmenter ----------------------------------------------------
 
 
@@ -252,6 +268,8 @@ class AugmentConfig:
     vtlp: tuple[float, float] = (1.0, 1.0)  # VTLP warp factor range, drawn uniformly; off
     pad_prob: float = 0.0  # off
     pad_seconds: tuple[float, float] = (0.0, 1.0)  # silence before and after, each drawn
+    band_prob: float = 0.0  # off
+    band_rate: tuple[float, float] = (8000.0, 16000.0)  # Hz: the bandwidth is half of it
 
     def __post_init__(self) -> None:
         speed = float_tuple(self.speed, "data.augment.speed")
@@ -268,6 +286,9 @@ class AugmentConfig:
         set_(self, "vtlp", _range(self.vtlp, "data.augment.vtlp", 0.8, 1.25))
         set_(self, "pad_prob", _probability(self.pad_prob, "data.augment.pad_prob"))
         set_(self, "pad_seconds", _range(self.pad_seconds, "data.augment.pad_seconds", 0.0, 10.0))
+        set_(self, "band_prob", _probability(self.band_prob, "data.augment.band_prob"))
+        set_(self, "band_rate", _range(self.band_rate, "data.augment.band_rate", 4000.0,
+                                       float(SAMPLE_RATE)))
         kinds = self.noise_kinds
         if isinstance(kinds, str) or not isinstance(kinds, (list, tuple)) or not kinds:
             raise ConfigError(f"data.augment.noise_kinds: expected a non-empty list, got {kinds!r}")
@@ -284,7 +305,7 @@ class AugmentConfig:
     def is_identity(self) -> bool:
         """True when no step can change the audio (VTLP changes only the features)."""
         return (set(self.speed) == {1.0} and self.noise_prob == 0 and self.reverb_prob == 0
-                and self.gain_db == (0.0, 0.0) and self.pad_prob == 0)
+                and self.gain_db == (0.0, 0.0) and self.pad_prob == 0 and self.band_prob == 0)
 
 
 class Augmenter:
@@ -326,6 +347,8 @@ class Augmenter:
         if rng.random() < cfg.noise_prob:
             out = add_noise(out, rng, cfg.noise_kinds[rng.integers(len(cfg.noise_kinds))],
                             rng.uniform(*cfg.snr_db))
+        if cfg.band_prob > 0 and rng.random() < cfg.band_prob:  # off: draws nothing
+            out = band_limited(out, rng.uniform(*cfg.band_rate))
         out = out * 10.0 ** (rng.uniform(*cfg.gain_db) / 20.0)
         peak = np.max(np.abs(out))
         if peak > 1.0:
