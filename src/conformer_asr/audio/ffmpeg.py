@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 import numpy as np
 
@@ -92,7 +93,7 @@ class FFmpegFile:
         self.path, self.format = path, format_name
         self.samplerate, self.channels = samplerate, channels
         self._process: subprocess.Popen[bytes] | None = None
-        self._errors: tempfile._TemporaryFileWrapper[bytes] | None = None
+        self._errors: IO[bytes] | None = None
         if frames is None:
             self.seek(0)
             frames = 0
