@@ -36,12 +36,14 @@ cp "$corpus/summary.json" "$out/" 2>/dev/null
 head -300 "$corpus/dev.jsonl" > "$corpus/dev_small.jsonl"
 
 # Larger batches than the CPU recipe's 80 s (the GPU is idle most of a small step), a
-# learning rate for them, silence padding (as step 2c) and VTLP.
+# learning rate for them, silence padding and phone-band audio (as steps 2c and 2d) and
+# VTLP.
 # shellcheck disable=SC2206  # TRAIN_SET is words
 settings=(init_from=default data.tokenizer=null "data.train=$corpus/train.jsonl"
           "data.dev=$corpus/dev_small.jsonl" "data.num_workers=$workers" "out_dir=$run_dir"
           data.max_duration=640 optim.peak_lr=0.0003 optim.warmup_steps=100 seed=5
-          data.augment.pad_prob=0.5 "data.augment.pad_seconds=[0,1]" "data.augment.vtlp=[0.9,1.1]"
+          data.augment.pad_prob=0.5 "data.augment.pad_seconds=[0,1]" data.augment.band_prob=0.4
+          "data.augment.vtlp=[0.9,1.1]"
           trainer.max_steps=1000000 trainer.checkpoint_every_steps=100
           trainer.val_every_steps=200 ${TRAIN_SET:-})
 train=("$cli" train recipes/synthetic/default.yaml)
