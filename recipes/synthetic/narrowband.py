@@ -36,9 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for line in lines:
         record = json.loads(line)
-        audio = Path(record["audio"])
-        samples = load_audio(audio if audio.is_absolute() else args.manifest.parent / audio,
-                             target_rate=args.rate)
+        # an absolute path stays itself under "/"
+        samples = load_audio(args.manifest.parent / record["audio"], target_rate=args.rate)
         copy = args.out / f"{record['id']}.wav"
         sf.write(copy, samples, args.rate, subtype="PCM_16")
         records.append(json.dumps({**record, "audio": copy.name}) + "\n")

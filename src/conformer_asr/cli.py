@@ -94,8 +94,8 @@ def _transcribe(args: argparse.Namespace) -> int:
             name = args.audio[index]
             if isinstance(result, AudioError):
                 message = str(result)
-                if name == STDIN and spooled and message.startswith(spooled):
-                    message = STDIN + message[len(spooled):]
+                if name == STDIN:  # the error names the spooled file
+                    message = STDIN + message.removeprefix(spooled)
                 print(f"error: {message}", file=sys.stderr)
                 failed += 1
             elif out_paths:
