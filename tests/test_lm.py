@@ -394,7 +394,7 @@ def test_pack_bundles_the_lm_and_its_tuned_decoding(model_dir, lm_dir, tmp_path,
     assert main(args) == 0
     assert capsys.readouterr().out.startswith(  # it printed DecodingOptions(beam_size=3, ...)
         f"{out}: {model_dir} + {lm_dir} (float16), decoding with beam 3, LM weight 0.4, "
-        "length bonus 0.5, OOV penalty 1.5; ")
+        "length bonus 0.5, OOV penalty 1.5, 0 adaptation steps; ")
     assert (out / "lm" / "lexicon.txt").read_text() == (lm_dir / "lexicon.txt").read_text()
     stored = load_file(str(out / "lm" / "model.safetensors"))
     original = load_lm_dir(lm_dir)[0].state_dict()
@@ -422,6 +422,39 @@ def test_pack_bundles_the_lm_and_its_tuned_decoding(model_dir, lm_dir, tmp_path,
     a_file.write_text("")
     assert main([*args[:4], "--out", str(a_file), *args[6:]]) == 2
     assert capsys.readouterr().err == f"error: --out {a_file}: a file, not a folder\n"
+
+
+def test_pack_keeps_adaptation_steps_for_a_ctc_model_only(model_dir, lm_dir, tokenizer,
+                                                          tmp_path, capsys):
+    """--adapt-steps is stored with the decoding; int8 or adapt_steps=0 turn it off at load
+    time; a transducer-only model (no CTC head to adapt on) is refused before packing, and
+    by tune."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(encoder=EncoderConfig(d_model=32, n_layers=1, n_heads=2,
+                                            conv_kernel_size=7),
+                      vocab_size=tokenizer.vocab_size, ctc_weight=1.0)
+    ctc_dir = save_model_dir(ASRModel(cfg), tokenizer, tmp_path / "ctc")
+    common = ["--lm", str(lm_dir), "--lm-weight", "0.4", "--length-bonus", "0.5",
+              "--adapt-steps", "2"]
+    assert main(["pack", str(ctc_dir), "--out", str(tmp_path / "packed"), *common]) == 0
+    assert "2 adaptation steps" in capsys.readouterr().out
+    packed = load_model(tmp_path / "packed")
+    assert packed.options.adapt_steps == 2
+    assert len(packed.transcribe([str(DATA / "clip1.wav")])) == 1
+    assert load_model(tmp_path / "packed", adapt_steps=0).options.adapt_steps == 0
+    assert load_model(tmp_path / "packed", int8=True).options.adapt_steps == 0
+    with pytest.raises(ValueError, match="int8 model cannot be adapted"):
+        load_model(tmp_path / "packed", int8=True, adapt_steps=2)
+
+    assert main(["pack", str(model_dir), "--out", str(tmp_path / "rnnt"), *common]) == 2
+    assert "adaptation needs a CTC head" in capsys.readouterr().err
+    assert not (tmp_path / "rnnt").exists()
+
+    tune = ["tune", "--manifest", str(DATA / "manifest.jsonl"), "--lm", str(lm_dir),
+            "--lm-weights", "0.3", "--length-bonuses", "0", "--adapt-steps", "2"]
+    assert main([*tune, "--model", str(ctc_dir)]) == 0  # tuned as pack will decode
+    assert main([*tune, "--model", str(model_dir)]) == 2
+    assert "adaptation needs a CTC head" in capsys.readouterr().err
 
 
 def test_a_packed_folder_with_bad_decoding_options_is_refused(model_dir, lm_dir, tmp_path):

@@ -68,8 +68,8 @@ def _load_transcriber(args: argparse.Namespace) -> Transcriber:
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8")
     return load_model(args.model, beam_size=args.beam_size, lm=args.lm,
                       lm_weight=args.lm_weight, length_bonus=args.length_bonus,
-                      oov_penalty=args.oov_penalty, head=args.head, device=args.device,
-                      int8=args.int8)
+                      oov_penalty=args.oov_penalty, head=args.head,
+                      adapt_steps=args.adapt_steps, device=args.device, int8=args.int8)
 
 
 OUTPUT_SUFFIXES = {"text": ".txt", "json": ".json", "srt": ".srt", "vtt": ".vtt"}
@@ -260,15 +260,29 @@ def _number_between(low: float, high: float, meaning: str) -> Callable[[str], fl
     return parse
 
 
-def positive_count(text: str) -> int:
-    """An argparse type: a whole number >= 1 (the benchmark runner's counts too)."""
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {text}")
     return value
+
+
+def positive_count(text: str) -> int:
+    """An argparse type: a whole number >= 1 (the benchmark runner's counts too)."""
+    return _whole_number(text, 1)
+
+
+def _adapt_steps_flag(text: str) -> int:
+    return _whole_number(text, 0)
+
+
+def _add_adapt_flag(p: argparse.ArgumentParser, default: int | None, help_default: str) -> None:
+    p.add_argument("--adapt-steps", type=_adapt_steps_flag, default=default,
+                   help="test-time adaptation: Adam steps on the encoder's LayerNorms for "
+                        f"each utterance before it is decoded; 0 is off ({help_default})")
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -279,6 +293,9 @@ def _tune(args: argparse.Namespace) -> int:
 
     if args.int8:
         check_int8_device(args.device)
+        if args.adapt_steps:
+            raise ValueError("--adapt-steps: an int8 model cannot be adapted (its int8 layers "
+                             "have no gradients)")
     model, tokenizer, _ = load_model_dir(resolve_model_dir(args.model))
     lm = load_lm_for(args.lm, tokenizer)
     lexicon = load_lexicon_for(args.lm, tokenizer)
@@ -286,7 +303,8 @@ def _tune(args: argparse.Namespace) -> int:
         model, lm = quantize_int8(model), quantize_int8(lm)
     tuning = tune(model.to(args.device), tokenizer, lm.to(args.device), args.manifest,
                   args.beam_size, args.lm_weights, args.length_bonuses,
-                  args.oov_penalties, lexicon, log=lambda line: print(line, flush=True))
+                  args.oov_penalties, lexicon, adapt_steps=args.adapt_steps,
+                  log=lambda line: print(line, flush=True))
     print(f"best (beam {args.beam_size}):\n{format_row(best_result(tuning.results))}")
     return 1 if tuning.skipped else 0  # as evaluate: the WERs are not the model's alone
 
@@ -296,12 +314,14 @@ def _pack(args: argparse.Namespace) -> int:
     from .inference.pack import pack_model
 
     decoding = DecodingOptions(beam_size=args.beam_size, lm_weight=args.lm_weight,
-                               length_bonus=args.length_bonus, oov_penalty=args.oov_penalty)
+                               length_bonus=args.length_bonus, oov_penalty=args.oov_penalty,
+                               adapt_steps=args.adapt_steps)
     out = pack_model(args.model, args.lm, args.out, decoding)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"{out}: {args.model} + {args.lm} (float16), decoding with beam {decoding.beam_size}, "
           f"LM weight {decoding.lm_weight:g}, length bonus {decoding.length_bonus:g}, OOV "
-          f"penalty {decoding.oov_penalty:g}; {size / 2**20:.1f} MiB")
+          f"penalty {decoding.oov_penalty:g}, {decoding.adapt_steps} adaptation steps; "
+          f"{size / 2**20:.1f} MiB")
     return 0
 
 
@@ -338,6 +358,8 @@ def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head", default=None,
                    help="auto, ctc or transducer: the output a hybrid CTC + transducer model "
                         "decodes with (default: auto, the transducer where there is one)")
+    _add_adapt_flag(p, None, "default: the model folder's own setting when an LM is used, "
+                             "5 for the bundled model, else 0; --int8 makes it 0")
     _add_device_flag(p)
     _add_int8_flag(p)
 
@@ -454,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated, e.g. 0,0.5,1")
     p.add_argument("--oov-penalties", type=_floats, default=[0.0],
                    help="comma-separated, e.g. 0,2,4 (needs the LM folder's lexicon.txt)")
+    _add_adapt_flag(p, 0, "default: 0; tune as pack's --adapt-steps will decode")
     _add_device_flag(p)
     _add_int8_flag(p)
     p.set_defaults(run=_tune)
@@ -467,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm-weight", type=_number, required=True, help="from conformer-asr tune")
     p.add_argument("--length-bonus", type=_number, required=True, help="from conformer-asr tune")
     p.add_argument("--oov-penalty", type=_number, default=0.0, help="from conformer-asr tune")
+    _add_adapt_flag(p, 0, "default: 0")
     p.set_defaults(run=_pack)
 
     from .data.synth import add_synth_arguments

@@ -20,7 +20,7 @@ HEADS = ("auto", "ctc", "transducer")
 
 @dataclass(frozen=True)
 class DecodingOptions:
-    """How to search.
+    """How to search, and how to adapt the encoder to each utterance before.
 
     ``beam_size`` 1 without an LM or length bonus is greedy search (up to
     ``max_symbols_per_frame`` tokens per frame for RNN-T); anything else is beam
@@ -29,7 +29,9 @@ class DecodingOptions:
     lexicon is (it is subtracted for every word a hypothesis spells outside the
     lexicon); ``length_bonus`` is added per emitted token. ``head`` picks the output of a
     hybrid CTC + transducer model: "auto" (the transducer where there is one), "ctc" or
-    "transducer".
+    "transducer". ``adapt_steps`` > 0 adapts the encoder to each utterance with that many
+    steps at learning rate ``adapt_lr`` before it is decoded (``inference.adapt``; the
+    transcriber does it, ``decode`` takes encoder output); it needs a CTC head.
     """
 
     beam_size: int = 1
@@ -38,11 +40,13 @@ class DecodingOptions:
     length_bonus: float = 0.0
     oov_penalty: float = 0.0
     head: str = "auto"
+    adapt_steps: int = 0  # off
+    adapt_lr: float = 0.002
 
     def __post_init__(self) -> None:
         # checked here, where a caller can be told: 8.0, True or "8" failed inside torch at
         # the first search
-        for name in ("beam_size", "max_symbols_per_frame"):
+        for name in ("beam_size", "max_symbols_per_frame", "adapt_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise ValueError(f"{name}: must be a whole number, got {value!r}")
@@ -50,7 +54,9 @@ class DecodingOptions:
             raise ValueError(f"beam_size: must be >= 1, got {self.beam_size}")
         if self.max_symbols_per_frame < 1:
             raise ValueError("max_symbols_per_frame: must be >= 1")
-        for name in ("lm_weight", "length_bonus", "oov_penalty"):
+        if self.adapt_steps < 0:
+            raise ValueError(f"adapt_steps: must be >= 0, got {self.adapt_steps}")
+        for name in ("lm_weight", "length_bonus", "oov_penalty", "adapt_lr"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ValueError(f"{name}: must be a number, got {value!r}")
@@ -60,6 +66,8 @@ class DecodingOptions:
             raise ValueError(f"lm_weight: must be >= 0, got {self.lm_weight}")
         if self.oov_penalty < 0:
             raise ValueError(f"oov_penalty: must be >= 0, got {self.oov_penalty}")
+        if self.adapt_lr <= 0:
+            raise ValueError(f"adapt_lr: must be > 0, got {self.adapt_lr}")
         if self.head not in HEADS:
             raise ValueError(f"head: give one of {', '.join(HEADS)}, got {self.head!r}")
 
@@ -69,6 +77,9 @@ class DecodingOptions:
             raise ValueError("head ctc: the model has no CTC head (it is a transducer)")
         if self.head == "transducer" and model.joint is None:
             raise ValueError("head transducer: the model has no transducer (it is CTC only)")
+        if self.adapt_steps and model.ctc_head is None:
+            raise ValueError("adapt_steps: test-time adaptation needs a CTC head (the model "
+                             "is a transducer only)")
 
     def uses_transducer(self, model: ASRModel) -> bool:
         return model.joint is not None if self.head == "auto" else self.head == "transducer"

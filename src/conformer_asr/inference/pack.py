@@ -29,6 +29,7 @@ def pack_model(
     if out.is_dir() and any(out.iterdir()):
         raise ModelDirError(f"{out}: already exists and is not empty; pack writes a new folder")
     model, tokenizer, config = load_model_dir(resolve_model_dir(model_dir))
+    decoding.check_model(model)  # a head or adaptation the model cannot decode with
     lm, lm_tokenizer, lm_info = load_lm_dir(lm_dir)
     require_same_tokenizer(lm_tokenizer, tokenizer, lm_dir)
     words = read_lexicon_words(lm_dir)

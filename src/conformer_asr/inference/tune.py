@@ -25,6 +25,7 @@ from ..decoding.search import DecodingOptions, decode
 from ..models.asr import ASRModel
 from ..scoring import WordErrors, word_errors
 from ..text.tokenizer import Tokenizer
+from .adapt import encode
 from .evaluate import Utterance, read_manifest
 
 
@@ -62,11 +63,11 @@ def _to_stderr(line: str) -> None:
 @torch.no_grad()
 def _encode_all(
     model: ASRModel, utterances: Sequence[Utterance], batch_seconds: float,
-    log: Callable[[str], None], warn: Callable[[str], None],
+    adapting: DecodingOptions, log: Callable[[str], None], warn: Callable[[str], None],
 ) -> tuple[list[_Encoded], list[str]]:
     """Encode the readable utterances, shortest first, ``batch_seconds`` of audio a batch
-    -> (the batches, why each unreadable one was skipped). ``warn`` gets a line for each
-    skipped one, ``log`` one when all are encoded."""
+    -> (the batches, why each unreadable one was skipped), adapted as ``adapting`` says.
+    ``warn`` gets a line for each skipped one, ``log`` one when all are encoded."""
     device = next(model.parameters()).device
     features = LogMelFeatures(model.cfg.features).to(device)
     durations = {}
@@ -91,7 +92,7 @@ def _encode_all(
             for row, wave in enumerate(waves):
                 padded[row, :len(wave)] = wave
             feats, feat_lengths = features(padded.to(device), lengths.to(device))
-            enc, enc_lengths = model.encode(feats, feat_lengths)
+            enc, enc_lengths = encode(model, feats, feat_lengths, adapting)
             encoded.append(_Encoded(batch, enc, enc_lengths))
             batch = []
     log(f"encoded {len(order)} utterances ({sum(durations.values()):.1f} s of audio) in "
@@ -103,19 +104,22 @@ def tune(
     model: ASRModel, tokenizer: Tokenizer, lm: FusionLM, manifest: str | Path,
     beam_size: int, lm_weights: Sequence[float], length_bonuses: Sequence[float],
     oov_penalties: Sequence[float] = (0.0,), lexicon: Lexicon | None = None,
-    batch_seconds: float = 160.0, log: Callable[[str], None] = print,
+    batch_seconds: float = 160.0, adapt_steps: int = 0, log: Callable[[str], None] = print,
     warn: Callable[[str], None] = _to_stderr,
 ) -> Tuning:
     """WER of every (LM weight, length bonus, OOV penalty), in grid order; ``log`` gets a
     table row as each one finishes, ``warn`` a line for each utterance that cannot be read
     (stderr by default: the table stays whole on stdout). ``model`` and ``lm`` must be in
-    eval mode on one device; the penalties need ``lexicon``."""
+    eval mode on one device; the penalties need ``lexicon``. ``adapt_steps`` > 0 adapts
+    the encoder to each utterance first, as ``DecodingOptions.adapt_steps`` does."""
     if lexicon is None and any(oov_penalties):
         raise ValueError("oov_penalties: the LM folder has no lexicon.txt, so they must be 0 "
                          "(train-lm writes one)")
     grid = list(_grid(beam_size, lm_weights, length_bonuses, oov_penalties))  # checked first
     utterances = read_manifest(manifest)
-    encoded, skipped = _encode_all(model, utterances, batch_seconds, log, warn)
+    adapting = DecodingOptions(adapt_steps=adapt_steps)
+    adapting.check_model(model)
+    encoded, skipped = _encode_all(model, utterances, batch_seconds, adapting, log, warn)
     if not encoded:
         raise ValueError(f"{manifest}: none of its audio could be read; nothing to tune on")
     log(HEADER)

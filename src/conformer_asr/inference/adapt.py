@@ -1,0 +1,96 @@
+"""Test-time adaptation of the encoder to each utterance, before it is decoded.
+
+SUTA (Lin, Li and Lee, "Listen, Adapt, Better WER: Source-free Single-utterance
+Test-time Adaptation for Automatic Speech Recognition", Interspeech 2022): a few Adam
+steps on the encoder's LayerNorm gains and biases, for one utterance at a time, that
+make its CTC posteriors more confident (lower entropy on the frames that are not
+blank) and less confused (minimum class confusion), both at a softening temperature.
+The model is put back after each utterance, so an utterance's transcript depends on it
+alone, not on what else is in its batch.
+
+It needs no labels and no other data, and it moves a model trained on synthetic voices
+towards a voice it never heard (recipes/synthetic/README.md, step 4b). Each step is a
+forward and a backward pass of the encoder on the one utterance.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..decoding.search import DecodingOptions
+from ..models.asr import ASRModel
+
+TEMPERATURE = 2.5  # SUTA's: posteriors softened before both terms
+ENTROPY_WEIGHT = 0.3  # SUTA's: the rest of the loss is minimum class confusion
+
+
+def adaptation_loss(logits: torch.Tensor) -> torch.Tensor:
+    """logits (T, V) of one utterance's CTC head, token 0 blank -> scalar.
+
+    ``ENTROPY_WEIGHT`` x the mean entropy of the frames whose most likely token is not
+    blank (0 where all are blank) + the rest x the minimum class confusion: the softened
+    posteriors' class-by-class co-occurrence matrix, frames weighted by 1 + exp(-entropy)
+    (confident frames count more), rows normalised; its off-diagonal mass over V.
+    """
+    scaled = logits.float() / TEMPERATURE
+    log_probs = scaled.log_softmax(dim=-1)
+    probs = log_probs.exp()
+    entropy = -(probs * log_probs).sum(dim=-1)  # (T,)
+    labelled = scaled.argmax(dim=-1) != 0
+    mean_entropy = entropy[labelled].mean() if labelled.any() else entropy.sum() * 0.0
+    weights = 1.0 + torch.exp(-entropy)
+    weights = (weights * len(weights) / weights.sum())[:, None]
+    confusion = (probs * weights).T @ probs  # (V, V)
+    confusion = confusion / confusion.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    cross = (confusion.sum() - confusion.trace()) / confusion.shape[0]
+    return ENTROPY_WEIGHT * mean_entropy + (1.0 - ENTROPY_WEIGHT) * cross
+
+
+def adapted_parameters(model: ASRModel) -> list[nn.Parameter]:
+    """The parameters adaptation changes: every LayerNorm's gain and bias in the encoder."""
+    return [p for m in model.encoder.modules() if isinstance(m, nn.LayerNorm)
+            for p in m.parameters()]
+
+
+def encode_adapted(
+    model: ASRModel, feats: torch.Tensor, lengths: torch.Tensor, steps: int, lr: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """feats (B, T, F), lengths (B,) -> encoder output (B, T', D), lengths (B,), each
+    utterance encoded after ``steps`` Adam steps at learning rate ``lr`` of its own
+    (module docstring). ``model`` (CTC head, eval mode) is left as it was given."""
+    assert model.ctc_head is not None, "test-time adaptation needs a CTC head"
+    params = adapted_parameters(model)
+    original = [p.detach().clone() for p in params]
+    rows = []
+    for row in range(feats.shape[0]):
+        one = feats[row:row + 1, : int(lengths[row])]
+        one_length = lengths[row:row + 1]
+        optimiser = torch.optim.Adam(params, lr=lr)
+        try:
+            for _ in range(steps):
+                with torch.enable_grad():
+                    enc, enc_lengths = model.encode(one, one_length)
+                    loss = adaptation_loss(model.ctc_head(enc[0, : int(enc_lengths[0])]))
+                    grads = torch.autograd.grad(loss, params)
+                for p, grad in zip(params, grads, strict=True):
+                    p.grad = grad
+                optimiser.step()
+            with torch.no_grad():
+                rows.append(model.encode(one, one_length))
+        finally:
+            with torch.no_grad():
+                for p, p0 in zip(params, original, strict=True):
+                    p.copy_(p0)
+                    p.grad = None
+    enc = nn.utils.rnn.pad_sequence([e[0, : int(n[0])] for e, n in rows], batch_first=True)
+    return enc, torch.cat([n for _, n in rows])
+
+
+def encode(
+    model: ASRModel, feats: torch.Tensor, lengths: torch.Tensor, options: DecodingOptions,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model.encode``, or ``encode_adapted`` where ``options.adapt_steps`` > 0."""
+    if options.adapt_steps:
+        return encode_adapted(model, feats, lengths, options.adapt_steps, options.adapt_lr)
+    return model.encode(feats, lengths)

@@ -1,0 +1,144 @@
+"""Test-time adaptation (inference.adapt): its loss against a loop written out by hand,
+and what it must leave alone: the model, the other utterances of a batch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conformer_asr.decoding.search import DecodingOptions
+from conformer_asr.inference.adapt import (
+    ENTROPY_WEIGHT,
+    TEMPERATURE,
+    adaptation_loss,
+    adapted_parameters,
+    encode,
+    encode_adapted,
+)
+from conformer_asr.models import ASRModel, ModelConfig
+from conformer_asr.models.config import EncoderConfig
+
+TINY = EncoderConfig(d_model=32, n_layers=2, n_heads=4, conv_kernel_size=7, dropout=0.0)
+
+
+def _ctc_model(seed: int = 0) -> ASRModel:
+    torch.manual_seed(seed)
+    return ASRModel(ModelConfig(encoder=TINY, vocab_size=12, ctc_weight=1.0)).eval()
+
+
+def _loss_by_hand(logits: list[list[float]]) -> float:
+    """SUTA's loss, one frame and one class at a time."""
+    probs, entropies = [], []
+    for row in logits:
+        scaled = [x / TEMPERATURE for x in row]
+        top = max(scaled)
+        total = sum(math.exp(x - top) for x in scaled)
+        p = [math.exp(x - top) / total for x in scaled]
+        probs.append(p)
+        entropies.append(-sum(q * math.log(q) for q in p))
+    labelled = [h for h, row in zip(entropies, logits, strict=True)
+                if max(range(len(row)), key=row.__getitem__) != 0]
+    mean_entropy = sum(labelled) / len(labelled) if labelled else 0.0
+    raw = [1 + math.exp(-h) for h in entropies]
+    weights = [w * len(raw) / sum(raw) for w in raw]
+    classes = len(logits[0])
+    confusion = [[sum(weights[t] * probs[t][i] * probs[t][j] for t in range(len(logits)))
+                  for j in range(classes)] for i in range(classes)]
+    off_diagonal = sum(confusion[i][j] / sum(confusion[i]) for i in range(classes)
+                       for j in range(classes) if i != j)
+    return ENTROPY_WEIGHT * mean_entropy + (1 - ENTROPY_WEIGHT) * off_diagonal / classes
+
+
+@pytest.mark.parametrize("blank_frames", [0, 3, 6])
+def test_loss_matches_a_loop_written_out(blank_frames):
+    torch.manual_seed(blank_frames)
+    logits = torch.randn(6, 4) * 3
+    logits[:blank_frames, 0] = 20.0  # these frames' most likely token is blank
+    expected = _loss_by_hand(logits.tolist())
+    assert adaptation_loss(logits).item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_loss_is_lower_for_confident_unconfused_frames():
+    confident = torch.eye(5)[[1, 2, 3, 4, 1]] * 30  # each frame sure of its own token
+    unsure = torch.zeros(5, 5)  # every frame uniform
+    assert adaptation_loss(confident) < 0.5 * adaptation_loss(unsure)
+
+
+def test_adaptation_lowers_its_loss_and_puts_the_model_back():
+    model = _ctc_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    feats, lengths = torch.randn(1, 120, 80), torch.tensor([120])
+    plain, plain_lengths = encode_adapted(model, feats, lengths, steps=0, lr=0.01)
+    with torch.no_grad():
+        reference, _ = model.encode(feats, lengths)
+    torch.testing.assert_close(plain, reference)
+    adapted, adapted_lengths = encode_adapted(model, feats, lengths, steps=5, lr=0.01)
+    assert torch.equal(adapted_lengths, plain_lengths)
+    assert not torch.allclose(adapted, plain, atol=1e-3)
+    with torch.no_grad():
+        assert adaptation_loss(model.ctc_head(adapted[0])) < adaptation_loss(
+            model.ctc_head(plain[0]))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_only_the_layer_norms_move():
+    model = _ctc_model()
+    names = {id(p) for p in adapted_parameters(model)}
+    norms = [m for m in model.encoder.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert names == {id(p) for m in norms for p in m.parameters()}
+    assert len(names) == 2 * len(norms) > 0
+
+
+def test_each_utterance_is_adapted_alone():
+    """A row's output is what it gets when encoded by itself, whatever else is in the
+    batch (padding included), and the batch comes back padded to its longest row."""
+    model = _ctc_model()
+    feats = torch.randn(3, 160, 80)
+    lengths = torch.tensor([160, 90, 41])
+    feats[1, 90:] = 0.0
+    feats[2, 41:] = 0.0
+    enc, enc_lengths = encode_adapted(model, feats, lengths, steps=3, lr=0.01)
+    for row in range(3):
+        alone, alone_lengths = encode_adapted(model, feats[row:row + 1, : int(lengths[row])],
+                                              lengths[row:row + 1], steps=3, lr=0.01)
+        assert int(enc_lengths[row]) == int(alone_lengths[0])
+        n = int(alone_lengths[0])
+        torch.testing.assert_close(enc[row, :n], alone[0, :n], atol=1e-5, rtol=1e-4)
+        assert torch.count_nonzero(enc[row, n:]) == 0
+    assert enc.shape[1] == int(enc_lengths.max())
+
+
+def test_encode_adapts_only_when_the_options_say_so():
+    model = _ctc_model()
+    feats, lengths = torch.randn(2, 100, 80), torch.tensor([100, 70])
+    with torch.no_grad():  # as the transcriber calls it
+        reference, _ = model.encode(feats, lengths)
+        off, _ = encode(model, feats, lengths, DecodingOptions())
+    assert torch.equal(off, reference)
+    on, _ = encode(model, feats, lengths, DecodingOptions(adapt_steps=2, adapt_lr=0.01))
+    expected, _ = encode_adapted(model, feats, lengths, steps=2, lr=0.01)
+    torch.testing.assert_close(on, expected)
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"adapt_steps": -1}, "adapt_steps: must be >= 0"),
+    ({"adapt_steps": 2.5}, "adapt_steps: must be a whole number"),
+    ({"adapt_steps": True}, "adapt_steps: must be a whole number"),
+    ({"adapt_lr": 0.0}, "adapt_lr: must be > 0"),
+    ({"adapt_lr": math.nan}, "adapt_lr: must be a finite number"),
+])
+def test_bad_adaptation_options_are_refused(fields, message):
+    with pytest.raises(ValueError, match=message):
+        DecodingOptions(**fields)
+
+
+def test_a_transducer_without_ctc_head_cannot_adapt():
+    transducer = ASRModel(ModelConfig(encoder=TINY, vocab_size=12, pred_embed_dim=8,
+                                      pred_hidden_dim=16, joint_dim=16))
+    with pytest.raises(ValueError, match="adaptation needs a CTC head"):
+        DecodingOptions(adapt_steps=1).check_model(transducer)
+    DecodingOptions().check_model(transducer)
