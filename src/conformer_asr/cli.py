@@ -286,6 +286,7 @@ def _add_adapt_flag(p: argparse.ArgumentParser, default: int | None, help_defaul
 
 
 def _tune(args: argparse.Namespace) -> int:
+    from .inference.adapt import check_int8_adaptation
     from .inference.lm_dir import load_lexicon_for, load_lm_for
     from .inference.model_dir import load_model_dir, resolve_model_dir
     from .inference.tune import best_result, format_row, tune
@@ -293,9 +294,7 @@ def _tune(args: argparse.Namespace) -> int:
 
     if args.int8:
         check_int8_device(args.device)
-        if args.adapt_steps:
-            raise ValueError("--adapt-steps: an int8 model cannot be adapted (its int8 layers "
-                             "have no gradients)")
+        check_int8_adaptation(args.adapt_steps)
     model, tokenizer, _ = load_model_dir(resolve_model_dir(args.model))
     lm = load_lm_for(args.lm, tokenizer)
     lexicon = load_lexicon_for(args.lm, tokenizer)

@@ -55,7 +55,7 @@ from ..models.asr import ASRModel
 from ..models.lm import WordPieceLM
 from ..models.quantize import check_int8_device, quantize_int8
 from ..text.tokenizer import Tokenizer
-from .adapt import encode
+from .adapt import check_int8_adaptation, encode
 from .lm_dir import load_lexicon_for, load_lm_for
 from .model_dir import bundled_lm_dir, load_model_dir, resolve_model_dir
 
@@ -443,9 +443,7 @@ def load_model(
         raise ValueError(f"int8: True or False; got {int8!r}")
     if int8:
         check_int8_device(device)
-    if int8 and adapt_steps:
-        raise ValueError("adapt_steps: an int8 model cannot be adapted (its int8 layers have "
-                         "no gradients); give adapt_steps=0 or int8=False")
+        check_int8_adaptation(adapt_steps)
     check_device(device)  # torch's own error for a GPU this machine lacks is a bare assert
     directory = resolve_model_dir(path_or_name)
     model, tokenizer, config = load_model_dir(directory)
