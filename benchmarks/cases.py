@@ -23,6 +23,7 @@ from conformer_asr.data.augment import AugmentConfig, Augmenter
 from conformer_asr.data.dataset import SpeechDataset
 from conformer_asr.data.manifest import load_cuts
 from conformer_asr.decoding.search import DecodingOptions, decode
+from conformer_asr.inference.adapt import encode_adapted
 from conformer_asr.inference.model_dir import BUNDLED_DIR
 from conformer_asr.inference.transcriber import Transcriber
 from conformer_asr.losses.rnnt import rnnt_loss, rnnt_loss_reference
@@ -38,7 +39,7 @@ from .measure import (
     peak_bytes,
     wall_seconds,
 )
-from .plain import plain_encoder_like, plain_lm_like, plain_training_loss
+from .plain import adapt_one_at_a_time, plain_encoder_like, plain_lm_like, plain_training_loss
 from .workloads import Workload, encoder_frames, random_features, random_targets
 
 MB = 2**20
@@ -439,6 +440,25 @@ def bundled_transcription(settings: Settings, one_at_a_time: bool) -> Row:
     plain.lm = plain_lm_like(fast.lm)
     return _transcribe_examples("transcribe, bundled", "plain", fast, plain, settings,
                                 one_at_a_time)
+
+
+def adapted_encoder(batch: int, settings: Settings) -> Row:
+    """The bundled model's test-time adaptation (its decoding's steps and learning rate)
+    and encoding of ``batch`` utterances, as the transcriber runs it: all rows at once
+    (``encode_adapted``) vs one utterance at a time (``adapt_one_at_a_time``)."""
+    bundled = load_model(device=str(torch.get_default_device()))
+    model, options = bundled.model, bundled.options
+    feats, lengths = random_features(model.cfg, batch, settings.work.audio_seconds)
+    row = compare("adapted encoder, bundled", model.cfg.name, batch, "one at a time",
+                  lambda: encode_adapted(model, feats, lengths, options.adapt_steps,
+                                         options.adapt_lr),
+                  lambda: adapt_one_at_a_time(model, feats, lengths, options.adapt_steps,
+                                              options.adapt_lr),
+                  settings, memory=True)
+    row.extra = {"adapt_steps": options.adapt_steps,
+                 "rtf_fast": row.fast_s / (batch * settings.work.audio_seconds),
+                 "rtf_baseline": row.baseline_s / (batch * settings.work.audio_seconds)}
+    return row
 
 
 def int8_bundled_transcription(settings: Settings, one_at_a_time: bool) -> Row:

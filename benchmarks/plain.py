@@ -8,7 +8,8 @@ Conv1d pointwise convolutions on (B, D, T); Swish as ``x * sigmoid(x)``; BatchNo
 statistics of valid frames picked by boolean indexing. ``plain_state_dict`` maps
 a ``ConformerEncoder`` state dict (or its gradients) onto this model, so both can
 run with the same weights and be compared. ``PlainStepLM`` steps the LM's LSTM module
-one token at a time, as ``nn.LSTM`` is usually called.
+one token at a time, as ``nn.LSTM`` is usually called. ``adapt_one_at_a_time`` is the
+test-time adaptation taken one utterance at a time, on the model's own parameters.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conformer_asr.inference.adapt import adaptation_loss, adapted_parameters
 from conformer_asr.losses.rnnt import rnnt_loss_reference
 from conformer_asr.models import ASRModel, EncoderConfig
 from conformer_asr.models.lm import WordPieceLM
@@ -280,3 +282,36 @@ def plain_lm_like(lm: WordPieceLM) -> PlainStepLM:
     plain = PlainStepLM(lm.cfg)
     plain.load_state_dict(lm.state_dict())
     return plain.train(lm.training)
+
+
+def adapt_one_at_a_time(
+    model: ASRModel, feats: torch.Tensor, lengths: torch.Tensor, steps: int, lr: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``inference.adapt.encode_adapted`` the plain way: feats (B, T, F), lengths (B,) ->
+    encoder output (B, T', D), lengths (B,). Each utterance in turn, cut from the batch,
+    takes ``steps`` steps of torch's Adam on the model's own LayerNorm parameters, is
+    encoded, and the parameters are put back."""
+    params = adapted_parameters(model)
+    original = [p.detach().clone() for p in params]
+    outputs = []
+    for row in range(feats.shape[0]):
+        one, length = feats[row:row + 1, : int(lengths[row])], lengths[row:row + 1]
+        optimiser = torch.optim.Adam(params, lr=lr)
+        try:
+            for _ in range(steps):
+                with torch.enable_grad():
+                    enc, _ = model.encode(one, length)
+                    loss = adaptation_loss(model.ctc_head(enc[0]))
+                    grads = torch.autograd.grad(loss, params)
+                for p, grad in zip(params, grads, strict=True):
+                    p.grad = grad
+                optimiser.step()
+            with torch.no_grad():
+                outputs.append(model.encode(one, length)[0][0])
+        finally:
+            with torch.no_grad():
+                for p, p0 in zip(params, original, strict=True):
+                    p.copy_(p0)
+                    p.grad = None
+    enc_lengths = torch.tensor([len(out) for out in outputs])
+    return nn.utils.rnn.pad_sequence(outputs, batch_first=True), enc_lengths

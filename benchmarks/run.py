@@ -97,7 +97,7 @@ def format_row(row: Row) -> str:
     return format_line([cell(row) for _, _, cell in COLUMNS])
 
 
-BENCHMARKS = ["encoder", "int8", "train", "transcribe", "loss", "loader"]
+BENCHMARKS = ["encoder", "int8", "train", "transcribe", "adapt", "loss", "loader"]
 # Opt-in: inductor spends minutes compiling each model on a CPU; CUDA graphs need a GPU.
 OPTIONAL = ["compile", "graphs"]
 
@@ -238,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         for batch in work.encoder_batches if "graphs" in only else ():
             add(f"encoder forward, CUDA graph, {cfg.name}, batch {batch}",
                 cases.graphed_encoder_forward, model, batch, settings)
+    for batch in work.encoder_batches if "adapt" in only else ():
+        add(f"adapted encoder, bundled, batch {batch}", cases.adapted_encoder, batch, settings)
     for one_at_a_time in (False, True):
         batch_name = "one file at a time" if one_at_a_time else "all files at once"
         if "transcribe" in only:

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from benchmarks.plain import adapt_one_at_a_time
 from conformer_asr.decoding.search import DecodingOptions
 from conformer_asr.inference.adapt import (
     ENTROPY_WEIGHT,
@@ -94,22 +95,37 @@ def test_only_the_layer_norms_move():
 
 
 def test_each_utterance_is_adapted_alone():
-    """A row's output is what it gets when encoded by itself, whatever else is in the
-    batch (padding included), and the batch comes back padded to its longest row."""
+    """A row's output is what it gets when adapted by itself (torch's Adam on the model's
+    own LayerNorms, one utterance at a time: ``adapt_one_at_a_time``), whatever else is in
+    the batch (padding included), and the batch comes back padded to its longest row."""
     model = _ctc_model()
     feats = torch.randn(3, 160, 80)
     lengths = torch.tensor([160, 90, 41])
     feats[1, 90:] = 0.0
     feats[2, 41:] = 0.0
     enc, enc_lengths = encode_adapted(model, feats, lengths, steps=3, lr=0.01)
-    for row in range(3):
-        alone, alone_lengths = encode_adapted(model, feats[row:row + 1, : int(lengths[row])],
-                                              lengths[row:row + 1], steps=3, lr=0.01)
-        assert int(enc_lengths[row]) == int(alone_lengths[0])
-        n = int(alone_lengths[0])
-        torch.testing.assert_close(enc[row, :n], alone[0, :n], atol=1e-5, rtol=1e-4)
+    alone, alone_lengths = adapt_one_at_a_time(model, feats, lengths, steps=3, lr=0.01)
+    assert torch.equal(enc_lengths, alone_lengths)
+    for row, n in enumerate(alone_lengths.tolist()):
+        torch.testing.assert_close(enc[row, :n], alone[row, :n], atol=1e-5, rtol=1e-4)
         assert torch.count_nonzero(enc[row, n:]) == 0
     assert enc.shape[1] == int(enc_lengths.max())
+
+
+def test_the_layer_norms_are_their_own_again_after_adapting():
+    """The per-row parameters' hooks are gone: the model encodes as before, also after
+    an error inside the adaptation."""
+    model = _ctc_model()
+    feats, lengths = torch.randn(2, 100, 80), torch.tensor([100, 70])
+    with torch.no_grad():
+        before, _ = model.encode(feats, lengths)
+    encode_adapted(model, feats, lengths, steps=2, lr=0.01)
+    with pytest.raises(RuntimeError):  # a feature size the encoder cannot take
+        encode_adapted(model, torch.randn(2, 100, 7), lengths, steps=2, lr=0.01)
+    with torch.no_grad():
+        after, _ = model.encode(feats, lengths)
+    assert torch.equal(before, after)
+    assert all(not m._forward_hooks for m in model.modules())
 
 
 def test_encode_adapts_only_when_the_options_say_so():

@@ -351,7 +351,7 @@ def test_quick_benchmark_writes_json(tmp_path):
     assert {r["benchmark"] for r in rows} == {
         "encoder forward", "int8 encoder forward", "int8 Linear layers", "train step",
         "train step, pruned S=2", "transcribe", "transcribe, bundled", "int8 transcribe, bundled",
-        "rnnt loss fwd+bwd", "loader batch",
+        "adapted encoder, bundled", "rnnt loss fwd+bwd", "loader batch",
     }
     for row in rows:
         assert row["fast_s"] > 0 and row["baseline_s"] > 0
@@ -370,6 +370,9 @@ def test_quick_benchmark_writes_json(tmp_path):
     assert transcribe["extra"]["rtf_fast"] > 0
     [loader] = [r for r in rows if r["benchmark"] == "loader batch"]  # 2 utterances of 1 s
     assert loader["extra"]["audio_s_per_s_fast"] == pytest.approx(2.0 / loader["fast_s"])
+    adapted = [r for r in rows if r["benchmark"] == "adapted encoder, bundled"]
+    assert [r["batch"] for r in adapted] == [1, 2]
+    assert all(r["extra"]["adapt_steps"] > 0 for r in adapted)
     for name in ("transcribe, bundled", "int8 transcribe, bundled"):
         # all four examples in one call, and one call per file
         bundled = [r for r in rows if r["benchmark"] == name]
@@ -395,7 +398,7 @@ def test_quick_benchmark_in_bf16(tmp_path):
     assert results["complete"] and results["failures"] == []
     assert {r["benchmark"] for r in results["rows"]} == {
         "encoder forward", "train step", "train step, pruned S=2", "transcribe",
-        "transcribe, bundled", "rnnt loss fwd+bwd", "loader batch",
+        "transcribe, bundled", "adapted encoder, bundled", "rnnt loss fwd+bwd", "loader batch",
     }
     for row in results["rows"]:
         assert row["fast_s"] > 0 and row["baseline_s"] > 0

@@ -15,7 +15,11 @@ forward and a backward pass of the encoder on the one utterance.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..decoding.search import DecodingOptions
@@ -60,38 +64,59 @@ def adapted_parameters(model: ASRModel) -> list[nn.Parameter]:
             for p in m.parameters()]
 
 
+@contextmanager
+def rowwise_layer_norms(model: ASRModel, rows: int) -> Iterator[list[torch.Tensor]]:
+    """Within the block, each encoder LayerNorm scales and shifts batch row b by a gain and
+    bias of its own: the yielded leaves, gain (rows, D) and bias (rows, D) per LayerNorm in
+    ``adapted_parameters`` order, each row starting as the module's own. The module's
+    parameters are not touched; its output is replaced by a forward hook."""
+    norms = [m for m in model.encoder.modules() if isinstance(m, nn.LayerNorm)]
+    leaves = [p.detach().expand(rows, -1).clone().requires_grad_()
+              for m in norms for p in (m.weight, m.bias)]
+
+    def hook_for(gain: torch.Tensor, bias: torch.Tensor) -> Callable[..., torch.Tensor]:
+        def hook(module: nn.LayerNorm, args: tuple[torch.Tensor], _: torch.Tensor
+                 ) -> torch.Tensor:
+            normed = F.layer_norm(args[0], module.normalized_shape, eps=module.eps)
+            return torch.addcmul(bias[:, None, :], normed, gain[:, None, :])
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(leaves[2 * i], leaves[2 * i + 1]))
+               for i, m in enumerate(norms)]
+    try:
+        yield leaves
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def encode_adapted(
     model: ASRModel, feats: torch.Tensor, lengths: torch.Tensor, steps: int, lr: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """feats (B, T, F), lengths (B,) -> encoder output (B, T', D), lengths (B,), each
     utterance encoded after ``steps`` Adam steps at learning rate ``lr`` of its own
-    (module docstring). ``model`` (CTC head, eval mode) is left as it was given."""
+    (module docstring). ``model`` (CTC head, eval mode) is left as it was given.
+
+    All rows adapt at once: rows of an eval-mode encoder do not see each other, each row
+    has LayerNorm parameters of its own (``rowwise_layer_norms``) and its own loss, and
+    Adam works elementwise, so the batch's steps are each row's steps taken alone (up to
+    the rounding of batched kernels), at the cost of one batched pass per step.
+    """
     assert model.ctc_head is not None, "test-time adaptation needs a CTC head"
-    params = adapted_parameters(model)
-    original = [p.detach().clone() for p in params]
-    rows = []
-    for row in range(feats.shape[0]):
-        one = feats[row:row + 1, : int(lengths[row])]
-        one_length = lengths[row:row + 1]
-        optimiser = torch.optim.Adam(params, lr=lr)
-        try:
-            for _ in range(steps):
-                with torch.enable_grad():
-                    enc, enc_lengths = model.encode(one, one_length)
-                    loss = adaptation_loss(model.ctc_head(enc[0, : int(enc_lengths[0])]))
-                    grads = torch.autograd.grad(loss, params)
-                for p, grad in zip(params, grads, strict=True):
-                    p.grad = grad
-                optimiser.step()
-            with torch.no_grad():
-                rows.append(model.encode(one, one_length))
-        finally:
-            with torch.no_grad():
-                for p, p0 in zip(params, original, strict=True):
-                    p.copy_(p0)
-                    p.grad = None
-    enc = nn.utils.rnn.pad_sequence([e[0, : int(n[0])] for e, n in rows], batch_first=True)
-    return enc, torch.cat([n for _, n in rows])
+    with rowwise_layer_norms(model, feats.shape[0]) as leaves:
+        optimiser = torch.optim.Adam(leaves, lr=lr)
+        for _ in range(steps):
+            with torch.enable_grad():
+                enc, enc_lengths = model.encode(feats, lengths)
+                logits = model.ctc_head(enc)
+                loss = sum(adaptation_loss(logits[row, : int(n)])
+                           for row, n in enumerate(enc_lengths))
+                grads = torch.autograd.grad(loss, leaves)
+            for leaf, grad in zip(leaves, grads, strict=True):
+                leaf.grad = grad
+            optimiser.step()
+        with torch.no_grad():
+            return model.encode(feats, lengths)
 
 
 def encode(
