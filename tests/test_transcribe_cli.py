@@ -599,8 +599,8 @@ def test_a_generator_is_drawn_from_as_results_are_needed(model_dir):
 
 def test_dash_reads_the_audio_piped_in(model_dir, tmp_path):
     """`... | conformer-asr transcribe -`: what is piped in is transcribed as the file it
-    came from, named "-" (stdin.EXT with --out-dir); junk, "-" twice and a terminal are
-    one-line errors."""
+    came from, named "-" (stdin.EXT with --out-dir), in warnings too; junk, "-" twice and
+    a terminal are one-line errors."""
     clip = DATA / "clip1.wav"
 
     def piped(data: bytes, *args: str, stdin: int | None = None) -> subprocess.CompletedProcess:
@@ -617,6 +617,13 @@ def test_dash_reads_the_audio_piped_in(model_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     out = tmp_path / "out"
     assert (out / "stdin.txt").read_text() == (out / "clip1.txt").read_text()
+    flac = tmp_path / "clip1.flac"
+    sf.write(flac, *sf.read(clip))
+    cut = flac.read_bytes()[: flac.stat().st_size * 2 // 3]  # a partial download, say
+    result = piped(cut, "-", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.decode().startswith("warning: -: only ")
+    assert "conformer-asr-" not in result.stderr.decode()  # the spooled file's folder
     result = piped(b"not audio", "-", str(clip))
     assert (result.returncode, result.stderr.decode()) == (
         1, "error: -: not a readable audio file (Format not recognised.)\n")

@@ -89,12 +89,14 @@ def _transcribe(args: argparse.Namespace) -> int:
                          f"(e.g. arecord -f cd | conformer-asr transcribe {STDIN})")
     transcriber = _load_transcriber(args)
     failed = 0
-    with _stdin_spooled(args.audio) as (inputs, spooled):
+    with _stdin_spooled(args.audio) as (inputs, spooled), warnings.catch_warnings():
+        if spooled:  # warnings and errors name the spooled file: name it "-" instead
+            warnings.showwarning = _naming_stdin(spooled, warnings.showwarning)
         for index, (_, result) in enumerate(transcriber.iter_transcripts(inputs)):
             name = args.audio[index]
             if isinstance(result, AudioError):
                 message = str(result)
-                if name == STDIN:  # the error names the spooled file
+                if name == STDIN:
                     message = STDIN + message.removeprefix(spooled)
                 print(f"error: {message}", file=sys.stderr)
                 failed += 1
@@ -124,6 +126,14 @@ def _stdin_spooled(names: list[str]) -> Iterator[tuple[list[str], str]]:
         with open(spooled, "wb") as out:
             shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
         yield [spooled if name == STDIN else name for name in names], spooled
+
+
+def _naming_stdin(spooled: str, show: Callable[..., None]) -> Callable[..., None]:
+    """``show`` (a ``warnings.showwarning``) for messages that name the file ``spooled``
+    as ``STDIN``."""
+    def show_as_stdin(message: Warning | str, *where: Any, **more: Any) -> None:
+        show(str(message).replace(spooled, STDIN), *where, **more)
+    return show_as_stdin
 
 
 def _output_paths(args: argparse.Namespace) -> list[Path]:
