@@ -10,8 +10,10 @@ import torch
 
 from benchmarks.plain import adapt_one_at_a_time
 from conformer_asr.decoding.search import DecodingOptions
+from conformer_asr.inference import adapt
 from conformer_asr.inference.adapt import (
     ENTROPY_WEIGHT,
+    MAX_FRAMES,
     TEMPERATURE,
     adaptation_loss,
     adapted_parameters,
@@ -94,16 +96,28 @@ def test_only_the_layer_norms_move():
     assert len(names) == 2 * len(norms) > 0
 
 
-def test_each_utterance_is_adapted_alone():
+@pytest.mark.parametrize(("max_frames", "runs"), [
+    (MAX_FRAMES, [[160, 90, 41]]), (200, [[160], [90, 41]]), (1, [[160], [90], [41]])])
+def test_each_utterance_is_adapted_alone(max_frames, runs, monkeypatch):
     """A row's output is what it gets when adapted by itself (torch's Adam on the model's
     own LayerNorms, one utterance at a time: ``adapt_one_at_a_time``), whatever else is in
-    the batch (padding included), and the batch comes back padded to its longest row."""
+    the batch (padding included), however the batch is split into runs to bound memory,
+    and the batch comes back padded to its longest row."""
     model = _ctc_model()
     feats = torch.randn(3, 160, 80)
     lengths = torch.tensor([160, 90, 41])
     feats[1, 90:] = 0.0
     feats[2, 41:] = 0.0
-    enc, enc_lengths = encode_adapted(model, feats, lengths, steps=3, lr=0.01)
+    seen = []
+
+    def spy(model, feats, lengths, *args):
+        seen.append(lengths.tolist())
+        return adapt_rows(model, feats, lengths, *args)
+    adapt_rows = adapt._adapt_rows
+    monkeypatch.setattr(adapt, "_adapt_rows", spy)
+    enc, enc_lengths = encode_adapted(model, feats, lengths, steps=3, lr=0.01,
+                                      max_frames=max_frames)
+    assert seen == runs
     alone, alone_lengths = adapt_one_at_a_time(model, feats, lengths, steps=3, lr=0.01)
     assert torch.equal(enc_lengths, alone_lengths)
     for row, n in enumerate(alone_lengths.tolist()):

@@ -2,15 +2,16 @@
 
 SUTA (Lin, Li and Lee, "Listen, Adapt, Better WER: Source-free Single-utterance
 Test-time Adaptation for Automatic Speech Recognition", Interspeech 2022): a few Adam
-steps on the encoder's LayerNorm gains and biases, for one utterance at a time, that
+steps on the encoder's LayerNorm gains and biases, for each utterance on its own, that
 make its CTC posteriors more confident (lower entropy on the frames that are not
 blank) and less confused (minimum class confusion), both at a softening temperature.
-The model is put back after each utterance, so an utterance's transcript depends on it
-alone, not on what else is in its batch.
+Every utterance of a batch has LayerNorm parameters of its own while it adapts, and the
+model is left as it was, so an utterance's transcript depends on it alone (up to
+rounding), not on what else is in its batch.
 
 It needs no labels and no other data, and it moves a model trained on synthetic voices
 towards a voice it never heard (recipes/synthetic/README.md, step 4b). Each step is a
-forward and a backward pass of the encoder on the one utterance.
+forward and a backward pass of the encoder on the whole batch.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..models.asr import ASRModel
 
 TEMPERATURE = 2.5  # SUTA's: posteriors softened before both terms
 ENTROPY_WEIGHT = 0.3  # SUTA's: the rest of the loss is minimum class confusion
+MAX_FRAMES = 6000  # feature frames (60 s at 10 ms) adapted in one batched pass
 
 
 def check_int8_adaptation(adapt_steps: int | None) -> None:
@@ -92,17 +94,39 @@ def rowwise_layer_norms(model: ASRModel, rows: int) -> Iterator[list[torch.Tenso
 
 def encode_adapted(
     model: ASRModel, feats: torch.Tensor, lengths: torch.Tensor, steps: int, lr: float,
+    max_frames: int = MAX_FRAMES,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """feats (B, T, F), lengths (B,) -> encoder output (B, T', D), lengths (B,), each
     utterance encoded after ``steps`` Adam steps at learning rate ``lr`` of its own
     (module docstring). ``model`` (CTC head, eval mode) is left as it was given.
 
-    All rows adapt at once: rows of an eval-mode encoder do not see each other, each row
-    has LayerNorm parameters of its own (``rowwise_layer_norms``) and its own loss, and
-    Adam works elementwise, so the batch's steps are each row's steps taken alone (up to
-    the rounding of batched kernels), at the cost of one batched pass per step.
+    Rows adapt together, in runs of consecutive rows of at most ``max_frames`` padded
+    feature frames (at least one row), which bounds the activations a backward pass keeps.
+    Rows of an eval-mode encoder do not see each other, each row has LayerNorm parameters
+    of its own (``rowwise_layer_norms``) and its own loss, and Adam works elementwise, so
+    a run's steps are each row's steps taken alone (up to the rounding of batched
+    kernels), at the cost of one batched pass per step.
     """
     assert model.ctc_head is not None, "test-time adaptation needs a CTC head"
+    runs: list[list[int]] = [[]]
+    for row in range(feats.shape[0]):
+        longest = max([int(lengths[r]) for r in runs[-1]] + [int(lengths[row])])
+        if runs[-1] and longest * (len(runs[-1]) + 1) > max_frames:
+            runs.append([])
+        runs[-1].append(row)
+    encoded = [_adapt_rows(model, feats[rows], lengths[rows], steps, lr) for rows in runs]
+    out_lengths = torch.cat([n for _, n in encoded])
+    out = feats.new_zeros(feats.shape[0], int(out_lengths.max()), encoded[0][0].shape[-1])
+    for rows, (enc, _) in zip(runs, encoded, strict=True):
+        out[rows[0]: rows[-1] + 1, : enc.shape[1]] = enc
+    return out, out_lengths
+
+
+def _adapt_rows(
+    model: ASRModel, feats: torch.Tensor, lengths: torch.Tensor, steps: int, lr: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``encode_adapted`` of one run of rows, all at once."""
+    feats = feats[:, : int(lengths.max())]
     with rowwise_layer_norms(model, feats.shape[0]) as leaves:
         optimiser = torch.optim.Adam(leaves, lr=lr)
         for _ in range(steps):
