@@ -97,7 +97,7 @@ def _transcribe(args: argparse.Namespace) -> int:
             if isinstance(result, AudioError):
                 message = str(result)
                 if name == STDIN:
-                    message = STDIN + message.removeprefix(spooled)
+                    message = message.replace(spooled, STDIN)
                 print(f"error: {message}", file=sys.stderr)
                 failed += 1
             elif out_paths:

@@ -109,10 +109,12 @@ def encode_adapted(
     """
     assert model.ctc_head is not None, "test-time adaptation needs a CTC head"
     runs: list[list[int]] = [[]]
-    for row in range(feats.shape[0]):
-        longest = max([int(lengths[r]) for r in runs[-1]] + [int(lengths[row])])
+    longest = 0  # of the last run
+    for row, length in enumerate(lengths.tolist()):
+        longest = max(longest, length)
         if runs[-1] and longest * (len(runs[-1]) + 1) > max_frames:
             runs.append([])
+            longest = length
         runs[-1].append(row)
     encoded = [_adapt_rows(model, feats[rows], lengths[rows], steps, lr) for rows in runs]
     out_lengths = torch.cat([n for _, n in encoded])
