@@ -127,9 +127,10 @@ def test_each_utterance_is_adapted_alone(max_frames, runs, monkeypatch):
 
 
 def test_the_layer_norms_are_their_own_again_after_adapting():
-    """The per-row parameters' hooks are gone: the model encodes as before, also after
-    an error inside the adaptation."""
+    """The model's own LayerNorm modules are back in place of the per-row ones: it
+    encodes as before, also after an error inside the adaptation."""
     model = _ctc_model()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
     feats, lengths = torch.randn(2, 100, 80), torch.tensor([100, 70])
     with torch.no_grad():
         before, _ = model.encode(feats, lengths)
@@ -139,7 +140,8 @@ def test_the_layer_norms_are_their_own_again_after_adapting():
     with torch.no_grad():
         after, _ = model.encode(feats, lengths)
     assert torch.equal(before, after)
-    assert all(not m._forward_hooks for m in model.modules())
+    assert [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)] == norms
+    assert not any(isinstance(m, adapt.RowwiseLayerNorm) for m in model.modules())
 
 
 def test_encode_adapts_only_when_the_options_say_so():

@@ -16,7 +16,8 @@ forward and a backward pass of the encoder on the whole batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -29,6 +30,8 @@ from ..models.asr import ASRModel
 TEMPERATURE = 2.5  # SUTA's: posteriors softened before both terms
 ENTROPY_WEIGHT = 0.3  # SUTA's: the rest of the loss is minimum class confusion
 MAX_FRAMES = 6000  # feature frames (60 s at 10 ms) adapted in one batched pass
+ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults
+ADAM_EPS = 1e-8
 
 
 def check_int8_adaptation(adapt_steps: int | None) -> None:
@@ -66,30 +69,53 @@ def adapted_parameters(model: ASRModel) -> list[nn.Parameter]:
             for p in m.parameters()]
 
 
+class RowwiseLayerNorm(nn.Module):
+    """A LayerNorm's normalisation, then a gain and bias of each batch row's own:
+    x (B, ..., D) -> (B, ..., D). The gains and biases are columns of ``table``
+    (B, P): ``start:start + D`` the gains, the next D the biases."""
+
+    def __init__(self, norm: nn.LayerNorm, table: torch.Tensor, start: int) -> None:
+        super().__init__()
+        self.normalized_shape = norm.normalized_shape
+        self.eps = norm.eps
+        self.table = table
+        self.start = start
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        width = self.normalized_shape[-1]
+        gain = self.table[:, self.start : self.start + width]
+        bias = self.table[:, self.start + width : self.start + 2 * width]
+        extra = (1,) * (x.dim() - 2)  # broadcast over the dimensions between B and D
+        normed = F.layer_norm(x, self.normalized_shape, eps=self.eps)
+        return torch.addcmul(bias.view(-1, *extra, width), normed, gain.view(-1, *extra, width))
+
+
 @contextmanager
-def rowwise_layer_norms(model: ASRModel, rows: int) -> Iterator[list[torch.Tensor]]:
-    """Within the block, each encoder LayerNorm scales and shifts batch row b by a gain and
-    bias of its own: the yielded leaves, gain (rows, D) and bias (rows, D) per LayerNorm in
-    ``adapted_parameters`` order, each row starting as the module's own. The module's
-    parameters are not touched; its output is replaced by a forward hook."""
-    norms = [m for m in model.encoder.modules() if isinstance(m, nn.LayerNorm)]
-    leaves = [p.detach().expand(rows, -1).clone().requires_grad_()
-              for m in norms for p in (m.weight, m.bias)]
-
-    def hook_for(gain: torch.Tensor, bias: torch.Tensor) -> Callable[..., torch.Tensor]:
-        def hook(module: nn.LayerNorm, args: tuple[torch.Tensor], _: torch.Tensor
-                 ) -> torch.Tensor:
-            normed = F.layer_norm(args[0], module.normalized_shape, eps=module.eps)
-            return torch.addcmul(bias[:, None, :], normed, gain[:, None, :])
-        return hook
-
-    handles = [m.register_forward_hook(hook_for(leaves[2 * i], leaves[2 * i + 1]))
-               for i, m in enumerate(norms)]
+def rowwise_layer_norms(model: ASRModel, rows: int) -> Iterator[torch.Tensor]:
+    """Within the block, every encoder LayerNorm is swapped for a ``RowwiseLayerNorm``,
+    all reading the yielded leaf (rows, P): row b holds, per LayerNorm in
+    ``adapted_parameters`` order, its gain and then its bias for batch row b, each row
+    starting as the module's own. The LayerNorms are put back on leaving, errors
+    included; their parameters are not touched."""
+    norms = [(name, m) for name, m in model.encoder.named_modules()
+             if isinstance(m, nn.LayerNorm)]
+    table = torch.cat([p.detach().reshape(-1) for _, m in norms for p in (m.weight, m.bias)])
+    table = table.expand(rows, -1).clone().requires_grad_()
+    start = 0
+    for name, norm in norms:
+        _swap(model.encoder, name, RowwiseLayerNorm(norm, table, start))
+        start += 2 * norm.weight.numel()
     try:
-        yield leaves
+        yield table
     finally:
-        for handle in handles:
-            handle.remove()
+        for name, norm in norms:
+            _swap(model.encoder, name, norm)
+
+
+def _swap(root: nn.Module, name: str, module: nn.Module) -> None:
+    """Puts ``module`` where ``root``'s submodule ``name`` (dotted) is."""
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent), child, module)
 
 
 def encode_adapted(
@@ -127,20 +153,27 @@ def encode_adapted(
 def _adapt_rows(
     model: ASRModel, feats: torch.Tensor, lengths: torch.Tensor, steps: int, lr: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``encode_adapted`` of one run of rows, all at once."""
+    """``encode_adapted`` of one run of rows, all at once.
+
+    Adam (torch.optim.Adam's update and defaults) is written out here: the first step of
+    any torch.optim optimiser imports torch._dynamo, which took 0.85 s, a quarter of a
+    one-file ``conformer-asr transcribe``."""
     feats = feats[:, : int(lengths.max())]
-    with rowwise_layer_norms(model, feats.shape[0]) as leaves:
-        optimiser = torch.optim.Adam(leaves, lr=lr)
-        for _ in range(steps):
+    with rowwise_layer_norms(model, feats.shape[0]) as table:
+        mean, mean_square = torch.zeros_like(table), torch.zeros_like(table)
+        for step in range(1, steps + 1):
             with torch.enable_grad():
                 enc, enc_lengths = model.encode(feats, lengths)
                 logits = model.ctc_head(enc)
                 loss = sum(adaptation_loss(logits[row, : int(n)])
                            for row, n in enumerate(enc_lengths))
-                grads = torch.autograd.grad(loss, leaves)
-            for leaf, grad in zip(leaves, grads, strict=True):
-                leaf.grad = grad
-            optimiser.step()
+                (grad,) = torch.autograd.grad(loss, table)
+            with torch.no_grad():
+                mean.lerp_(grad, 1 - ADAM_BETAS[0])
+                mean_square.mul_(ADAM_BETAS[1]).addcmul_(grad, grad, value=1 - ADAM_BETAS[1])
+                scale = math.sqrt(1 - ADAM_BETAS[1] ** step)
+                denominator = (mean_square.sqrt() / scale).add_(ADAM_EPS)
+                table.addcdiv_(mean, denominator, value=-lr / (1 - ADAM_BETAS[0] ** step))
         with torch.no_grad():
             return model.encode(feats, lengths)
 
