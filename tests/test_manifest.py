@@ -6,7 +6,8 @@ import pytest
 import soundfile as sf
 from lhotse import CutSet
 
-from conformer_asr.data.manifest import DataIssues, ManifestError, load_cuts, save_jsonl
+from conformer_asr.data.manifest import DataIssues, load_cuts, save_jsonl
+from conformer_asr.data.manifest_errors import ManifestError
 from conformer_asr.inference.evaluate import read_manifest
 
 

@@ -520,8 +520,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run_command(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)  # first: --help and usage errors need no torch
     from .audio.io import AudioError, AudioWarning
-    from .data.manifest import ManifestError
-    from .inference.evaluate import ReferenceWarning
+    from .data.manifest_errors import ManifestError, ReferenceWarning
     from .inference.model_dir import ModelDirError
     from .malloc import keep_freed_memory
     from .models.config import ConfigError

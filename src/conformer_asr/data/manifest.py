@@ -28,12 +28,9 @@ from lhotse.cut import Cut, MultiCut
 from ..audio.io import SAMPLE_RATE
 from ..files import read_text, replacing
 from ..text.normalize import normalize_text
+from .manifest_errors import ManifestError
 
 PLAIN_KEYS = ("id", "audio", "text")
-
-
-class ManifestError(Exception):
-    """A manifest cannot be read or written at all; the message names the file."""
 
 
 @dataclass

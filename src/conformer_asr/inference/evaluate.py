@@ -17,6 +17,7 @@ from lhotse.serialization import deserialize_item as deserialize_cut
 
 from ..audio.io import AudioError, AudioSlice
 from ..data.manifest import first_record, has_plain_form, is_lhotse, plain_records
+from ..data.manifest_errors import ReferenceWarning
 from ..files import check_writable, read_text, write_atomically
 from ..scoring import WordErrors, word_errors
 from ..text.normalize import normalize_text
@@ -24,10 +25,6 @@ from .transcriber import Transcriber
 
 SHOWN_FAILURES = 10  # in the text report; --json gives every one
 _DIGIT = re.compile(r"[0-9]")
-
-
-class ReferenceWarning(UserWarning):
-    """A manifest's reference text that is not scored as it is written."""
 
 
 @dataclass

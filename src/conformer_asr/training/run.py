@@ -38,7 +38,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..data.augment import Augmenter
 from ..data.datamodule import SpeechDataModule, load_manifests
-from ..data.manifest import DataIssues, ManifestError
+from ..data.manifest import DataIssues
+from ..data.manifest_errors import ManifestError
 from ..files import claimed, holds_more_than, replacing, write_atomically
 from ..inference.model_dir import ModelDirError, read_config, read_weights, save_model_dir
 from ..models import load_encoder_and_heads
