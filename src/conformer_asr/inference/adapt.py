@@ -63,10 +63,14 @@ def adaptation_loss(logits: torch.Tensor) -> torch.Tensor:
     return ENTROPY_WEIGHT * mean_entropy + (1.0 - ENTROPY_WEIGHT) * cross
 
 
+def _encoder_layer_norms(model: ASRModel) -> list[tuple[str, nn.LayerNorm]]:
+    """The encoder's LayerNorms with their dotted names, in module order."""
+    return [(name, m) for name, m in model.encoder.named_modules() if isinstance(m, nn.LayerNorm)]
+
+
 def adapted_parameters(model: ASRModel) -> list[nn.Parameter]:
     """The parameters adaptation changes: every LayerNorm's gain and bias in the encoder."""
-    return [p for m in model.encoder.modules() if isinstance(m, nn.LayerNorm)
-            for p in m.parameters()]
+    return [p for _, m in _encoder_layer_norms(model) for p in (m.weight, m.bias)]
 
 
 class RowwiseLayerNorm(nn.Module):
@@ -97,9 +101,8 @@ def rowwise_layer_norms(model: ASRModel, rows: int) -> Iterator[torch.Tensor]:
     ``adapted_parameters`` order, its gain and then its bias for batch row b, each row
     starting as the module's own. The LayerNorms are put back on leaving, errors
     included; their parameters are not touched."""
-    norms = [(name, m) for name, m in model.encoder.named_modules()
-             if isinstance(m, nn.LayerNorm)]
-    table = torch.cat([p.detach().reshape(-1) for _, m in norms for p in (m.weight, m.bias)])
+    norms = _encoder_layer_norms(model)
+    table = torch.cat([p.detach().reshape(-1) for p in adapted_parameters(model)])
     table = table.expand(rows, -1).clone().requires_grad_()
     start = 0
     for name, norm in norms:
