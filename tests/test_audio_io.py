@@ -262,14 +262,23 @@ def test_a_slice_reads_the_samples_of_its_part_of_the_file(tmp_path, fmt):
         audio_duration(AudioSlice(tmp_path / "gone.wav", 0.0, 1.0))
 
 
-def test_a_chained_ogg_file_says_that_only_its_first_stream_is_read(tmp_path):
-    """``cat a.ogg b.ogg`` makes one valid OGG file of two streams; libsndfile reads the
-    first and stops, and the rest was dropped without a word."""
+def _chained_ogg(tmp_path: Path) -> tuple[Path, Path]:
+    """(a.ogg: 2 s of a tone, ab.ogg: a.ogg and then 1.5 s of the tone as a second stream):
+    ``cat a.ogg b.ogg`` makes one valid OGG file of two streams."""
     tone = (0.3 * np.sin(np.arange(32000) / 10)).astype(np.float32)
     first, second, chained = tmp_path / "a.ogg", tmp_path / "b.ogg", tmp_path / "ab.ogg"
     sf.write(first, tone, 16000, format="OGG", subtype="VORBIS")
     sf.write(second, tone[:24000], 16000, format="OGG", subtype="VORBIS")
     chained.write_bytes(first.read_bytes() + second.read_bytes())
+    return first, chained
+
+
+def test_without_ffmpeg_a_chained_ogg_file_says_that_only_its_first_stream_is_read(
+        tmp_path, monkeypatch):
+    """libsndfile reads a chained file's first stream and stops: without ffmpeg, the rest
+    is not dropped without a word."""
+    first, chained = _chained_ogg(tmp_path)
+    monkeypatch.setattr("conformer_asr.audio.ffmpeg.shutil.which", lambda name: None)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         alone = load_audio(first)  # one stream: no warning
@@ -277,7 +286,8 @@ def test_a_chained_ogg_file_says_that_only_its_first_stream_is_read(tmp_path):
         samples = load_audio(chained)
     assert [str(w.message) for w in caught] == [
         f"{chained}: 2 OGG streams one after another (chained), of which only the first "
-        "(2.0 s) can be read; split the file to transcribe the rest"]
+        "(2.0 s) can be read without the ffmpeg program; install it (apt-get install "
+        "ffmpeg) or split the file to transcribe the rest"]
     np.testing.assert_array_equal(samples, alone)
 
 
@@ -288,6 +298,23 @@ needs_ffmpeg = pytest.mark.skipif(not ffmpeg_installed(),
 def _ffmpeg(*args: str | Path) -> None:
     subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *map(str, args)], check=True,
                    timeout=60)
+
+
+@needs_ffmpeg
+def test_a_chained_ogg_file_is_read_whole_through_ffmpeg(tmp_path):
+    """With ffmpeg installed, both streams are read, without a warning: the first as
+    libsndfile reads it, then the second (ffmpeg adds a few ms of the codec's last block at
+    the end of each stream, so the second starts 2.0-2.1 s in)."""
+    first, chained = _chained_ogg(tmp_path)
+    alone = load_audio(first)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        samples = load_audio(chained)
+        duration = audio_duration(chained)
+    assert 3.5 <= len(samples) / 16000 == duration <= 3.6
+    np.testing.assert_allclose(samples[:32000], alone, atol=1e-5)
+    second = samples[34000:55000]  # inside the second stream
+    assert np.sqrt(np.mean(second**2)) == pytest.approx(0.3 / np.sqrt(2), rel=0.02)
 
 
 @needs_ffmpeg

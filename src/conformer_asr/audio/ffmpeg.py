@@ -1,5 +1,6 @@
-"""Formats libsndfile does not read (m4a, mp4, aac, webm, wma, ...), decoded by the
-ffmpeg program where it is installed (``apt-get install ffmpeg``); nothing else needs it.
+"""Formats libsndfile does not read (m4a, mp4, aac, webm, wma, ...), and chained OGG files
+(of which it reads the first stream alone), decoded by the ffmpeg program where it is
+installed (``apt-get install ffmpeg``); nothing else needs it.
 
 ``open_with_ffmpeg`` probes a file with ffprobe and returns an ``FFmpegFile``, which
 offers what ``audio.io``'s readers use of a ``soundfile.SoundFile``: the sample rate,
@@ -46,10 +47,11 @@ def _input(path: Path) -> bytes:
     return b"file:" + os.fsencode(path)
 
 
-def open_with_ffmpeg(path: Path) -> FFmpegFile | str | None:
+def open_with_ffmpeg(path: Path, count_frames: bool = False) -> FFmpegFile | str | None:
     """``path``'s first audio stream, open for reading; why not, where ffprobe reads the
     file and finds no audio stream in it (a video alone); None where ffmpeg is not
-    installed or cannot read the file."""
+    installed or cannot read the file. ``count_frames``: count the frames by decoding the
+    file once, not from the container's duration (which a chained OGG file gives wrong)."""
     if not ffmpeg_installed():
         return None
     try:
@@ -77,7 +79,7 @@ def open_with_ffmpeg(path: Path) -> FFmpegFile | str | None:
         return None
     duration = audio[0].get("duration", container.get("duration"))
     try:
-        frames = round(float(duration) * rate)
+        frames = None if count_frames else round(float(duration) * rate)
     except (TypeError, ValueError):  # not given (a browser's webm recording): count them
         frames = None
     return FFmpegFile(path, container.get("format_name", "ffmpeg"), rate, channels, frames)

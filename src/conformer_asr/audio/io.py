@@ -1,7 +1,7 @@
 """Audio loading: wav/flac/ogg/mp3/... at any rate and channel count -> 16 kHz mono.
 
-libsndfile (through soundfile) reads what it can; other formats (m4a, mp4, webm, ...) are
-decoded by the ffmpeg program where it is installed (``audio.ffmpeg``)."""
+libsndfile (through soundfile) reads what it can; other formats (m4a, mp4, webm, ...) and
+chained OGG files are decoded by the ffmpeg program where it is installed (``audio.ffmpeg``)."""
 
 from __future__ import annotations
 
@@ -151,6 +151,12 @@ def _open(path: str | Path) -> _AudioFile:
                          f"{missing_ffmpeg_hint(path)}") from None
     if f.format in ("WAV", "WAVEX") and f.frames == 0:
         return _unfinished_wav(f, name, path)
+    if f.format == "OGG" and _later_ogg_streams(path):
+        # libsndfile reads a chained file's first stream alone; ffmpeg reads them all
+        chained = open_with_ffmpeg(path, count_frames=True)
+        if isinstance(chained, FFmpegFile):
+            f.close()
+            return chained
     return f
 
 
@@ -282,8 +288,9 @@ def _frames(f: _AudioFile, path: str | Path, block: int) -> Iterator[np.ndarray]
     if f.format == "OGG" and (later := _later_ogg_streams(path)):
         warnings.warn(AudioWarning(
             f"{path}: {later + 1} OGG streams one after another (chained), of which only the "
-            f"first ({total / f.samplerate:.1f} s) can be read; split the file to transcribe "
-            "the rest"), stacklevel=2)
+            f"first ({total / f.samplerate:.1f} s) can be read without the ffmpeg program; "
+            "install it (apt-get install ffmpeg) or split the file to transcribe the rest"),
+            stacklevel=2)
 
 
 def _later_ogg_streams(path: str | Path) -> int:
