@@ -47,11 +47,12 @@ def _input(path: Path) -> bytes:
     return b"file:" + os.fsencode(path)
 
 
-def open_with_ffmpeg(path: Path, count_frames: bool = False) -> FFmpegFile | str | None:
+def open_with_ffmpeg(path: Path, exact: bool = False) -> FFmpegFile | str | None:
     """``path``'s first audio stream, open for reading; why not, where ffprobe reads the
     file and finds no audio stream in it (a video alone); None where ffmpeg is not
-    installed or cannot read the file. ``count_frames``: count the frames by decoding the
-    file once, not from the container's duration (which a chained OGG file gives wrong)."""
+    installed or cannot read the file. ``exact``: count the frames by decoding the file
+    once, not from the container's duration, and seek by decoding up to the frame, not with
+    ffmpeg's ``-ss``: a chained OGG file's durations and timestamps mislead both."""
     if not ffmpeg_installed():
         return None
     try:
@@ -79,21 +80,25 @@ def open_with_ffmpeg(path: Path, count_frames: bool = False) -> FFmpegFile | str
         return None
     duration = audio[0].get("duration", container.get("duration"))
     try:
-        frames = None if count_frames else round(float(duration) * rate)
+        frames = None if exact else round(float(duration) * rate)
     except (TypeError, ValueError):  # not given (a browser's webm recording): count them
         frames = None
-    return FFmpegFile(path, container.get("format_name", "ffmpeg"), rate, channels, frames)
+    return FFmpegFile(path, container.get("format_name", "ffmpeg"), rate, channels, frames,
+                      seek_by_decoding=exact)
 
 
 class FFmpegFile:
     """A file decoded by ffmpeg, read as ``audio.io`` reads a SoundFile: ``samplerate``,
     ``channels``, ``frames`` (the container's length, or counted by decoding the file once
-    where it gives none), ``format``, ``seek(frame)``, ``read(frames)`` and ``close()``."""
+    where it gives none), ``format``, ``seek(frame)``, ``read(frames)`` and ``close()``.
+    ``seek_by_decoding``: seek by decoding from the start and dropping what precedes the
+    frame (exact, and slower), not with ffmpeg's ``-ss``."""
 
     def __init__(self, path: Path, format_name: str, samplerate: int, channels: int,
-                 frames: int | None) -> None:
+                 frames: int | None, seek_by_decoding: bool = False) -> None:
         self.path, self.format = path, format_name
         self.samplerate, self.channels = samplerate, channels
+        self._seek_by_decoding = seek_by_decoding
         self._process: subprocess.Popen[bytes] | None = None
         self._errors: IO[bytes] | None = None
         if frames is None:
@@ -106,9 +111,11 @@ class FFmpegFile:
 
     def seek(self, frame: int) -> None:
         """Read from ``frame`` on: ffmpeg starts again there (it decodes from the packet
-        before and drops what precedes the time)."""
+        before and drops what precedes the time), or at the start, and the frames before
+        ``frame`` are read and dropped (``seek_by_decoding``)."""
         self.close()
-        start = ["-ss", f"{frame / self.samplerate:.6f}"] if frame else []
+        skip = frame if self._seek_by_decoding else 0
+        start = ["-ss", f"{frame / self.samplerate:.6f}"] if frame and not skip else []
         # ffmpeg's messages go to a file (closed by close()): a pipe that nobody reads until
         # the end could fill and stop it mid-stream
         self._errors = tempfile.TemporaryFile()  # noqa: SIM115
@@ -117,6 +124,8 @@ class FFmpegFile:
              "-map", "0:a:0", "-ac", str(self.channels), "-ar", str(self.samplerate),
              "-f", "f32le", "-"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._errors)
+        while skip > 0 and len(dropped := self.read(min(skip, 1 << 20))[0]):
+            skip -= len(dropped)
 
     def read(self, frames: int) -> tuple[np.ndarray, str]:
         """Up to ``frames`` more frames: ((n, C) float32, why decoding stopped, or "").

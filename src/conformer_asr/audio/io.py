@@ -153,7 +153,7 @@ def _open(path: str | Path) -> _AudioFile:
         return _unfinished_wav(f, name, path)
     if f.format == "OGG" and _later_ogg_streams(path):
         # libsndfile reads a chained file's first stream alone; ffmpeg reads them all
-        chained = open_with_ffmpeg(path, count_frames=True)
+        chained = open_with_ffmpeg(path, exact=True)
         if isinstance(chained, FFmpegFile):
             f.close()
             return chained
