@@ -2,6 +2,7 @@
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import threading
@@ -355,7 +356,7 @@ def test_lossy_and_unfinished_ffmpeg_files(tmp_path):
     """A browser's recording (Opus in WebM, written as a stream: no length in it) is
     counted; a WebM file cut short is read up to the cut with a warning, as a FLAC file
     is; an m4a file cut short (its index is at the end) and a video without sound are
-    one-line errors."""
+    one-line errors that say so."""
     speech = load_audio(WEATHER)
     streamed, whole, m4a = tmp_path / "rec.webm", tmp_path / "whole.webm", tmp_path / "a.m4a"
     with streamed.open("wb") as out:  # to a pipe: ffmpeg cannot go back to write the length
@@ -376,7 +377,9 @@ def test_lossy_and_unfinished_ffmpeg_files(tmp_path):
     cut.write_bytes(m4a.read_bytes()[: m4a.stat().st_size // 2])
     with pytest.raises(AudioError) as error:
         load_audio(cut)
-    assert str(error.value) == f"{cut}: not a readable audio file (Format not recognised.)"
+    assert str(error.value) == (f"{cut}: not a readable audio file (an MP4 file without its "
+                                "index, the moov box: a recording stopped before it was "
+                                "finished, or a file cut short)")
     silent = tmp_path / "silent.mp4"
     _ffmpeg("-f", "lavfi", "-i", "testsrc=duration=1:size=32x32:rate=5", "-pix_fmt",
             "yuv420p", silent)
@@ -396,3 +399,12 @@ def test_without_ffmpeg_the_error_says_what_reads_such_a_file(tmp_path, monkeypa
             load_audio(path)
         assert str(error.value) == (f"{path}: not a readable audio file (Format not "
                                     f"recognised.){hint}")
+    # an MP4 file's boxes, cut in its audio data before the index: ffmpeg would not help
+    cut = tmp_path / "cut.m4a"
+    cut.write_bytes(struct.pack(">I4s8s", 16, b"ftyp", b"M4A \0\0\0\0")
+                    + struct.pack(">I4s", 100_000, b"mdat") + bytes(1000))
+    with pytest.raises(AudioError) as error:
+        load_audio(cut)
+    assert str(error.value) == (f"{cut}: not a readable audio file (an MP4 file without its "
+                                "index, the moov box: a recording stopped before it was "
+                                "finished, or a file cut short)")

@@ -147,6 +147,10 @@ def _open(path: str | Path) -> _AudioFile:
             return decoded
         if decoded is not None:  # a file ffmpeg reads, without audio
             raise AudioError(f"{name}: {decoded}") from None
+        if reason == _NOT_RECOGNISED and _mp4_without_index(path):
+            raise AudioError(f"{name}: not a readable audio file (an MP4 file without its "
+                             "index, the moov box: a recording stopped before it was "
+                             "finished, or a file cut short)") from None
         raise AudioError(f"{name}: not a readable audio file ({reason})"
                          f"{missing_ffmpeg_hint(path)}") from None
     if f.format in ("WAV", "WAVEX") and f.frames == 0:
@@ -158,6 +162,34 @@ def _open(path: str | Path) -> _AudioFile:
             f.close()
             return chained
     return f
+
+
+def _mp4_without_index(path: Path) -> bool:
+    """Whether ``path`` is an MP4 (m4a, mov, ...) file with audio or video data (an
+    ``mdat`` box) and no index to it (a ``moov`` box): a recorder writes the index last, so
+    a recording stopped before it finished, or a file cut short, has none, and no program
+    can tell where its samples are. Walks the top-level boxes (sizes and types)."""
+    kinds = []
+    try:
+        with path.open("rb") as file:
+            end = os.fstat(file.fileno()).st_size
+            while (start := file.tell()) + 8 <= end:
+                size, kind = struct.unpack(">I4s", file.read(8))
+                if not all(32 <= c < 127 for c in kind):
+                    return False
+                kinds.append(kind)
+                if size == 0:  # the box runs to the end of the file
+                    break
+                if size == 1:  # a 64-bit size follows the type
+                    if len(large := file.read(8)) < 8:
+                        break
+                    size = struct.unpack(">Q", large)[0]
+                if size < 8:
+                    return False
+                file.seek(start + size)
+    except OSError:
+        return False
+    return kinds[:1] == [b"ftyp"] and b"mdat" in kinds and b"moov" not in kinds
 
 
 def _unfinished_wav(f: sf.SoundFile, name: str, path: Path) -> sf.SoundFile:
