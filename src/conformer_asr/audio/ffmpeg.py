@@ -114,8 +114,10 @@ class FFmpegFile:
         before and drops what precedes the time), or at the start, and the frames before
         ``frame`` are read and dropped (``seek_by_decoding``)."""
         self.close()
-        skip = frame if self._seek_by_decoding else 0
-        start = ["-ss", f"{frame / self.samplerate:.6f}"] if frame and not skip else []
+        if self._seek_by_decoding:
+            start, skip = [], frame
+        else:
+            start, skip = (["-ss", f"{frame / self.samplerate:.6f}"] if frame else []), 0
         # ffmpeg's messages go to a file (closed by close()): a pipe that nobody reads until
         # the end could fill and stop it mid-stream
         self._errors = tempfile.TemporaryFile()  # noqa: SIM115

@@ -175,7 +175,7 @@ def _mp4_without_index(path: Path) -> bool:
             end = os.fstat(file.fileno()).st_size
             while (start := file.tell()) + 8 <= end:
                 size, kind = struct.unpack(">I4s", file.read(8))
-                if not all(32 <= c < 127 for c in kind):
+                if not _printable(kind):
                     return False
                 kinds.append(kind)
                 if size == 0:  # the box runs to the end of the file
@@ -241,12 +241,17 @@ def _only_chunks_follow(file: io.BufferedReader) -> bool:
     try:
         while file.tell() < end:
             chunk = _next_chunk(file)
-            if chunk is None or not all(32 <= c < 127 for c in chunk[0]):
+            if chunk is None or not _printable(chunk[0]):
                 return False
             file.seek(chunk[1] + chunk[1] % 2, os.SEEK_CUR)
         return file.tell() in (end, end + 1)  # the last pad byte may be missing
     finally:
         file.seek(start)
+
+
+def _printable(tag: bytes) -> bool:
+    """Whether a RIFF chunk's or MP4 box's type is printable ASCII, as real ones are."""
+    return all(32 <= c < 127 for c in tag)
 
 
 class _ClosingSoundFile(sf.SoundFile):
