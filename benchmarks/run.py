@@ -26,7 +26,7 @@ from conformer_asr.device import device_flag
 from conformer_asr.files import check_writable, write_atomically
 from conformer_asr.malloc import keep_freed_memory
 from conformer_asr.models import ASRModel
-from conformer_asr.models.quantize import bf16_convolutions_are_fast, full_range_int8_is_exact
+from conformer_asr.models.quantize import bf16_kernels_are_fast, full_range_int8_is_exact
 
 from . import cases
 from .cases import Row, Settings
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
              else torch.cuda.get_device_name(device))
     cpu = {"cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
            "int8_activation_bits": 8 if full_range_int8_is_exact() else 7,
-           "bf16_convolutions": bf16_convolutions_are_fast(), "keep_freed_memory": kept}
+           "bf16_convolutions": bf16_kernels_are_fast(), "keep_freed_memory": kept}
     print(f"torch {torch.__version__}, {where}, {'bf16' if bf16 else 'float32'} matmul "
           f"peak {peak / 1e9:.1f} GFLOP/s ({matmul_size}^2 mm), "
           f"median of {settings.repeats} interleaved calls; CPU {cpu}", flush=True)
@@ -240,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
                 cases.graphed_encoder_forward, model, batch, settings)
     for batch in work.encoder_batches if "adapt" in only else ():
         add(f"adapted encoder, bundled, batch {batch}", cases.adapted_encoder, batch, settings)
+    for batch in work.encoder_batches if "int8" in only else ():
+        add(f"int8 adapted encoder, bundled, batch {batch}",
+            cases.int8_adapted_encoder, batch, settings)
     for one_at_a_time in (False, True):
         batch_name = "one file at a time" if one_at_a_time else "all files at once"
         if "transcribe" in only:

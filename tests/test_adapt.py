@@ -19,8 +19,9 @@ from conformer_asr.inference.adapt import (
     adapted_parameters,
     encode,
     encode_adapted,
+    rowwise_layer_norms,
 )
-from conformer_asr.models import ASRModel, ModelConfig
+from conformer_asr.models import ASRModel, ModelConfig, quantize_int8
 from conformer_asr.models.config import EncoderConfig
 
 TINY = EncoderConfig(d_model=32, n_layers=2, n_heads=4, conv_kernel_size=7, dropout=0.0)
@@ -124,6 +125,34 @@ def test_each_utterance_is_adapted_alone(max_frames, runs, monkeypatch):
         torch.testing.assert_close(enc[row, :n], alone[row, :n], atol=1e-5, rtol=1e-4)
         assert torch.count_nonzero(enc[row, n:]) == 0
     assert enc.shape[1] == int(enc_lengths.max())
+
+
+def _layer_norm_gradient(model: ASRModel, feats: torch.Tensor,
+                         lengths: torch.Tensor) -> torch.Tensor:
+    """The adaptation loss's gradient in every row's LayerNorm gains and biases."""
+    with rowwise_layer_norms(model, feats.shape[0]) as table:
+        enc, enc_lengths = model.encode(feats, lengths)
+        logits = model.ctc_head(enc)
+        loss = sum(adaptation_loss(logits[row, : int(n)]) for row, n in enumerate(enc_lengths))
+        return torch.autograd.grad(loss, table)[0]
+
+
+def test_an_int8_model_adapts_as_its_float32_model_does():
+    """Gradients pass through the int8 Linear layers: the adaptation's gradient is close to
+    the float32 model's, and its steps move the encoder output the same way."""
+    model = _ctc_model()
+    int8 = quantize_int8(model)
+    feats, lengths = torch.randn(2, 120, 80), torch.tensor([120, 90])
+    expected = _layer_norm_gradient(model, feats, lengths)
+    error = _layer_norm_gradient(int8, feats, lengths) - expected
+    assert error.norm() < 0.1 * expected.norm()
+    unadapted, _ = encode_adapted(int8, feats, lengths, steps=0, lr=0.01)
+    adapted, _ = encode_adapted(int8, feats, lengths, steps=5, lr=0.01)
+    adapted_float, _ = encode_adapted(model, feats, lengths, steps=5, lr=0.01)
+    assert (adapted - adapted_float).norm() < 0.5 * (adapted - unadapted).norm()
+    with torch.no_grad():
+        assert adaptation_loss(model.ctc_head(adapted[0])) < adaptation_loss(
+            model.ctc_head(unadapted[0]))
 
 
 def test_the_layer_norms_are_their_own_again_after_adapting():

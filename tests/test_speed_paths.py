@@ -21,8 +21,8 @@ from conformer_asr.models.lm import LMConfig, WordPieceLM
 from conformer_asr.models.lstm_step import FEW_ROWS, _float16_packed, lstm_step
 from conformer_asr.models.quantize import (
     BF16Conv2d,
-    FullRangeDynamicLinear,
-    bf16_convolutions_are_fast,
+    Int8Linear,
+    bf16_kernels_are_fast,
     full_range_int8_is_exact,
     quantize_int8,
 )
@@ -137,7 +137,7 @@ def test_int8_model_is_close_to_float32():
     # The subsampling's second convolution runs in bfloat16 where the CPU has the kernels;
     # the first, on the features, in float32.
     convs = [type(m) for m in int8.encoder.subsampling.conv if not isinstance(m, nn.ReLU)]
-    assert convs == [nn.Conv2d, BF16Conv2d if bf16_convolutions_are_fast() else nn.Conv2d]
+    assert convs == [nn.Conv2d, BF16Conv2d if bf16_kernels_are_fast() else nn.Conv2d]
     original = model.encoder.subsampling.conv[2]  # the original second convolution is kept
     assert isinstance(original, nn.Conv2d) and original.weight.dtype == torch.float32
 
@@ -276,13 +276,32 @@ def test_int8_activation_range_follows_the_probe(monkeypatch, full_range):
     monkeypatch.setattr(quantize, "full_range_int8_is_exact", lambda: full_range)
     layer, x = _overflow_prone_linear()
     int8 = quantize_int8(layer)
-    assert isinstance(int8[0], FullRangeDynamicLinear) is full_range
+    assert isinstance(int8[0], Int8Linear) and int8[0].reduce_range == (not full_range)
     with torch.no_grad():
         torch.testing.assert_close(int8(x), layer(x), rtol=0.01, atol=0.0)
     lstm = quantize_int8(nn.Sequential(nn.LSTM(8, 16, num_layers=2)))[0]
     for packed in lstm._all_weight_values:
         (_, _, _, (reduce_range,), _), _ = packed.param.__getstate__()
         assert reduce_range == (not full_range)
+
+
+def test_int8_linear_passes_gradients_to_its_input_only():
+    """Gradients reach an int8 layer's input (for test-time adaptation): close to those of
+    the float32 layer it came from, within the int8 rounding of the gradient and weights;
+    the int8 weights get none. Without gradients the output is the same."""
+    torch.manual_seed(0)
+    layer = nn.Sequential(nn.Linear(48, 80))
+    int8 = quantize_int8(layer)
+    x = torch.randn(3, 7, 48, requires_grad=True)
+    upstream = torch.randn(3, 7, 80)
+    out = int8(x)
+    (int8_grad,) = torch.autograd.grad(out, x, upstream)
+    (float_grad,) = torch.autograd.grad(layer(x), x, upstream)
+    assert int8_grad.shape == x.shape
+    assert 0 < _relative_error(int8_grad, float_grad) < 0.02
+    assert not [p for p in int8.parameters() if p.requires_grad]
+    with torch.no_grad():
+        torch.testing.assert_close(out, int8(x), rtol=0, atol=0)
 
 
 @pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated")
@@ -351,7 +370,8 @@ def test_quick_benchmark_writes_json(tmp_path):
     assert {r["benchmark"] for r in rows} == {
         "encoder forward", "int8 encoder forward", "int8 Linear layers", "train step",
         "train step, pruned S=2", "transcribe", "transcribe, bundled", "int8 transcribe, bundled",
-        "adapted encoder, bundled", "rnnt loss fwd+bwd", "loader batch",
+        "adapted encoder, bundled", "int8 adapted encoder, bundled", "rnnt loss fwd+bwd",
+        "loader batch",
     }
     for row in rows:
         assert row["fast_s"] > 0 and row["baseline_s"] > 0
@@ -370,9 +390,10 @@ def test_quick_benchmark_writes_json(tmp_path):
     assert transcribe["extra"]["rtf_fast"] > 0
     [loader] = [r for r in rows if r["benchmark"] == "loader batch"]  # 2 utterances of 1 s
     assert loader["extra"]["audio_s_per_s_fast"] == pytest.approx(2.0 / loader["fast_s"])
-    adapted = [r for r in rows if r["benchmark"] == "adapted encoder, bundled"]
-    assert [r["batch"] for r in adapted] == [1, 2]
-    assert all(r["extra"]["adapt_steps"] > 0 for r in adapted)
+    for name in ("adapted encoder, bundled", "int8 adapted encoder, bundled"):
+        adapted = [r for r in rows if r["benchmark"] == name]
+        assert [r["batch"] for r in adapted] == [1, 2]
+        assert all(r["extra"]["adapt_steps"] > 0 for r in adapted)
     for name in ("transcribe, bundled", "int8 transcribe, bundled"):
         # all four examples in one call, and one call per file
         bundled = [r for r in rows if r["benchmark"] == name]

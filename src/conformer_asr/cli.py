@@ -296,7 +296,6 @@ def _add_adapt_flag(p: argparse.ArgumentParser, default: int | None, help_defaul
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from .inference.adapt import check_int8_adaptation
     from .inference.lm_dir import load_lexicon_for, load_lm_for
     from .inference.model_dir import load_model_dir, resolve_model_dir
     from .inference.tune import best_result, format_row, tune
@@ -304,7 +303,6 @@ def _tune(args: argparse.Namespace) -> int:
 
     if args.int8:
         check_int8_device(args.device)
-        check_int8_adaptation(args.adapt_steps)
     model, tokenizer, _ = load_model_dir(resolve_model_dir(args.model))
     lm = load_lm_for(args.lm, tokenizer)
     lexicon = load_lexicon_for(args.lm, tokenizer)
@@ -368,7 +366,7 @@ def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
                    help="auto, ctc or transducer: the output a hybrid CTC + transducer model "
                         "decodes with (default: auto, the transducer where there is one)")
     _add_adapt_flag(p, None, "default: the model folder's own setting when an LM is used, "
-                             "5 for the bundled model, else 0; --int8 makes it 0")
+                             "5 for the bundled model, else 0")
     _add_device_flag(p)
     _add_int8_flag(p)
 

@@ -34,13 +34,6 @@ ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults
 ADAM_EPS = 1e-8
 
 
-def check_int8_adaptation(adapt_steps: int | None) -> None:
-    """ValueError where an int8 model is asked to adapt: its int8 layers have no gradients."""
-    if adapt_steps:
-        raise ValueError("adapt_steps: an int8 model cannot be adapted (its int8 layers have "
-                         "no gradients); give adapt_steps=0 or int8=False")
-
-
 def adaptation_loss(logits: torch.Tensor) -> torch.Tensor:
     """logits (T, V) of one utterance's CTC head, token 0 blank -> scalar.
 

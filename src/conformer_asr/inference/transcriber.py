@@ -55,7 +55,7 @@ from ..models.asr import ASRModel
 from ..models.lm import WordPieceLM
 from ..models.quantize import check_int8_device, quantize_int8
 from ..text.tokenizer import Tokenizer
-from .adapt import check_int8_adaptation, encode
+from .adapt import encode
 from .lm_dir import load_lexicon_for, load_lm_for
 from .model_dir import bundled_lm_dir, load_model_dir, resolve_model_dir
 
@@ -428,9 +428,8 @@ def load_model(
     ``int8`` runs the Linear and LSTM layers of the model and of its LM in int8, and
     the model's subsampling convolutions in bfloat16 on CPUs with bfloat16 kernels
     (``quantize_int8``; a loaded LM passed in is copied, not changed): faster on the
-    CPU, at a small cost in accuracy; CPU only. An int8 model is not adapted (its int8
-    layers have no gradients): the folder's ``adapt_steps`` is dropped, and asking for
-    some is an error.
+    CPU, at a small cost in accuracy; CPU only. An int8 model adapts as the float32 one
+    does (gradients pass through its int8 layers).
     """
     # named here, not as an AttributeError or TypeError deep inside (lm=123, options={...})
     if not isinstance(lm, str | os.PathLike | WordPieceLM | None):
@@ -443,7 +442,6 @@ def load_model(
         raise ValueError(f"int8: True or False; got {int8!r}")
     if int8:
         check_int8_device(device)
-        check_int8_adaptation(adapt_steps)
     check_device(device)  # torch's own error for a GPU this machine lacks is a bare assert
     directory = resolve_model_dir(path_or_name)
     model, tokenizer, config = load_model_dir(directory)
@@ -455,7 +453,7 @@ def load_model(
         options = config.decoding
     overrides = {"beam_size": beam_size, "lm_weight": lm_weight, "length_bonus": length_bonus,
                  "oov_penalty": oov_penalty, "head": head,
-                 "adapt_steps": 0 if int8 else adapt_steps}
+                 "adapt_steps": adapt_steps}
     options = dataclasses.replace(options or DecodingOptions(),
                                   **{k: v for k, v in overrides.items() if v is not None})
     lexicon = None

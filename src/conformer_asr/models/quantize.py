@@ -8,7 +8,7 @@ import contextlib
 import functools
 import warnings
 from collections.abc import Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -27,21 +27,21 @@ def quantize_int8(model: ModuleT) -> ModuleT:
     int8 products cannot overflow (:func:`full_range_int8_is_exact`: VNNI), which
     halves their rounding error, and 7 elsewhere (torch's default). The 2-D
     convolutions after the first (the encoder's subsampling) run in bfloat16 where
-    oneDNN has bfloat16 kernels for this CPU (:func:`bf16_convolutions_are_fast`,
+    oneDNN has bfloat16 kernels for this CPU (:func:`bf16_kernels_are_fast`,
     AVX-512), and in float32 elsewhere. Other convolutions, normalisation, attention
-    and embeddings stay in float32. CPU only, inference only (no gradients).
+    and embeddings stay in float32. CPU only. The int8 weights cannot be trained, but
+    gradients pass through the int8 Linear layers to what comes before them, so the
+    float32 parameters can (test-time adaptation does).
     """
     with _quiet_deprecations():
         full_range = full_range_int8_is_exact()
-        mapping = get_default_dynamic_quant_module_mappings()
-        if full_range:
-            mapping = {**mapping, nn.Linear: FullRangeDynamicLinear}
+        mapping = {**get_default_dynamic_quant_module_mappings(), nn.Linear: Int8Linear}
         quantized = torch.ao.quantization.quantize_dynamic(
             model, {nn.Linear, nn.LSTM}, dtype=torch.qint8, mapping=mapping
         )
     if full_range:
-        _lstms_in_full_range(quantized)
-    if bf16_convolutions_are_fast():
+        _activations_in_full_range(quantized)
+    if bf16_kernels_are_fast():
         _convolve_in_bf16(quantized)
     return quantized.eval()
 
@@ -87,32 +87,69 @@ def full_range_int8_is_exact() -> bool:
     return bool(torch.allclose(out, x @ weight.T, rtol=0.01))
 
 
-class FullRangeDynamicLinear(dynamic_quantized.Linear):
-    """torch's dynamically quantised Linear with activations quantised to all 8 bits
-    (``reduce_range=False``); only where :func:`full_range_int8_is_exact`."""
+class Int8Linear(dynamic_quantized.Linear):
+    """torch's dynamically quantised Linear, with two changes: activations are quantised
+    to all 8 bits where ``reduce_range`` is False (:func:`full_range_int8_is_exact`), and
+    gradients reach its input (not its int8 weights), so that the parameters before it can
+    be adapted (``inference.adapt``). The input's gradient is a product with the weights
+    dequantised (at the first backward pass, then kept), in bfloat16 where the CPU has
+    bfloat16 kernels and float32 elsewhere. (An int8 product there, with the gradient
+    quantised per tensor as the activations are, put test-time adaptation's gradients
+    40-50% off those of float32 products; bfloat16 puts them 0.3% off.)"""
+
+    reduce_range = True  # torch's default: 7-bit activations
+    _backward_weight: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _Int8Product.apply(x, self)
+        return self.product(x)
+
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in_features) -> (..., out_features), in x's dtype, without gradients."""
         out = torch.ops.quantized.linear_dynamic(
-            x, self._packed_params._packed_params, reduce_range=False)
+            x, self._packed_params._packed_params, reduce_range=self.reduce_range)
         return out.to(x.dtype)
 
+    def input_gradient(self, grad: torch.Tensor) -> torch.Tensor:
+        """grad (..., out_features) -> grad @ weight (..., in_features), in grad's dtype."""
+        if self._backward_weight is None:
+            dtype = torch.bfloat16 if bf16_kernels_are_fast() else torch.float32
+            self._backward_weight = self.weight().dequantize().to(dtype)
+        return (grad.to(self._backward_weight.dtype) @ self._backward_weight).to(grad.dtype)
 
-def _lstms_in_full_range(module: nn.Module) -> None:
-    """Rebuilds the cells of every dynamically quantised LSTM below ``module`` with
-    activations quantised to all 8 bits (torch builds them with ``reduce_range``)."""
-    for lstm in module.modules():
-        if not isinstance(lstm, dynamic_quantized.LSTM):
+
+class _Int8Product(torch.autograd.Function):
+    """``layer.product(x)``, differentiable in x."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, layer: Int8Linear) -> torch.Tensor:
+        ctx.layer = layer
+        return layer.product(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return ctx.layer.input_gradient(grad), None
+
+
+def _activations_in_full_range(module: nn.Module) -> None:
+    """Has every int8 Linear and LSTM below ``module`` quantise its activations to all 8
+    bits (torch builds the LSTMs' cells with ``reduce_range``, and rebuilds them here)."""
+    for layer in module.modules():
+        if isinstance(layer, Int8Linear):
+            layer.reduce_range = False
+        if not isinstance(layer, dynamic_quantized.LSTM):
             continue
-        for packed in lstm._all_weight_values:
+        for packed in layer._all_weight_values:
             (kind, (bias_ih, bias_hh), _, _, (w_ih, w_hh)), _ = packed.param.__getstate__()
             assert kind == "quantized_dynamic", kind
             packed.param = torch.ops.quantized.make_quantized_cell_params_dynamic(
                 w_ih, w_hh, bias_ih, bias_hh, False)
 
 
-def bf16_convolutions_are_fast() -> bool:
-    """Whether oneDNN runs bfloat16 convolutions natively on this CPU (AVX-512 and
-    newer); on others they are emulated and slower than float32."""
+def bf16_kernels_are_fast() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions and matrix products natively on this CPU
+    (AVX-512 and newer); on others they are emulated and slower than float32."""
     return torch.backends.mkldnn.is_available() and bool(
         torch.ops.mkldnn._is_mkldnn_bf16_supported()
     )
