@@ -1016,6 +1016,32 @@ def test_help_needs_no_torch():
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT")
+def test_ctrl_c_during_an_import_that_catches_it_still_stops(tmp_path, monkeypatch):
+    """torch's import sometimes catches the KeyboardInterrupt of a Ctrl-C and goes on (3 of
+    40 tries), and the command then ran to the end. Here a module does so every time; the
+    Ctrl-C is held until its import is done, then raised."""
+    import signal
+
+    from conformer_asr.cli import _import_holding_ctrl_c
+
+    (tmp_path / "catches_ctrl_c.py").write_text(
+        "import os, signal, time\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(0.5)  # the interrupt lands here\n"
+        "except KeyboardInterrupt:\n"
+        "    pass\n"
+        "LOADED = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        _import_holding_ctrl_c("catches_ctrl_c")
+    assert sys.modules["catches_ctrl_c"].LOADED
+    assert signal.getsignal(signal.SIGINT) is handler
+    monkeypatch.delitem(sys.modules, "catches_ctrl_c")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT")
 def test_ctrl_c_while_torch_loads_ends_quietly():
     """Ctrl-C in the first second printed a traceback from inside torch's or lhotse's
     import, and the exit status was -2 instead of 130."""

