@@ -19,7 +19,7 @@ from conformer_asr.inference.adapt import (
     adapted_parameters,
     encode,
     encode_adapted,
-    rowwise_layer_norms,
+    with_rowwise_layer_norms,
 )
 from conformer_asr.models import ASRModel, ModelConfig, quantize_int8
 from conformer_asr.models.config import EncoderConfig
@@ -130,11 +130,11 @@ def test_each_utterance_is_adapted_alone(max_frames, runs, monkeypatch):
 def _layer_norm_gradient(model: ASRModel, feats: torch.Tensor,
                          lengths: torch.Tensor) -> torch.Tensor:
     """The adaptation loss's gradient in every row's LayerNorm gains and biases."""
-    with rowwise_layer_norms(model, feats.shape[0]) as table:
-        enc, enc_lengths = model.encode(feats, lengths)
-        logits = model.ctc_head(enc)
-        loss = sum(adaptation_loss(logits[row, : int(n)]) for row, n in enumerate(enc_lengths))
-        return torch.autograd.grad(loss, table)[0]
+    adapting, table = with_rowwise_layer_norms(model, feats.shape[0])
+    enc, enc_lengths = adapting.encode(feats, lengths)
+    logits = adapting.ctc_head(enc)
+    loss = sum(adaptation_loss(logits[row, : int(n)]) for row, n in enumerate(enc_lengths))
+    return torch.autograd.grad(loss, table)[0]
 
 
 def test_an_int8_model_adapts_as_its_float32_model_does():
@@ -155,11 +155,12 @@ def test_an_int8_model_adapts_as_its_float32_model_does():
             model.ctc_head(unadapted[0]))
 
 
-def test_the_layer_norms_are_their_own_again_after_adapting():
-    """The model's own LayerNorm modules are back in place of the per-row ones: it
-    encodes as before, also after an error inside the adaptation."""
+def test_adapting_leaves_the_model_as_it_was():
+    """Adaptation works on a copy whose LayerNorms are per-row ones; the model keeps its
+    own modules and encodes as before, also after an error inside the adaptation. The
+    copy shares every other module and every parameter."""
     model = _ctc_model()
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    modules = list(model.modules())
     feats, lengths = torch.randn(2, 100, 80), torch.tensor([100, 70])
     with torch.no_grad():
         before, _ = model.encode(feats, lengths)
@@ -169,8 +170,42 @@ def test_the_layer_norms_are_their_own_again_after_adapting():
     with torch.no_grad():
         after, _ = model.encode(feats, lengths)
     assert torch.equal(before, after)
-    assert [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)] == norms
-    assert not any(isinstance(m, adapt.RowwiseLayerNorm) for m in model.modules())
+    assert list(model.modules()) == modules
+    adapting, _ = with_rowwise_layer_norms(model, rows=2)
+    norms = [m for m in modules if isinstance(m, torch.nn.LayerNorm)]
+    rowwise = [m for m in adapting.modules() if isinstance(m, adapt.RowwiseLayerNorm)]
+    assert len(rowwise) == len(norms) > 0
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in adapting.modules())
+    assert adapting.ctc_head is model.ctc_head
+    assert adapting.encoder.subsampling is model.encoder.subsampling
+    assert {id(p) for p in adapting.parameters()} < {id(p) for p in model.parameters()}
+
+
+def test_threads_adapt_with_one_model_at_once():
+    """A server's threads transcribing with one model: each adaptation works on its own
+    copy of the LayerNorms, so concurrent calls give what they give one after another
+    (swapping the LayerNorms in the shared model made them fail)."""
+    import threading
+
+    model = _ctc_model()
+    inputs = [(torch.randn(1, 120 + 20 * i, 80), torch.tensor([120 + 20 * i]))
+              for i in range(4)]
+    expected = [encode_adapted(model, f, n, steps=3, lr=0.01)[0] for f, n in inputs]
+    results: dict[int, torch.Tensor] = {}
+    barrier = threading.Barrier(len(inputs))
+
+    def work(i: int) -> None:
+        barrier.wait()
+        for _ in range(3):
+            results[i] = encode_adapted(model, *inputs[i], steps=3, lr=0.01)[0]
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == list(range(len(inputs)))
+    for i, reference in enumerate(expected):
+        torch.testing.assert_close(results[i], reference)
 
 
 def test_encode_adapts_only_when_the_options_say_so():

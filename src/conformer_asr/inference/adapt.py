@@ -16,9 +16,8 @@ forward and a backward pass of the encoder on the whole batch.
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -87,31 +86,40 @@ class RowwiseLayerNorm(nn.Module):
         return torch.addcmul(bias.view(-1, *extra, width), normed, gain.view(-1, *extra, width))
 
 
-@contextmanager
-def rowwise_layer_norms(model: ASRModel, rows: int) -> Iterator[torch.Tensor]:
-    """Within the block, every encoder LayerNorm is swapped for a ``RowwiseLayerNorm``,
-    all reading the yielded leaf (rows, P): row b holds, per LayerNorm in
-    ``adapted_parameters`` order, its gain and then its bias for batch row b, each row
-    starting as the module's own. The LayerNorms are put back on leaving, errors
-    included; their parameters are not touched."""
+def with_rowwise_layer_norms(model: ASRModel, rows: int) -> tuple[ASRModel, torch.Tensor]:
+    """A copy of ``model`` whose encoder LayerNorms are ``RowwiseLayerNorm``s, all reading
+    the returned leaf (rows, P): row b holds, per LayerNorm in ``adapted_parameters``
+    order, its gain and then its bias for batch row b, each row starting as the module's
+    own. The copy shares every other module and every parameter with ``model``, which is
+    left as it is, so that threads can adapt with one model at once."""
     norms = _encoder_layer_norms(model)
     table = torch.cat([p.detach().reshape(-1) for p in adapted_parameters(model)])
     table = table.expand(rows, -1).clone().requires_grad_()
+    replacements: dict[str, nn.Module] = {}
     start = 0
     for name, norm in norms:
-        _swap(model.encoder, name, RowwiseLayerNorm(norm, table, start))
+        replacements[f"encoder.{name}"] = RowwiseLayerNorm(norm, table, start)
         start += 2 * norm.weight.numel()
-    try:
-        yield table
-    finally:
-        for name, norm in norms:
-            _swap(model.encoder, name, norm)
+    adapting = _with_submodules(model, replacements)
+    assert isinstance(adapting, ASRModel)
+    return adapting, table
 
 
-def _swap(root: nn.Module, name: str, module: nn.Module) -> None:
-    """Puts ``module`` where ``root``'s submodule ``name`` (dotted) is."""
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent), child, module)
+def _with_submodules(module: nn.Module, replacements: dict[str, nn.Module],
+                     path: str = "") -> nn.Module:
+    """A shallow copy of ``module`` (itself at dotted ``path``) with each submodule named in
+    ``replacements`` (by dotted path) swapped in; a submodule with none of them below it is
+    shared, not copied."""
+    if path in replacements:
+        return replacements[path]
+    if path and not any(name.startswith(f"{path}.") for name in replacements):
+        return module
+    copied = copy.copy(module)
+    copied.__dict__["_modules"] = {
+        name: None if child is None else _with_submodules(
+            child, replacements, f"{path}.{name}" if path else name)
+        for name, child in module._modules.items()}
+    return copied
 
 
 def encode_adapted(
@@ -155,23 +163,23 @@ def _adapt_rows(
     any torch.optim optimiser imports torch._dynamo, which took 0.85 s, a quarter of a
     one-file ``conformer-asr transcribe``."""
     feats = feats[:, : int(lengths.max())]
-    with rowwise_layer_norms(model, feats.shape[0]) as table:
-        mean, mean_square = torch.zeros_like(table), torch.zeros_like(table)
-        for step in range(1, steps + 1):
-            with torch.enable_grad():
-                enc, enc_lengths = model.encode(feats, lengths)
-                logits = model.ctc_head(enc)
-                loss = sum(adaptation_loss(logits[row, : int(n)])
-                           for row, n in enumerate(enc_lengths))
-                (grad,) = torch.autograd.grad(loss, table)
-            with torch.no_grad():
-                mean.lerp_(grad, 1 - ADAM_BETAS[0])
-                mean_square.mul_(ADAM_BETAS[1]).addcmul_(grad, grad, value=1 - ADAM_BETAS[1])
-                scale = math.sqrt(1 - ADAM_BETAS[1] ** step)
-                denominator = (mean_square.sqrt() / scale).add_(ADAM_EPS)
-                table.addcdiv_(mean, denominator, value=-lr / (1 - ADAM_BETAS[0] ** step))
+    adapting, table = with_rowwise_layer_norms(model, feats.shape[0])
+    mean, mean_square = torch.zeros_like(table), torch.zeros_like(table)
+    for step in range(1, steps + 1):
+        with torch.enable_grad():
+            enc, enc_lengths = adapting.encode(feats, lengths)
+            logits = adapting.ctc_head(enc)
+            loss = sum(adaptation_loss(logits[row, : int(n)])
+                       for row, n in enumerate(enc_lengths))
+            (grad,) = torch.autograd.grad(loss, table)
         with torch.no_grad():
-            return model.encode(feats, lengths)
+            mean.lerp_(grad, 1 - ADAM_BETAS[0])
+            mean_square.mul_(ADAM_BETAS[1]).addcmul_(grad, grad, value=1 - ADAM_BETAS[1])
+            scale = math.sqrt(1 - ADAM_BETAS[1] ** step)
+            denominator = (mean_square.sqrt() / scale).add_(ADAM_EPS)
+            table.addcdiv_(mean, denominator, value=-lr / (1 - ADAM_BETAS[0] ** step))
+    with torch.no_grad():
+        return adapting.encode(feats, lengths)
 
 
 def encode(
