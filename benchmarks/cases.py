@@ -7,8 +7,10 @@ import copy
 import dataclasses
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -442,20 +444,30 @@ def bundled_transcription(settings: Settings, one_at_a_time: bool) -> Row:
                                 one_at_a_time)
 
 
+def _bundled_adaptation(
+    batch: int, settings: Settings
+) -> tuple[ASRModel, int, Callable[..., Call]]:
+    """The bundled model, its decoding's adaptation steps, and ``adapting(model, how)``:
+    a call that adapts and encodes ``batch`` random utterances with ``model`` by ``how``
+    (``encode_adapted`` or ``adapt_one_at_a_time``) at those steps and learning rate."""
+    bundled = load_model(device=str(torch.get_default_device()))
+    options = bundled.options
+    feats, lengths = random_features(bundled.model.cfg, batch, settings.work.audio_seconds)
+
+    def adapting(model: ASRModel, how: Callable[..., Any] = encode_adapted) -> Call:
+        return lambda: how(model, feats, lengths, options.adapt_steps, options.adapt_lr)
+    return bundled.model, options.adapt_steps, adapting
+
+
 def adapted_encoder(batch: int, settings: Settings) -> Row:
     """The bundled model's test-time adaptation (its decoding's steps and learning rate)
     and encoding of ``batch`` utterances, as the transcriber runs it: all rows at once
     (``encode_adapted``) vs one utterance at a time (``adapt_one_at_a_time``)."""
-    bundled = load_model(device=str(torch.get_default_device()))
-    model, options = bundled.model, bundled.options
-    feats, lengths = random_features(model.cfg, batch, settings.work.audio_seconds)
+    model, steps, adapting = _bundled_adaptation(batch, settings)
     row = compare("adapted encoder, bundled", model.cfg.name, batch, "one at a time",
-                  lambda: encode_adapted(model, feats, lengths, options.adapt_steps,
-                                         options.adapt_lr),
-                  lambda: adapt_one_at_a_time(model, feats, lengths, options.adapt_steps,
-                                              options.adapt_lr),
-                  settings, memory=True)
-    row.extra = {"adapt_steps": options.adapt_steps,
+                  adapting(model), adapting(model, adapt_one_at_a_time), settings,
+                  memory=True)
+    row.extra = {"adapt_steps": steps,
                  "rtf_fast": row.fast_s / (batch * settings.work.audio_seconds),
                  "rtf_baseline": row.baseline_s / (batch * settings.work.audio_seconds)}
     return row
@@ -466,17 +478,10 @@ def int8_adapted_encoder(batch: int, settings: Settings) -> Row:
     decoding's steps and learning rate) of ``batch`` utterances: int8 (``quantize_int8``;
     the backward passes run through the int8 Linear layers in bfloat16 or float32) vs
     float32."""
-    bundled = load_model(device=str(torch.get_default_device()))
-    model, options = bundled.model, bundled.options
-    int8 = quantize_int8(model)
-    feats, lengths = random_features(model.cfg, batch, settings.work.audio_seconds)
+    model, steps, adapting = _bundled_adaptation(batch, settings)
     row = compare("int8 adapted encoder, bundled", model.cfg.name, batch, "fp32",
-                  lambda: encode_adapted(int8, feats, lengths, options.adapt_steps,
-                                         options.adapt_lr),
-                  lambda: encode_adapted(model, feats, lengths, options.adapt_steps,
-                                         options.adapt_lr),
-                  settings)
-    row.extra = {"adapt_steps": options.adapt_steps}
+                  adapting(quantize_int8(model)), adapting(model), settings)
+    row.extra = {"adapt_steps": steps}
     return row
 
 
