@@ -453,6 +453,7 @@ def test_pack_keeps_adaptation_steps_for_a_ctc_model_only(model_dir, lm_dir, tok
     tune = ["tune", "--manifest", str(DATA / "manifest.jsonl"), "--lm", str(lm_dir),
             "--lm-weights", "0.3", "--length-bonuses", "0", "--adapt-steps", "2"]
     assert main([*tune, "--model", str(ctc_dir)]) == 0  # tuned as pack will decode
+    assert main([*tune, "--model", str(ctc_dir), "--int8"]) == 0  # int8 adapts too
     assert main([*tune, "--model", str(model_dir)]) == 2
     assert "adaptation needs a CTC head" in capsys.readouterr().err
 
