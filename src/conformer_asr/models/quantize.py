@@ -138,13 +138,12 @@ def _activations_in_full_range(module: nn.Module) -> None:
     for layer in module.modules():
         if isinstance(layer, Int8Linear):
             layer.reduce_range = False
-        if not isinstance(layer, dynamic_quantized.LSTM):
-            continue
-        for packed in layer._all_weight_values:
-            (kind, (bias_ih, bias_hh), _, _, (w_ih, w_hh)), _ = packed.param.__getstate__()
-            assert kind == "quantized_dynamic", kind
-            packed.param = torch.ops.quantized.make_quantized_cell_params_dynamic(
-                w_ih, w_hh, bias_ih, bias_hh, False)
+        elif isinstance(layer, dynamic_quantized.LSTM):
+            for packed in layer._all_weight_values:
+                (kind, (bias_ih, bias_hh), _, _, (w_ih, w_hh)), _ = packed.param.__getstate__()
+                assert kind == "quantized_dynamic", kind
+                packed.param = torch.ops.quantized.make_quantized_cell_params_dynamic(
+                    w_ih, w_hh, bias_ih, bias_hh, False)
 
 
 def bf16_kernels_are_fast() -> bool:
