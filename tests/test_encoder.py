@@ -22,7 +22,7 @@ from conformer_asr.models.attention import (
     relative_shift,
 )
 from conformer_asr.models.config import NAMED_CONFIGS, PAPER_PARAMS
-from conformer_asr.models.conformer import ConvolutionModule, MaskedBatchNorm1d
+from conformer_asr.models.conformer import ConvolutionModule, MaskedBatchNorm1d, Swish
 from conformer_asr.models.subsampling import SLICE_FRAMES, Conv2dSubsampling
 
 TINY = EncoderConfig(d_model=32, n_layers=2, n_heads=4, conv_kernel_size=7, dropout=0.0)
@@ -205,6 +205,24 @@ def test_eval_mode_folds_batch_norm_into_the_depthwise_convolution():
     expected = norm(module.depthwise_channels_last(x, conv.weight, conv.bias), None)
     folded = module.depthwise_channels_last(x, *module.depthwise_with_batch_norm())
     torch.testing.assert_close(folded, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_swish_writes_over_its_input_only_where_autograd_does_not_track_it():
+    """Without autograd, Swish is SiLU written over its input; with it, the input is left
+    as it is and the gradient is SiLU's (gradcheck)."""
+    x = torch.randn(4, 6, dtype=torch.float64)
+    expected = torch.nn.functional.silu(x)
+    with torch.no_grad():
+        given = x.clone()
+        out = Swish()(given)
+    assert out.data_ptr() == given.data_ptr()
+    torch.testing.assert_close(out, expected)
+    leaf = x.clone().requires_grad_()
+    out = Swish()(leaf)
+    assert out.data_ptr() != leaf.data_ptr()
+    torch.testing.assert_close(leaf.detach(), x)
+    torch.testing.assert_close(out.detach(), expected)
+    assert torch.autograd.gradcheck(Swish(), (leaf,))
 
 
 def test_encoder_contract_shapes():
