@@ -163,11 +163,13 @@ def _adapt_rows(
     any torch.optim optimiser imports torch._dynamo, which took 0.85 s, a quarter of a
     one-file ``conformer-asr transcribe``."""
     feats = feats[:, : int(lengths.max())]
+    with torch.no_grad():  # eval mode: no SpecAugment; before every LayerNorm: once
+        subsampled, sub_lengths = model.encoder.subsampling(feats, lengths)
     adapting, table = with_rowwise_layer_norms(model, feats.shape[0])
     mean, mean_square = torch.zeros_like(table), torch.zeros_like(table)
     for step in range(1, steps + 1):
         with torch.enable_grad():
-            enc, enc_lengths = adapting.encode(feats, lengths)
+            enc, enc_lengths = adapting.encoder.run_blocks(subsampled, sub_lengths)
             logits = adapting.ctc_head(enc)
             loss = sum(adaptation_loss(logits[row, : int(n)])
                        for row, n in enumerate(enc_lengths))
@@ -179,7 +181,7 @@ def _adapt_rows(
             denominator = (mean_square.sqrt() / scale).add_(ADAM_EPS)
             table.addcdiv_(mean, denominator, value=-lr / (1 - ADAM_BETAS[0] ** step))
     with torch.no_grad():
-        return adapting.encode(feats, lengths)
+        return adapting.encoder.run_blocks(subsampled, sub_lengths)
 
 
 def encode(

@@ -192,7 +192,13 @@ class ConformerEncoder(nn.Module):
     def forward(
         self, feats: torch.Tensor, lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        x, lengths = self.subsampling(feats, lengths)
+        return self.run_blocks(*self.subsampling(feats, lengths))
+
+    def run_blocks(
+        self, x: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Conformer blocks alone: ``self.subsampling``'s output x (B, T', D) and
+        lengths (B,) -> (out (B, T', D), lengths (B,)), as ``forward`` returns them."""
         pad = padding_mask(lengths, x.shape[1])
         pos = relative_positions(x.shape[1], self.cfg.d_model, x.device, x.dtype)
         for block in self.blocks:
