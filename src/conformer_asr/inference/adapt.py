@@ -11,7 +11,8 @@ rounding), not on what else is in its batch.
 
 It needs no labels and no other data, and it moves a model trained on synthetic voices
 towards a voice it never heard (recipes/synthetic/README.md, step 4b). Each step is a
-forward and a backward pass of the encoder on the whole batch.
+forward and a backward pass of the encoder's Conformer blocks on the whole batch; the
+subsampling before them, which no adapted parameter feeds, runs once.
 """
 
 from __future__ import annotations
