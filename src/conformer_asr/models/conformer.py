@@ -27,8 +27,8 @@ class Swish(nn.Module):
     track it (inference): no second tensor of the input's size is made and written.
     Only for inputs that nothing else reads, such as a Linear layer's fresh output. On a
     2-core VM the eval encoder's forward ran up to 7% faster in float32 and up to 10%
-    under ``quantize_int8`` (conformer-s and -m, batch 1 and 8, 2026-12-05), the most
-    while the VM ran slow, nothing while it ran fast (benchmarks/README.md)."""
+    under ``quantize_int8`` (conformer-s and -m, batch 1 and 8, 2026-12-05), most of it
+    while the VM ran slow, little while it ran fast (benchmarks/README.md)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.silu(x, inplace=not tracks_grad(x))
