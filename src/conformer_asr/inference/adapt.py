@@ -134,7 +134,7 @@ def encode_adapted(
     Rows adapt together, in runs of consecutive rows of at most ``max_frames`` padded
     feature frames (at least one row), which bounds the activations a backward pass keeps.
     Rows of an eval-mode encoder do not see each other, each row has LayerNorm parameters
-    of its own (``rowwise_layer_norms``) and its own loss, and Adam works elementwise, so
+    of its own (``with_rowwise_layer_norms``) and its own loss, and Adam works elementwise, so
     a run's steps are each row's steps taken alone (up to the rounding of batched
     kernels), at the cost of one batched pass per step.
     """

@@ -15,6 +15,8 @@ from torch import nn
 from torch.ao.nn.quantized import dynamic as dynamic_quantized
 from torch.ao.quantization import get_default_dynamic_quant_module_mappings
 
+from .conformer import tracks_grad
+
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
@@ -101,7 +103,7 @@ class Int8Linear(dynamic_quantized.Linear):
     _backward_weight: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
+        if tracks_grad(x):
             return _Int8Product.apply(x, self)
         return self.product(x)
 
