@@ -2,11 +2,13 @@
 
 import dataclasses
 import itertools
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conformer_asr.decoding.beam import NEG_INF, select
 from conformer_asr.decoding.ctc_beam import ctc_beam_search
 from conformer_asr.decoding.fusion import ShallowFusion
 from conformer_asr.decoding.greedy import ctc_greedy, rnnt_greedy
@@ -167,6 +169,55 @@ def test_ties_go_to_the_lower_token_id():
     assert ctc_beam_search(log_probs, torch.tensor([1]), 2)[0].tokens == [1]
 
 
+def test_select_drops_the_candidates_beyond_the_threshold():
+    candidates = torch.tensor([[[0.0, -1.0, -5.0], [-2.0, -20.0, -3.5]]])  # (B=1, K=2, V=3)
+    scores, sources, tokens = select(candidates, 4)
+    assert (scores.tolist(), sources.tolist(), tokens.tolist()) == (
+        [[0.0, -1.0, -2.0, -3.5]], [[0, 0, 1, 1]], [[0, 1, 0, 2]])
+    scores, sources, tokens = select(candidates, 4, threshold=3.0)
+    assert scores.tolist() == [[0.0, -1.0, -2.0, NEG_INF]]  # -3.5 < 0 - 3
+    assert sources.tolist() == [[0, 0, 1, 0]]  # the dead row continues hypothesis 0...
+    assert tokens.tolist() == [[0, 1, 0, 0]]  # ...and appends nothing
+
+
+class CountingLM:
+    """A fusion LM that counts the rows it steps."""
+
+    def __init__(self, lm: WordPieceLM) -> None:
+        self.lm, self.rows = lm, 0
+
+    def step(self, tokens, state):
+        self.rows += tokens.shape[0]
+        return self.lm.step(tokens, state)
+
+
+def test_a_threshold_below_every_gap_searches_as_a_beam_of_one():
+    """Hypotheses the threshold drops stay dropped: with a threshold too small for any but
+    the best candidate, a beam of 8 finds what a beam of 1 finds, and the LM steps no
+    more rows than one per utterance and frame."""
+    model = _tiny_transducer(vocab=8)
+    enc = 3 * torch.randn(3, 12, 16)
+    lengths = torch.tensor([12, 7, 3])
+    log_probs = (2 * torch.randn(3, 12, 8)).log_softmax(dim=-1)
+    lm = CountingLM(_tiny_lm(8))
+    fusion = ShallowFusion(lm, weight=0.5, length_bonus=0.3)
+    searches = [
+        lambda beam, threshold: rnnt_beam_search(model, enc, lengths, beam, fusion, threshold),
+        lambda beam, threshold: ctc_beam_search(log_probs, lengths, beam, fusion, threshold),
+    ]
+    for search in searches:
+        one = search(1, None)
+        lm.rows = 0
+        thresholded = search(8, 1e-6)
+        assert lm.rows <= 3 * 8 + 3 * 12  # every row at the start, then one per utterance and frame
+        assert [(h.tokens, h.frames) for h in thresholded] == [(h.tokens, h.frames) for h in one]
+        assert [h.score for h in thresholded] == pytest.approx([h.score for h in one], abs=1e-5)
+        lm.rows = 0
+        wide = search(8, None)
+        assert lm.rows > 3 * 8 + 3 * 12
+        assert search(8, 1e6) == wide  # a threshold wider than every gap drops nothing
+
+
 def test_batched_search_equals_one_utterance_at_a_time():
     model = _tiny_transducer(vocab=8)
     enc = 3 * torch.randn(4, 10, 16)
@@ -223,11 +274,15 @@ def test_decode_dispatches_on_options():
     lengths = torch.tensor([6, 4])
     greedy = decode(model, enc, lengths, DecodingOptions())
     assert greedy == rnnt_greedy(model, enc, lengths)
+    threshold = DecodingOptions().beam_threshold
     beam = decode(model, enc, lengths, DecodingOptions(beam_size=3))
-    assert beam == rnnt_beam_search(model, enc, lengths, 3)
+    assert beam == rnnt_beam_search(model, enc, lengths, 3, threshold=threshold)
+    narrow = decode(model, enc, lengths, DecodingOptions(beam_size=3, beam_threshold=0.5))
+    assert narrow == rnnt_beam_search(model, enc, lengths, 3, threshold=0.5)
     lm = _tiny_lm(8)
     fused = decode(model, enc, lengths, DecodingOptions(beam_size=3, lm_weight=0.5), lm)
-    assert fused == rnnt_beam_search(model, enc, lengths, 3, ShallowFusion(lm, 0.5))
+    assert fused == rnnt_beam_search(model, enc, lengths, 3, ShallowFusion(lm, 0.5),
+                                     threshold)
     lexicon = Lexicon({"a"}, ["<blank>"] + [f"\u2581{c}" for c in "abcdefg"])
     penalised = decode(model, enc, lengths, DecodingOptions(oov_penalty=1.0), lexicon=lexicon)
     assert penalised == rnnt_beam_search(
@@ -235,6 +290,11 @@ def test_decode_dispatches_on_options():
     assert decode(model, enc, lengths, DecodingOptions(), lexicon=lexicon) == greedy
     with pytest.raises(ValueError, match="beam_size"):
         DecodingOptions(beam_size=0)
+    for value, message in ((0.0, "be > 0"), (-1.0, "be > 0"), (math.inf, "be a finite number"),
+                           (float("nan"), "be a finite number"), (True, "be a number"),
+                           ("8", "be a number")):
+        with pytest.raises(ValueError, match=f"^beam_threshold: must {message}"):
+            DecodingOptions(beam_threshold=value)
     for name in ("lm_weight", "length_bonus", "oov_penalty"):  # nan passed `< 0` unseen
         for value in (float("nan"), float("inf")):
             with pytest.raises(ValueError, match=f"^{name}: must be a finite number"):

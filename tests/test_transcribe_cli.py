@@ -18,6 +18,7 @@ import torch
 from conformer_asr import load_model
 from conformer_asr.audio.ffmpeg import ffmpeg_installed
 from conformer_asr.audio.io import AudioError, load_audio, resample, samples_of
+from conformer_asr.decoding.search import DecodingOptions
 from conformer_asr.inference.lm_dir import load_lm_dir
 from conformer_asr.inference.model_dir import read_config, resolve_model_dir, save_model_dir
 from conformer_asr.inference.transcriber import Word, without_overlaps
@@ -860,6 +861,20 @@ def test_decoding_settings_of_the_wrong_type_are_named_at_once(model_dir, settin
     with pytest.raises(ValueError, match=f"^{setting}: must be {kind}, got {value!r}$"):
         load_model(model_dir, **{setting: value})
     assert load_model(model_dir, beam_size=np.int64(2)).options.beam_size == 2
+
+
+def test_the_beam_threshold_reaches_the_search_and_must_be_positive(model_dir):
+    assert load_model(model_dir).options.beam_threshold == DecodingOptions().beam_threshold
+    assert load_model(model_dir, beam_threshold=3.5).options.beam_threshold == 3.5
+    with pytest.raises(ValueError, match="^beam_threshold: must be > 0, got 0.0$"):
+        load_model(model_dir, beam_threshold=0.0)
+    for value in ("0", "-2", "inf", "nan", "x"):
+        proc = _cli("transcribe", str(DATA / "clip1.wav"), "--model", str(model_dir),
+                    "--beam-threshold", value)
+        assert proc.returncode == 2 and "--beam-threshold" in proc.stderr and not proc.stdout
+    proc = _cli("transcribe", str(DATA / "clip1.wav"), "--model", str(model_dir),
+                "--beam-size", "4", "--beam-threshold", "1000", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -69,7 +69,8 @@ def _load_transcriber(args: argparse.Namespace) -> Transcriber:
     # resident set of one hour's transcription by about 200 MiB. Eight cost no speed
     # (README). Read when the first convolution runs, so it must be set before.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8")
-    return load_model(args.model, beam_size=args.beam_size, lm=args.lm,
+    return load_model(args.model, beam_size=args.beam_size,
+                      beam_threshold=args.beam_threshold, lm=args.lm,
                       lm_weight=args.lm_weight, length_bonus=args.length_bonus,
                       oov_penalty=args.oov_penalty, head=args.head,
                       adapt_steps=args.adapt_steps, device=args.device, int8=args.int8)
@@ -353,6 +354,10 @@ def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beam-size", type=positive_count, default=None,
                    help="1: greedy search (default: 1, or the model folder's own setting "
                         "when an LM is used and the folder has one, e.g. the bundled model)")
+    p.add_argument("--beam-threshold", type=_number_between(0, math.inf, "> 0"), default=None,
+                   help="beam search drops the hypotheses that score more than this below "
+                        "the best (default 10, or the model folder's own setting; 1000 drops "
+                        "only what the beam has no room for)")
     p.add_argument("--lm", type=_lm_flag, default="auto",
                    help="LM folder for shallow fusion (train-lm), or 'none' (default: the "
                         "model folder's own lm/ if it has one)")

@@ -8,7 +8,10 @@ Every frame each hypothesis proposes V candidates, laid out as (B, K, V):
 slot 0 keeps its prefix unchanged (a blank), slot c >= 1 appends token c.
 ``select`` keeps the K best of the K * V candidates of each utterance; ties go
 to the lower flat index (earlier hypothesis, then lower token id), so the
-search is deterministic.
+search is deterministic. With a threshold it also drops every candidate that scores
+more than the threshold below its utterance's best, as flashlight's and pyctcdecode's
+beam searches do: a beam then holds fewer than K hypotheses where few are plausible, and
+the LM (and an RNN-T's predictor) runs only for the rows that are live.
 """
 
 from __future__ import annotations
@@ -24,23 +27,35 @@ RecurrentState = tuple[torch.Tensor, ...]  # each (layers, rows, hidden)
 StepFn = Callable[[torch.Tensor, RecurrentState | None], tuple[torch.Tensor, RecurrentState]]
 
 
-def select(candidates: torch.Tensor, beam: int) -> tuple[torch.Tensor, ...]:
+def select(
+    candidates: torch.Tensor, beam: int, threshold: float | None = None
+) -> tuple[torch.Tensor, ...]:
     """candidates (B, K, V) -> (scores, source hypothesis, token), each (B, beam), best first.
 
-    ``topk`` finds the best set; only when a tie straddles its cut-off (typically
-    among -inf fillers) does a full stable sort decide which entries are in.
+    Candidates more than ``threshold`` (None: any amount) below the best of their
+    utterance count as -inf.
+    A row that scores -inf is dead (there were not ``beam`` candidates left): it continues
+    hypothesis 0 with a blank, so that no recurrent state is advanced for it, and the
+    search must keep it dead. ``topk`` finds the best set; only when a tie between live
+    scores straddles its cut-off does a full stable sort decide which entries are in.
     """
     vocab = candidates.shape[2]
     flat = candidates.flatten(1)
+    if threshold is not None:
+        floor = flat.max(dim=1, keepdim=True).values - threshold
+        flat = flat.masked_fill(flat < floor, NEG_INF)
     values, index = flat.topk(beam, dim=1)
-    if int((flat >= values[:, -1:]).sum()) == flat.shape[0] * beam:
+    cutoff = values[:, -1:]
+    straddled = ((flat >= cutoff).sum(dim=1) > beam) & (cutoff[:, 0] > NEG_INF)
+    if not bool(straddled.any()):
         index = index.sort(dim=1).values  # the same set, in index order...
         scores, order = flat.gather(1, index).sort(dim=1, descending=True, stable=True)
         index = index.gather(1, order)  # ...then by score: ties stay in index order
     else:
         scores, index = flat.sort(dim=1, descending=True, stable=True)
         scores, index = scores[:, :beam], index[:, :beam]
-    return scores, index // vocab, index % vocab
+    dead = scores == NEG_INF
+    return scores, (index // vocab).masked_fill(dead, 0), (index % vocab).masked_fill(dead, BLANK)
 
 
 def follow(

@@ -32,13 +32,14 @@ from .greedy import BLANK, Hypothesis
 @torch.no_grad()
 def ctc_beam_search(
     log_probs: torch.Tensor, lengths: torch.Tensor, beam_size: int,
-    fusion: ShallowFusion | None = None,
+    fusion: ShallowFusion | None = None, threshold: float | None = None,
 ) -> list[Hypothesis]:
     """log_probs (B, T, V) CTC log-probabilities, lengths (B,) -> best prefix per utterance.
 
     ``Hypothesis.score`` is log P_CTC(tokens) plus the fusion terms; ``frames`` is
     the frame at which each token was emitted on the prefix's most probable way in
-    (module docstring).
+    (module docstring). Each frame keeps the ``beam_size`` best candidates that score
+    within ``threshold`` of the best (``beam.select``).
     """
     batch, _, vocab = log_probs.shape
     device = log_probs.device
@@ -75,13 +76,14 @@ def ctc_beam_search(
         fused_next = fused[:, :, None] + lm.token_scores().reshape(batch, beam_size, vocab)
         candidates = append + fused_next
         candidates[:, :, BLANK] = torch.logaddexp(stay_blank, stay_label) + fused
-        _, sources, tokens = select(candidates, beam_size)
+        scores, sources, tokens = select(candidates, beam_size, threshold)
 
         flat = sources * vocab + tokens
         stayed = tokens == BLANK
-        p_blank = torch.where(stayed, stay_blank.gather(1, sources), NEG_INF)
+        dead = scores == NEG_INF  # blank in ``select``'s output: not a stay
+        p_blank = torch.where(stayed & ~dead, stay_blank.gather(1, sources), NEG_INF)
         p_label = torch.where(stayed, stay_label.gather(1, sources),
-                              append.flatten(1).gather(1, flat))
+                              append.flatten(1).gather(1, flat)).masked_fill(dead, NEG_INF)
         fused = fused_next.flatten(1).gather(1, flat)  # slot 0 adds nothing
         last = torch.where(stayed, last.gather(1, sources), tokens)
         timed_by = torch.where(stayed, timed_by.gather(1, sources), p_label)

@@ -21,13 +21,15 @@ from .greedy import BLANK, Hypothesis
 @torch.no_grad()
 def rnnt_beam_search(
     model: ASRModel, enc: torch.Tensor, lengths: torch.Tensor, beam_size: int,
-    fusion: ShallowFusion | None = None,
+    fusion: ShallowFusion | None = None, threshold: float | None = None,
 ) -> list[Hypothesis]:
     """enc (B, T, D) encoder output, lengths (B,) -> best hypothesis per utterance.
 
     ``Hypothesis.score`` is the log-probability of the hypothesis summed over its
     one-token-per-frame alignments that stayed in the beam, plus the fusion terms.
-    Beam size 1 is greedy search with ``max_symbols_per_frame`` 1.
+    Beam size 1 is greedy search with ``max_symbols_per_frame`` 1. Each frame keeps the
+    ``beam_size`` best candidates that score within ``threshold`` of the best
+    (``beam.select``).
     """
     assert model.predictor is not None and model.joint is not None, "model has no RNN-T head"
     predictor, joint = model.predictor, model.joint
@@ -59,7 +61,7 @@ def rnnt_beam_search(
         finished = torch.full_like(candidates, NEG_INF)
         finished[:, :, BLANK] = scores
         candidates = torch.where(active[:, None, None], candidates, finished)
-        scores, sources, tokens = select(candidates, beam_size)
+        scores, sources, tokens = select(candidates, beam_size, threshold)
 
         prefixes.advance(sources, tokens, t)
         moved, appended = beam_rows(sources), tokens.flatten()

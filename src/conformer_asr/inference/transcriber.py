@@ -403,6 +403,7 @@ def load_model(
     device: str = "cpu",
     *,
     beam_size: int | None = None,
+    beam_threshold: float | None = None,
     lm: str | Path | WordPieceLM | None = "auto",
     lm_weight: float | None = None,
     length_bonus: float | None = None,
@@ -420,7 +421,8 @@ def load_model(
     used to decode with beam 1. A loaded LM brings no lexicon for their OOV penalty, and
     gets ``DecodingOptions()``'s.
     An LM folder's lexicon comes with it (for ``oov_penalty``). ``beam_size``,
-    ``lm_weight``, ``length_bonus``, ``oov_penalty``, ``head`` and ``adapt_steps`` override
+    ``beam_threshold``, ``lm_weight``, ``length_bonus``, ``oov_penalty``, ``head`` and
+    ``adapt_steps`` override
     single fields, e.g. ``load_model("exp/model", beam_size=8, lm="exp/lm", lm_weight=0.3)``,
     ``head="ctc"`` to decode a hybrid model with its CTC head, or ``adapt_steps=0`` to
     decode without the test-time adaptation the bundled model does (``inference.adapt``:
@@ -451,7 +453,8 @@ def load_model(
         lm = bundled_lm_dir(directory)
     if isinstance(lm, str | os.PathLike) and options is None:
         options = config.decoding
-    overrides = {"beam_size": beam_size, "lm_weight": lm_weight, "length_bonus": length_bonus,
+    overrides = {"beam_size": beam_size, "beam_threshold": beam_threshold,
+                 "lm_weight": lm_weight, "length_bonus": length_bonus,
                  "oov_penalty": oov_penalty, "head": head,
                  "adapt_steps": adapt_steps}
     options = dataclasses.replace(options or DecodingOptions(),
