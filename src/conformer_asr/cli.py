@@ -356,8 +356,8 @@ def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
                         "when an LM is used and the folder has one, e.g. the bundled model)")
     p.add_argument("--beam-threshold", type=_number_between(0, math.inf, "> 0"), default=None,
                    help="beam search drops the hypotheses that score more than this below "
-                        "the best (default 10, or the model folder's own setting; 1000 drops "
-                        "only what the beam has no room for)")
+                        "the best (default 10, or the model folder's own setting; with 1000 "
+                        "the beam keeps as many as it has room for)")
     p.add_argument("--lm", type=_lm_flag, default="auto",
                    help="LM folder for shallow fusion (train-lm), or 'none' (default: the "
                         "model folder's own lm/ if it has one)")

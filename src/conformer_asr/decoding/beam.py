@@ -33,11 +33,11 @@ def select(
     """candidates (B, K, V) -> (scores, source hypothesis, token), each (B, beam), best first.
 
     Candidates more than ``threshold`` (None: any amount) below the best of their
-    utterance count as -inf.
-    A row that scores -inf is dead (there were not ``beam`` candidates left): it continues
-    hypothesis 0 with a blank, so that no recurrent state is advanced for it, and the
-    search must keep it dead. ``topk`` finds the best set; only when a tie between live
-    scores straddles its cut-off does a full stable sort decide which entries are in.
+    utterance count as -inf. A row that scores -inf is dead (there were not ``beam``
+    candidates left): it continues hypothesis 0 with a blank, so that no recurrent state
+    is advanced for it, and the search must keep it dead. ``topk`` finds the best set;
+    only when a tie between live scores straddles its cut-off does a full stable sort
+    decide which entries are in.
     """
     vocab = candidates.shape[2]
     flat = candidates.flatten(1)

@@ -29,9 +29,9 @@ class DecodingOptions:
     lexicon is (it is subtracted for every word a hypothesis spells outside the
     lexicon); ``length_bonus`` is added per emitted token. A beam search drops at each
     frame the candidates that score more than ``beam_threshold`` below the best one
-    (``beam.select``): the default, 10, left the bundled model's
-    WER on ``dev`` as it was and made its search 1.3x faster; a large one, such as 1000,
-    drops only what the beam has no room for. ``head`` picks the output of a
+    (``beam.select``): the default, 10, left the bundled model's WER on ``dev`` as it was
+    and made its search 1.3x faster; with a large one, such as 1000, the beam keeps as many
+    hypotheses as it has room for, as it did before. ``head`` picks the output of a
     hybrid CTC + transducer model: "auto" (the transducer where there is one), "ctc" or
     "transducer". ``adapt_steps`` > 0 adapts the encoder to each utterance with that many
     steps at learning rate ``adapt_lr`` before it is decoded (``inference.adapt``; the
