@@ -270,6 +270,22 @@ def test_tune_prints_a_table_and_the_best_setting(model_dir, lm_dir, capsys):
     assert lines[-2].startswith("best (beam 2)")
 
 
+def test_tune_searches_with_the_beam_threshold_given(model_dir, lm_dir, capsys, monkeypatch):
+    import conformer_asr.inference.tune as tune_module
+
+    thresholds = []
+    real = tune_module.decode
+    monkeypatch.setattr(tune_module, "decode", lambda model, enc, lengths, options, *rest:
+                        thresholds.append(options.beam_threshold)
+                        or real(model, enc, lengths, options, *rest))
+    base = ["tune", "--manifest", str(DATA / "manifest.jsonl"), "--model", str(model_dir),
+            "--lm", str(lm_dir), "--beam-size", "2", "--lm-weights", "0.5",
+            "--length-bonuses", "1"]
+    assert main(base) == 0 and main([*base, "--beam-threshold", "2.5"]) == 0
+    assert thresholds and set(thresholds) == {10.0, 2.5}
+    assert thresholds.count(2.5) == thresholds.count(10.0)
+
+
 def test_tune_int8_tunes_the_int8_model_and_lm(model_dir, lm_dir, capsys, monkeypatch):
     """tune had no --int8: settings for an int8 deployment were tuned on float32 ones."""
     import conformer_asr.models.quantize as quantize
@@ -390,19 +406,20 @@ def test_an_lm_with_another_tokenizer_is_refused(model_dir, tmp_path):
 def test_pack_bundles_the_lm_and_its_tuned_decoding(model_dir, lm_dir, tmp_path, capsys):
     out = tmp_path / "packed"
     args = ["pack", str(model_dir), "--lm", str(lm_dir), "--out", str(out), "--beam-size", "3",
-            "--lm-weight", "0.4", "--length-bonus", "0.5", "--oov-penalty", "1.5"]
+            "--beam-threshold", "7.5", "--lm-weight", "0.4", "--length-bonus", "0.5",
+            "--oov-penalty", "1.5"]
     assert main(args) == 0
     assert capsys.readouterr().out.startswith(  # it printed DecodingOptions(beam_size=3, ...)
-        f"{out}: {model_dir} + {lm_dir} (float16), decoding with beam 3, LM weight 0.4, "
-        "length bonus 0.5, OOV penalty 1.5, 0 adaptation steps; ")
+        f"{out}: {model_dir} + {lm_dir} (float16), decoding with beam 3 (threshold 7.5), LM "
+        "weight 0.4, length bonus 0.5, OOV penalty 1.5, 0 adaptation steps; ")
     assert (out / "lm" / "lexicon.txt").read_text() == (lm_dir / "lexicon.txt").read_text()
     stored = load_file(str(out / "lm" / "model.safetensors"))
     original = load_lm_dir(lm_dir)[0].state_dict()
     assert {v.dtype for v in stored.values()} == {torch.float16}
 
     packed = load_model(out)  # the folder's own LM and decoding, as transcribe uses it
-    assert packed.options == DecodingOptions(beam_size=3, lm_weight=0.4, length_bonus=0.5,
-                                             oov_penalty=1.5)
+    assert packed.options == DecodingOptions(beam_size=3, beam_threshold=7.5, lm_weight=0.4,
+                                             length_bonus=0.5, oov_penalty=1.5)
     assert packed.lexicon is not None
     for key, value in packed.lm.state_dict().items():
         assert torch.equal(value, original[key].half().float()), key

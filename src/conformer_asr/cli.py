@@ -293,6 +293,15 @@ def _adapt_steps_flag(text: str) -> int:
     return _whole_number(text, 0)
 
 
+def _add_beam_threshold_flag(p: argparse.ArgumentParser, default: float | None,
+                             help_default: str) -> None:
+    p.add_argument("--beam-threshold", type=_number_between(0, math.inf, "> 0"),
+                   default=default,
+                   help="beam search drops the hypotheses that score more than this below "
+                        f"the best ({help_default}; with 1000 the beam keeps as many as it "
+                        "has room for)")
+
+
 def _add_adapt_flag(p: argparse.ArgumentParser, default: int | None, help_default: str) -> None:
     p.add_argument("--adapt-steps", type=_adapt_steps_flag, default=default,
                    help="test-time adaptation: Adam steps on the encoder's LayerNorms for "
@@ -315,6 +324,7 @@ def _tune(args: argparse.Namespace) -> int:
     tuning = tune(model.to(args.device), tokenizer, lm.to(args.device), args.manifest,
                   args.beam_size, args.lm_weights, args.length_bonuses,
                   args.oov_penalties, lexicon, adapt_steps=args.adapt_steps,
+                  beam_threshold=args.beam_threshold,
                   log=lambda line: print(line, flush=True))
     print(f"best (beam {args.beam_size}):\n{format_row(best_result(tuning.results))}")
     return 1 if tuning.skipped else 0  # as evaluate: the WERs are not the model's alone
@@ -324,12 +334,14 @@ def _pack(args: argparse.Namespace) -> int:
     from .decoding.search import DecodingOptions
     from .inference.pack import pack_model
 
-    decoding = DecodingOptions(beam_size=args.beam_size, lm_weight=args.lm_weight,
+    decoding = DecodingOptions(beam_size=args.beam_size, beam_threshold=args.beam_threshold,
+                               lm_weight=args.lm_weight,
                                length_bonus=args.length_bonus, oov_penalty=args.oov_penalty,
                                adapt_steps=args.adapt_steps)
     out = pack_model(args.model, args.lm, args.out, decoding)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"{out}: {args.model} + {args.lm} (float16), decoding with beam {decoding.beam_size}, "
+    print(f"{out}: {args.model} + {args.lm} (float16), decoding with beam {decoding.beam_size} "
+          f"(threshold {decoding.beam_threshold:g}), "
           f"LM weight {decoding.lm_weight:g}, length bonus {decoding.length_bonus:g}, OOV "
           f"penalty {decoding.oov_penalty:g}, {decoding.adapt_steps} adaptation steps; "
           f"{size / 2**20:.1f} MiB")
@@ -354,10 +366,7 @@ def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beam-size", type=positive_count, default=None,
                    help="1: greedy search (default: 1, or the model folder's own setting "
                         "when an LM is used and the folder has one, e.g. the bundled model)")
-    p.add_argument("--beam-threshold", type=_number_between(0, math.inf, "> 0"), default=None,
-                   help="beam search drops the hypotheses that score more than this below "
-                        "the best (default 10, or the model folder's own setting; with 1000 "
-                        "the beam keeps as many as it has room for)")
+    _add_beam_threshold_flag(p, None, "default 10, or the model folder's own setting")
     p.add_argument("--lm", type=_lm_flag, default="auto",
                    help="LM folder for shallow fusion (train-lm), or 'none' (default: the "
                         "model folder's own lm/ if it has one)")
@@ -485,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flag(p)
     p.add_argument("--lm", required=True, help="LM folder (conformer-asr train-lm)")
     p.add_argument("--beam-size", type=positive_count, default=4, help="hypotheses kept")
+    _add_beam_threshold_flag(p, 10.0, "default 10")
     p.add_argument("--lm-weights", type=_floats, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5],
                    help="comma-separated, e.g. 0.1,0.2,0.3")
     p.add_argument("--length-bonuses", type=_floats, default=[0.0, 0.5, 1.0, 1.5],
@@ -502,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm", required=True, help="LM folder (train-lm), same tokenizer")
     p.add_argument("--out", required=True, help="folder to create")
     p.add_argument("--beam-size", type=positive_count, default=8, help="hypotheses kept")
+    _add_beam_threshold_flag(p, 10.0, "default 10")
     p.add_argument("--lm-weight", type=_number, required=True, help="from conformer-asr tune")
     p.add_argument("--length-bonus", type=_number, required=True, help="from conformer-asr tune")
     p.add_argument("--oov-penalty", type=_number, default=0.0, help="from conformer-asr tune")

@@ -104,18 +104,20 @@ def tune(
     model: ASRModel, tokenizer: Tokenizer, lm: FusionLM, manifest: str | Path,
     beam_size: int, lm_weights: Sequence[float], length_bonuses: Sequence[float],
     oov_penalties: Sequence[float] = (0.0,), lexicon: Lexicon | None = None,
-    batch_seconds: float = 160.0, adapt_steps: int = 0, log: Callable[[str], None] = print,
-    warn: Callable[[str], None] = _to_stderr,
+    batch_seconds: float = 160.0, adapt_steps: int = 0, beam_threshold: float = 10.0,
+    log: Callable[[str], None] = print, warn: Callable[[str], None] = _to_stderr,
 ) -> Tuning:
     """WER of every (LM weight, length bonus, OOV penalty), in grid order; ``log`` gets a
     table row as each one finishes, ``warn`` a line for each utterance that cannot be read
     (stderr by default: the table stays whole on stdout). ``model`` and ``lm`` must be in
     eval mode on one device; the penalties need ``lexicon``. ``adapt_steps`` > 0 adapts
-    the encoder to each utterance first, as ``DecodingOptions.adapt_steps`` does."""
+    the encoder to each utterance first, as ``DecodingOptions.adapt_steps`` does; the
+    searches drop hypotheses as ``DecodingOptions.beam_threshold`` says."""
     if lexicon is None and any(oov_penalties):
         raise ValueError("oov_penalties: the LM folder has no lexicon.txt, so they must be 0 "
                          "(train-lm writes one)")
-    grid = list(_grid(beam_size, lm_weights, length_bonuses, oov_penalties))  # checked first
+    grid = list(_grid(beam_size, beam_threshold, lm_weights, length_bonuses,
+                      oov_penalties))  # checked first
     utterances = read_manifest(manifest)
     adapting = DecodingOptions(adapt_steps=adapt_steps)
     adapting.check_model(model)
@@ -139,13 +141,15 @@ def tune(
     return Tuning(results, skipped)
 
 
-def _grid(beam_size: int, lm_weights: Sequence[float], length_bonuses: Sequence[float],
-          oov_penalties: Sequence[float]) -> Iterator[DecodingOptions]:
+def _grid(beam_size: int, beam_threshold: float, lm_weights: Sequence[float],
+          length_bonuses: Sequence[float], oov_penalties: Sequence[float]
+          ) -> Iterator[DecodingOptions]:
     for lm_weight in lm_weights:
         for length_bonus in length_bonuses:
             for oov_penalty in oov_penalties:
-                yield DecodingOptions(beam_size=beam_size, lm_weight=lm_weight,
-                                      length_bonus=length_bonus, oov_penalty=oov_penalty)
+                yield DecodingOptions(beam_size=beam_size, beam_threshold=beam_threshold,
+                                      lm_weight=lm_weight, length_bonus=length_bonus,
+                                      oov_penalty=oov_penalty)
 
 
 HEADER = (f"{'lm_weight':>9}  {'bonus':>6}  {'oov':>5}  {'WER %':>7}  {'sub':>5}  {'del':>5}  "
