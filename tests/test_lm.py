@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from conformer_asr import load_model
-from conformer_asr.cli import main
+from conformer_asr.cli import build_parser, main
 from conformer_asr.decoding.lexicon import Lexicon
 from conformer_asr.decoding.search import DecodingOptions
 from conformer_asr.inference.lm_dir import (
@@ -282,8 +282,11 @@ def test_tune_searches_with_the_beam_threshold_given(model_dir, lm_dir, capsys, 
             "--lm", str(lm_dir), "--beam-size", "2", "--lm-weights", "0.5",
             "--length-bonuses", "1"]
     assert main(base) == 0 and main([*base, "--beam-threshold", "2.5"]) == 0
-    assert thresholds and set(thresholds) == {10.0, 2.5}
-    assert thresholds.count(2.5) == thresholds.count(10.0)
+    default = DecodingOptions().beam_threshold  # the flags of tune and pack repeat it
+    assert thresholds and set(thresholds) == {default, 2.5}
+    assert thresholds.count(2.5) == thresholds.count(default)
+    pack = ["pack", "m", "--lm", "l", "--out", "o", "--lm-weight", "1", "--length-bonus", "1"]
+    assert build_parser().parse_args(pack).beam_threshold == default
 
 
 def test_tune_int8_tunes_the_int8_model_and_lm(model_dir, lm_dir, capsys, monkeypatch):

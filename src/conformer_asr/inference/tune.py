@@ -104,7 +104,8 @@ def tune(
     model: ASRModel, tokenizer: Tokenizer, lm: FusionLM, manifest: str | Path,
     beam_size: int, lm_weights: Sequence[float], length_bonuses: Sequence[float],
     oov_penalties: Sequence[float] = (0.0,), lexicon: Lexicon | None = None,
-    batch_seconds: float = 160.0, adapt_steps: int = 0, beam_threshold: float = 10.0,
+    batch_seconds: float = 160.0, adapt_steps: int = 0,
+    beam_threshold: float = DecodingOptions.beam_threshold,
     log: Callable[[str], None] = print, warn: Callable[[str], None] = _to_stderr,
 ) -> Tuning:
     """WER of every (LM weight, length bonus, OOV penalty), in grid order; ``log`` gets a
