@@ -267,7 +267,7 @@ def test_tune_prints_a_table_and_the_best_setting(model_dir, lm_dir, capsys):
     rows = lines[lines.index(next(x for x in lines if "WER" in x)) + 1:][:8]
     assert [tuple(map(float, r.split()[:3])) for r in rows] == [
         (w, b, p) for w in (0, 0.5) for b in (0, 1) for p in (0, 3)]
-    assert lines[-2].startswith("best (beam 2)")
+    assert lines[-2] == f"best (beam 2, threshold {DecodingOptions().beam_threshold:g}):"
 
 
 def test_tune_searches_with_the_beam_threshold_given(model_dir, lm_dir, capsys, monkeypatch):
@@ -282,6 +282,7 @@ def test_tune_searches_with_the_beam_threshold_given(model_dir, lm_dir, capsys, 
             "--lm", str(lm_dir), "--beam-size", "2", "--lm-weights", "0.5",
             "--length-bonuses", "1"]
     assert main(base) == 0 and main([*base, "--beam-threshold", "2.5"]) == 0
+    assert "best (beam 2, threshold 2.5):" in capsys.readouterr().out
     default = DecodingOptions().beam_threshold  # the flags of tune and pack repeat it
     assert thresholds and set(thresholds) == {default, 2.5}
     assert thresholds.count(2.5) == thresholds.count(default)
@@ -302,7 +303,7 @@ def test_tune_int8_tunes_the_int8_model_and_lm(model_dir, lm_dir, capsys, monkey
             "--length-bonuses", "1", "--int8"]
     assert main(args) == 0
     assert quantized == ["ASRModel", "WordPieceLM"]
-    assert capsys.readouterr().out.splitlines()[-2].startswith("best (beam 2)")
+    assert capsys.readouterr().out.splitlines()[-2].startswith("best (beam 2, threshold ")
 
 
 def test_tune_stops_before_encoding_on_a_bad_grid_or_with_nothing_to_score(model_dir, lm_dir,
@@ -328,7 +329,7 @@ def test_tune_stops_before_encoding_on_a_bad_grid_or_with_nothing_to_score(model
     assert main([*base, "--manifest", str(some_gone), "--beam-size", "2"]) == 1
     out, err = capsys.readouterr()  # the table on stdout, what was skipped on stderr
     assert err == f"skipped (scored as empty): {tmp_path / 'a.wav'}: no such file\n"
-    assert "skipped" not in out and "best (beam 2):" in out
+    assert "skipped" not in out and "best (beam 2, threshold " in out
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -326,7 +326,8 @@ def _tune(args: argparse.Namespace) -> int:
                   args.oov_penalties, lexicon, adapt_steps=args.adapt_steps,
                   beam_threshold=args.beam_threshold,
                   log=lambda line: print(line, flush=True))
-    print(f"best (beam {args.beam_size}):\n{format_row(best_result(tuning.results))}")
+    print(f"best (beam {args.beam_size}, threshold {args.beam_threshold:g}):\n"
+          f"{format_row(best_result(tuning.results))}")
     return 1 if tuning.skipped else 0  # as evaluate: the WERs are not the model's alone
 
 
