@@ -41,6 +41,20 @@ def frame_levels(
     return 10.0 * np.log10(np.maximum(power, 10.0 ** (floor_db / 10.0)))
 
 
+def quantiles(values: np.ndarray, qs: list[float]) -> np.ndarray:
+    """(..., N), N >= 1 -> (len(qs), ...): the ``qs`` (in [0, 1]) quantiles along the last
+    axis, interpolated linearly between the sorted values as ``np.quantile`` does by
+    default. ``np.quantile`` itself imports ``numpy.ma`` on its first call (numpy 2.4):
+    85 ms of a one-file ``conformer-asr transcribe``."""
+    ordered = np.sort(values, axis=-1)
+    positions = np.asarray(qs, dtype=np.float64) * (ordered.shape[-1] - 1)
+    below = np.floor(positions).astype(np.intp)
+    above = np.minimum(below + 1, ordered.shape[-1] - 1)
+    low, high = np.moveaxis(ordered[..., below], -1, 0), np.moveaxis(ordered[..., above], -1, 0)
+    fraction = (positions - below).reshape(-1, *(1,) * (ordered.ndim - 1))
+    return low + (high - low) * fraction
+
+
 def find_pauses(
     samples: np.ndarray, min_seconds: float = 0.3, sample_rate: int = SAMPLE_RATE
 ) -> list[tuple[int, int]]:
@@ -48,7 +62,7 @@ def find_pauses(
     levels = frame_levels(samples, sample_rate)
     if len(levels) == 0:
         return []
-    floor, loud = np.percentile(levels, [5, 95])
+    floor, loud = quantiles(levels, [0.05, 0.95])
     threshold = min(max(floor + ABOVE_FLOOR_DB, loud - BELOW_LOUD_DB), loud - MIN_BELOW_LOUD_DB)
     quiet = (levels < threshold) | (levels < QUIET_DBFS)
     edges = np.flatnonzero(np.diff(np.concatenate([[0], quiet.astype(np.int8), [0]])))
@@ -76,7 +90,7 @@ def is_steady(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bool:
     levels = frame_levels(samples, sample_rate, floor_db=-300.0)
     if len(levels) == 0:
         return True
-    floor, loud = np.percentile(levels, [5, 95])
+    floor, loud = quantiles(levels, [0.05, 0.95])
     return bool(loud - floor < STEADY_DB) or not rises_above_its_floor(samples, sample_rate)
 
 
@@ -105,6 +119,6 @@ def rises_above_its_floor(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -
     power = power[:, (hz >= RISE_BAND_HZ[0]) & (hz <= RISE_BAND_HZ[1])]
     bands = power.shape[1] // RISE_BINS
     power = power[:, : bands * RISE_BINS].reshape(count, bands, RISE_BINS)
-    floors = np.quantile(power.transpose(1, 0, 2).reshape(bands, -1), 0.1, axis=1)
+    (floors,) = quantiles(power.transpose(1, 0, 2).reshape(bands, -1), [0.1])
     risen = power > 10.0 ** (RISE_DB / 10.0) * floors[None, :, None]
     return bool((risen.reshape(count, -1).sum(axis=1) >= RISE_CELLS).any())
