@@ -275,7 +275,7 @@ def test_grouped_decoding_keeps_the_input_order(model_dir):
     waves = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (48000, 8000, 160000,
                                                                        8000, 24000)]
     alone = [transcriber._decode_padded([w])[0].tokens for w in waves]
-    assert [h.tokens for h in transcriber._decode(waves)] == alone
+    assert [h.tokens for h in transcriber.decode_waves(waves)] == alone
 
 
 def test_a_steady_sound_alone_has_no_words():

@@ -84,6 +84,7 @@ STDIN = "-"  # an input name: the audio piped in
 
 def _transcribe(args: argparse.Namespace) -> int:
     from .audio.io import AudioError
+    from .inference.speaker_adapt import iter_transcripts_by_speaker
 
     out_paths = _output_paths(args)
     if args.audio.count(STDIN) > 1:
@@ -96,7 +97,9 @@ def _transcribe(args: argparse.Namespace) -> int:
     with _stdin_spooled(args.audio) as (inputs, spooled), warnings.catch_warnings():
         if spooled:  # warnings and errors name the spooled file: name it "-" instead
             warnings.showwarning = _naming_stdin(spooled, warnings.showwarning)
-        for index, (_, result) in enumerate(transcriber.iter_transcripts(inputs)):
+        results = (iter_transcripts_by_speaker(transcriber, inputs, range(len(inputs)))
+                   if args.adapt_to_speaker else transcriber.iter_transcripts(inputs))
+        for index, (_, result) in enumerate(results):
             name = args.audio[index]
             if isinstance(result, AudioError):
                 message = str(result)
@@ -189,6 +192,7 @@ def _render(args: argparse.Namespace, path: str, result: Transcript, alone: bool
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .inference.evaluate import check_output, evaluate, write_hypotheses
+    from .inference.speaker_adapt import SpeakerAdaptation
 
     if args.output is not None:
         try:
@@ -196,7 +200,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         except OSError as error:  # found before any work, as a missing folder is: exit 2
             raise ValueError(_described(error)) from None
     transcriber = _load_transcriber(args)
-    report = evaluate(transcriber, args.manifest)
+    report = evaluate(transcriber, args.manifest,
+                      speaker_adaptation=SpeakerAdaptation() if args.adapt_to_speaker else None)
     unwritten: OSError | None = None
     if args.output is not None:
         # before the report, which a reader that leaves early (`| head`) would cut short;
@@ -206,7 +211,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         except OSError as error:
             unwritten = error
     if args.json:
-        decoding = {**vars(transcriber.options), "lm": transcriber.lm is not None}
+        decoding = {**vars(transcriber.options), "lm": transcriber.lm is not None,
+                    "adapt_to_speaker": args.adapt_to_speaker}
         print(json.dumps({**report.to_dict(), "decoding": decoding, "int8": args.int8}))
         for reason in report.failed:
             print(reason, file=sys.stderr)
@@ -389,6 +395,14 @@ def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
     _add_int8_flag(p)
 
 
+def _add_speaker_flag(p: argparse.ArgumentParser, whose: str) -> None:
+    p.add_argument("--adapt-to-speaker", action="store_true",
+                   help=f"adapt to {whose} first: transcribe, train a copy of the "
+                        "encoder's LayerNorms towards the transcripts, twice, then transcribe "
+                        "again with that copy (self-training; about 4x the time; the model "
+                        "needs a CTC head)")
+
+
 def _add_int8_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8", action="store_true",
                    help="run the Linear and LSTM layers of the model and its LM in int8 (and "
@@ -444,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default=None,
                    help="write each file's transcript to OUT_DIR/NAME.txt|json|srt|vtt")
     _add_transcriber_flags(p)
+    _add_speaker_flag(p, "each file's speaker")
     p.set_defaults(run=_transcribe)
 
     p = command("evaluate", help="WER and real-time factor on a JSONL manifest",
@@ -454,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flag(p)
     p.add_argument("--output", default=None, help='write {"id", "text"} lines here')
     _add_transcriber_flags(p)
+    _add_speaker_flag(p, 'each "speaker" (or "voice") of the manifest, from all its '
+                         "utterances (one without a speaker, from itself)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(run=_evaluate)
 

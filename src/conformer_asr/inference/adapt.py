@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -106,6 +107,39 @@ def with_rowwise_layer_norms(model: ASRModel, rows: int) -> tuple[ASRModel, torc
     return adapting, table
 
 
+def with_own_layer_norms(model: ASRModel) -> ASRModel:
+    """A copy of ``model`` whose encoder LayerNorms are copies of its own, to be trained;
+    it shares every other module and parameter with ``model``, which is left as it is."""
+    norms = {f"encoder.{name}": copy.deepcopy(norm) for name, norm in _encoder_layer_norms(model)}
+    adapting = _with_submodules(model, norms)
+    assert isinstance(adapting, ASRModel)
+    return adapting
+
+
+class Adam:
+    """torch.optim.Adam's update at its default betas and eps, on ``params`` (leaves whose
+    gradients the caller computes). Written out: the first step of any torch.optim
+    optimiser imports torch._dynamo, which took 0.85 s, a quarter of a one-file
+    ``conformer-asr transcribe``."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float) -> None:
+        self.params, self.lr, self.steps = params, lr, 0
+        self.mean = [torch.zeros_like(p) for p in params]
+        self.mean_square = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self, grads: Sequence[torch.Tensor]) -> None:
+        self.steps += 1
+        scale = math.sqrt(1 - ADAM_BETAS[1] ** self.steps)
+        step_size = -self.lr / (1 - ADAM_BETAS[0] ** self.steps)
+        for param, grad, mean, mean_square in zip(self.params, grads, self.mean,
+                                                   self.mean_square, strict=True):
+            mean.lerp_(grad, 1 - ADAM_BETAS[0])
+            mean_square.mul_(ADAM_BETAS[1]).addcmul_(grad, grad, value=1 - ADAM_BETAS[1])
+            denominator = (mean_square.sqrt() / scale).add_(ADAM_EPS)
+            param.addcdiv_(mean, denominator, value=step_size)
+
+
 def _with_submodules(module: nn.Module, replacements: dict[str, nn.Module],
                      path: str = "") -> nn.Module:
     """A shallow copy of ``module`` (itself at dotted ``path``) with each submodule named in
@@ -158,29 +192,19 @@ def encode_adapted(
 def _adapt_rows(
     model: ASRModel, feats: torch.Tensor, lengths: torch.Tensor, steps: int, lr: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``encode_adapted`` of one run of rows, all at once.
-
-    Adam (torch.optim.Adam's update and defaults) is written out here: the first step of
-    any torch.optim optimiser imports torch._dynamo, which took 0.85 s, a quarter of a
-    one-file ``conformer-asr transcribe``."""
+    """``encode_adapted`` of one run of rows, all at once."""
     feats = feats[:, : int(lengths.max())]
     with torch.no_grad():  # eval mode: no SpecAugment; before every LayerNorm: once
         subsampled, sub_lengths = model.encoder.subsampling(feats, lengths)
     adapting, table = with_rowwise_layer_norms(model, feats.shape[0])
-    mean, mean_square = torch.zeros_like(table), torch.zeros_like(table)
-    for step in range(1, steps + 1):
+    adam = Adam([table], lr)
+    for _ in range(steps):
         with torch.enable_grad():
             enc, enc_lengths = adapting.encoder.run_blocks(subsampled, sub_lengths)
             logits = adapting.ctc_head(enc)
             loss = sum(adaptation_loss(logits[row, : int(n)])
                        for row, n in enumerate(enc_lengths))
-            (grad,) = torch.autograd.grad(loss, table)
-        with torch.no_grad():
-            mean.lerp_(grad, 1 - ADAM_BETAS[0])
-            mean_square.mul_(ADAM_BETAS[1]).addcmul_(grad, grad, value=1 - ADAM_BETAS[1])
-            scale = math.sqrt(1 - ADAM_BETAS[1] ** step)
-            denominator = (mean_square.sqrt() / scale).add_(ADAM_EPS)
-            table.addcdiv_(mean, denominator, value=-lr / (1 - ADAM_BETAS[0] ** step))
+            adam.step(torch.autograd.grad(loss, table))
     with torch.no_grad():
         return adapting.encoder.run_blocks(subsampled, sub_lengths)
 

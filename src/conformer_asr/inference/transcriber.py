@@ -200,7 +200,8 @@ class Transcriber:
         def flush() -> None:
             if not batch:
                 return
-            for segment, hyp in zip(batch, self._decode([s.samples for s in batch]), strict=True):
+            hyps = self.decode_waves([s.samples for s in batch])
+            for segment, hyp in zip(batch, hyps, strict=True):
                 # Keep where the window was, not its samples: they would hold a long
                 # recording in memory until its last window is decoded.
                 decoded = dataclasses.replace(segment, samples=_NO_SAMPLES)
@@ -299,8 +300,16 @@ class Transcriber:
         stride = round((self.window - self.overlap) * SAMPLE_RATE)
         return window, stride, window - round(self.overlap / 2 * SAMPLE_RATE)
 
-    def _decode(self, waves: list[np.ndarray]) -> list[Hypothesis]:
-        """Decode in groups of similar lengths (``length_groups``)."""
+    def speech(self, item: AudioInput, sample_rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
+        """The samples of each segment of ``item`` that ``iter_transcripts`` decodes (the
+        ones that are not one steady sound), in order; AudioError if it cannot be read."""
+        for segment in self._segments(0, item, sample_rate):
+            if not is_steady(segment.samples):
+                yield segment.samples
+
+    def decode_waves(self, waves: list[np.ndarray]) -> list[Hypothesis]:
+        """16 kHz segments of at most one window -> their hypotheses, decoded in groups of
+        similar lengths (``length_groups``)."""
         order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
         decoded: dict[int, Hypothesis] = {}
         for group in length_groups([len(waves[i]) for i in order]):

@@ -1,0 +1,157 @@
+"""Adaptation to a speaker by self-training (inference.speaker_adapt): what it trains,
+what it must leave alone, and the --adapt-to-speaker flags as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conformer_asr import load_model
+from conformer_asr.audio.io import AudioError, load_audio
+from conformer_asr.inference import speaker_adapt
+from conformer_asr.inference.adapt import adapted_parameters, with_own_layer_norms
+from conformer_asr.inference.speaker_adapt import (
+    SpeakerAdaptation,
+    adapted_to,
+    iter_transcripts_by_speaker,
+)
+from conformer_asr.inference.transcriber import Transcriber
+from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig, quantize_int8
+from conformer_asr.text.tokenizer import Tokenizer
+
+DATA = Path(__file__).parent / "data"
+EXAMPLES = Path(__file__).parents[1] / "examples"
+
+
+def _tiny(tmp_path: Path, ctc_weight: float = 1.0) -> Transcriber:
+    torch.manual_seed(0)
+    texts = [json.loads(line)["text"] for line in (DATA / "manifest.jsonl").open()]
+    tokenizer = Tokenizer.train(texts, tmp_path / "tok", vocab_size=30)
+    cfg = ModelConfig(encoder=EncoderConfig(d_model=32, n_layers=2, n_heads=2,
+                                            conv_kernel_size=7, dropout=0.0),
+                      vocab_size=tokenizer.vocab_size, ctc_weight=ctc_weight,
+                      pred_embed_dim=16, pred_hidden_dim=32, joint_dim=32)
+    return Transcriber(ASRModel(cfg), tokenizer)
+
+
+def _ctc_loss(transcriber: Transcriber, waves: list[np.ndarray],
+              targets: list[list[int]]) -> float:
+    """The CTC loss of each wave towards its target, summed, computed one wave at a time."""
+    total = 0.0
+    with torch.no_grad():
+        for wave, target in zip(waves, targets, strict=True):
+            feats, lengths = transcriber.features(torch.from_numpy(wave)[None],
+                                                  torch.tensor([len(wave)]))
+            enc, enc_lengths = transcriber.model.encode(feats, lengths)
+            log_probs = transcriber.model.ctc_head(enc).log_softmax(dim=-1)
+            total += float(F.ctc_loss(log_probs.transpose(0, 1), torch.tensor([target]),
+                                      enc_lengths, torch.tensor([len(target)])))
+    return total
+
+
+def test_training_moves_only_the_copys_layer_norms_towards_the_targets(tmp_path):
+    transcriber = _tiny(tmp_path)
+    waves = [load_audio(DATA / f"clip{i}.wav") for i in (1, 2, 3)]
+    targets = [transcriber.tokenizer.encode(t) for t in ("the cat sat", "a dog", "green")]
+    before = {k: v.clone() for k, v in transcriber.model.state_dict().items()}
+    copy = Transcriber(with_own_layer_norms(transcriber.model),
+                       transcriber.tokenizer)
+    loss_before = _ctc_loss(copy, waves, targets)
+    speaker_adapt._train(copy, waves, targets, SpeakerAdaptation(epochs=5, lr=1e-2),
+                         random.Random(0))
+    assert _ctc_loss(copy, waves, targets) < 0.9 * loss_before
+    for name, value in transcriber.model.state_dict().items():  # the model as it was
+        assert torch.equal(value, before[name]), name
+    norms = {id(p) for p in adapted_parameters(copy.model)}
+    changed = {name for name, value in copy.model.state_dict().items()
+               if not torch.equal(value, before[name])}
+    assert changed == {n for n, p in copy.model.named_parameters() if id(p) in norms}
+    originals = dict(transcriber.model.named_parameters())
+    assert all(p is originals[n] for n, p in copy.model.named_parameters() if id(p) not in norms)
+
+
+def test_adapted_to_trains_a_copy_and_leaves_the_transcriber_alone():
+    transcriber = load_model(adapt_steps=0)
+    norms = [p.clone() for p in adapted_parameters(transcriber.model)]
+    paths = [EXAMPLES / "weather.wav", EXAMPLES / "station.flac"]
+    adapted = adapted_to(transcriber, paths, settings=SpeakerAdaptation(rounds=1, epochs=1))
+    assert all(torch.equal(a, b) for a, b in zip(norms, adapted_parameters(transcriber.model),
+                                                 strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(norms, adapted_parameters(adapted.model),
+                                                     strict=True))
+    assert adapted.model.encoder.subsampling is transcriber.model.encoder.subsampling
+    assert adapted.lm is transcriber.lm and adapted.options == transcriber.options
+    # nothing to learn from: the transcriber as it was
+    unread = adapted_to(transcriber, [EXAMPLES / "no-such.wav"])
+    assert unread.model is transcriber.model
+
+
+def test_an_int8_model_adapts_through_its_int8_layers(tmp_path):
+    float32 = _tiny(tmp_path)
+    int8 = Transcriber(quantize_int8(float32.model), float32.tokenizer)
+    norms = [p.clone() for p in adapted_parameters(int8.model)]
+    adapted = adapted_to(int8, [DATA / "clip1.wav"], settings=SpeakerAdaptation(rounds=1))
+    assert not all(torch.equal(a, b) for a, b in zip(norms, adapted_parameters(adapted.model),
+                                                     strict=True))
+
+
+def test_by_speaker_adapts_each_speaker_once_and_yields_in_input_order(monkeypatch):
+    transcriber = load_model(lm=None)
+    groups = []
+    monkeypatch.setattr(speaker_adapt, "adapted_to",
+                        lambda t, inputs, settings=None: groups.append(list(inputs)) or t)
+    a, b = EXAMPLES / "weather.wav", EXAMPLES / "station.flac"
+    missing = EXAMPLES / "no-such.wav"
+    inputs = [a, b, missing, a]
+    results = list(iter_transcripts_by_speaker(transcriber, inputs, ["x", "y", "x", "x"]))
+    assert groups == [[a, missing, a], [b]]
+    assert [item for item, _ in results] == inputs
+    assert isinstance(results[2][1], AudioError)
+    texts = transcriber.transcribe([a, b])
+    assert [results[0][1].text, results[1][1].text, results[3][1].text] == [*texts, texts[0]]
+    with pytest.raises(ValueError, match="^2 speakers for 4 inputs$"):
+        list(iter_transcripts_by_speaker(transcriber, inputs, ["x", "y"]))
+
+
+def test_a_model_without_a_ctc_head_and_bad_settings_are_named(tmp_path):
+    with pytest.raises(ValueError, match="CTC head"):
+        adapted_to(_tiny(tmp_path, ctc_weight=0.0), [DATA / "clip1.wav"])
+    for field, value in [("rounds", 0), ("epochs", 1.5), ("lr", 0.0),
+                         ("max_seconds", float("inf")), ("batch_seconds", True)]:
+        with pytest.raises(ValueError, match=f"^{field}: "):
+            SpeakerAdaptation(**{field: value})
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "conformer_asr.cli", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_flags_as_a_user_runs_them(tmp_path):
+    manifest = tmp_path / "manifest.jsonl"  # two speakers, and a file that is not there
+    lines = [json.loads(line) for line in (EXAMPLES / "manifest.jsonl").open()][:2]
+    lines = [{**line, "audio": str(EXAMPLES / line["audio"]), "speaker": "s1"} for line in lines]
+    lines.append({"id": "gone", "audio": str(tmp_path / "gone.wav"), "text": "hello",
+                  "speaker": "s2"})
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    proc = _cli("evaluate", "--manifest", str(manifest), "--adapt-to-speaker", "--json")
+    assert proc.returncode == 1, proc.stderr  # the missing file, named
+    report = json.loads(proc.stdout)
+    assert report["decoding"]["adapt_to_speaker"] is True and report["utterances"] == 3
+    assert report["failed"] == 1 and "gone.wav: no such file" in proc.stderr
+    assert set(report["by_speaker"]) == {"s1", "s2"}
+
+    proc = _cli("transcribe", str(EXAMPLES / "weather.wav"), str(tmp_path / "gone.wav"),
+                "--adapt-to-speaker")
+    assert proc.returncode == 1
+    assert proc.stdout.startswith(f"{EXAMPLES / 'weather.wav'}\t") and len(
+        proc.stdout.splitlines()) == 1
+    assert proc.stderr == f"error: {tmp_path / 'gone.wav'}: no such file\n"
