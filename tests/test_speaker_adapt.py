@@ -105,9 +105,9 @@ def test_an_int8_model_adapts_through_its_int8_layers(tmp_path):
 
 def test_by_speaker_adapts_each_speaker_once_and_yields_in_input_order(monkeypatch):
     transcriber = load_model(lm=None)
-    groups = []
-    monkeypatch.setattr(speaker_adapt, "adapted_to",
-                        lambda t, inputs, settings=None: groups.append(list(inputs)) or t)
+    groups, rates = [], []
+    monkeypatch.setattr(speaker_adapt, "adapted_to", lambda t, inputs, rate, settings:
+                        groups.append(list(inputs)) or rates.append(rate) or t)
     a, b = EXAMPLES / "weather.wav", EXAMPLES / "station.flac"
     missing = EXAMPLES / "no-such.wav"
     inputs = [a, b, missing, a]
@@ -117,6 +117,9 @@ def test_by_speaker_adapts_each_speaker_once_and_yields_in_input_order(monkeypat
     assert isinstance(results[2][1], AudioError)
     texts = transcriber.transcribe([a, b])
     assert [results[0][1].text, results[1][1].text, results[3][1].text] == [*texts, texts[0]]
+    samples = load_audio(a, target_rate=8000)  # arrays at their own rate, as given
+    ((_, result),) = iter_transcripts_by_speaker(transcriber, [samples], ["x"], sample_rate=8000)
+    assert rates[-1] == 8000 and result.text == transcriber.transcribe(samples, 8000)[0]
     with pytest.raises(ValueError, match="^2 speakers for 4 inputs$"):
         list(iter_transcripts_by_speaker(transcriber, inputs, ["x", "y"]))
 

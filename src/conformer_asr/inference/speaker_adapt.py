@@ -83,11 +83,12 @@ def adapted_to(
 
 def iter_transcripts_by_speaker(
     transcriber: Transcriber, inputs: Sequence[AudioInput], speakers: Sequence[Hashable],
-    settings: SpeakerAdaptation | None = None,
+    settings: SpeakerAdaptation | None = None, sample_rate: int = SAMPLE_RATE,
 ) -> Iterator[tuple[AudioInput, Transcript | AudioError]]:
-    """``transcriber.iter_transcripts(inputs)``, each input transcribed by a copy adapted to
-    all the inputs of its speaker (``adapted_to``): ``speakers[i]`` is input i's. Yields in
-    input order, each input as soon as its speaker's inputs are all transcribed."""
+    """``transcriber.iter_transcripts(inputs, sample_rate)``, each input transcribed by a
+    copy adapted to all the inputs of its speaker (``adapted_to``): ``speakers[i]`` is
+    input i's. Yields in input order, each input as soon as its speaker's inputs are all
+    transcribed."""
     if len(speakers) != len(inputs):
         raise ValueError(f"{len(speakers)} speakers for {len(inputs)} inputs")
     groups: dict[Hashable, list[int]] = {}
@@ -97,8 +98,8 @@ def iter_transcripts_by_speaker(
     next_out = 0
     for indices in groups.values():
         group = [inputs[i] for i in indices]
-        adapted = adapted_to(transcriber, group, settings=settings)
-        done.update(zip(indices, adapted.iter_transcripts(group), strict=True))
+        adapted = adapted_to(transcriber, group, sample_rate, settings)
+        done.update(zip(indices, adapted.iter_transcripts(group, sample_rate), strict=True))
         while next_out in done:
             yield done.pop(next_out)
             next_out += 1
