@@ -132,24 +132,11 @@ def _train(transcriber: Transcriber, waves: list[np.ndarray], targets: list[list
     adam = Adam(params, settings.lr)
     device = params[0].device
     usable = [i for i, tokens in enumerate(targets) if tokens]
-    limit = settings.batch_seconds * SAMPLE_RATE
     for _ in range(settings.epochs):
         rng.shuffle(usable)
-        batches: list[list[int]] = [[]]
-        for i in usable:
-            if batches[-1] and sum(len(waves[j]) for j in batches[-1]) + len(waves[i]) > limit:
-                batches.append([])
-            batches[-1].append(i)
-        for batch in batches:
-            if not batch:
-                continue
-            lengths = torch.tensor([len(waves[i]) for i in batch])
-            audio = torch.zeros(len(batch), int(lengths.max()))
-            for row, i in enumerate(batch):
-                audio[row, : len(waves[i])] = torch.from_numpy(waves[i])
-            with torch.no_grad():
-                feats, feat_lengths = transcriber.features.to(device)(audio.to(device),
-                                                                      lengths.to(device))
+        for batch in _batches(usable, [len(w) for w in waves],
+                              settings.batch_seconds * SAMPLE_RATE):
+            feats, feat_lengths = transcriber.features_of([waves[i] for i in batch])
             with torch.enable_grad():
                 enc, enc_lengths = model.encode(feats, feat_lengths)
                 log_probs = model.ctc_head(enc).float().log_softmax(dim=-1)
@@ -158,3 +145,18 @@ def _train(transcriber: Transcriber, waves: list[np.ndarray], targets: list[list
                 loss = F.ctc_loss(log_probs.transpose(0, 1), flat, enc_lengths, target_lengths,
                                   blank=0, zero_infinity=True)
                 adam.step(torch.autograd.grad(loss, params))
+
+
+def _batches(order: list[int], lengths: list[int], limit: float) -> Iterator[list[int]]:
+    """``order`` cut into consecutive runs of at most ``limit`` samples (``lengths[i]`` is
+    i's), one item at the least."""
+    batch: list[int] = []
+    total = 0
+    for i in order:
+        if batch and total + lengths[i] > limit:
+            yield batch
+            batch, total = [], 0
+        batch.append(i)
+        total += lengths[i]
+    if batch:
+        yield batch

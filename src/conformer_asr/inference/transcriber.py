@@ -318,15 +318,22 @@ class Transcriber:
         return [decoded[i] for i in range(len(waves))]
 
     @torch.no_grad()
-    def _decode_padded(self, waves: list[np.ndarray]) -> list[Hypothesis]:
-        """Decode as one batch padded to the longest wave."""
+    def features_of(self, waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """16 kHz waves -> their features (B, T, F), padded to the longest, and lengths (B,),
+        on the model's device; a wave shorter than the model's shortest input counts as
+        that long (zeros after it)."""
         shortest = self.model.cfg.min_samples
         lengths = torch.tensor([max(len(w), shortest) for w in waves])
         batch = torch.zeros(len(waves), int(lengths.max()))
         for i, w in enumerate(waves):
             batch[i, : len(w)] = torch.from_numpy(w)
         device = next(self.model.parameters()).device
-        feats, feat_lengths = self.features.to(device)(batch.to(device), lengths.to(device))
+        return self.features.to(device)(batch.to(device), lengths.to(device))
+
+    @torch.no_grad()
+    def _decode_padded(self, waves: list[np.ndarray]) -> list[Hypothesis]:
+        """Decode as one batch padded to the longest wave."""
+        feats, feat_lengths = self.features_of(waves)
         enc, enc_lengths = encode(self.model, feats, feat_lengths, self.options)
         return decode(self.model, enc, enc_lengths, self.options, self.lm, self.lexicon)
 
