@@ -431,11 +431,12 @@ def _transcribe_examples(
 
 def bundled_transcription(settings: Settings, one_at_a_time: bool) -> Row:
     """The bundled model transcribing the shipped examples with its default search (beam
-    search with its LM) but without its test-time adaptation (as the int8 rows, which time
-    int8 inference apart from the adaptation's backward passes): reading and resampling
-    the files, features, encoder, search. The baseline is the same with the plain encoder
-    and the plainly stepped LM swapped in."""
-    fast = load_model(device=str(torch.get_default_device()), adapt_steps=0)
+    search with its LM) but without its test-time adaptation and self-training (as the int8
+    rows, which time int8 inference apart from the adaptation's backward passes): reading
+    and resampling the files, features, encoder, search. The baseline is the same with the
+    plain encoder and the plainly stepped LM swapped in."""
+    fast = load_model(device=str(torch.get_default_device()), adapt_steps=0,
+                      self_train_steps=0)
     plain = copy.deepcopy(fast)
     plain.model.encoder = plain_encoder_like(fast.model.encoder, fast.model.cfg.encoder)
     assert fast.lm is not None, "the bundled model comes with its LM"
@@ -488,10 +489,11 @@ def int8_adapted_encoder(batch: int, settings: Settings) -> Row:
 def int8_bundled_transcription(settings: Settings, one_at_a_time: bool) -> Row:
     """The bundled model transcribing the shipped examples with ``--int8`` (the model's and
     the LM's Linear and LSTM layers in int8) against float32, default search, neither
-    adapted (``int8_adapted_encoder`` times the adaptation)."""
+    adapted nor self-trained (``int8_adapted_encoder`` times the adaptation)."""
     row = _transcribe_examples("int8 transcribe, bundled", "fp32",
-                               load_model(int8=True, adapt_steps=0),
-                               load_model(adapt_steps=0), settings, one_at_a_time)
+                               load_model(int8=True, adapt_steps=0, self_train_steps=0),
+                               load_model(adapt_steps=0, self_train_steps=0), settings,
+                               one_at_a_time)
     row.targets = {"speed-up >= 1.5": row.speedup >= 1.5}
     return row
 

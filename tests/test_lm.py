@@ -415,7 +415,8 @@ def test_pack_bundles_the_lm_and_its_tuned_decoding(model_dir, lm_dir, tmp_path,
     assert main(args) == 0
     assert capsys.readouterr().out.startswith(  # it printed DecodingOptions(beam_size=3, ...)
         f"{out}: {model_dir} + {lm_dir} (float16), decoding with beam 3 (threshold 7.5), LM "
-        "weight 0.4, length bonus 0.5, OOV penalty 1.5, 0 adaptation steps; ")
+        "weight 0.4, length bonus 0.5, OOV penalty 1.5, 0 adaptation steps, 0 self-training "
+        "steps; ")
     assert (out / "lm" / "lexicon.txt").read_text() == (lm_dir / "lexicon.txt").read_text()
     stored = load_file(str(out / "lm" / "model.safetensors"))
     original = load_lm_dir(lm_dir)[0].state_dict()
@@ -447,9 +448,9 @@ def test_pack_bundles_the_lm_and_its_tuned_decoding(model_dir, lm_dir, tmp_path,
 
 def test_pack_keeps_adaptation_steps_for_a_ctc_model_only(model_dir, lm_dir, tokenizer,
                                                           tmp_path, capsys):
-    """--adapt-steps is stored with the decoding, int8 models included; adapt_steps=0 turns
-    it off at load time; a transducer-only model (no CTC head to adapt on) is refused
-    before packing, and by tune."""
+    """--adapt-steps and --self-train-steps are stored with the decoding, int8 models
+    included; 0 turns either off at load time; a transducer-only model (no CTC head to
+    adapt on) is refused before packing, and by tune."""
     torch.manual_seed(0)
     cfg = ModelConfig(encoder=EncoderConfig(d_model=32, n_layers=1, n_heads=2,
                                             conv_kernel_size=7),
@@ -457,15 +458,19 @@ def test_pack_keeps_adaptation_steps_for_a_ctc_model_only(model_dir, lm_dir, tok
     ctc_dir = save_model_dir(ASRModel(cfg), tokenizer, tmp_path / "ctc")
     common = ["--lm", str(lm_dir), "--lm-weight", "0.4", "--length-bonus", "0.5",
               "--adapt-steps", "2"]
-    assert main(["pack", str(ctc_dir), "--out", str(tmp_path / "packed"), *common]) == 0
-    assert "2 adaptation steps" in capsys.readouterr().out
+    assert main(["pack", str(ctc_dir), "--out", str(tmp_path / "packed"), *common,
+                 "--self-train-steps", "3"]) == 0
+    assert "2 adaptation steps, 3 self-training steps" in capsys.readouterr().out
     packed = load_model(tmp_path / "packed")
-    assert packed.options.adapt_steps == 2
+    assert (packed.options.adapt_steps, packed.options.self_train_steps) == (2, 3)
     assert len(packed.transcribe([str(DATA / "clip1.wav")])) == 1
-    assert load_model(tmp_path / "packed", adapt_steps=0).options.adapt_steps == 0
+    off = load_model(tmp_path / "packed", adapt_steps=0, self_train_steps=0).options
+    assert (off.adapt_steps, off.self_train_steps) == (0, 0)
     int8 = load_model(tmp_path / "packed", int8=True)
-    assert int8.options.adapt_steps == 2
+    assert (int8.options.adapt_steps, int8.options.self_train_steps) == (2, 3)
     assert len(int8.transcribe([str(DATA / "clip1.wav")])) == 1
+    assert main(["transcribe", str(DATA / "clip1.wav"), "--model", str(tmp_path / "packed"),
+                 "--self-train-steps", "0"]) == 0
 
     assert main(["pack", str(model_dir), "--out", str(tmp_path / "rnnt"), *common]) == 2
     assert "adaptation needs a CTC head" in capsys.readouterr().err

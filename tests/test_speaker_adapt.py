@@ -16,7 +16,9 @@ import torch.nn.functional as F
 
 from conformer_asr import load_model
 from conformer_asr.audio.io import AudioError, load_audio
+from conformer_asr.decoding.search import DecodingOptions
 from conformer_asr.inference import speaker_adapt
+from conformer_asr.inference import transcriber as transcriber_module
 from conformer_asr.inference.adapt import adapted_parameters, with_own_layer_norms
 from conformer_asr.inference.speaker_adapt import (
     SpeakerAdaptation,
@@ -79,7 +81,7 @@ def test_training_moves_only_the_copys_layer_norms_towards_the_targets(tmp_path)
 
 
 def test_adapted_to_trains_a_copy_and_leaves_the_transcriber_alone():
-    transcriber = load_model(adapt_steps=0)
+    transcriber = load_model(adapt_steps=0, self_train_steps=0)
     norms = [p.clone() for p in adapted_parameters(transcriber.model)]
     paths = [EXAMPLES / "weather.wav", EXAMPLES / "station.flac"]
     adapted = adapted_to(transcriber, paths, settings=SpeakerAdaptation(rounds=1, epochs=1))
@@ -92,6 +94,24 @@ def test_adapted_to_trains_a_copy_and_leaves_the_transcriber_alone():
     # nothing to learn from: the transcriber as it was
     unread = adapted_to(transcriber, [EXAMPLES / "no-such.wav"])
     assert unread.model is transcriber.model
+
+
+def test_the_rounds_transcribe_without_the_per_utterance_self_training(tmp_path, monkeypatch):
+    """The speaker's rounds supersede each utterance's own self-training: their
+    transcripts skip it (no targets reach the encoding), and the copy returned decodes with
+    the transcriber's options, self-training included."""
+    tiny = _tiny(tmp_path)
+    transcriber = Transcriber(tiny.model, tiny.tokenizer, DecodingOptions(self_train_steps=2))
+    targets_seen = []
+    encode = transcriber_module.encode
+    monkeypatch.setattr(transcriber_module, "encode", lambda model, feats, lengths, options,
+                        targets=None: targets_seen.append(targets) or encode(
+                            model, feats, lengths, options, targets))
+    adapted = adapted_to(transcriber, [DATA / "clip1.wav"], settings=SpeakerAdaptation())
+    assert targets_seen == [None, None]  # two rounds, one segment each
+    assert adapted.options == transcriber.options
+    adapted.transcribe([DATA / "clip1.wav"])
+    assert targets_seen[2] is None and targets_seen[3] is not None
 
 
 def test_an_int8_model_adapts_through_its_int8_layers(tmp_path):

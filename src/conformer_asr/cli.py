@@ -73,7 +73,8 @@ def _load_transcriber(args: argparse.Namespace) -> Transcriber:
                       beam_threshold=args.beam_threshold, lm=args.lm,
                       lm_weight=args.lm_weight, length_bonus=args.length_bonus,
                       oov_penalty=args.oov_penalty, head=args.head,
-                      adapt_steps=args.adapt_steps, device=args.device, int8=args.int8)
+                      adapt_steps=args.adapt_steps, self_train_steps=args.self_train_steps,
+                      device=args.device, int8=args.int8)
 
 
 OUTPUT_SUFFIXES = {"text": ".txt", "json": ".json", "srt": ".srt", "vtt": ".vtt"}
@@ -314,6 +315,15 @@ def _add_adapt_flag(p: argparse.ArgumentParser, default: int | None, help_defaul
                         f"each utterance before it is decoded; 0 is off ({help_default})")
 
 
+def _add_self_train_flag(p: argparse.ArgumentParser, default: int | None,
+                         help_default: str) -> None:
+    p.add_argument("--self-train-steps", type=_adapt_steps_flag, default=default,
+                   help="self-training: decode each utterance, take that many Adam steps on "
+                        "its encoder LayerNorms with the CTC loss towards the transcript, then "
+                        f"decode it again; 0 is off ({help_default}; the model needs a CTC "
+                        "head)")
+
+
 def _tune(args: argparse.Namespace) -> int:
     from .inference.lm_dir import load_lexicon_for, load_lm_for
     from .inference.model_dir import load_model_dir, resolve_model_dir
@@ -344,13 +354,15 @@ def _pack(args: argparse.Namespace) -> int:
     decoding = DecodingOptions(beam_size=args.beam_size, beam_threshold=args.beam_threshold,
                                lm_weight=args.lm_weight,
                                length_bonus=args.length_bonus, oov_penalty=args.oov_penalty,
-                               adapt_steps=args.adapt_steps)
+                               adapt_steps=args.adapt_steps,
+                               self_train_steps=args.self_train_steps)
     out = pack_model(args.model, args.lm, args.out, decoding)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"{out}: {args.model} + {args.lm} (float16), decoding with beam {decoding.beam_size} "
           f"(threshold {decoding.beam_threshold:g}), "
           f"LM weight {decoding.lm_weight:g}, length bonus {decoding.length_bonus:g}, OOV "
-          f"penalty {decoding.oov_penalty:g}, {decoding.adapt_steps} adaptation steps; "
+          f"penalty {decoding.oov_penalty:g}, {decoding.adapt_steps} adaptation steps, "
+          f"{decoding.self_train_steps} self-training steps; "
           f"{size / 2**20:.1f} MiB")
     return 0
 
@@ -391,6 +403,8 @@ def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
                         "decodes with (default: auto, the transducer where there is one)")
     _add_adapt_flag(p, None, "default: the model folder's own setting when an LM is used, "
                              "5 for the bundled model, else 0")
+    _add_self_train_flag(p, None, "default: the model folder's own setting when an LM is "
+                                  "used, 3 for the bundled model, else 0")
     _add_device_flag(p)
     _add_int8_flag(p)
 
@@ -535,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length-bonus", type=_number, required=True, help="from conformer-asr tune")
     p.add_argument("--oov-penalty", type=_number, default=0.0, help="from conformer-asr tune")
     _add_adapt_flag(p, 0, "default: 0")
+    _add_self_train_flag(p, 0, "default: 0")
     p.set_defaults(run=_pack)
 
     from .data.synth import add_synth_arguments

@@ -36,6 +36,9 @@ class DecodingOptions:
     "transducer". ``adapt_steps`` > 0 adapts the encoder to each utterance with that many
     steps at learning rate ``adapt_lr`` before it is decoded (``inference.adapt``; the
     transcriber does it, ``decode`` takes encoder output); it needs a CTC head.
+    ``self_train_steps`` > 0 decodes each utterance twice: the second time after that many
+    CTC steps at ``self_train_lr`` towards the first transcript (self-training, also in
+    ``inference.adapt``), with the adaptation steps after them; it needs a CTC head too.
     """
 
     beam_size: int = 1
@@ -47,11 +50,13 @@ class DecodingOptions:
     head: str = "auto"
     adapt_steps: int = 0  # off
     adapt_lr: float = 0.002
+    self_train_steps: int = 0  # off
+    self_train_lr: float = 0.002
 
     def __post_init__(self) -> None:
         # checked here, where a caller can be told: 8.0, True or "8" failed inside torch at
         # the first search
-        for name in ("beam_size", "max_symbols_per_frame", "adapt_steps"):
+        for name in ("beam_size", "max_symbols_per_frame", "adapt_steps", "self_train_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise ValueError(f"{name}: must be a whole number, got {value!r}")
@@ -59,9 +64,11 @@ class DecodingOptions:
             raise ValueError(f"beam_size: must be >= 1, got {self.beam_size}")
         if self.max_symbols_per_frame < 1:
             raise ValueError("max_symbols_per_frame: must be >= 1")
-        if self.adapt_steps < 0:
-            raise ValueError(f"adapt_steps: must be >= 0, got {self.adapt_steps}")
-        for name in ("beam_threshold", "lm_weight", "length_bonus", "oov_penalty", "adapt_lr"):
+        for name in ("adapt_steps", "self_train_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("beam_threshold", "lm_weight", "length_bonus", "oov_penalty", "adapt_lr",
+                     "self_train_lr"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ValueError(f"{name}: must be a number, got {value!r}")
@@ -73,8 +80,9 @@ class DecodingOptions:
             raise ValueError(f"oov_penalty: must be >= 0, got {self.oov_penalty}")
         if self.beam_threshold <= 0:
             raise ValueError(f"beam_threshold: must be > 0, got {self.beam_threshold}")
-        if self.adapt_lr <= 0:
-            raise ValueError(f"adapt_lr: must be > 0, got {self.adapt_lr}")
+        for name in ("adapt_lr", "self_train_lr"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
         if self.head not in HEADS:
             raise ValueError(f"head: give one of {', '.join(HEADS)}, got {self.head!r}")
 
@@ -87,6 +95,9 @@ class DecodingOptions:
         if self.adapt_steps and model.ctc_head is None:
             raise ValueError("adapt_steps: test-time adaptation needs a CTC head (the model "
                              "is a transducer only)")
+        if self.self_train_steps and model.ctc_head is None:
+            raise ValueError("self_train_steps: self-training needs a CTC head (the model is "
+                             "a transducer only)")
 
     def uses_transducer(self, model: ASRModel) -> bool:
         return model.joint is not None if self.head == "auto" else self.head == "transducer"

@@ -13,6 +13,12 @@ It needs no labels and no other data, and it moves a model trained on synthetic 
 towards a voice it never heard (recipes/synthetic/README.md, step 4b). Each step is a
 forward and a backward pass of the encoder's Conformer blocks on the whole batch; the
 subsampling before them, which no adapted parameter feeds, runs once.
+
+Self-training (``targets``) goes one further, once the utterance has been transcribed: a
+few Adam steps of the CTC loss towards its own transcript train each utterance's
+LayerNorms first, and SUTA's steps then start from where those left them (step 4e). The
+transcript of the full decoding, beam search with the LM and lexicon, is far better than
+the acoustic model's own best path, and that is what it teaches the encoder.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -157,13 +164,23 @@ def _with_submodules(module: nn.Module, replacements: dict[str, nn.Module],
     return copied
 
 
+@dataclass(frozen=True)
+class SelfTraining:
+    """Each utterance's CTC steps towards its own transcript, before SUTA's steps."""
+
+    targets: Sequence[Sequence[int]]  # row b's transcript, token ids; empty: no steps
+    steps: int
+    lr: float
+
+
 def encode_adapted(
     model: ASRModel, feats: torch.Tensor, lengths: torch.Tensor, steps: int, lr: float,
-    max_frames: int = MAX_FRAMES,
+    max_frames: int = MAX_FRAMES, self_training: SelfTraining | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """feats (B, T, F), lengths (B,) -> encoder output (B, T', D), lengths (B,), each
     utterance encoded after ``steps`` Adam steps at learning rate ``lr`` of its own
-    (module docstring). ``model`` (CTC head, eval mode) is left as it was given.
+    (module docstring), and before them, with ``self_training``, its CTC steps towards
+    its transcript. ``model`` (CTC head, eval mode) is left as it was given.
 
     Rows adapt together, in runs of consecutive rows of at most ``max_frames`` padded
     feature frames (at least one row), which bounds the activations a backward pass keeps.
@@ -181,7 +198,11 @@ def encode_adapted(
             runs.append([])
             longest = length
         runs[-1].append(row)
-    encoded = [_adapt_rows(model, feats[rows], lengths[rows], steps, lr) for rows in runs]
+    encoded = []
+    for rows in runs:
+        run_training = None if self_training is None else replace(
+            self_training, targets=[self_training.targets[row] for row in rows])
+        encoded.append(_adapt_rows(model, feats[rows], lengths[rows], steps, lr, run_training))
     out_lengths = torch.cat([n for _, n in encoded])
     out = feats.new_zeros(feats.shape[0], int(out_lengths.max()), encoded[0][0].shape[-1])
     for rows, (enc, _) in zip(runs, encoded, strict=True):
@@ -191,12 +212,20 @@ def encode_adapted(
 
 def _adapt_rows(
     model: ASRModel, feats: torch.Tensor, lengths: torch.Tensor, steps: int, lr: float,
+    self_training: SelfTraining | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``encode_adapted`` of one run of rows, all at once."""
     feats = feats[:, : int(lengths.max())]
     with torch.no_grad():  # eval mode: no SpecAugment; before every LayerNorm: once
         subsampled, sub_lengths = model.encoder.subsampling(feats, lengths)
     adapting, table = with_rowwise_layer_norms(model, feats.shape[0])
+    if self_training is not None:
+        adam = Adam([table], self_training.lr)
+        for _ in range(self_training.steps):
+            with torch.enable_grad():
+                enc, enc_lengths = adapting.encoder.run_blocks(subsampled, sub_lengths)
+                loss = ctc_losses(adapting, enc, enc_lengths, self_training.targets).sum()
+                adam.step(torch.autograd.grad(loss, table))
     adam = Adam([table], lr)
     for _ in range(steps):
         with torch.enable_grad():
@@ -209,10 +238,31 @@ def _adapt_rows(
         return adapting.encoder.run_blocks(subsampled, sub_lengths)
 
 
+def ctc_losses(model: ASRModel, enc: torch.Tensor, enc_lengths: torch.Tensor,
+               targets: Sequence[Sequence[int]]) -> torch.Tensor:
+    """enc (B, T, D), lengths (B,) -> (B,): each row's CTC loss towards its token ids
+    ``targets[b]`` (0 for a row without any, and where no alignment fits)."""
+    assert model.ctc_head is not None, "the CTC loss needs a CTC head"
+    log_probs = model.ctc_head(enc).float().log_softmax(dim=-1)
+    device = log_probs.device
+    flat = torch.tensor([t for tokens in targets for t in tokens], dtype=torch.long,
+                        device=device)
+    target_lengths = torch.tensor([len(tokens) for tokens in targets], device=device)
+    losses = F.ctc_loss(log_probs.transpose(0, 1), flat, enc_lengths, target_lengths,
+                        blank=0, reduction="none", zero_infinity=True)
+    return torch.where(target_lengths > 0, losses, torch.zeros_like(losses))
+
+
 def encode(
     model: ASRModel, feats: torch.Tensor, lengths: torch.Tensor, options: DecodingOptions,
+    targets: Sequence[Sequence[int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``model.encode``, or ``encode_adapted`` where ``options.adapt_steps`` > 0."""
-    if options.adapt_steps:
-        return encode_adapted(model, feats, lengths, options.adapt_steps, options.adapt_lr)
+    """``model.encode``, or ``encode_adapted`` where ``options.adapt_steps`` > 0 or
+    ``targets`` (each row's transcript) are given for ``options.self_train_steps`` > 0."""
+    self_training = None
+    if targets is not None and options.self_train_steps:
+        self_training = SelfTraining(targets, options.self_train_steps, options.self_train_lr)
+    if options.adapt_steps or self_training is not None:
+        return encode_adapted(model, feats, lengths, options.adapt_steps, options.adapt_lr,
+                              self_training=self_training)
     return model.encode(feats, lengths)

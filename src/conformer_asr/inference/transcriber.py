@@ -19,7 +19,9 @@ was trained on utterances with up to a second of silence around them. A segment 
 one steady sound (``audio.pauses.is_steady``: silence, dither, hum or noise alone) is not
 decoded and has no words: the model, which never heard such input alone, made some up.
 Where the decoding options say so (``adapt_steps``; the bundled model's do), the encoder
-is adapted to each segment before it is decoded (``inference.adapt``).
+is adapted to each segment before it is decoded (``inference.adapt``), and with
+``self_train_steps`` each segment is decoded again after its encoder has been trained
+towards its first transcript.
 """
 
 from __future__ import annotations
@@ -332,10 +334,16 @@ class Transcriber:
 
     @torch.no_grad()
     def _decode_padded(self, waves: list[np.ndarray]) -> list[Hypothesis]:
-        """Decode as one batch padded to the longest wave."""
+        """Decode as one batch padded to the longest wave; with self-training, again after
+        it, towards the first transcripts."""
         feats, feat_lengths = self.features_of(waves)
         enc, enc_lengths = encode(self.model, feats, feat_lengths, self.options)
-        return decode(self.model, enc, enc_lengths, self.options, self.lm, self.lexicon)
+        hyps = decode(self.model, enc, enc_lengths, self.options, self.lm, self.lexicon)
+        if self.options.self_train_steps:
+            targets = [hyp.tokens for hyp in hyps]
+            enc, enc_lengths = encode(self.model, feats, feat_lengths, self.options, targets)
+            hyps = decode(self.model, enc, enc_lengths, self.options, self.lm, self.lexicon)
+        return hyps
 
     def _assemble(self, parts: list[tuple[_Segment, Hypothesis]], duration: float) -> Transcript:
         words: list[Word] = []
@@ -426,6 +434,7 @@ def load_model(
     oov_penalty: float | None = None,
     head: str | None = None,
     adapt_steps: int | None = None,
+    self_train_steps: int | None = None,
     int8: bool = False,
 ) -> Transcriber:
     """Load a model folder (or the bundled default with None / "default").
@@ -437,12 +446,14 @@ def load_model(
     used to decode with beam 1. A loaded LM brings no lexicon for their OOV penalty, and
     gets ``DecodingOptions()``'s.
     An LM folder's lexicon comes with it (for ``oov_penalty``). ``beam_size``,
-    ``beam_threshold``, ``lm_weight``, ``length_bonus``, ``oov_penalty``, ``head`` and
-    ``adapt_steps`` override
+    ``beam_threshold``, ``lm_weight``, ``length_bonus``, ``oov_penalty``, ``head``,
+    ``adapt_steps`` and ``self_train_steps`` override
     single fields, e.g. ``load_model("exp/model", beam_size=8, lm="exp/lm", lm_weight=0.3)``,
     ``head="ctc"`` to decode a hybrid model with its CTC head, or ``adapt_steps=0`` to
     decode without the test-time adaptation the bundled model does (``inference.adapt``:
-    about 3x the time, for 1.3 points of WER on unseen voices).
+    about 3x the time, for 1.3 points of WER on unseen voices), or ``self_train_steps=0``
+    to decode each utterance once, without the bundled model's self-training (2.3x the
+    time, for 0.5 points).
     ``int8`` runs the Linear and LSTM layers of the model and of its LM in int8, and
     the model's subsampling convolutions in bfloat16 on CPUs with bfloat16 kernels
     (``quantize_int8``; a loaded LM passed in is copied, not changed): faster on the
@@ -472,7 +483,7 @@ def load_model(
     overrides = {"beam_size": beam_size, "beam_threshold": beam_threshold,
                  "lm_weight": lm_weight, "length_bonus": length_bonus,
                  "oov_penalty": oov_penalty, "head": head,
-                 "adapt_steps": adapt_steps}
+                 "adapt_steps": adapt_steps, "self_train_steps": self_train_steps}
     options = dataclasses.replace(options or DecodingOptions(),
                                   **{k: v for k, v in overrides.items() if v is not None})
     lexicon = None
