@@ -736,18 +736,21 @@ def test_bundled_model_is_small_and_transcribes_the_examples():
 
 
 def test_the_bundled_model_adapts_to_each_utterance_unless_told_not_to():
-    """The bundled decoding adapts (5 steps); --adapt-steps 0 does not, and the words may
-    differ; an int8 model adapts too."""
-    assert load_model().options.adapt_steps == load_model(int8=True).options.adapt_steps == 5
+    """The bundled decoding adapts (5 steps) and self-trains (3 steps); --adapt-steps 0
+    --self-train-steps 0 does neither, and the words may differ; an int8 model adapts too."""
+    for options in (load_model().options, load_model(int8=True).options):
+        assert (options.adapt_steps, options.self_train_steps) == (5, 3)
     weather = str(EXAMPLES / "weather.wav")
     adapted = _cli("transcribe", weather)
-    plain = _cli("transcribe", weather, "--adapt-steps", "0")
+    plain = _cli("transcribe", weather, "--adapt-steps", "0", "--self-train-steps", "0")
     assert adapted.returncode == plain.returncode == 0, adapted.stderr + plain.stderr
     assert adapted.stdout.strip() and plain.stdout.strip()
     int8 = _cli("transcribe", weather, "--int8")
     assert int8.returncode == 0 and int8.stdout.strip(), int8.stderr
     bad = _cli("transcribe", weather, "--adapt-steps", "-1")
     assert bad.returncode == 2 and "--adapt-steps: must be 0 or more, got -1" in bad.stderr
+    bad = _cli("transcribe", weather, "--self-train-steps", "x")
+    assert bad.returncode == 2 and "--self-train-steps: " in bad.stderr
 
 
 def test_transcribing_a_file_imports_neither_lhotse_nor_dynamo():
