@@ -413,7 +413,7 @@ def _add_speaker_flag(p: argparse.ArgumentParser, whose: str) -> None:
     p.add_argument("--adapt-to-speaker", action="store_true",
                    help=f"adapt to {whose} first: transcribe, train a copy of the "
                         "encoder's LayerNorms towards the transcripts, twice, then transcribe "
-                        "again with that copy (self-training; about 4x the time; the model "
+                        "again with that copy (self-training; about twice the time; the model "
                         "needs a CTC head)")
 
 

@@ -14,7 +14,9 @@ transcription only (the rounds' transcripts skip it).
 
 With the bundled model, each voice's utterances of the unseen-voice test read 16.59%
 adapted to that voice, against 18.32% by default; the seen voices 10.02% against
-10.01%; 3.5-5 times the default's time (recipes/synthetic/README.md, step 4d).
+10.01%; 3.5-5 times the default's time (recipes/synthetic/README.md, step 4d). Those
+figures predate the per-utterance self-training (step 4e: 17.83% by default; about 16.5%
+adapted to each voice, at twice the default's time).
 """
 
 from __future__ import annotations
