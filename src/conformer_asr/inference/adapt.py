@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -219,21 +219,22 @@ def _adapt_rows(
     with torch.no_grad():  # eval mode: no SpecAugment; before every LayerNorm: once
         subsampled, sub_lengths = model.encoder.subsampling(feats, lengths)
     adapting, table = with_rowwise_layer_norms(model, feats.shape[0])
-    if self_training is not None:
-        adam = Adam([table], self_training.lr)
-        for _ in range(self_training.steps):
+
+    def train(loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], steps: int,
+              lr: float) -> None:
+        """``steps`` steps of a fresh Adam on ``table``, of ``loss_of(enc, enc_lengths)``."""
+        adam = Adam([table], lr)
+        for _ in range(steps):
             with torch.enable_grad():
                 enc, enc_lengths = adapting.encoder.run_blocks(subsampled, sub_lengths)
-                loss = ctc_losses(adapting, enc, enc_lengths, self_training.targets).sum()
-                adam.step(torch.autograd.grad(loss, table))
-    adam = Adam([table], lr)
-    for _ in range(steps):
-        with torch.enable_grad():
-            enc, enc_lengths = adapting.encoder.run_blocks(subsampled, sub_lengths)
-            logits = adapting.ctc_head(enc)
-            loss = sum(adaptation_loss(logits[row, : int(n)])
-                       for row, n in enumerate(enc_lengths))
-            adam.step(torch.autograd.grad(loss, table))
+                adam.step(torch.autograd.grad(loss_of(enc, enc_lengths), table))
+
+    if self_training is not None:
+        train(lambda enc, n: ctc_losses(adapting, enc, n, self_training.targets).sum(),
+              self_training.steps, self_training.lr)
+    train(lambda enc, n: sum(adaptation_loss(row[: int(length)])
+                             for row, length in zip(adapting.ctc_head(enc), n, strict=True)),
+          steps, lr)
     with torch.no_grad():
         return adapting.encoder.run_blocks(subsampled, sub_lengths)
 
