@@ -23,7 +23,12 @@ from conformer_asr.inference.lm_dir import (
     read_lexicon_words,
     save_lm_dir,
 )
-from conformer_asr.inference.model_dir import BUNDLED_DIR, ModelDirError, save_model_dir
+from conformer_asr.inference.model_dir import (
+    BUNDLED_DIR,
+    ModelDirError,
+    load_model_dir,
+    save_model_dir,
+)
 from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
 from conformer_asr.models.lm import LMConfig, WordPieceLM, get_lm_config
 from conformer_asr.text.tokenizer import Tokenizer
@@ -119,6 +124,29 @@ def test_training_resumes_from_its_state(corpus, tokenizer, tmp_path):
     # the report compares with the untrained LM, not with the LM at the resumed step
     assert report.heldout_perplexity_start == first.heldout_perplexity_start
     assert report.heldout_perplexity < first.heldout_perplexity
+
+
+def test_bf16_training_computes_under_autocast_and_learns(corpus, tokenizer, tmp_path,
+                                                          monkeypatch):
+    autocast_seen = []
+    token_log_probs = WordPieceLM.token_log_probs
+
+    def recording(self, sentences):
+        if self.training:
+            autocast_seen.append(torch.is_autocast_enabled("cpu"))
+        return token_log_probs(self, sentences)
+
+    monkeypatch.setattr(WordPieceLM, "token_log_probs", recording)
+    config = dataclasses.replace(_train_config(), bf16=True)
+    report = train_lm([corpus], tokenizer, tmp_path, get_lm_config("tiny"), config,
+                      log=lambda _: None)
+    assert autocast_seen == [True] * 120
+    assert report.heldout_perplexity < 0.5 * report.heldout_perplexity_start
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    assert {w.dtype for w in weights.values()} == {torch.float32}
+    args = build_parser().parse_args(["train-lm", "--text", "t", "--tokenizer", "k", "--out",
+                                      "o", "--config", "medium", "--bf16"])
+    assert args.bf16 and get_lm_config(args.config).hidden_dim == 768
 
 
 def test_train_lm_writes_a_new_folder_or_resumes_its_own(corpus, tokenizer, tmp_path):
@@ -414,13 +442,17 @@ def test_pack_bundles_the_lm_and_its_tuned_decoding(model_dir, lm_dir, tmp_path,
             "--oov-penalty", "1.5"]
     assert main(args) == 0
     assert capsys.readouterr().out.startswith(  # it printed DecodingOptions(beam_size=3, ...)
-        f"{out}: {model_dir} + {lm_dir} (float16), decoding with beam 3 (threshold 7.5), LM "
-        "weight 0.4, length bonus 0.5, OOV penalty 1.5, 0 adaptation steps, 0 self-training "
-        "steps; ")
+        f"{out}: {model_dir} + {lm_dir} (both in float16), decoding with beam 3 (threshold "
+        "7.5), LM weight 0.4, length bonus 0.5, OOV penalty 1.5, 0 adaptation steps, 0 "
+        "self-training steps; ")
     assert (out / "lm" / "lexicon.txt").read_text() == (lm_dir / "lexicon.txt").read_text()
     stored = load_file(str(out / "lm" / "model.safetensors"))
     original = load_lm_dir(lm_dir)[0].state_dict()
     assert {v.dtype for v in stored.values()} == {torch.float16}
+    stored_model = load_file(str(out / "model.safetensors"))
+    original_model = load_model_dir(model_dir)[0].state_dict()
+    assert {v.dtype for v in stored_model.values() if v.is_floating_point()} == {torch.float16}
+    assert stored_model["encoder.blocks.0.conv.batch_norm.num_batches_tracked"].dtype == torch.long
 
     packed = load_model(out)  # the folder's own LM and decoding, as transcribe uses it
     assert packed.options == DecodingOptions(beam_size=3, beam_threshold=7.5, lm_weight=0.4,
@@ -428,6 +460,10 @@ def test_pack_bundles_the_lm_and_its_tuned_decoding(model_dir, lm_dir, tmp_path,
     assert packed.lexicon is not None
     for key, value in packed.lm.state_dict().items():
         assert torch.equal(value, original[key].half().float()), key
+    for key, value in packed.model.state_dict().items():
+        expected = original_model[key]
+        assert torch.equal(value, expected.half().float() if expected.is_floating_point()
+                           else expected), key
     assert len(packed.transcribe([str(DATA / "clip1.wav")])) == 1
     assert load_model(out, beam_size=2).options.lm_weight == 0.4
     for lm in (out / "lm", lm_dir):  # named: the same settings (it used to be beam 1)

@@ -240,7 +240,8 @@ def _train_lm(args: argparse.Namespace) -> int:
 
     config = LMTrainConfig(steps=args.steps, batch_size=args.batch_size, peak_lr=args.lr,
                            warmup_steps=args.warmup_steps,
-                           heldout_fraction=args.heldout_fraction, seed=args.seed)
+                           heldout_fraction=args.heldout_fraction, seed=args.seed,
+                           bf16=args.bf16)
     report = train_lm(args.text, load_tokenizer(args.tokenizer), args.out,
                       get_lm_config(args.config), config, exclude=args.exclude,
                       device=args.device, log=lambda line: print(line, flush=True))
@@ -358,8 +359,8 @@ def _pack(args: argparse.Namespace) -> int:
                                self_train_steps=args.self_train_steps)
     out = pack_model(args.model, args.lm, args.out, decoding)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"{out}: {args.model} + {args.lm} (float16), decoding with beam {decoding.beam_size} "
-          f"(threshold {decoding.beam_threshold:g}), "
+    print(f"{out}: {args.model} + {args.lm} (both in float16), decoding with beam "
+          f"{decoding.beam_size} (threshold {decoding.beam_threshold:g}), "
           f"LM weight {decoding.lm_weight:g}, length bonus {decoding.length_bonus:g}, OOV "
           f"penalty {decoding.oov_penalty:g}, {decoding.adapt_steps} adaptation steps, "
           f"{decoding.self_train_steps} self-training steps; "
@@ -505,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="LM folder to write (resumes if stopped)")
     p.add_argument("--exclude", nargs="+", default=[], metavar="MANIFEST",
                    help="dev/test manifests: their transcripts are removed from the text")
-    p.add_argument("--config", default="small", help="LM size: tiny, small or paper")
+    p.add_argument("--config", default="small", help="LM size: tiny, small, medium or paper")
     p.add_argument("--steps", type=positive_count, default=2000, help="training steps in all")
     p.add_argument("--batch-size", type=positive_count, default=64, help="sentences per step")
     p.add_argument("--lr", type=_number_between(0, math.inf, "positive"), default=2e-3,
@@ -516,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=0.02, help="share of the sentences held out to measure perplexity")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out split, the "
                    "sentence order and the initial weights")
+    p.add_argument("--bf16", action="store_true", help="compute in bfloat16 (autocast; the "
+                   "weights stay float32): about twice as fast on GPUs and on CPUs with "
+                   "bfloat16 matrix units (Intel AMX)")
     _add_device_flag(p)
     p.set_defaults(run=_train_lm)
 

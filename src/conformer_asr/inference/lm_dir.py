@@ -17,8 +17,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..decoding.lexicon import Lexicon
 from ..files import read_text, write_atomically
 from ..models.config import ConfigError
@@ -52,9 +50,8 @@ def save_lm_dir(
     lexicon = sorted(set(words))
     if lexicon:
         write_atomically(directory / LEXICON_FILE, "".join(word + "\n" for word in lexicon))
-    dtype = torch.float16 if half else torch.float32
-    weights = {k: v.to(dtype) for k, v in lm.state_dict().items()}
-    return write_folder(directory, tokenizer, weights, {"lm": lm.cfg.to_dict(), "info": info or {}})
+    return write_folder(directory, tokenizer, lm.state_dict(),
+                        {"lm": lm.cfg.to_dict(), "info": info or {}}, half)
 
 
 def load_lm_dir(directory: str | Path) -> tuple[WordPieceLM, Tokenizer, dict[str, Any]]:

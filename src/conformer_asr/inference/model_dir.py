@@ -43,7 +43,10 @@ class ModelDirError(Exception):
 def save_model_dir(
     model: ASRModel, tokenizer: Tokenizer, directory: str | Path,
     info: dict[str, Any] | None = None, decoding: DecodingOptions | None = None,
+    half: bool = False,
 ) -> Path:
+    """``half`` stores the float weights in float16 (half the size); they load back as
+    float32."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if tokenizer.vocab_size != model.cfg.vocab_size:
@@ -53,16 +56,18 @@ def save_model_dir(
     config: dict[str, Any] = {"model": model.cfg.to_dict(), "info": info or {}}
     if decoding is not None:
         config["decoding"] = dataclasses.asdict(decoding)
-    return write_folder(directory, tokenizer, model.state_dict(), config)
+    return write_folder(directory, tokenizer, model.state_dict(), config, half)
 
 
 def write_folder(
     directory: Path, tokenizer: Tokenizer, weights: dict[str, torch.Tensor],
-    config: dict[str, Any],
+    config: dict[str, Any], half: bool = False,
 ) -> Path:
-    """Tokenizer, weights, then config.json, each atomically (model and LM folders)."""
+    """Tokenizer, weights (the float ones in float16 with ``half``), then config.json, each
+    atomically (model and LM folders)."""
     tokenizer.save(directory)
-    weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
+    weights = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+               for k, v in weights.items()}
     # serialised in memory and written by Python: safetensors' own writer raises its own
     # error for a full disk, naming no file
     write_atomically(directory / WEIGHTS_FILE, safetensors.torch.save(weights))

@@ -2,8 +2,9 @@
 one folder that ``transcribe`` and ``load_model`` use as they are (the bundled model is one).
 
     OUT/config.json, model.safetensors, tokenizer.model   the model folder, plus "decoding"
-    OUT/lm/                                             the LM, weights stored in float16,
-                                                        and its lexicon if it has one
+    OUT/lm/                                             the LM and its lexicon if it has one
+
+Both store their weights in float16, half the size; they load back as float32.
 
 The folder is assembled under a temporary name and renamed into place, so it is
 either complete or absent.
@@ -40,7 +41,7 @@ def pack_model(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         save_lm_dir(lm, tokenizer, tmp / LM_SUBDIR, lm_info, half=True, words=words)
-        save_model_dir(model, tokenizer, tmp, config.info, decoding)
+        save_model_dir(model, tokenizer, tmp, config.info, decoding, half=True)
         tmp.replace(out)
     except OSError as error:  # a full disk: free it, and name the file as it would be
         shutil.rmtree(tmp, ignore_errors=True)

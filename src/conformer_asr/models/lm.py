@@ -61,13 +61,15 @@ LM_CONFIGS: dict[str, LMConfig] = {
                              dropout=0.0),
     "lstm-lm-small": LMConfig(name="lstm-lm-small", embed_dim=256, hidden_dim=512, n_layers=2,
                               dropout=0.1),
+    "lstm-lm-medium": LMConfig(name="lstm-lm-medium", embed_dim=256, hidden_dim=768,
+                               n_layers=2, dropout=0.1),
     "lstm-lm-paper": LMConfig(name="lstm-lm-paper", embed_dim=1024, hidden_dim=4096,
                               n_layers=3, dropout=0.1),
 }
 
 
 def get_lm_config(name: str) -> LMConfig:
-    """``lstm-lm-tiny|small|paper``, or the short form ``tiny|small|paper``."""
+    """``lstm-lm-tiny|small|medium|paper``, or the short form ``tiny|small|medium|paper``."""
     config = LM_CONFIGS.get(name) or LM_CONFIGS.get(f"lstm-lm-{name}")
     if config is None:
         raise ConfigError(f"lm config: unknown name {name!r} (known: {', '.join(LM_CONFIGS)})")

@@ -47,6 +47,7 @@ class LMTrainConfig:
     log_every: int = 100
     checkpoint_every: int = 500
     seed: int = 0
+    bf16: bool = False  # the forward pass under bfloat16 autocast (weights stay float32)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "warmup_steps", "log_every", "checkpoint_every"):
@@ -240,7 +241,9 @@ def _train_lm_in(
             lm.train()
             batch = [corpus.train[i] for i in next(batches)]
             tokens = sum(len(s) + 1 for s in batch)
-            loss = -lm.token_log_probs(batch).sum() / tokens
+            with torch.autocast(torch.device(device).type, torch.bfloat16,
+                                enabled=config.bf16):
+                loss = -lm.token_log_probs(batch).sum() / tokens
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(lm.parameters(), config.grad_clip)
