@@ -518,8 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out split, the "
                    "sentence order and the initial weights")
     p.add_argument("--bf16", action="store_true", help="compute in bfloat16 (autocast; the "
-                   "weights stay float32): about twice as fast on GPUs and on CPUs with "
-                   "bfloat16 matrix units (Intel AMX)")
+                   "weights stay float32): twice as fast a step on an Intel CPU with AMX; "
+                   "slower on CPUs without bfloat16 instructions")
     _add_device_flag(p)
     p.set_defaults(run=_train_lm)
 
