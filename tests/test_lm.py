@@ -520,6 +520,37 @@ def test_pack_keeps_adaptation_steps_for_a_ctc_model_only(model_dir, lm_dir, tok
     assert "adaptation needs a CTC head" in capsys.readouterr().err
 
 
+def test_tune_self_trains_as_the_transcriber_does(lm_dir, tokenizer, tmp_path, monkeypatch):
+    """tune had no --self-train-steps: the bundle's settings were tuned on one decoding and
+    shipped with two. With it, a setting scores what ``evaluate`` of that setting scores,
+    and the second decoding trains towards that setting's first transcripts."""
+    import conformer_asr.inference.adapt as adapt
+    from conformer_asr.inference.evaluate import evaluate
+    from conformer_asr.inference.lm_dir import load_lexicon_for, load_lm_for
+    from conformer_asr.inference.tune import tune
+
+    torch.manual_seed(1)
+    cfg = ModelConfig(encoder=EncoderConfig(d_model=32, n_layers=1, n_heads=2,
+                                            conv_kernel_size=7),
+                      vocab_size=tokenizer.vocab_size, ctc_weight=1.0)
+    ctc_dir = save_model_dir(ASRModel(cfg), tokenizer, tmp_path / "ctc")
+    targets: list[list[int]] = []
+    real = adapt.encode
+    monkeypatch.setattr(adapt, "encode", lambda *args: targets.extend(args[4] or [])
+                        or real(*args))
+    model, model_tokenizer, _ = load_model_dir(ctc_dir)
+    settings = {"lm_weight": 0.3, "length_bonus": 0.5, "oov_penalty": 2.0}
+    tuning = tune(model.eval(), model_tokenizer, load_lm_for(str(lm_dir), model_tokenizer),
+                  DATA / "manifest.jsonl", 2, [settings["lm_weight"]],
+                  [settings["length_bonus"]], [settings["oov_penalty"]],
+                  load_lexicon_for(str(lm_dir), model_tokenizer), adapt_steps=2,
+                  self_train_steps=3, log=lambda line: None)
+    assert len(targets) == 4 and any(targets)  # one first transcript per utterance
+    report = evaluate(load_model(ctc_dir, beam_size=2, lm=str(lm_dir), adapt_steps=2,
+                                 self_train_steps=3, **settings), DATA / "manifest.jsonl")
+    assert tuning.results[0].errors == report.total
+
+
 def test_a_packed_folder_with_bad_decoding_options_is_refused(model_dir, lm_dir, tmp_path):
     out = tmp_path / "packed"
     assert main(["pack", str(model_dir), "--lm", str(lm_dir), "--out", str(out), "--beam-size",

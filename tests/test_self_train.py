@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from conformer_asr.decoding.search import DecodingOptions
+from conformer_asr.inference import adapt as adapt_module
 from conformer_asr.inference import transcriber as transcriber_module
 from conformer_asr.inference.adapt import (
     SelfTraining,
@@ -143,6 +144,7 @@ def test_the_transcriber_decodes_again_towards_its_first_transcripts(tokenizer, 
         calls.append(targets)
         return encode(model, feats, lengths, options, targets)
     monkeypatch.setattr(transcriber_module, "encode", spy)
+    monkeypatch.setattr(adapt_module, "encode", spy)  # the second, in ``self_trained``
     rng = np.random.default_rng(0)
     waves = [rng.standard_normal(16000 + 4000 * i).astype(np.float32) * 0.1 for i in range(2)]
 

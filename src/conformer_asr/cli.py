@@ -341,7 +341,7 @@ def _tune(args: argparse.Namespace) -> int:
     tuning = tune(model.to(args.device), tokenizer, lm.to(args.device), args.manifest,
                   args.beam_size, args.lm_weights, args.length_bonuses,
                   args.oov_penalties, lexicon, adapt_steps=args.adapt_steps,
-                  beam_threshold=args.beam_threshold,
+                  self_train_steps=args.self_train_steps, beam_threshold=args.beam_threshold,
                   log=lambda line: print(line, flush=True))
     print(f"best (beam {args.beam_size}, threshold {args.beam_threshold:g}):\n"
           f"{format_row(best_result(tuning.results))}")
@@ -538,6 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oov-penalties", type=_floats, default=[0.0],
                    help="comma-separated, e.g. 0,2,4 (needs the LM folder's lexicon.txt)")
     _add_adapt_flag(p, 0, "default: 0; tune as pack's --adapt-steps will decode")
+    _add_self_train_flag(p, 0, "default: 0; tune as pack's --self-train-steps will decode, "
+                               "at the time of a full decoding per setting")
     _add_device_flag(p)
     _add_int8_flag(p)
     p.set_defaults(run=_tune)

@@ -32,7 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..decoding.search import DecodingOptions
+from ..decoding.fusion import FusionLM
+from ..decoding.greedy import Hypothesis
+from ..decoding.lexicon import Lexicon
+from ..decoding.search import DecodingOptions, decode
 from ..models.asr import ASRModel
 
 TEMPERATURE = 2.5  # SUTA's: posteriors softened before both terms
@@ -267,3 +270,17 @@ def encode(
         return encode_adapted(model, feats, lengths, options.adapt_steps, options.adapt_lr,
                               self_training=self_training)
     return model.encode(feats, lengths)
+
+
+def self_trained(
+    model: ASRModel, feats: torch.Tensor, lengths: torch.Tensor, options: DecodingOptions,
+    first: Sequence[Hypothesis], lm: FusionLM | None, lexicon: Lexicon | None,
+) -> list[Hypothesis]:
+    """feats (B, T, F), lengths (B,) and each row's first hypothesis -> the hypotheses of
+    the second decoding, after ``options.self_train_steps`` CTC steps towards the first
+    transcripts (and ``options.adapt_steps`` after them); ``first`` as it is where
+    self-training is off."""
+    if not options.self_train_steps:
+        return list(first)
+    enc, enc_lengths = encode(model, feats, lengths, options, [hyp.tokens for hyp in first])
+    return decode(model, enc, enc_lengths, options, lm, lexicon)

@@ -57,7 +57,7 @@ from ..models.asr import ASRModel
 from ..models.lm import WordPieceLM
 from ..models.quantize import check_int8_device, quantize_int8
 from ..text.tokenizer import Tokenizer
-from .adapt import encode
+from .adapt import encode, self_trained
 from .lm_dir import load_lexicon_for, load_lm_for
 from .model_dir import bundled_lm_dir, load_model_dir, resolve_model_dir
 
@@ -339,11 +339,8 @@ class Transcriber:
         feats, feat_lengths = self.features_of(waves)
         enc, enc_lengths = encode(self.model, feats, feat_lengths, self.options)
         hyps = decode(self.model, enc, enc_lengths, self.options, self.lm, self.lexicon)
-        if self.options.self_train_steps:
-            targets = [hyp.tokens for hyp in hyps]
-            enc, enc_lengths = encode(self.model, feats, feat_lengths, self.options, targets)
-            hyps = decode(self.model, enc, enc_lengths, self.options, self.lm, self.lexicon)
-        return hyps
+        return self_trained(self.model, feats, feat_lengths, self.options, hyps, self.lm,
+                            self.lexicon)
 
     def _assemble(self, parts: list[tuple[_Segment, Hypothesis]], duration: float) -> Transcript:
         words: list[Word] = []

@@ -2,9 +2,10 @@
 (``conformer-asr tune``).
 
 Every utterance is encoded once; each setting only re-runs the beam search over
-the stored encoder outputs. Utterances are decoded whole (the ``Transcriber``
-cuts long recordings into windows), which suits dev sets of utterances up to
-about 30 s.
+the stored encoder outputs, and, with self-training, the self-training and a second
+search, which start from that setting's transcripts. Utterances are decoded whole (the
+``Transcriber`` cuts long recordings into windows), which suits dev sets of utterances
+up to about 30 s.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ..decoding.search import DecodingOptions, decode
 from ..models.asr import ASRModel
 from ..scoring import WordErrors, word_errors
 from ..text.tokenizer import Tokenizer
-from .adapt import encode
+from .adapt import encode, self_trained
 from .evaluate import Utterance, read_manifest
 
 
@@ -48,10 +49,12 @@ class Tuning:
 
 @dataclass
 class _Encoded:
-    """Encoder output of a batch of utterances: their manifest indices, enc (B, T, D),
-    lengths (B,)."""
+    """A batch of utterances: their manifest indices, features (B, T, F) and lengths
+    (B,), encoder output (B, T', D) and lengths (B,)."""
 
     indices: list[int]
+    feats: torch.Tensor
+    feat_lengths: torch.Tensor
     enc: torch.Tensor
     lengths: torch.Tensor
 
@@ -93,7 +96,7 @@ def _encode_all(
                 padded[row, :len(wave)] = wave
             feats, feat_lengths = features(padded.to(device), lengths.to(device))
             enc, enc_lengths = encode(model, feats, feat_lengths, adapting)
-            encoded.append(_Encoded(batch, enc, enc_lengths))
+            encoded.append(_Encoded(batch, feats, feat_lengths, enc, enc_lengths))
             batch = []
     log(f"encoded {len(order)} utterances ({sum(durations.values()):.1f} s of audio) in "
         f"{time.perf_counter() - start:.1f} s")
@@ -104,7 +107,7 @@ def tune(
     model: ASRModel, tokenizer: Tokenizer, lm: FusionLM, manifest: str | Path,
     beam_size: int, lm_weights: Sequence[float], length_bonuses: Sequence[float],
     oov_penalties: Sequence[float] = (0.0,), lexicon: Lexicon | None = None,
-    batch_seconds: float = 160.0, adapt_steps: int = 0,
+    batch_seconds: float = 160.0, adapt_steps: int = 0, self_train_steps: int = 0,
     beam_threshold: float = DecodingOptions.beam_threshold,
     log: Callable[[str], None] = print, warn: Callable[[str], None] = _to_stderr,
 ) -> Tuning:
@@ -112,15 +115,17 @@ def tune(
     table row as each one finishes, ``warn`` a line for each utterance that cannot be read
     (stderr by default: the table stays whole on stdout). ``model`` and ``lm`` must be in
     eval mode on one device; the penalties need ``lexicon``. ``adapt_steps`` > 0 adapts
-    the encoder to each utterance first, as ``DecodingOptions.adapt_steps`` does; the
+    the encoder to each utterance first, as ``DecodingOptions.adapt_steps`` does, and
+    ``self_train_steps`` > 0 self-trains it and decodes again, as
+    ``DecodingOptions.self_train_steps`` does (the time of a full decoding per setting); the
     searches drop hypotheses as ``DecodingOptions.beam_threshold`` says."""
     if lexicon is None and any(oov_penalties):
         raise ValueError("oov_penalties: the LM folder has no lexicon.txt, so they must be 0 "
                          "(train-lm writes one)")
-    grid = list(_grid(beam_size, beam_threshold, lm_weights, length_bonuses,
-                      oov_penalties))  # checked first
+    grid = list(_grid(beam_size, beam_threshold, lm_weights, length_bonuses, oov_penalties,
+                      adapt_steps, self_train_steps))  # checked first
     utterances = read_manifest(manifest)
-    adapting = DecodingOptions(adapt_steps=adapt_steps)
+    adapting = DecodingOptions(adapt_steps=adapt_steps, self_train_steps=self_train_steps)
     adapting.check_model(model)
     encoded, skipped = _encode_all(model, utterances, batch_seconds, adapting, log, warn)
     if not encoded:
@@ -130,7 +135,9 @@ def tune(
     for options in grid:
         texts = [""] * len(utterances)
         for part in encoded:
-            hyps = decode(model, part.enc, part.lengths, options, lm, lexicon)
+            hyps = self_trained(model, part.feats, part.feat_lengths, options,
+                                decode(model, part.enc, part.lengths, options, lm, lexicon),
+                                lm, lexicon)
             for i, hyp in zip(part.indices, hyps, strict=True):
                 texts[i] = tokenizer.decode(hyp.tokens)
         errors = sum((word_errors(u.text, text) for u, text in zip(utterances, texts,
@@ -143,14 +150,15 @@ def tune(
 
 
 def _grid(beam_size: int, beam_threshold: float, lm_weights: Sequence[float],
-          length_bonuses: Sequence[float], oov_penalties: Sequence[float]
-          ) -> Iterator[DecodingOptions]:
+          length_bonuses: Sequence[float], oov_penalties: Sequence[float], adapt_steps: int,
+          self_train_steps: int) -> Iterator[DecodingOptions]:
     for lm_weight in lm_weights:
         for length_bonus in length_bonuses:
             for oov_penalty in oov_penalties:
                 yield DecodingOptions(beam_size=beam_size, beam_threshold=beam_threshold,
                                       lm_weight=lm_weight, length_bonus=length_bonus,
-                                      oov_penalty=oov_penalty)
+                                      oov_penalty=oov_penalty, adapt_steps=adapt_steps,
+                                      self_train_steps=self_train_steps)
 
 
 HEADER = (f"{'lm_weight':>9}  {'bonus':>6}  {'oov':>5}  {'WER %':>7}  {'sub':>5}  {'del':>5}  "
