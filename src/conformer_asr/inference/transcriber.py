@@ -447,10 +447,10 @@ def load_model(
     ``adapt_steps`` and ``self_train_steps`` override
     single fields, e.g. ``load_model("exp/model", beam_size=8, lm="exp/lm", lm_weight=0.3)``,
     ``head="ctc"`` to decode a hybrid model with its CTC head, or ``adapt_steps=0`` to
-    decode without the test-time adaptation the bundled model does (``inference.adapt``:
-    about 3x the time, for 1.3 points of WER on unseen voices), or ``self_train_steps=0``
-    to decode each utterance once, without the bundled model's self-training (2.3x the
-    time, for 0.5 points).
+    decode without the test-time adaptation the bundled model does (``inference.adapt``),
+    or ``self_train_steps=0`` to decode each utterance once, without the bundled model's
+    self-training (about half the time, for 0.3 points of WER on unseen voices; both off,
+    a third of the time, for 1.4 points).
     ``int8`` runs the Linear and LSTM layers of the model and of its LM in int8, and
     the model's subsampling convolutions in bfloat16 on CPUs with bfloat16 kernels
     (``quantize_int8``; a loaded LM passed in is copied, not changed): faster on the
