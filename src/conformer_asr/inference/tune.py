@@ -49,14 +49,14 @@ class Tuning:
 
 @dataclass
 class _Encoded:
-    """A batch of utterances: their manifest indices, features (B, T, F) and lengths
-    (B,), encoder output (B, T', D) and lengths (B,)."""
+    """A batch of utterances: their manifest indices, encoder output (B, T', D) and
+    lengths (B,), and, kept for self-training only, features (B, T, F) and lengths (B,)."""
 
     indices: list[int]
-    feats: torch.Tensor
-    feat_lengths: torch.Tensor
     enc: torch.Tensor
     lengths: torch.Tensor
+    feats: torch.Tensor | None
+    feat_lengths: torch.Tensor
 
 
 def _to_stderr(line: str) -> None:
@@ -96,7 +96,8 @@ def _encode_all(
                 padded[row, :len(wave)] = wave
             feats, feat_lengths = features(padded.to(device), lengths.to(device))
             enc, enc_lengths = encode(model, feats, feat_lengths, adapting)
-            encoded.append(_Encoded(batch, feats, feat_lengths, enc, enc_lengths))
+            kept = feats if adapting.self_train_steps else None
+            encoded.append(_Encoded(batch, enc, enc_lengths, kept, feat_lengths))
             batch = []
     log(f"encoded {len(order)} utterances ({sum(durations.values()):.1f} s of audio) in "
         f"{time.perf_counter() - start:.1f} s")
@@ -135,9 +136,10 @@ def tune(
     for options in grid:
         texts = [""] * len(utterances)
         for part in encoded:
-            hyps = self_trained(model, part.feats, part.feat_lengths, options,
-                                decode(model, part.enc, part.lengths, options, lm, lexicon),
-                                lm, lexicon)
+            hyps = decode(model, part.enc, part.lengths, options, lm, lexicon)
+            if part.feats is not None:
+                hyps = self_trained(model, part.feats, part.feat_lengths, options, hyps, lm,
+                                    lexicon)
             for i, hyp in zip(part.indices, hyps, strict=True):
                 texts[i] = tokenizer.decode(hyp.tokens)
         errors = sum((word_errors(u.text, text) for u, text in zip(utterances, texts,
