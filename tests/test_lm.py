@@ -482,16 +482,21 @@ def test_pack_bundles_the_lm_and_its_tuned_decoding(model_dir, lm_dir, tmp_path,
     assert capsys.readouterr().err == f"error: --out {a_file}: a file, not a folder\n"
 
 
+def _ctc_model_dir(tokenizer: Tokenizer, out: Path, seed: int) -> Path:
+    """A folder of a tiny, untrained CTC-only model (one that adaptation can train)."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(encoder=EncoderConfig(d_model=32, n_layers=1, n_heads=2,
+                                            conv_kernel_size=7),
+                      vocab_size=tokenizer.vocab_size, ctc_weight=1.0)
+    return save_model_dir(ASRModel(cfg), tokenizer, out)
+
+
 def test_pack_keeps_adaptation_steps_for_a_ctc_model_only(model_dir, lm_dir, tokenizer,
                                                           tmp_path, capsys):
     """--adapt-steps and --self-train-steps are stored with the decoding, int8 models
     included; 0 turns either off at load time; a transducer-only model (no CTC head to
     adapt on) is refused before packing, and by tune."""
-    torch.manual_seed(0)
-    cfg = ModelConfig(encoder=EncoderConfig(d_model=32, n_layers=1, n_heads=2,
-                                            conv_kernel_size=7),
-                      vocab_size=tokenizer.vocab_size, ctc_weight=1.0)
-    ctc_dir = save_model_dir(ASRModel(cfg), tokenizer, tmp_path / "ctc")
+    ctc_dir = _ctc_model_dir(tokenizer, tmp_path / "ctc", seed=0)
     common = ["--lm", str(lm_dir), "--lm-weight", "0.4", "--length-bonus", "0.5",
               "--adapt-steps", "2"]
     assert main(["pack", str(ctc_dir), "--out", str(tmp_path / "packed"), *common,
@@ -529,11 +534,7 @@ def test_tune_self_trains_as_the_transcriber_does(lm_dir, tokenizer, tmp_path, m
     from conformer_asr.inference.lm_dir import load_lexicon_for, load_lm_for
     from conformer_asr.inference.tune import tune
 
-    torch.manual_seed(1)
-    cfg = ModelConfig(encoder=EncoderConfig(d_model=32, n_layers=1, n_heads=2,
-                                            conv_kernel_size=7),
-                      vocab_size=tokenizer.vocab_size, ctc_weight=1.0)
-    ctc_dir = save_model_dir(ASRModel(cfg), tokenizer, tmp_path / "ctc")
+    ctc_dir = _ctc_model_dir(tokenizer, tmp_path / "ctc", seed=1)
     targets: list[list[int]] = []
     real = adapt.encode
     monkeypatch.setattr(adapt, "encode", lambda *args: targets.extend(args[4] or [])
