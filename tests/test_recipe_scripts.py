@@ -1,5 +1,6 @@
 """The recipes' helper scripts: recipes/asterisk/prepare.py on a fake copy of Debian's
-Asterisk prompts, recipes/synthetic/narrowband.py on the test clips."""
+Asterisk prompts, recipes/synthetic/narrowband.py on the test clips,
+recipes/synthetic/dev_unseen.py on a fake corpus's dev manifest."""
 
 import gzip
 import json
@@ -10,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+
+from conformer_asr.data.synth.voices import DEV_UNSEEN_VOICES, all_voices, missing_engines
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 DATA = Path(__file__).parent / "data"
@@ -65,3 +68,30 @@ def test_narrowband_copies_keep_the_records_at_the_new_rate(tmp_path):
         assert info.samplerate == 8000
         assert info.duration == pytest.approx(sf.info(DATA / original["audio"]).duration,
                                               abs=1e-3)
+
+
+@pytest.mark.skipif(bool(missing_engines()), reason="TTS engines missing")
+def test_dev_unseen_speaks_dev_sentences_with_new_voices(tmp_path):
+    corpus, out = tmp_path / "synth", tmp_path / "dev_unseen"
+    corpus.mkdir()
+    dev = [{"id": f"synth0-{i:07d}", "audio": f"audio/dev/synth0-{i:07d}.flac", "text": text,
+            "voice": "flite-slt", "engine": "flite"}
+           for i, text in enumerate(["dressed well or smartly", "a small dog", "it rained"])]
+    (corpus / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dev))
+    result = _run(RECIPES / "synthetic" / "dev_unseen.py", "--corpus", str(corpus), "--out",
+                  str(out), "--limit", "2")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in records] == [r["text"] for r in dev[:2]]
+    inventory = {voice.id for voice in all_voices()}
+    for record in records:
+        assert record["voice"] not in inventory
+        assert record["voice"] in {voice.id for voice in DEV_UNSEEN_VOICES}
+        info = sf.info(out / record["audio"])
+        assert info.samplerate == 16000
+        assert info.duration == pytest.approx(record["duration"], abs=1e-3)
+    result = _run(RECIPES / "synthetic" / "dev_unseen.py", "--corpus", str(tmp_path / "gone"),
+                  "--out", str(out))
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].endswith(
+        f"{tmp_path / 'gone' / 'dev.jsonl'}: No such file or directory")

@@ -30,7 +30,14 @@ from conformer_asr.data.synth.text import (
     read_fortunes,
     read_wordnet,
 )
-from conformer_asr.data.synth.voices import all_voices, missing_engines
+from conformer_asr.data.synth.voices import (
+    DEV_UNSEEN_VOICES,
+    ESPEAK_VARIANTS,
+    UNSEEN_ACCENTS,
+    Voice,
+    all_voices,
+    missing_engines,
+)
 from conformer_asr.data.synth.worker import PEAK, condition, trim_silence
 
 MISSING_ENGINES = missing_engines()
@@ -131,6 +138,21 @@ def test_voice_inventory() -> None:
     assert len({v.name.split("+")[0] for v in unseen if v.engine == "espeak"}) >= 3
 
 
+def test_dev_unseen_voices_lie_outside_the_inventory() -> None:
+    ids = [voice.id for voice in DEV_UNSEEN_VOICES]
+    assert len(set(ids)) == len(ids) and not set(ids) & {v.id for v in all_voices()}
+    trained_accents = {v.name.split("+")[0] for v in all_voices() if v.engine == "espeak"
+                       and not v.unseen}
+    for voice in DEV_UNSEEN_VOICES:
+        if voice.engine == "espeak":
+            accent, variant = voice.name.split("+")
+            assert accent in trained_accents and accent not in UNSEEN_ACCENTS
+            assert variant not in ESPEAK_VARIANTS
+        else:  # a training voice's own synthesiser at another pitch and rate
+            assert voice.engine == "flite" and voice.f0_shift != 1 and voice.stretch != 1
+    assert Voice("flite", "awb", f0_shift=1.15, stretch=0.9).id == "flite-awb-f1.15-d0.9"
+
+
 def _fake_sentences(count: int) -> list[Sentence]:
     return [Sentence(f"Sentence {i}.", f"sentence {i}", "test/x", "none") for i in range(count)]
 
@@ -179,6 +201,43 @@ def test_engines_speak(voice_id: str) -> None:
             assert 0.8 < len(audio) / 16000 < 4
     finally:
         synthesiser.close()
+
+
+def _pitch(audio: np.ndarray) -> float:
+    """Median autocorrelation pitch (Hz) of the voiced 40 ms frames of 16 kHz audio."""
+    frame, pitches = 640, []
+    for start in range(0, len(audio) - frame, frame):
+        chunk = audio[start:start + frame]
+        correlation = np.correlate(chunk, chunk, "full")[frame - 1:]
+        lag = 40 + int(np.argmax(correlation[40:267]))  # 400-60 Hz
+        if correlation[lag] > 0.6 * correlation[0] > 0:  # periodic: voiced
+            pitches.append(16000 / lag)
+    return float(np.median(pitches))
+
+
+@needs_engines
+def test_flite_pitch_and_rate() -> None:
+    """kal16 (a deterministic diphone voice) at 1.05 x its durations, then as itself again,
+    as a fresh synthesiser says it; slt (clustergen) at 0.85 x its pitch."""
+    text = "Speech synthesis works at another pitch and rate."
+    synthesiser, fresh = Synthesiser(), Synthesiser()
+    kal16 = condition(*synthesiser.synthesize(Voice("flite", "kal16"), text))
+    slower = condition(*synthesiser.synthesize(Voice("flite", "kal16", stretch=1.05), text))
+    assert len(slower) / len(kal16) == pytest.approx(1.05, abs=0.01)
+    assert np.array_equal(condition(*synthesiser.synthesize(Voice("flite", "kal16"), text)),
+                          kal16)
+    assert np.array_equal(condition(*fresh.synthesize(Voice("flite", "kal16"), text)), kal16)
+    slt = condition(*synthesiser.synthesize(Voice("flite", "slt"), text))
+    lower = condition(*synthesiser.synthesize(Voice("flite", "slt", f0_shift=0.85), text))
+    assert _pitch(lower) / _pitch(slt) == pytest.approx(0.85, abs=0.03)
+
+
+@needs_engines
+def test_dev_unseen_voices_speak() -> None:
+    synthesiser = Synthesiser()
+    for voice in DEV_UNSEEN_VOICES:
+        audio = condition(*synthesiser.synthesize(voice, "Speech synthesis works."))
+        assert 0.8 < len(audio) / 16000 < 4, voice.id
 
 
 # --- tiny real builds ---------------------------------------------------------------------

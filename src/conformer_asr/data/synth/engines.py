@@ -3,7 +3,9 @@
 * espeak-ng: the shared library through ctypes, synchronous mode with a callback that
   collects the samples (about 500x real time).
 * flite: the shared library through ctypes, ``flite_text_to_wave`` on voices registered
-  once (diphone voices ~400-900x, clustergen ~40x real time).
+  once (diphone voices ~400-900x, clustergen ~40x real time). Before each call a voice's
+  ``f0_shift`` and ``stretch`` set flite's ``f0_shift`` and scale the flite voice's own
+  ``duration_stretch`` (1.1 for kal, 1 for the others).
 * festival: one ``festival --pipe`` process per voice, fed Scheme commands on stdin;
   each command writes the wave to stdout and then prints a marker, so the reply is read
   up to the marker (diphone ~150x, HTS ~15x real time). A process that dies or hangs is
@@ -106,7 +108,16 @@ class FliteEngine:
         lib.flite_text_to_wave.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
         lib.flite_text_to_wave.restype = ctypes.POINTER(_FliteWave)
         lib.delete_wave.argtypes = [ctypes.POINTER(_FliteWave)]
-        self._voices: dict[str, int] = {}
+        lib.flite_feat_set_float.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_float]
+        lib.get_param_float.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_float]
+        lib.get_param_float.restype = ctypes.c_float
+        self._voices: dict[str, int] = {}  # name -> cst_voice pointer
+        self._stretch: dict[str, float] = {}  # name -> the voice's own duration_stretch
+
+    @staticmethod
+    def _features(handle: int) -> ctypes.c_void_p:
+        """The voice's cst_features (cst_voice is {name, features, ...})."""
+        return ctypes.c_void_p.from_address(handle + ctypes.sizeof(ctypes.c_void_p))
 
     def _voice(self, name: str) -> int:
         if name not in self._voices:
@@ -117,10 +128,17 @@ class FliteEngine:
             if not handle:
                 raise EngineError(f"flite could not register voice {name!r}")
             self._voices[name] = handle
+            self._stretch[name] = self._lib.get_param_float(self._features(handle),
+                                                            b"duration_stretch", 1.0)
         return self._voices[name]
 
     def synthesize(self, voice: Voice, text: str) -> tuple[np.ndarray, int]:
-        wave = self._lib.flite_text_to_wave(text.encode(), self._voice(voice.name))
+        handle = self._voice(voice.name)
+        features = self._features(handle)
+        self._lib.flite_feat_set_float(features, b"f0_shift", voice.f0_shift)  # 1 when unset
+        self._lib.flite_feat_set_float(features, b"duration_stretch",
+                                       self._stretch[voice.name] * voice.stretch)
+        wave = self._lib.flite_text_to_wave(text.encode(), handle)
         if not wave:
             raise EngineError(f"flite failed on {text!r}")
         try:

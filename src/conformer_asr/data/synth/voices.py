@@ -12,6 +12,11 @@ train/dev/test_seen: one flite and one festival voice, the whole West Midlands a
 and every voice of two espeak variants. Holding out the same voices whatever the seed
 keeps ``test_unseen`` comparable between builds.
 
+``DEV_UNSEEN_VOICES`` lie outside the inventory: espeak variants it never uses, and
+flite voices at another pitch and speaking rate. ``recipes/synthetic/dev_unseen.py``
+has them read ``dev``'s sentences, to choose settings for voices a model never heard
+without looking at ``test_unseen``.
+
 ``weight`` sets a voice's share of its split's utterances: the more natural voices
 (flite clustergen, festival HTS) say more than each of the many formant-synthesis
 espeak voices.
@@ -37,12 +42,17 @@ class Voice:
     rate: int | None = None  # espeak: words per minute
     weight: int = 1
     unseen: bool = False
+    f0_shift: float = 1.0  # flite: factor on the pitch
+    stretch: float = 1.0  # flite: factor on the durations (> 1 speaks slower)
 
     @property
     def id(self) -> str:
-        """Stable id: ``flite-slt``, ``festival-kal``, ``espeak-en-gb+m3-p35-s145``."""
+        """Stable id: ``flite-slt``, ``festival-kal``, ``espeak-en-gb+m3-p35-s145``,
+        ``flite-awb-f1.15-d0.9`` (flite at another pitch and rate)."""
         if self.engine == "espeak":
             return f"espeak-{self.name}-p{self.pitch}-s{self.rate}"
+        if (self.f0_shift, self.stretch) != (1.0, 1.0):
+            return f"{self.engine}-{self.name}-f{self.f0_shift:g}-d{self.stretch:g}"
         return f"{self.engine}-{self.name}"
 
 
@@ -77,6 +87,22 @@ def _espeak_voices() -> list[Voice]:
             unseen = accent in UNSEEN_ACCENTS or variant in UNSEEN_VARIANTS
             voices.append(Voice("espeak", f"{accent}+{variant}", pitch, rate, unseen=unseen))
     return voices
+
+
+DEV_UNSEEN_VOICES = (  # see the module doc; weights as the inventory's, about its share
+    *(Voice("espeak", f"{accent}+{variant}", pitch, rate)  # of espeak in test_unseen
+      for accent, variant, pitch, rate in [
+          ("en-us", "m8", 50, 165), ("en-us", "Alex", 35, 185), ("en-gb", "klatt4", 65, 145),
+          ("en-gb", "Gene", 50, 185), ("en-gb-scotland", "Lee", 35, 165),
+          ("en-gb-scotland", "grandma", 65, 165), ("en-gb-x-rp", "Mike", 50, 145),
+          ("en-gb-x-rp", "quincy", 65, 185), ("en-gb-x-gbclan", "adam", 35, 145),
+          ("en-gb-x-gbclan", "robert", 50, 165), ("en-029", "edward", 65, 165),
+          ("en-029", "iven", 35, 145), ("en-us-nyc", "max", 50, 185),
+          ("en-us-nyc", "travis", 65, 145)]),
+    Voice("flite", "slt", weight=3, f0_shift=0.85, stretch=1.1),
+    Voice("flite", "awb", weight=3, f0_shift=1.15, stretch=0.9),
+    Voice("flite", "kal16", weight=2, f0_shift=1.25, stretch=1.05),
+)
 
 
 def espeak_name(voice: Voice) -> str:
