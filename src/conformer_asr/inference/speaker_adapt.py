@@ -12,11 +12,11 @@ audio cannot pull the model far. The per-utterance adaptation still runs on top,
 the decoding options ask for it; so does the per-utterance self-training, in the last
 transcription only (the rounds' transcripts skip it).
 
-With the bundled model, each voice's utterances of the unseen-voice test read 16.59%
-adapted to that voice, against 18.32% by default; the seen voices 10.02% against
-10.01%; 3.5-5 times the default's time (recipes/synthetic/README.md, step 4d). Those
-figures predate the per-utterance self-training (step 4e: 17.83% by default; about 16.5%
-adapted to each voice, at twice the default's time).
+With the bundled model, each voice's utterances of the unseen-voice test read 15.47%
+adapted to that voice, against 16.73% by default, in about twice the default's time (RTF
+0.103 against 0.046 on 2 CPU threads; the README's results table, 2026-12-06). The seen
+voices, which the model knows, gained nothing when last measured (recipes/synthetic/README.md,
+step 4d).
 """
 
 from __future__ import annotations
