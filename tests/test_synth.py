@@ -151,6 +151,8 @@ def test_dev_unseen_voices_lie_outside_the_inventory() -> None:
         else:  # a training voice's own synthesiser at another pitch and rate
             assert voice.engine == "flite" and voice.f0_shift != 1 and voice.stretch != 1
     assert Voice("flite", "awb", f0_shift=1.15, stretch=0.9).id == "flite-awb-f1.15-d0.9"
+    with pytest.raises(ValueError, match="only flite voices"):
+        Voice("festival", "kal", f0_shift=1.1)
 
 
 def _fake_sentences(count: int) -> list[Sentence]:

@@ -45,6 +45,11 @@ class Voice:
     f0_shift: float = 1.0  # flite: factor on the pitch
     stretch: float = 1.0  # flite: factor on the durations (> 1 speaks slower)
 
+    def __post_init__(self) -> None:
+        if self.engine != "flite" and (self.f0_shift, self.stretch) != (1.0, 1.0):
+            raise ValueError(f"{self.engine} voice {self.name!r}: only flite voices take "
+                             "f0_shift and stretch")
+
     @property
     def id(self) -> str:
         """Stable id: ``flite-slt``, ``festival-kal``, ``espeak-en-gb+m3-p35-s145``,
@@ -89,8 +94,10 @@ def _espeak_voices() -> list[Voice]:
     return voices
 
 
-DEV_UNSEEN_VOICES = (  # see the module doc; weights as the inventory's, about its share
-    *(Voice("espeak", f"{accent}+{variant}", pitch, rate)  # of espeak in test_unseen
+# See the module doc. The weights give flite about the share that the held-out flite and
+# festival voices have of test_unseen.
+DEV_UNSEEN_VOICES = (
+    *(Voice("espeak", f"{accent}+{variant}", pitch, rate)
       for accent, variant, pitch, rate in [
           ("en-us", "m8", 50, 165), ("en-us", "Alex", 35, 185), ("en-gb", "klatt4", 65, 145),
           ("en-gb", "Gene", 50, 185), ("en-gb-scotland", "Lee", 35, 165),
