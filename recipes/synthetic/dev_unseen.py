@@ -18,19 +18,16 @@ trimmed, peak-normalised FLAC); licences are the corpus's (`LICENSES.md`).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import random
 import sys
 from pathlib import Path
 
-import soundfile as sf
-
 from conformer_asr.audio.io import SAMPLE_RATE
 from conformer_asr.data.synth.engines import EngineError, Synthesiser
 from conformer_asr.data.synth.text import load_sentences
 from conformer_asr.data.synth.voices import DEV_UNSEEN_VOICES
-from conformer_asr.data.synth.worker import condition
+from conformer_asr.data.synth.worker import condition, write_flac
 from conformer_asr.files import write_atomically
 
 
@@ -61,10 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{record['id']}: {voice.id}: {error}", file=sys.stderr)
                 failed += 1
                 continue
-            flac = io.BytesIO()
-            sf.write(flac, samples, SAMPLE_RATE, subtype="PCM_16", format="FLAC")
             audio = f"audio/{record['id']}.flac"
-            write_atomically(args.out / audio, flac.getvalue())
+            write_flac(args.out / audio, samples)
             records.append({**record, "audio": audio,
                             "duration": round(len(samples) / SAMPLE_RATE, 3),
                             "voice": voice.id, "engine": voice.engine})

@@ -46,9 +46,14 @@ class Voice:
     stretch: float = 1.0  # flite: factor on the durations (> 1 speaks slower)
 
     def __post_init__(self) -> None:
-        if self.engine != "flite" and (self.f0_shift, self.stretch) != (1.0, 1.0):
+        if self.engine != "flite" and self.reshaped:
             raise ValueError(f"{self.engine} voice {self.name!r}: only flite voices take "
                              "f0_shift and stretch")
+
+    @property
+    def reshaped(self) -> bool:
+        """Whether it speaks at another pitch or rate than its synthesiser's own."""
+        return (self.f0_shift, self.stretch) != (1.0, 1.0)
 
     @property
     def id(self) -> str:
@@ -56,7 +61,7 @@ class Voice:
         ``flite-awb-f1.15-d0.9`` (flite at another pitch and rate)."""
         if self.engine == "espeak":
             return f"espeak-{self.name}-p{self.pitch}-s{self.rate}"
-        if (self.f0_shift, self.stretch) != (1.0, 1.0):
+        if self.reshaped:
             return f"{self.engine}-{self.name}-f{self.f0_shift:g}-d{self.stretch:g}"
         return f"{self.engine}-{self.name}"
 

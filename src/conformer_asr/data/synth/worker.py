@@ -71,6 +71,14 @@ def condition(samples: np.ndarray, rate: int) -> np.ndarray:
     return audio * (PEAK / peak)
 
 
+def write_flac(path: Path, audio: np.ndarray) -> None:
+    """Conditioned 16 kHz ``audio`` as 16-bit FLAC, whole or not at all. It is encoded in
+    memory, then written by Python, whose OSError names the file."""
+    flac = io.BytesIO()
+    sf.write(flac, audio, SAMPLE_RATE, subtype="PCM_16", format="FLAC")
+    write_atomically(path, flac.getvalue())
+
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -112,8 +120,6 @@ def run_batch(jobs: list[Job]) -> list[Result]:
         except (EngineError, OSError, sf.LibsndfileError) as error:
             results.append(Result(job.id, error=f"{job.voice.id}: {error}"))
             continue
-        flac = io.BytesIO()  # encoded in memory, then written by Python: its OSError names
-        sf.write(flac, audio, SAMPLE_RATE, subtype="PCM_16", format="FLAC")  # the file
-        write_atomically(job.path, flac.getvalue())  # whole or not at all
+        write_flac(job.path, audio)
         results.append(Result(job.id, len(audio) / SAMPLE_RATE))
     return results
