@@ -28,6 +28,7 @@ from conformer_asr.data.augment import AugmentConfig, Augmenter
 from conformer_asr.data.datamodule import load_manifests
 from conformer_asr.data.dataset import SpeechDataset, utterance_rng
 from conformer_asr.data.manifest import DataIssues
+from conformer_asr.data.manifest_errors import ManifestError
 from conformer_asr.inference.model_dir import BUNDLED_DIR, ModelDirError
 from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
 from conformer_asr.models.config import ConfigError
@@ -715,6 +716,17 @@ def test_a_manifest_listed_twice_is_read_once():
     manifest = str(DATA / "manifest.jsonl")
     assert len(load_manifests([manifest, manifest], issues)) == 4
     assert issues.counts == {"duplicate id": 4}
+
+
+def test_a_manifest_whose_ids_an_earlier_one_gave_is_an_error(tmp_path):
+    """A second manifest with copied ids (e.g. the same sentences read by new voices)
+    would otherwise be dropped whole, with only a count to show for it."""
+    again = tmp_path / "again.jsonl"
+    again.write_text("".join(
+        json.dumps({**json.loads(line), "audio": str(DATA / json.loads(line)["audio"])}) + "\n"
+        for line in (DATA / "manifest.jsonl").read_text().splitlines() if line.strip()))
+    with pytest.raises(ManifestError, match=r"again.jsonl: all 4 utterance ids are already in"):
+        load_manifests([str(DATA / "manifest.jsonl"), str(again)], DataIssues())
 
 
 def test_dataset_skips_and_counts_audio_with_nan(tmp_path):

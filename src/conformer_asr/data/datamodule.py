@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -14,6 +15,7 @@ from ..text.tokenizer import Tokenizer
 from .augment import Augmenter
 from .dataset import Batch, EpochSampler, SpeechDataset, worker_init
 from .manifest import DataIssues, load_cuts
+from .manifest_errors import ManifestError
 
 
 def _identity(batch: Batch) -> Batch:
@@ -96,14 +98,27 @@ class SpeechDataModule(L.LightningDataModule):
 def load_manifests(paths: tuple[str, ...] | list[str], issues: DataIssues,
                    max_seconds: float | None = None) -> CutSet:
     """Concatenate manifests; drop (and count) utterances longer than ``max_seconds``, and
-    ids that an earlier manifest gave (a manifest listed twice doubled the data)."""
+    ids that an earlier manifest gave (a manifest listed twice doubled the data).
+
+    Raises ManifestError when every utterance of a manifest has an id that another, earlier
+    manifest gave: such a manifest would add nothing, which is never what was meant.
+    """
     kept, seen = [], set()
-    for cut in (c for path in paths for c in load_cuts(path, issues)):
-        if cut.id in seen:
-            issues.add("duplicate id", cut.id)
-        elif max_seconds is not None and cut.duration > max_seconds:
-            issues.add(f"longer than {max_seconds:g} s", cut.id)
-        else:
-            kept.append(cut)
-        seen.add(cut.id)
+    for index, path in enumerate(paths):
+        cuts = load_cuts(path, issues)
+        repeated = 0
+        for cut in cuts:
+            if cut.id in seen:
+                issues.add("duplicate id", cut.id)
+                repeated += 1
+            elif max_seconds is not None and cut.duration > max_seconds:
+                issues.add(f"longer than {max_seconds:g} s", cut.id)
+            else:
+                kept.append(cut)
+            seen.add(cut.id)
+        listed_before = any(Path(path).resolve() == Path(p).resolve() for p in paths[:index])
+        if repeated and repeated == len(cuts) and not listed_before:
+            raise ManifestError(f"{path}: all {repeated} utterance ids are already in an "
+                                f"earlier manifest (e.g. {next(iter(cuts)).id}); give its "
+                                "utterances ids of their own")
     return CutSet.from_cuts(kept)
