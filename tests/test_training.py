@@ -678,8 +678,6 @@ def test_noam_schedule_peaks_at_warmup():
     assert noam_factor(400, 100) == pytest.approx(0.5)
 
 
-
-
 def _cuts_and_tokenizer(count: int) -> tuple[list, Tokenizer]:
     """The first ``count`` cuts of the test manifest and a tokenizer trained on them."""
     cuts = list(load_manifests([str(DATA / "manifest.jsonl")], DataIssues()))[:count]
@@ -709,6 +707,29 @@ def test_a_small_set_makes_batches_for_every_process(monkeypatch, rank):
     data.trainer = SimpleNamespace(world_size=2)
     batches = list(data.train_dataloader().sampler)
     assert batches and all(sum(c.duration for c in b) <= 20 for _, b in batches)
+
+
+def test_each_epoch_draws_from_the_whole_training_set():
+    """Lhotse's bucketing sampler takes cuts in their order, 20,000 at a time: given 20,500
+    utterances of one manifest (or speaker) and then 2,000 of another, an epoch's first
+    batches came from the first alone, and so did its first 5 batches."""
+    from types import SimpleNamespace
+
+    from conformer_asr.data.datamodule import SpeechDataModule
+
+    cuts, tokenizer = _cuts_and_tokenizer(4)
+    blocks = CutSet.from_cuts(
+        cuts[n % 4].truncate(duration=0.5 + 0.0001 * (n % 7000)).with_id(f"{block}{n}")
+        for block, count in (("a", 20500), ("b", 2000)) for n in range(count))
+    cfg = ModelConfig(encoder=EncoderConfig(d_model=32, n_layers=1, n_heads=2),
+                      vocab_size=tokenizer.vocab_size)
+    data = SpeechDataModule(blocks, None, tokenizer, cfg, None, max_duration=20, num_buckets=4,
+                            num_workers=0, seed=0)
+    data.trainer = SimpleNamespace(world_size=1)
+    sampler = data.train_dataloader().sampler
+    for _ in range(2):  # epochs
+        batches = iter(sampler)
+        assert "b" in {cut.id[0] for _ in range(5) for cut in next(batches)[1]}
 
 
 def test_a_manifest_listed_twice_is_read_once():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import warnings
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import lightning as L
 import torch
 from lhotse import CutSet
 from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
+from lhotse.dataset.sampling.base import CutSampler
+from lhotse.dataset.sampling.dynamic_bucketing import estimate_duration_buckets
 
 from ..models.config import ModelConfig
 from ..text.tokenizer import Tokenizer
@@ -74,22 +77,33 @@ class SpeechDataModule(L.LightningDataModule):
                       int(seconds // (self.max_duration * processes)))
         common = {"max_duration": self.max_duration, "shuffle": True, "seed": self.seed,
                   "drop_last": distributed}  # drop_last: equal batch counts on every rank
+        if buckets < 2:  # tiny sets; this sampler shuffles the whole set each epoch itself
+            sampler = EpochSampler(lambda _: SimpleCutSampler(self.train_cuts, **common),
+                                   *self.position)
+        else:
+            bins = estimate_duration_buckets(self.train_cuts, buckets)
+            sampler = EpochSampler(lambda epoch: self._bucketing(epoch, bins, common),
+                                   *self.position)
+        dataset = SpeechDataset(self.tokenizer, self.model_cfg, self.augmenter, self.seed)
+        return self._loader(dataset, sampler)
+
+    def _bucketing(self, epoch: int, bins: list[float], common: dict) -> CutSampler:
+        """The bucketing sampler of ``epoch``, over the training cuts shuffled for it (seed +
+        epoch). Lhotse's takes cuts in the order given, shuffling only within a window of
+        ``buffer_size`` of them: a manifest sorted by speaker (LibriSpeech's), or a second
+        manifest after a first, would come speaker by speaker, or manifest by manifest, in
+        the same order every epoch."""
+        shuffled = self.train_cuts.shuffle(random.Random(self.seed + epoch))
         with warnings.catch_warnings():
             # The manifests are read eagerly on purpose (checked and filtered up front, see
             # load_manifests); Lhotse's warning about the memory this costs does not apply.
             warnings.filterwarnings("ignore", "You are using DynamicBucketingSampler")
-            sampler = EpochSampler(
-                DynamicBucketingSampler(self.train_cuts, num_buckets=buckets, **common)
-                if buckets >= 2 else SimpleCutSampler(self.train_cuts, **common),  # tiny sets
-                *self.position,
-            )
-        dataset = SpeechDataset(self.tokenizer, self.model_cfg, self.augmenter, self.seed)
-        return self._loader(dataset, sampler)
+            return DynamicBucketingSampler(shuffled, duration_bins=bins, **common)
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:
         if self.dev_cuts is None:
             return []  # type: ignore[return-value]
-        sampler = EpochSampler(SimpleCutSampler(
+        sampler = EpochSampler(lambda _: SimpleCutSampler(
             self.dev_cuts, max_duration=self.max_duration, shuffle=False, drop_last=False,
         ))
         return self._loader(SpeechDataset(self.tokenizer, self.model_cfg), sampler)

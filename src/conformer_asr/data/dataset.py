@@ -15,7 +15,7 @@ is the same whichever worker makes it and after a resume.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,7 +57,8 @@ def utterance_rng(seed: int, epoch: int, cut_id: str) -> np.random.Generator:
 
 
 class EpochSampler:
-    """Wraps a Lhotse sampler: each pass over it is the next epoch, yielding (epoch, cuts).
+    """Lhotse samplers, one for each epoch: each pass over this yields (epoch, cuts) for the
+    next epoch, from ``sampler_for(epoch)``.
 
     It counts epochs itself, from ``epoch``, and has no ``set_epoch`` for Lightning to call:
     Lightning's count skips one when a run resumes from a checkpoint taken at an epoch's
@@ -67,21 +68,23 @@ class EpochSampler:
     the batches that the interrupted one had not consumed yet.
     """
 
-    def __init__(self, sampler: CutSampler, epoch: int = 0, skip: int = 0) -> None:
-        self.sampler = sampler
+    def __init__(self, sampler_for: Callable[[int], CutSampler], epoch: int = 0,
+                 skip: int = 0) -> None:
+        self.sampler_for = sampler_for
         self.epoch, self.skip = epoch, skip
 
     def __iter__(self) -> Iterator[tuple[int, CutSet]]:
         epoch, skip = self.epoch, self.skip
         self.epoch, self.skip = epoch + 1, 0
-        self.sampler.set_epoch(epoch)
+        sampler = self.sampler_for(epoch)
+        sampler.set_epoch(epoch)
         batches = 0
-        for batches, cuts in enumerate(self.sampler, start=1):
+        for batches, cuts in enumerate(sampler, start=1):
             if batches > skip:
                 yield epoch, cuts
         if batches == 0:
-            ranks = self.sampler.world_size or 1
-            share = f" for process {self.sampler.rank} of {ranks}" if ranks > 1 else ""
+            ranks = sampler.world_size or 1
+            share = f" for process {sampler.rank} of {ranks}" if ranks > 1 else ""
             raise ConfigError(
                 f"data: the sampler made no batch{share}: is data.max_duration shorter than "
                 "every utterance, or the manifest too small?"
