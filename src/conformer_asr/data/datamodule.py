@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -87,7 +88,7 @@ class SpeechDataModule(L.LightningDataModule):
         dataset = SpeechDataset(self.tokenizer, self.model_cfg, self.augmenter, self.seed)
         return self._loader(dataset, sampler)
 
-    def _bucketing(self, epoch: int, bins: list[float], common: dict) -> CutSampler:
+    def _bucketing(self, epoch: int, bins: list[float], common: dict[str, Any]) -> CutSampler:
         """The bucketing sampler of ``epoch``, over the training cuts shuffled for it (seed +
         epoch). Lhotse's takes cuts in the order given, shuffling only within a window of
         ``buffer_size`` of them: a manifest sorted by speaker (LibriSpeech's), or a second
