@@ -709,6 +709,29 @@ def test_a_small_set_makes_batches_for_every_process(monkeypatch, rank):
     assert batches and all(sum(c.duration for c in b) <= 20 for _, b in batches)
 
 
+def test_ddp_processes_share_out_an_epoch_without_overlap(monkeypatch):
+    """Every process shuffles the epoch alike (seed + epoch), and Lhotse then deals the
+    batches out: with a shuffle of their own, 2 processes met 66 of 400 utterances both."""
+    from types import SimpleNamespace
+
+    from conformer_asr.data.datamodule import SpeechDataModule
+
+    cuts, tokenizer = _cuts_and_tokenizer(4)
+    many = CutSet.from_cuts(cuts[n % 4].truncate(duration=0.5 + 0.7 * n / 400)
+                            .with_id(f"u{n}") for n in range(400))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = ModelConfig(encoder=EncoderConfig(d_model=32, n_layers=1, n_heads=2),
+                      vocab_size=tokenizer.vocab_size)
+    shares = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        data = SpeechDataModule(many, None, tokenizer, cfg, None, max_duration=20,
+                                num_buckets=20, num_workers=0, seed=0)
+        data.trainer = SimpleNamespace(world_size=2)
+        shares.append({cut.id for _, batch in data.train_dataloader().sampler for cut in batch})
+    assert len(shares[0]) > 150 and len(shares[1]) > 150 and not shares[0] & shares[1]
+
+
 def test_each_epoch_draws_from_the_whole_training_set():
     """Lhotse's bucketing sampler takes cuts in their order, 20,000 at a time: given 20,500
     utterances of one manifest (or speaker) and then 2,000 of another, an epoch's first
