@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -78,22 +79,22 @@ class SpeechDataModule(L.LightningDataModule):
                       int(seconds // (self.max_duration * processes)))
         common = {"max_duration": self.max_duration, "shuffle": True, "seed": self.seed,
                   "drop_last": distributed}  # drop_last: equal batch counts on every rank
-        if buckets < 2:  # tiny sets; this sampler shuffles the whole set each epoch itself
-            sampler = EpochSampler(lambda _: SimpleCutSampler(self.train_cuts, **common),
-                                   *self.position)
-        else:
-            bins = estimate_duration_buckets(self.train_cuts, buckets)
-            sampler = EpochSampler(lambda epoch: self._bucketing(epoch, bins, common),
-                                   *self.position)
+        bins = estimate_duration_buckets(self.train_cuts, buckets) if buckets >= 2 else None
+        sampler = EpochSampler(partial(self._train_sampler, bins=bins, common=common),
+                               *self.position)
         dataset = SpeechDataset(self.tokenizer, self.model_cfg, self.augmenter, self.seed)
         return self._loader(dataset, sampler)
 
-    def _bucketing(self, epoch: int, bins: list[float], common: dict[str, Any]) -> CutSampler:
-        """The bucketing sampler of ``epoch``, over the training cuts shuffled for it (seed +
-        epoch). Lhotse's takes cuts in the order given, shuffling only within a window of
-        ``buffer_size`` of them: a manifest sorted by speaker (LibriSpeech's), or a second
-        manifest after a first, would come speaker by speaker, or manifest by manifest, in
-        the same order every epoch."""
+    def _train_sampler(self, epoch: int, bins: list[float] | None,
+                       common: dict[str, Any]) -> CutSampler:
+        """The training sampler of ``epoch``. Without duration ``bins`` (tiny sets), one that
+        shuffles the whole set each epoch itself. With them, a bucketing one over the cuts
+        shuffled for the epoch (seed + epoch): Lhotse's takes cuts in the order given,
+        shuffling only within a window of ``buffer_size`` of them, so a manifest sorted by
+        speaker (LibriSpeech's), or a second manifest after a first, would come speaker by
+        speaker, or manifest by manifest, in the same order every epoch."""
+        if bins is None:
+            return SimpleCutSampler(self.train_cuts, **common)
         shuffled = self.train_cuts.shuffle(random.Random(self.seed + epoch))
         with warnings.catch_warnings():
             # The manifests are read eagerly on purpose (checked and filtered up front, see
