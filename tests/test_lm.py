@@ -25,8 +25,11 @@ from conformer_asr.inference.lm_dir import (
 )
 from conformer_asr.inference.model_dir import (
     BUNDLED_DIR,
+    WEIGHTS_FILE,
     ModelDirError,
+    int8_rows,
     load_model_dir,
+    read_weights,
     save_model_dir,
 )
 from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
@@ -428,6 +431,22 @@ def test_lm_folders_missing_or_not_lm_folders_are_told_apart(model_dir, tmp_path
         load_model(model_dir, lm=model_dir)
 
 
+def test_int8_rows_load_back_and_a_stray_scale_is_an_error(tmp_path):
+    from safetensors.torch import save_file
+
+    matrix = torch.tensor([[0.5, -1.0, 0.25], [0.0, 0.0, 0.0], [3.0, 1.5, -0.01]])
+    rows, scale = int8_rows(matrix)
+    assert rows.dtype == torch.int8 and rows[0, 1] == -127 and scale[1] == 1.0
+    save_file({"w": rows, "w.row_scale": scale, "b": torch.ones(3)}, tmp_path / WEIGHTS_FILE)
+    weights = read_weights(tmp_path)
+    assert weights.keys() == {"w", "b"} and weights["w"].dtype == torch.float16
+    assert torch.allclose(weights["w"].float(), matrix, atol=3.0 / 254 + 2e-3)
+    save_file({"w": matrix, "w.row_scale": scale}, tmp_path / WEIGHTS_FILE)
+    with pytest.raises(ModelDirError, match=r"unreadable weights \(w\.row_scale scales no "
+                                            "int8 matrix"):
+        read_weights(tmp_path)
+
+
 def test_an_lm_with_another_tokenizer_is_refused(model_dir, tmp_path):
     other = Tokenizer.train(SENTENCES + ["zebras quietly jump"], tmp_path / "tok", vocab_size=45)
     save_lm_dir(WordPieceLM(LMConfig(vocab_size=other.vocab_size)), other, tmp_path / "lm")
@@ -442,13 +461,20 @@ def test_pack_bundles_the_lm_and_its_tuned_decoding(model_dir, lm_dir, tmp_path,
             "--oov-penalty", "1.5"]
     assert main(args) == 0
     assert capsys.readouterr().out.startswith(  # it printed DecodingOptions(beam_size=3, ...)
-        f"{out}: {model_dir} + {lm_dir} (both in float16), decoding with beam 3 (threshold "
+        f"{out}: {model_dir} + {lm_dir} (weights in float16, the LM's matrices in int8), "
+        "decoding with beam 3 (threshold "
         "7.5), LM weight 0.4, length bonus 0.5, OOV penalty 1.5, 0 adaptation steps, 0 "
         "self-training steps; ")
     assert (out / "lm" / "lexicon.txt").read_text() == (lm_dir / "lexicon.txt").read_text()
     stored = load_file(str(out / "lm" / "model.safetensors"))
     original = load_lm_dir(lm_dir)[0].state_dict()
-    assert {v.dtype for v in stored.values()} == {torch.float16}
+    matrices = {k for k, v in original.items() if v.dim() == 2}
+    assert matrices and {k: stored[k].dtype for k in matrices} == dict.fromkeys(
+        matrices, torch.int8)
+    assert {k: stored[k + ".row_scale"].shape for k in matrices} == {
+        k: original[k].shape[:1] for k in matrices}
+    assert {v.dtype for k, v in stored.items() if k in original and k not in matrices} == \
+        {torch.float16}
     stored_model = load_file(str(out / "model.safetensors"))
     original_model = load_model_dir(model_dir)[0].state_dict()
     assert {v.dtype for v in stored_model.values() if v.is_floating_point()} == {torch.float16}
@@ -459,7 +485,13 @@ def test_pack_bundles_the_lm_and_its_tuned_decoding(model_dir, lm_dir, tmp_path,
                                              length_bonus=0.5, oov_penalty=1.5)
     assert packed.lexicon is not None
     for key, value in packed.lm.state_dict().items():
-        assert torch.equal(value, original[key].half().float()), key
+        assert torch.equal(value, value.half().float()), key  # float16 values (lstm_step)
+        if key in matrices:  # within half an int8 step of each row, and float16's rounding
+            step = original[key].abs().amax(dim=1, keepdim=True) / 127
+            error = (value - original[key]).abs()
+            assert (error <= 0.5 * step + original[key].abs() * 2**-10).all(), key
+        else:
+            assert torch.equal(value, original[key].half().float()), key
     for key, value in packed.model.state_dict().items():
         expected = original_model[key]
         assert torch.equal(value, expected.half().float() if expected.is_floating_point()

@@ -359,7 +359,8 @@ def _pack(args: argparse.Namespace) -> int:
                                self_train_steps=args.self_train_steps)
     out = pack_model(args.model, args.lm, args.out, decoding)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"{out}: {args.model} + {args.lm} (both in float16), decoding with beam "
+    print(f"{out}: {args.model} + {args.lm} (weights in float16, the LM's matrices in "
+          f"int8), decoding with beam "
           f"{decoding.beam_size} (threshold {decoding.beam_threshold:g}), "
           f"LM weight {decoding.lm_weight:g}, length bonus {decoding.length_bonus:g}, OOV "
           f"penalty {decoding.oov_penalty:g}, {decoding.adapt_steps} adaptation steps, "

@@ -38,10 +38,11 @@ STATE_FILE = "train_state.pt"
 
 def save_lm_dir(
     lm: WordPieceLM, tokenizer: Tokenizer, directory: str | Path,
-    info: dict[str, Any] | None = None, half: bool = False, words: Iterable[str] = (),
+    info: dict[str, Any] | None = None, compact: bool = False, words: Iterable[str] = (),
 ) -> Path:
-    """``half`` stores the weights in float16 (half the size); they load back as float32.
-    ``words``, if any, become the folder's lexicon."""
+    """``compact`` stores each weight matrix in int8 with a scale per row and the other
+    weights in float16 (about a quarter of the size); they load back as float32 holding
+    float16 values. ``words``, if any, become the folder's lexicon."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if tokenizer.vocab_size != lm.cfg.vocab_size:
@@ -51,7 +52,8 @@ def save_lm_dir(
     if lexicon:
         write_atomically(directory / LEXICON_FILE, "".join(word + "\n" for word in lexicon))
     return write_folder(directory, tokenizer, lm.state_dict(),
-                        {"lm": lm.cfg.to_dict(), "info": info or {}}, half)
+                        {"lm": lm.cfg.to_dict(), "info": info or {}}, half=compact,
+                        int8_matrices=compact)
 
 
 def load_lm_dir(directory: str | Path) -> tuple[WordPieceLM, Tokenizer, dict[str, Any]]:

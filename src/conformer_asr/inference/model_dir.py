@@ -32,6 +32,7 @@ M = TypeVar("M", bound=torch.nn.Module)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+ROW_SCALE = ".row_scale"  # name suffix: the scales of an int8-stored matrix's rows
 LM_SUBDIR = "lm"
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "pretrained" / "default"
 
@@ -61,18 +62,34 @@ def save_model_dir(
 
 def write_folder(
     directory: Path, tokenizer: Tokenizer, weights: dict[str, torch.Tensor],
-    config: dict[str, Any], half: bool = False,
+    config: dict[str, Any], half: bool = False, int8_matrices: bool = False,
 ) -> Path:
-    """Tokenizer, weights (the float ones in float16 with ``half``), then config.json, each
-    atomically (model and LM folders)."""
+    """Tokenizer, weights (the float ones in float16 with ``half``; with ``int8_matrices``,
+    each float matrix as ``int8_rows``), then config.json, each atomically (model and LM
+    folders)."""
     tokenizer.save(directory)
-    weights = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
-               for k, v in weights.items()}
+    stored: dict[str, torch.Tensor] = {}
+    for name, value in weights.items():
+        value = value.detach().cpu()
+        if int8_matrices and value.is_floating_point() and value.dim() == 2:
+            stored[name], stored[name + ROW_SCALE] = int8_rows(value)
+        else:
+            stored[name] = value.half() if half and value.is_floating_point() else value
+    weights = {name: value.contiguous() for name, value in stored.items()}
     # serialised in memory and written by Python: safetensors' own writer raises its own
     # error for a full disk, naming no file
     write_atomically(directory / WEIGHTS_FILE, safetensors.torch.save(weights))
     write_atomically(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return directory
+
+
+def int8_rows(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """matrix (R, C) float -> (int8 (R, C), float32 scale (R,)): each row divided by its
+    largest magnitude over 127 and rounded; ``scale[:, None] * int8`` gives it back to
+    within half a step (a row of zeros has scale 1)."""
+    scale = matrix.float().abs().amax(dim=1) / 127
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (matrix.float() / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,11 +171,21 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     a safetensors file."""
     path = directory / WEIGHTS_FILE
     try:
-        return load_file(str(path))
+        weights = load_file(str(path))
     except FileNotFoundError:
         raise ModelDirError(f"{directory}: incomplete model folder (no {WEIGHTS_FILE})") from None
     except (OSError, SafetensorError) as error:
         raise ModelDirError(f"{path}: unreadable weights ({error})") from None
+    for scale_name in [name for name in weights if name.endswith(ROW_SCALE)]:
+        name, scale = scale_name.removesuffix(ROW_SCALE), weights.pop(scale_name)
+        rows = weights.get(name)
+        if rows is None or rows.dtype != torch.int8 or rows.shape[:1] != scale.shape:
+            raise ModelDirError(f"{path}: unreadable weights ({scale_name} scales no int8 "
+                                "matrix of as many rows)")
+        # float16 values: the LSTM steps read such weights as float16 (models.lstm_step),
+        # and float16's rounding is a 16th of int8's
+        weights[name] = (scale[:, None] * rows.float()).half()
+    return weights
 
 
 def load_weights(module: M, directory: Path) -> M:

@@ -11,9 +11,10 @@ threads, transcribing 40 test utterances one at a time took 7.9 s instead of 14.
 200 in batches (mostly 256-2048 rows a step) took the same time either way.
 
 Over a few rows the products are bound by reading the weights, so where the weights
-are float16 values (the bundled LM is stored in float16) they are read as float16
-(:func:`_float16_packed`), at float32 precision otherwise: on an AVX2 machine, 40 test
-utterances one at a time then took 7.2 s instead of 13.8 s, with the same transcripts.
+are float16 values (the bundled LM's: stored in int8, they load as float16 values) they
+are read as float16 (:func:`_float16_packed`), at float32 precision otherwise: on an
+AVX2 machine, 40 test utterances one at a time then took 7.2 s instead of 13.8 s, with the
+same transcripts.
 That product has no gradient, so it runs only with gradients off, as decoding does.
 """
 
