@@ -183,7 +183,7 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
             raise ModelDirError(f"{path}: unreadable weights ({scale_name} scales no int8 "
                                 "matrix of as many rows)")
         # float16 values: the LSTM steps read such weights as float16 (models.lstm_step),
-        # and float16's rounding is a 16th of int8's
+        # and float16's rounding is at most an eighth of int8's
         weights[name] = (scale[:, None] * rows.float()).half()
     return weights
 
