@@ -15,7 +15,8 @@ transcription only (the rounds' transcripts skip it).
 With the bundled model, each voice's utterances of the unseen-voice test read 15.47%
 adapted to that voice, against 16.73% by default, in about twice the default's time (RTF
 0.103 against 0.046 on 2 CPU threads; the README's results table, 2026-12-06, at beam 32
-with the LM stored in float16). The seen voices, which the model knows, gained nothing
+with the LM stored in float16; at the bundle's beam of 128 since, 14.95% at RTF 0.134).
+The seen voices, which the model knows, gained nothing
 when last measured (recipes/synthetic/README.md, step 4d).
 """
 
