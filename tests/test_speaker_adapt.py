@@ -7,6 +7,7 @@ import json
 import random
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -97,25 +98,35 @@ def test_adapted_to_trains_a_copy_and_leaves_the_transcriber_alone():
     assert unread.model is transcriber.model
 
 
-def test_the_rounds_transcribe_without_the_per_utterance_self_training(tmp_path, monkeypatch):
-    """The speaker's rounds supersede each utterance's own self-training: their
-    transcripts skip it (no targets reach the encoding), and the copy returned decodes with
-    the transcriber's options, self-training included."""
+def test_the_rounds_decode_cheaply_and_the_copy_without_per_utterance_self_training(
+        tmp_path, monkeypatch):
+    """The rounds' transcripts come from a narrower beam with no per-utterance adaptation;
+    the copy returned keeps the transcriber's beam and adaptation but not its per-utterance
+    self-training, which the speaker's supersedes (no targets reach its encoding)."""
     tiny = _tiny(tmp_path)
-    transcriber = Transcriber(tiny.model, tiny.tokenizer, DecodingOptions(self_train_steps=2))
-    targets_seen = []
+    options = DecodingOptions(beam_size=6, adapt_steps=2, self_train_steps=2)
+    transcriber = Transcriber(tiny.model, tiny.tokenizer, options)
+    calls = []
     encode = transcriber_module.encode
 
     def spy(model, feats, lengths, options, targets=None):
-        targets_seen.append(targets)
+        calls.append((options.beam_size, options.adapt_steps, options.self_train_steps,
+                      targets))
         return encode(model, feats, lengths, options, targets)
     monkeypatch.setattr(transcriber_module, "encode", spy)
-    monkeypatch.setattr(adapt_module, "encode", spy)  # the second decoding's
-    adapted = adapted_to(transcriber, [DATA / "clip1.wav"], settings=SpeakerAdaptation())
-    assert targets_seen == [None, None]  # two rounds, one segment each
-    assert adapted.options == transcriber.options
+    monkeypatch.setattr(adapt_module, "encode", spy)  # a self-training's second decoding
+    settings = SpeakerAdaptation(label_beam_size=4)
+    adapted = adapted_to(transcriber, [DATA / "clip1.wav"], settings=settings)
+    assert calls == [(4, 0, 0, None)] * 2  # two rounds, one segment each
+    assert adapted.options == replace(options, self_train_steps=0)
+    assert transcriber.options == options
     adapted.transcribe([DATA / "clip1.wav"])
-    assert targets_seen[2] is None and targets_seen[3] is not None
+    assert calls[2:] == [(6, 2, 0, None)]
+    # a transcriber's narrower beam is the rounds' too
+    calls.clear()
+    adapted_to(transcriber, [DATA / "clip1.wav"],
+               settings=SpeakerAdaptation(rounds=1, label_beam_size=32))
+    assert calls == [(6, 0, 0, None)]
 
 
 def test_an_int8_model_adapts_through_its_int8_layers(tmp_path):
@@ -152,7 +163,8 @@ def test_a_model_without_a_ctc_head_and_bad_settings_are_named(tmp_path):
     with pytest.raises(ValueError, match="CTC head"):
         adapted_to(_tiny(tmp_path, ctc_weight=0.0), [DATA / "clip1.wav"])
     for field, value in [("rounds", 0), ("epochs", 1.5), ("lr", 0.0),
-                         ("max_seconds", float("inf")), ("batch_seconds", True)]:
+                         ("max_seconds", float("inf")), ("batch_seconds", True),
+                         ("label_beam_size", 0)]:
         with pytest.raises(ValueError, match=f"^{field}: "):
             SpeakerAdaptation(**{field: value})
 

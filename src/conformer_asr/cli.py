@@ -413,10 +413,11 @@ def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_speaker_flag(p: argparse.ArgumentParser, whose: str) -> None:
     p.add_argument("--adapt-to-speaker", action="store_true",
-                   help=f"adapt to {whose} first: transcribe, train a copy of the "
-                        "encoder's LayerNorms towards the transcripts, twice, then transcribe "
-                        "again with that copy (self-training; about twice the time; the model "
-                        "needs a CTC head)")
+                   help=f"adapt to {whose} first: transcribe (beam 32 at most, unadapted), "
+                        "train a copy of the encoder's LayerNorms towards the transcripts, "
+                        "twice, then transcribe again with that copy, which replaces the "
+                        "per-utterance self-training (about the default's time; the model needs "
+                        "a CTC head)")
 
 
 def _add_int8_flag(p: argparse.ArgumentParser) -> None:

@@ -8,16 +8,18 @@ LayerNorm gains and biases are trained with the CTC loss towards those transcrip
 and the audio is transcribed again by the adapted encoder; ``rounds`` times, each
 round's transcripts the next one's targets. This is self-training (pseudo-labelling) on
 one speaker's unlabelled audio, with only the LayerNorms free so that a few minutes of
-audio cannot pull the model far. The per-utterance adaptation still runs on top, where
-the decoding options ask for it; so does the per-utterance self-training, in the last
-transcription only (the rounds' transcripts skip it).
+audio cannot pull the model far.
 
-With the bundled model, each voice's utterances of the unseen-voice test read 15.47%
-adapted to that voice, against 16.73% by default, in about twice the default's time (RTF
-0.103 against 0.046 on 2 CPU threads; the README's results table, 2026-12-06, at beam 32
-with the LM stored in float16; at the bundle's beam of 128 since, 14.95% at RTF 0.134).
-The seen voices, which the model knows, gained nothing
-when last measured (recipes/synthetic/README.md, step 4d).
+The rounds' transcripts are cheaper than the last one's: a narrower beam
+(``label_beam_size``) and none of the per-utterance adaptation of ``inference.adapt``.
+The last transcription keeps the per-utterance adaptation (``adapt_steps``) where the
+decoding options ask for it, and leaves out the per-utterance self-training
+(``self_train_steps``), which the speaker's supersedes.
+
+With the bundled model (beam 128), each voice's utterances of the unseen-voice test read
+14.80% adapted to that voice, against 16.29% by default, in about the default's time (RTF
+0.061 against 0.062 on 2 CPU threads; recipes/synthetic/README.md, step 4j). The seen
+voices, which the model knows, read 9.34% against 9.23%.
 """
 
 from __future__ import annotations
@@ -46,10 +48,11 @@ class SpeakerAdaptation:
     lr: float = 1e-3  # Adam's
     batch_seconds: float = 25.0  # audio in each training step (one segment at the least)
     max_seconds: float = 900.0  # of a speaker's speech trained on: the first this many
+    label_beam_size: int = 32  # the rounds' beam (the transcriber's where that is narrower)
     seed: int = 0  # the order the segments are visited in
 
     def __post_init__(self) -> None:
-        for name in ("rounds", "epochs"):
+        for name in ("rounds", "epochs", "label_beam_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: a whole number >= 1, got {value!r}")
@@ -67,20 +70,22 @@ def adapted_to(
     """A copy of ``transcriber`` whose encoder LayerNorms are adapted to the one speaker of
     ``inputs`` (module docstring); ``transcriber`` is left as it is. Inputs that cannot be
     read are left out (transcribing them names them); with no speech at all, the copy
-    is the transcriber as it was. The model needs a CTC head."""
+    has the transcriber's model as it was. Either way the copy decodes without the
+    per-utterance self-training. The model needs a CTC head."""
     settings = settings or SpeakerAdaptation()
     if transcriber.model.ctc_head is None:
         raise ValueError("speaker adaptation trains towards the CTC head, which this model "
                          "does not have")
     waves = _speech(transcriber, inputs, sample_rate, settings.max_seconds)
     adapted = copy.copy(transcriber)
+    adapted.options = replace(transcriber.options, self_train_steps=0)
     if not waves:
         return adapted
     adapted.model = with_own_layer_norms(transcriber.model)
-    # the rounds' transcripts skip the per-utterance self-training, which this one, on the
-    # whole speaker, supersedes; the copy returned decodes as the transcriber does
     labeller = copy.copy(adapted)
-    labeller.options = replace(adapted.options, self_train_steps=0)
+    labeller.options = replace(
+        adapted.options, adapt_steps=0,
+        beam_size=min(settings.label_beam_size, transcriber.options.beam_size))
     rng = random.Random(settings.seed)
     for _ in range(settings.rounds):
         targets = [hyp.tokens for hyp in labeller.decode_waves(waves)]
