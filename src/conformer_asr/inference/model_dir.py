@@ -70,15 +70,14 @@ def write_folder(
     tokenizer.save(directory)
     stored: dict[str, torch.Tensor] = {}
     for name, value in weights.items():
-        value = value.detach().cpu()
+        value = value.detach().cpu().contiguous()  # the casts below keep the layout
         if int8_matrices and value.is_floating_point() and value.dim() == 2:
             stored[name], stored[name + ROW_SCALE] = int8_rows(value)
         else:
             stored[name] = value.half() if half and value.is_floating_point() else value
-    weights = {name: value.contiguous() for name, value in stored.items()}
     # serialised in memory and written by Python: safetensors' own writer raises its own
     # error for a full disk, naming no file
-    write_atomically(directory / WEIGHTS_FILE, safetensors.torch.save(weights))
+    write_atomically(directory / WEIGHTS_FILE, safetensors.torch.save(stored))
     write_atomically(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return directory
 
@@ -87,9 +86,10 @@ def int8_rows(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """matrix (R, C) float -> (int8 (R, C), float32 scale (R,)): each row divided by its
     largest magnitude over 127 and rounded; ``scale[:, None] * int8`` gives it back to
     within half a step (a row of zeros has scale 1)."""
-    scale = matrix.float().abs().amax(dim=1) / 127
+    matrix = matrix.float()
+    scale = matrix.abs().amax(dim=1) / 127
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return (matrix.float() / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale
+    return (matrix / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale
 
 
 @dataclasses.dataclass(frozen=True)
