@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import io
 import json
@@ -29,11 +30,16 @@ if TYPE_CHECKING:
 
 def _model_info(args: argparse.Namespace) -> int:
     """A built-in size's parameter counts, or a model folder's, with the folder's training
-    record, its own LM (name, parameters, training record) and its decoding settings."""
+    record, its own LMs (name, parameters, training record) and its decoding settings."""
     import dataclasses
 
     from .inference.lm_dir import load_lm_dir
-    from .inference.model_dir import LM_SUBDIR, read_config, resolve_model_dir
+    from .inference.model_dir import (
+        BACKWARD_LM_SUBDIR,
+        LM_SUBDIR,
+        read_config,
+        resolve_model_dir,
+    )
     from .models import ASRModel, count_parameters, get_config
     from .models.config import NAMED_CONFIGS, PAPER_PARAMS
 
@@ -51,10 +57,11 @@ def _model_info(args: argparse.Namespace) -> int:
               "config": folder.model.to_dict()}
     if folder.info:
         report["info"] = folder.info
-    if (directory / LM_SUBDIR).is_dir():
-        lm, _, lm_info = load_lm_dir(directory / LM_SUBDIR)
-        report["lm"] = {"name": lm.cfg.name, "params": sum(p.numel() for p in lm.parameters()),
-                        "info": lm_info}
+    for key, subdir in (("lm", LM_SUBDIR), ("backward_lm", BACKWARD_LM_SUBDIR)):
+        if (directory / subdir).is_dir():
+            lm, _, lm_info = load_lm_dir(directory / subdir)
+            report[key] = {"name": lm.cfg.name, "info": lm_info,
+                           "params": sum(p.numel() for p in lm.parameters())}
     if folder.decoding is not None:
         report["decoding"] = dataclasses.asdict(folder.decoding)
     print(json.dumps(report))
@@ -74,7 +81,7 @@ def _load_transcriber(args: argparse.Namespace) -> Transcriber:
                       lm_weight=args.lm_weight, length_bonus=args.length_bonus,
                       oov_penalty=args.oov_penalty, head=args.head,
                       adapt_steps=args.adapt_steps, self_train_steps=args.self_train_steps,
-                      device=args.device, int8=args.int8)
+                      backward_share=args.backward_share, device=args.device, int8=args.int8)
 
 
 OUTPUT_SUFFIXES = {"text": ".txt", "json": ".json", "srt": ".srt", "vtt": ".vtt"}
@@ -213,6 +220,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             unwritten = error
     if args.json:
         decoding = {**vars(transcriber.options), "lm": transcriber.lm is not None,
+                    "backward_lm": transcriber.backward_lm is not None,
                     "adapt_to_speaker": args.adapt_to_speaker}
         print(json.dumps({**report.to_dict(), "decoding": decoding, "int8": args.int8}))
         for reason in report.failed:
@@ -242,9 +250,10 @@ def _train_lm(args: argparse.Namespace) -> int:
                            warmup_steps=args.warmup_steps,
                            heldout_fraction=args.heldout_fraction, seed=args.seed,
                            bf16=args.bf16)
-    report = train_lm(args.text, load_tokenizer(args.tokenizer), args.out,
-                      get_lm_config(args.config), config, exclude=args.exclude,
-                      device=args.device, log=lambda line: print(line, flush=True))
+    lm_config = dataclasses.replace(get_lm_config(args.config), backward=args.backward)
+    report = train_lm(args.text, load_tokenizer(args.tokenizer), args.out, lm_config, config,
+                      exclude=args.exclude, device=args.device,
+                      log=lambda line: print(line, flush=True))
     print(f"removed {report.excluded} training sentences found in --exclude manifests; "
           f"held-out perplexity {report.heldout_perplexity_start:.2f} -> "
           f"{report.heldout_perplexity:.2f}; LM written to {args.out}")
@@ -280,6 +289,14 @@ def _number_between(low: float, high: float, meaning: str) -> Callable[[str], fl
             raise argparse.ArgumentTypeError(f"must be {meaning}, got {text}")
         return value
     return parse
+
+
+def _share(text: str) -> float:
+    """The type of a flag that is a share: a number from 0 to 1."""
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
 
 
 def _whole_number(text: str, minimum: int) -> int:
@@ -356,16 +373,18 @@ def _pack(args: argparse.Namespace) -> int:
                                lm_weight=args.lm_weight,
                                length_bonus=args.length_bonus, oov_penalty=args.oov_penalty,
                                adapt_steps=args.adapt_steps,
-                               self_train_steps=args.self_train_steps)
-    out = pack_model(args.model, args.lm, args.out, decoding)
+                               self_train_steps=args.self_train_steps,
+                               backward_share=args.backward_share)
+    out = pack_model(args.model, args.lm, args.out, decoding, args.backward_lm)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"{out}: {args.model} + {args.lm} (weights in float16, the LM's matrices in "
           f"int8), decoding with beam "
           f"{decoding.beam_size} (threshold {decoding.beam_threshold:g}), "
           f"LM weight {decoding.lm_weight:g}, length bonus {decoding.length_bonus:g}, OOV "
           f"penalty {decoding.oov_penalty:g}, {decoding.adapt_steps} adaptation steps, "
-          f"{decoding.self_train_steps} self-training steps; "
-          f"{size / 2**20:.1f} MiB")
+          f"{decoding.self_train_steps} self-training steps"
+          + (f", rescored with {args.backward_lm} at a share of {decoding.backward_share:g}"
+             if args.backward_lm else "") + f"; {size / 2**20:.1f} MiB")
     return 0
 
 
@@ -400,6 +419,10 @@ def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--oov-penalty", type=_number, default=None,
                    help="score taken per word outside the LM folder's lexicon (default 0, or "
                         "the model folder's own setting)")
+    p.add_argument("--backward-share", type=_share, default=None,
+                   help="share of the LM score that the model folder's backward LM takes when "
+                        "it rescores the search's 8 best hypotheses; 0 is off (default: the "
+                        "folder's own setting; only with the folder's own LM)")
     p.add_argument("--head", default=None,
                    help="auto, ctc or transducer: the output a hybrid CTC + transducer model "
                         "decodes with (default: auto, the transducer where there is one)")
@@ -509,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", nargs="+", default=[], metavar="MANIFEST",
                    help="dev/test manifests: their transcripts are removed from the text")
     p.add_argument("--config", default="small", help="LM size: tiny, small, medium or paper")
+    p.add_argument("--backward", action="store_true",
+                   help="read each sentence last word first: an LM that rescores a search's "
+                        "hypotheses (pack --rescore-lm), not one to fuse into it")
     p.add_argument("--steps", type=positive_count, default=2000, help="training steps in all")
     p.add_argument("--batch-size", type=positive_count, default=64, help="sentences per step")
     p.add_argument("--lr", type=_number_between(0, math.inf, "positive"), default=2e-3,
@@ -558,6 +584,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oov-penalty", type=_number, default=0.0, help="from conformer-asr tune")
     _add_adapt_flag(p, 0, "default: 0")
     _add_self_train_flag(p, 0, "default: 0")
+    p.add_argument("--backward-lm", default=None,
+                   help="backward LM folder (train-lm --backward), same tokenizer: rescores "
+                        "each search's 8 best hypotheses with the LM")
+    p.add_argument("--backward-share", type=_share, default=0.0,
+                   help="share of the LM score the backward LM takes")
     p.set_defaults(run=_pack)
 
     from .data.synth import add_synth_arguments

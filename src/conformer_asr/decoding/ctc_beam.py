@@ -27,16 +27,19 @@ import torch
 from .beam import NEG_INF, Prefixes, beam_rows, select
 from .fusion import FusionScores, ShallowFusion
 from .greedy import BLANK, Hypothesis
+from .rescore import Rescoring, rescored
 
 
 @torch.no_grad()
 def ctc_beam_search(
     log_probs: torch.Tensor, lengths: torch.Tensor, beam_size: int,
     fusion: ShallowFusion | None = None, threshold: float | None = None,
+    rescoring: Rescoring | None = None,
 ) -> list[Hypothesis]:
     """log_probs (B, T, V) CTC log-probabilities, lengths (B,) -> best prefix per utterance.
 
-    ``Hypothesis.score`` is log P_CTC(tokens) plus the fusion terms; ``frames`` is
+    ``Hypothesis.score`` is log P_CTC(tokens) plus the fusion terms, and the rescoring
+    term where ``rescoring`` is given (``rescore.py``); ``frames`` is
     the frame at which each token was emitted on the prefix's most probable way in
     (module docstring). Each frame keeps the ``beam_size`` best candidates that score
     within ``threshold`` of the best (``beam.select``).
@@ -90,4 +93,6 @@ def ctc_beam_search(
         prefixes.advance(sources, tokens, t)
         lm.follow(beam_rows(sources), tokens.flatten())
     final = torch.logaddexp(p_blank, p_label) + fused + lm.end_scores().view(batch, beam_size)
+    if rescoring is not None:
+        final = rescored(final, prefixes.tokens, rescoring)
     return prefixes.best(final)

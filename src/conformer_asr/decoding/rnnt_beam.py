@@ -16,17 +16,20 @@ from ..models.asr import ASRModel
 from .beam import NEG_INF, Prefixes, RecurrentState, beam_rows, follow, select
 from .fusion import FusionScores, ShallowFusion
 from .greedy import BLANK, Hypothesis
+from .rescore import Rescoring, rescored
 
 
 @torch.no_grad()
 def rnnt_beam_search(
     model: ASRModel, enc: torch.Tensor, lengths: torch.Tensor, beam_size: int,
     fusion: ShallowFusion | None = None, threshold: float | None = None,
+    rescoring: Rescoring | None = None,
 ) -> list[Hypothesis]:
     """enc (B, T, D) encoder output, lengths (B,) -> best hypothesis per utterance.
 
     ``Hypothesis.score`` is the log-probability of the hypothesis summed over its
-    one-token-per-frame alignments that stayed in the beam, plus the fusion terms.
+    one-token-per-frame alignments that stayed in the beam, plus the fusion terms, and
+    the rescoring term where ``rescoring`` is given (``rescore.py``).
     Beam size 1 is greedy search with ``max_symbols_per_frame`` 1. Each frame keeps the
     ``beam_size`` best candidates that score within ``threshold`` of the best
     (``beam.select``).
@@ -67,4 +70,7 @@ def rnnt_beam_search(
         moved, appended = beam_rows(sources), tokens.flatten()
         pred_proj, pred_state = follow(predict, pred_proj, pred_state, moved, appended)
         lm.follow(moved, appended)
-    return prefixes.best(scores + lm.end_scores().view(batch, beam_size))
+    final = scores + lm.end_scores().view(batch, beam_size)
+    if rescoring is not None:
+        final = rescored(final, prefixes.tokens, rescoring)
+    return prefixes.best(final)

@@ -13,6 +13,7 @@ from .ctc_beam import ctc_beam_search
 from .fusion import FusionLM, ShallowFusion
 from .greedy import Hypothesis, ctc_greedy, rnnt_greedy
 from .lexicon import Lexicon
+from .rescore import Rescoring, SentenceLM
 from .rnnt_beam import rnnt_beam_search
 
 HEADS = ("auto", "ctc", "transducer")
@@ -39,6 +40,9 @@ class DecodingOptions:
     ``self_train_steps`` > 0 decodes each utterance twice: the second time after that many
     CTC steps at ``self_train_lr`` towards the first transcript (self-training, also in
     ``inference.adapt``), with the adaptation steps after them; it needs a CTC head too.
+    ``backward_share`` > 0 hands that share (at most 1) of the LM term of each utterance's
+    best finished hypotheses to a backward LM given to ``decode``, and picks the best of
+    them again (``rescore.py``); 0 leaves the search's choice.
     """
 
     beam_size: int = 1
@@ -52,6 +56,7 @@ class DecodingOptions:
     adapt_lr: float = 0.002
     self_train_steps: int = 0  # off
     self_train_lr: float = 0.002
+    backward_share: float = 0.0  # off
 
     def __post_init__(self) -> None:
         # checked here, where a caller can be told: 8.0, True or "8" failed inside torch at
@@ -68,7 +73,7 @@ class DecodingOptions:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         for name in ("beam_threshold", "lm_weight", "length_bonus", "oov_penalty", "adapt_lr",
-                     "self_train_lr"):
+                     "self_train_lr", "backward_share"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ValueError(f"{name}: must be a number, got {value!r}")
@@ -76,6 +81,8 @@ class DecodingOptions:
                 raise ValueError(f"{name}: must be a finite number, got {value}")
         if self.lm_weight < 0:
             raise ValueError(f"lm_weight: must be >= 0, got {self.lm_weight}")
+        if not 0 <= self.backward_share <= 1:
+            raise ValueError(f"backward_share: must be in [0, 1], got {self.backward_share}")
         if self.oov_penalty < 0:
             raise ValueError(f"oov_penalty: must be >= 0, got {self.oov_penalty}")
         if self.beam_threshold <= 0:
@@ -107,24 +114,30 @@ class DecodingOptions:
 def decode(
     model: ASRModel, enc: torch.Tensor, lengths: torch.Tensor, options: DecodingOptions,
     lm: FusionLM | None = None, lexicon: Lexicon | None = None,
+    backward_lm: SentenceLM | None = None,
 ) -> list[Hypothesis]:
     """enc (B, T, D), lengths (B,) -> one hypothesis per utterance.
 
     Uses the head ``options.head`` picks; ``lm`` and ``lexicon`` (sharing the model's
-    tokenizer) are fused into beam search.
+    tokenizer) are fused into beam search, and ``backward_lm`` rescores its result with
+    ``lm`` (an LM with ``token_log_probs``, as ``models.lm.WordPieceLM`` has).
     """
     options.check_model(model)
     fusion = ShallowFusion(lm, options.lm_weight, options.length_bonus, lexicon,
                            options.oov_penalty)
+    rescoring = None
+    if lm is not None and backward_lm is not None and options.backward_share:
+        assert isinstance(lm, SentenceLM), "rescoring needs the forward LM's sentence scores"
+        rescoring = Rescoring(lm, backward_lm, options.backward_share * options.lm_weight)
     greedy = (options.beam_size == 1 and lm is None and options.length_bonus == 0
               and (lexicon is None or options.oov_penalty == 0))
     if options.uses_transducer(model):
         if greedy:
             return rnnt_greedy(model, enc, lengths, options.max_symbols_per_frame)
         return rnnt_beam_search(model, enc, lengths, options.beam_size, fusion,
-                                options.beam_threshold)
+                                options.beam_threshold, rescoring)
     log_probs = model.ctc_log_probs(enc)
     if greedy:
         return ctc_greedy(log_probs, lengths)
     return ctc_beam_search(log_probs, lengths, options.beam_size, fusion,
-                           options.beam_threshold)
+                           options.beam_threshold, rescoring)

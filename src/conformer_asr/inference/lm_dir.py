@@ -104,7 +104,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 
 
 def load_lm_for(directory: str | Path, tokenizer: Tokenizer) -> WordPieceLM:
-    """Load an LM folder for fusion with a model whose tokenizer is ``tokenizer``; raises
+    """Load an LM folder to decode a model whose tokenizer is ``tokenizer``; raises
     ModelDirError if the LM was trained with another one."""
     lm, lm_tokenizer, _ = load_lm_dir(directory)
     require_same_tokenizer(lm_tokenizer, tokenizer, directory)

@@ -5,6 +5,7 @@
     MODEL_DIR/model.safetensors  weights
     MODEL_DIR/tokenizer.model    SentencePiece model (blank = id 0)
     MODEL_DIR/lm/                optional: an LM folder fused by default (``conformer-asr pack``)
+    MODEL_DIR/backward_lm/       optional: a backward LM folder that rescores with lm/
 
 Files are written atomically (temporary name, then rename), the config last,
 so a folder with a config.json is complete.
@@ -34,6 +35,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 ROW_SCALE = ".row_scale"  # name suffix: the scales of an int8-stored matrix's rows
 LM_SUBDIR = "lm"
+BACKWARD_LM_SUBDIR = "backward_lm"
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "pretrained" / "default"
 
 
@@ -139,9 +141,10 @@ def read_config(directory: str | Path) -> FolderConfig:
     return FolderConfig(model, data.get("info", {}), decoding)
 
 
-def bundled_lm_dir(directory: str | Path) -> Path | None:
-    """The folder's own LM (``lm/``), if it has one."""
-    path = Path(directory) / LM_SUBDIR
+def bundled_lm_dir(directory: str | Path, subdir: str = LM_SUBDIR) -> Path | None:
+    """The folder's own LM (``lm/``; ``subdir=BACKWARD_LM_SUBDIR``: its backward LM), if it
+    has one."""
+    path = Path(directory) / subdir
     return path if path.is_dir() else None
 
 

@@ -3,8 +3,9 @@ one folder that ``transcribe`` and ``load_model`` use as they are (the bundled m
 
     OUT/config.json, model.safetensors, tokenizer.model   the model folder, plus "decoding"
     OUT/lm/                                             the LM and its lexicon if it has one
+    OUT/backward_lm/                                    optional: a backward LM, to rescore
 
-The model's weights are stored in float16 (half the size), the LM's weight matrices in
+The model's weights are stored in float16 (half the size), the LMs' weight matrices in
 int8 with a scale per row (a quarter: 8 MB instead of 16 for the bundled LM; what it costs
 is measured in recipes/synthetic/README.md, step 4); they load back as float32.
 
@@ -20,11 +21,19 @@ from pathlib import Path
 from ..decoding.search import DecodingOptions
 from ..files import naming
 from .lm_dir import load_lm_dir, read_lexicon_words, require_same_tokenizer, save_lm_dir
-from .model_dir import LM_SUBDIR, ModelDirError, load_model_dir, resolve_model_dir, save_model_dir
+from .model_dir import (
+    BACKWARD_LM_SUBDIR,
+    LM_SUBDIR,
+    ModelDirError,
+    load_model_dir,
+    resolve_model_dir,
+    save_model_dir,
+)
 
 
 def pack_model(
-    model_dir: str | Path, lm_dir: str | Path, out: str | Path, decoding: DecodingOptions
+    model_dir: str | Path, lm_dir: str | Path, out: str | Path, decoding: DecodingOptions,
+    backward_lm_dir: str | Path | None = None,
 ) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -35,6 +44,18 @@ def pack_model(
     decoding.check_model(model)  # a head or adaptation the model cannot decode with
     lm, lm_tokenizer, lm_info = load_lm_dir(lm_dir)
     require_same_tokenizer(lm_tokenizer, tokenizer, lm_dir)
+    if lm.cfg.backward:
+        raise ModelDirError(f"--lm {lm_dir}: a backward LM; give it as --backward-lm")
+    backward = None
+    if backward_lm_dir is not None:
+        backward, backward_tokenizer, backward_info = load_lm_dir(backward_lm_dir)
+        require_same_tokenizer(backward_tokenizer, tokenizer, backward_lm_dir)
+        if not backward.cfg.backward:
+            raise ModelDirError(f"--backward-lm {backward_lm_dir}: a forward LM "
+                                "(train-lm --backward makes one)")
+    if (backward is None) != (decoding.backward_share == 0):
+        raise ModelDirError("--backward-share: give a share > 0 with --backward-lm, and "
+                            "none without one")
     words = read_lexicon_words(lm_dir)
     if decoding.oov_penalty and not words:
         raise ModelDirError(f"{lm_dir}: no lexicon.txt, so the OOV penalty must be 0 "
@@ -43,6 +64,9 @@ def pack_model(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         save_lm_dir(lm, tokenizer, tmp / LM_SUBDIR, lm_info, compact=True, words=words)
+        if backward is not None:
+            save_lm_dir(backward, tokenizer, tmp / BACKWARD_LM_SUBDIR, backward_info,
+                        compact=True)
         save_model_dir(model, tokenizer, tmp, config.info, decoding, half=True)
         tmp.replace(out)
     except OSError as error:  # a full disk: free it, and name the file as it would be

@@ -59,7 +59,7 @@ from ..models.quantize import check_int8_device, quantize_int8
 from ..text.tokenizer import Tokenizer
 from .adapt import encode, self_trained
 from .lm_dir import load_lexicon_for, load_lm_for
-from .model_dir import bundled_lm_dir, load_model_dir, resolve_model_dir
+from .model_dir import BACKWARD_LM_SUBDIR, bundled_lm_dir, load_model_dir, resolve_model_dir
 
 # paths (any os.PathLike), parts of files, or arrays: see audio.io.samples_of
 AudioInput = str | os.PathLike | AudioSlice | np.ndarray | torch.Tensor
@@ -110,7 +110,7 @@ MIN_SAMPLE_RATE = 1000  # Hz; the lowest rate an array may be given at
 
 class Transcriber:
     """Wraps a model, its tokenizer, a decoding strategy and an optional LM and lexicon
-    for shallow fusion (same tokenizer as the model).
+    for shallow fusion, and a backward LM for rescoring (same tokenizer as the model).
 
     transcribe(["a.wav", array, ...]) -> ["text", ...]. Arrays are read as files are
     (``audio.io.samples_of``: float or integer PCM, mono or either channel layout) at
@@ -132,6 +132,7 @@ class Transcriber:
         batch_seconds: float = 160.0,
         lm: WordPieceLM | None = None,
         lexicon: Lexicon | None = None,
+        backward_lm: WordPieceLM | None = None,
     ) -> None:
         if not 0 <= overlap_seconds < window_seconds:
             raise ValueError("overlap_seconds: must be in [0, window_seconds)")
@@ -144,12 +145,19 @@ class Transcriber:
                              "(train-lm writes its lexicon.txt)")
         if options is not None:
             options.check_model(model)
-        if lm is not None and lm.cfg.vocab_size != model.cfg.vocab_size:
-            raise ValueError(f"the LM has {lm.cfg.vocab_size} tokens, the model "
-                             f"{model.cfg.vocab_size}: they must share one tokenizer")
+        for name, language_model in (("LM", lm), ("backward LM", backward_lm)):
+            if language_model is not None and language_model.cfg.vocab_size != model.cfg.vocab_size:
+                raise ValueError(f"the {name} has {language_model.cfg.vocab_size} tokens, the "
+                                 f"model {model.cfg.vocab_size}: they must share one tokenizer")
+        if lm is not None and lm.cfg.backward:
+            raise ValueError("lm: a backward LM, which rescores (backward_lm); the LM fused "
+                             "into the search reads left to right")
+        if backward_lm is not None and not backward_lm.cfg.backward:
+            raise ValueError("backward_lm: a forward LM (train-lm --backward makes one)")
         self.model = model.eval()
         self.lm = lm.eval() if lm is not None else None
         self.lexicon = lexicon
+        self.backward_lm = backward_lm.eval() if backward_lm is not None else None
         self.tokenizer = tokenizer
         self.options = options or DecodingOptions()
         self.features = LogMelFeatures(model.cfg.features)
@@ -338,9 +346,10 @@ class Transcriber:
         it, towards the first transcripts."""
         feats, feat_lengths = self.features_of(waves)
         enc, enc_lengths = encode(self.model, feats, feat_lengths, self.options)
-        hyps = decode(self.model, enc, enc_lengths, self.options, self.lm, self.lexicon)
+        hyps = decode(self.model, enc, enc_lengths, self.options, self.lm, self.lexicon,
+                      self.backward_lm)
         return self_trained(self.model, feats, feat_lengths, self.options, hyps, self.lm,
-                            self.lexicon)
+                            self.lexicon, self.backward_lm)
 
     def _assemble(self, parts: list[tuple[_Segment, Hypothesis]], duration: float) -> Transcript:
         words: list[Word] = []
@@ -432,6 +441,7 @@ def load_model(
     head: str | None = None,
     adapt_steps: int | None = None,
     self_train_steps: int | None = None,
+    backward_share: float | None = None,
     int8: bool = False,
 ) -> Transcriber:
     """Load a model folder (or the bundled default with None / "default").
@@ -444,13 +454,15 @@ def load_model(
     gets ``DecodingOptions()``'s.
     An LM folder's lexicon comes with it (for ``oov_penalty``). ``beam_size``,
     ``beam_threshold``, ``lm_weight``, ``length_bonus``, ``oov_penalty``, ``head``,
-    ``adapt_steps`` and ``self_train_steps`` override
+    ``adapt_steps``, ``self_train_steps`` and ``backward_share`` override
     single fields, e.g. ``load_model("exp/model", beam_size=8, lm="exp/lm", lm_weight=0.3)``,
     ``head="ctc"`` to decode a hybrid model with its CTC head, or ``adapt_steps=0`` to
     decode without the test-time adaptation the bundled model does (``inference.adapt``),
     or ``self_train_steps=0`` to decode each utterance once, without the bundled model's
     self-training (about half the time, for 0.3 points of WER on unseen voices; both off,
-    a third of the time, for 1.4 points).
+    a third of the time, for 1.4 points). With its own LM (``lm="auto"``), a model folder's
+    backward LM (``backward_lm/``, ``pack --backward-lm``) rescores each search's best
+    hypotheses (``decoding.rescore``); ``backward_share=0`` turns that off.
     ``int8`` runs the Linear and LSTM layers of the model and of its LM in int8, and
     the model's subsampling convolutions in bfloat16 on CPUs with bfloat16 kernels
     (``quantize_int8``; a loaded LM passed in is copied, not changed): faster on the
@@ -473,14 +485,17 @@ def load_model(
     model, tokenizer, config = load_model_dir(directory)
     if int8:
         model = quantize_int8(model)
+    backward_lm = None
     if isinstance(lm, str) and lm == "auto":
         lm = bundled_lm_dir(directory)
+        backward_lm = bundled_lm_dir(directory, BACKWARD_LM_SUBDIR) if lm is not None else None
     if isinstance(lm, str | os.PathLike) and options is None:
         options = config.decoding
     overrides = {"beam_size": beam_size, "beam_threshold": beam_threshold,
                  "lm_weight": lm_weight, "length_bonus": length_bonus,
                  "oov_penalty": oov_penalty, "head": head,
-                 "adapt_steps": adapt_steps, "self_train_steps": self_train_steps}
+                 "adapt_steps": adapt_steps, "self_train_steps": self_train_steps,
+                 "backward_share": backward_share}
     options = dataclasses.replace(options or DecodingOptions(),
                                   **{k: v for k, v in overrides.items() if v is not None})
     lexicon = None
@@ -490,7 +505,12 @@ def load_model(
     if lm is None and lm_weight is not None:
         raise ValueError("lm_weight: there is no LM to weigh (lm=None, --lm none, or a model "
                          "folder without one)")
-    if int8 and lm is not None:
-        lm = quantize_int8(lm)
-    return Transcriber(model.to(device), tokenizer, options,
-                       lm=lm.to(device) if lm is not None else None, lexicon=lexicon)
+    if backward_lm is None and backward_share:
+        raise ValueError("backward_share: there is no backward LM (only a model folder's own, "
+                         "with its own LM, rescores: pack --backward-lm)")
+    if backward_lm is not None:
+        backward_lm = load_lm_for(backward_lm, tokenizer)
+    lms = [None if m is None else (quantize_int8(m) if int8 else m).to(device)
+           for m in (lm, backward_lm)]
+    return Transcriber(model.to(device), tokenizer, options, lm=lms[0], lexicon=lexicon,
+                       backward_lm=lms[1])

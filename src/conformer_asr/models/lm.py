@@ -4,6 +4,11 @@ The LM uses the recogniser's tokenizer. Id 0, the recogniser's blank, never
 occurs in text, so the LM reuses it as the sentence boundary: a sentence
 ``w1 .. wn`` is read as inputs ``0 w1 .. wn`` that predict ``w1 .. wn 0``, so
 id 0 is both the start symbol and the end-of-sentence token.
+
+A backward LM (``LMConfig.backward``) reads each sentence's word pieces last to first,
+``0 wn .. w1`` predicting ``wn .. w1 0``. It cannot follow a search left to right; it
+rescores the search's finished hypotheses (``decoding.rescore``), where it sees each word
+with the words after it.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ IGNORE = -100  # padding in targets (cross_entropy's default ignore_index)
 
 @dataclass(frozen=True)
 class LMConfig:
-    """Embedding -> ``n_layers`` LSTM layers of ``hidden_dim`` -> softmax over the vocabulary."""
+    """Embedding -> ``n_layers`` LSTM layers of ``hidden_dim`` -> softmax over the vocabulary;
+    ``backward``: reads sentences last word piece first (module docstring)."""
 
     name: str = "custom"
     vocab_size: int = 1000
@@ -35,6 +41,7 @@ class LMConfig:
     hidden_dim: int = 512
     n_layers: int = 2
     dropout: float = 0.1
+    backward: bool = False
 
     def __post_init__(self) -> None:
         if self.vocab_size < 2:
@@ -115,13 +122,15 @@ class WordPieceLM(nn.Module):
         self, tokens: torch.Tensor, state: LSTMState | None
     ) -> tuple[torch.Tensor, LSTMState]:
         """tokens (N,), state -> (log P(next token) (N, V), state). Start with token 0
-        and state None."""
+        and state None. (A backward LM's next token is the one before.)"""
         out, state = lstm_step(self.lstm, self.dropout(self.embed(tokens)), state)
         return self.out(self.dropout(out)).float().log_softmax(dim=-1), state
 
     def token_log_probs(self, sentences: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Token-id lists -> (B, U + 1) log-probability of each token and of the end
-        symbol, 0 at padding."""
+        """Token-id lists, first token first -> (B, U + 1) log-probability of each token
+        and of the end symbol, in the order the LM reads them, 0 at padding."""
+        if self.cfg.backward:
+            sentences = [list(reversed(sentence)) for sentence in sentences]
         inputs, targets = boundary_batch(sentences, self.embed.weight.device)
         logits, _ = self(inputs)
         log_probs = logits.float().log_softmax(dim=-1)

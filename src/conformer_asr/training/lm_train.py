@@ -154,7 +154,7 @@ def _resume(
     # the tokenizer first: another one's size also makes another LM config
     if state.get("pieces", pieces) != pieces:  # (states from before it was kept: not checked)
         raise ValueError(f"{path}: a run with another tokenizer; use a new --out")
-    if state["lm_config"] != lm.cfg.to_dict():
+    if LMConfig.from_dict(state["lm_config"]) != lm.cfg:
         raise ValueError(f"{path}: a run with another LM config; use a new --out")
     for flag, value in settings.items():  # a new held-out split scored trained-on sentences
         recorded = state.get("settings", {}).get(flag, value)  # (not kept before 2026-12-04)

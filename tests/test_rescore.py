@@ -1,0 +1,230 @@
+"""Backward LMs and rescoring a search's best hypotheses with one (decoding.rescore)."""
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conformer_asr import load_model
+from conformer_asr.cli import main
+from conformer_asr.decoding.beam import NEG_INF
+from conformer_asr.decoding.ctc_beam import ctc_beam_search
+from conformer_asr.decoding.rescore import TOP, Rescoring, rescored
+from conformer_asr.decoding.rnnt_beam import rnnt_beam_search
+from conformer_asr.inference.lm_dir import load_lm_dir
+from conformer_asr.inference.model_dir import save_model_dir
+from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
+from conformer_asr.models.lm import LMConfig, WordPieceLM, get_lm_config
+from conformer_asr.text.tokenizer import Tokenizer
+from conformer_asr.training.lm_train import LMTrainConfig, train_lm
+
+DATA = Path(__file__).parent / "data"
+SENTENCES = ["the cat sat on the mat", "a dog ran home", "green leaves fall in autumn",
+             "we like fresh bread", "the dog sat on the rug", "a cat ran to the mat"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory) -> Tokenizer:
+    return Tokenizer.train(SENTENCES, tmp_path_factory.mktemp("tok"), vocab_size=40)
+
+
+def _train(tokenizer: Tokenizer, out: Path, backward: bool) -> Path:
+    text = out.parent / f"{out.name}.txt"
+    text.write_text("\n".join(SENTENCES * 6) + "\n")
+    config = LMTrainConfig(steps=60, batch_size=8, peak_lr=1e-2, warmup_steps=10,
+                           heldout_fraction=0.2, log_every=60, checkpoint_every=60)
+    lm_config = dataclasses.replace(get_lm_config("tiny"), backward=backward)
+    train_lm([text], tokenizer, out, lm_config, config, log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def lm_dirs(tmp_path_factory, tokenizer) -> tuple[Path, Path]:
+    """(a forward LM folder, a backward one), trained on the same sentences."""
+    root = tmp_path_factory.mktemp("lms")
+    return _train(tokenizer, root / "forward", False), _train(tokenizer, root / "backward", True)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer) -> Path:
+    torch.manual_seed(0)
+    cfg = ModelConfig(encoder=EncoderConfig(d_model=32, n_layers=1, n_heads=2,
+                                            conv_kernel_size=7),
+                      vocab_size=tokenizer.vocab_size, ctc_weight=1.0)
+    return save_model_dir(ASRModel(cfg), tokenizer, tmp_path_factory.mktemp("model"))
+
+
+def test_a_backward_lm_reads_each_sentence_last_piece_first():
+    torch.manual_seed(0)
+    backward = WordPieceLM(LMConfig(vocab_size=12, embed_dim=8, hidden_dim=8, n_layers=1,
+                                    backward=True)).eval()
+    forward = WordPieceLM(LMConfig(vocab_size=12, embed_dim=8, hidden_dim=8, n_layers=1)).eval()
+    forward.load_state_dict(backward.state_dict())
+    sentences = [[3, 1, 4, 1, 5], [9, 2], []]
+    assert torch.equal(backward.token_log_probs(sentences),
+                       forward.token_log_probs([s[::-1] for s in sentences]))
+    assert not torch.equal(backward.token_log_probs(sentences[:1]),
+                           forward.token_log_probs(sentences[:1]))
+
+
+def test_the_trained_backward_lm_prefers_real_sentences_and_keeps_its_direction(lm_dirs,
+                                                                                tokenizer):
+    lm, _, info = load_lm_dir(lm_dirs[1])
+    assert lm.cfg.backward and json.loads((lm_dirs[1] / "config.json").read_text())["lm"][
+        "backward"]
+    assert info["heldout_perplexity"] < 0.5 * info["heldout_perplexity_start"]
+    assert lm.score("the cat sat on the mat", tokenizer) > lm.score("mat the on sat cat the",
+                                                                     tokenizer)
+
+
+class _TableLM:
+    """A sentence LM whose log-probability is given per sentence (0 for the others); it
+    records what it was asked."""
+
+    def __init__(self, table: dict[tuple[int, ...], float]) -> None:
+        self.table, self.asked = table, []
+
+    def token_log_probs(self, sentences: Sequence[Sequence[int]]) -> torch.Tensor:
+        self.asked.append([tuple(s) for s in sentences])
+        return torch.tensor([[self.table.get(tuple(s), 0.0)] for s in sentences])
+
+
+def test_rescored_hands_a_share_of_the_lm_term_to_the_backward_lm():
+    """Brute force: per row, the TOP best live scores get weight x (backward - forward),
+    the rest -inf."""
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(3, TOP + 5, generator=generator)
+    scores[1, 3:] = NEG_INF  # fewer live hypotheses than TOP
+    scores[2] = NEG_INF  # none
+    tokens = [[(b, k) for k in range(scores.shape[1])] for b in range(3)]
+    lm = _TableLM({(b, k): float(b + k) for b in range(3) for k in range(scores.shape[1])})
+    forward = _TableLM({(b, k): float(b * k) for b in range(3) for k in range(scores.shape[1])})
+    out = rescored(scores, tokens, Rescoring(forward, lm, weight=0.5))
+    expected = torch.full_like(scores, NEG_INF)
+    for b in range(3):
+        live = [k for k in range(scores.shape[1]) if scores[b, k] > NEG_INF]
+        for k in sorted(live, key=lambda k: -scores[b, k])[:TOP]:
+            expected[b, k] = scores[b, k] + 0.5 * (b + k - b * k)
+    assert torch.equal(out, expected)
+    assert len(lm.asked) == 1 and len(lm.asked[0]) == TOP + 3  # one batch, live rows only
+    assert forward.asked == lm.asked
+
+
+def _ctc_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(3)
+    log_probs = (2 * torch.randn(2, 12, 6, generator=generator)).log_softmax(dim=-1)
+    return log_probs, torch.tensor([12, 9])
+
+
+def _rnnt_inputs() -> tuple[ASRModel, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(3)
+    model = ASRModel(ModelConfig(encoder=EncoderConfig(d_model=16, n_layers=1, n_heads=2,
+                                                       conv_kernel_size=3),
+                                 vocab_size=6, pred_embed_dim=8, pred_hidden_dim=16,
+                                 joint_dim=16)).eval()
+    return model, torch.randn(2, 10, 16), torch.tensor([10, 7])
+
+
+@pytest.mark.parametrize("search", ["ctc", "rnnt"])
+def test_beam_search_takes_the_rescored_best_of_its_top_hypotheses(search):
+    """An LM indifferent to every hypothesis leaves the search's choice; one that favours
+    the second of the hypotheses it was shown picks it; favouring a sentence the search
+    never finished changes nothing."""
+    if search == "ctc":
+        log_probs, lengths = _ctc_inputs()
+
+        def run(rescoring):
+            return ctc_beam_search(log_probs, lengths, 8, rescoring=rescoring)
+    else:
+        model, enc, lengths = _rnnt_inputs()
+
+        def run(rescoring):
+            return rnnt_beam_search(model, enc, lengths, 8, rescoring=rescoring)
+
+    plain = run(None)
+    tokens = [h.tokens for h in plain]
+    indifferent = _TableLM({})
+    assert [h.tokens for h in run(Rescoring(_TableLM({}), indifferent, 1.0))] == tokens
+    shown = indifferent.asked[0]
+    assert tuple(plain[0].tokens) == shown[0]  # the best first
+    second = shown[1] if shown[1] != shown[0] else shown[2]
+    favouring = _TableLM({second: 100.0})
+    picked = run(Rescoring(_TableLM({}), favouring, 1.0))
+    assert tuple(picked[0].tokens) == second
+    assert [h.tokens for h in picked][1:] == tokens[1:]
+    unseen = _TableLM({(5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5): 100.0})
+    assert [h.tokens for h in run(Rescoring(_TableLM({}), unseen, 1.0))] == tokens
+
+
+def test_pack_stores_a_backward_lm_that_the_folder_rescores_with(model_dir, lm_dirs, tmp_path,
+                                                                capsys):
+    forward, backward = lm_dirs
+    out = tmp_path / "packed"
+    common = ["--lm", str(forward), "--beam-size", "4", "--lm-weight", "0.4",
+              "--length-bonus", "0.5"]
+    assert main(["pack", str(model_dir), *common, "--backward-lm", str(backward),
+                 "--backward-share", "0.3", "--out", str(out)]) == 0
+    assert f"rescored with {backward} at a share of 0.3; " in capsys.readouterr().out
+    stored = load_file(str(out / "backward_lm" / "model.safetensors"))
+    assert stored["out.weight"].dtype == torch.int8  # compact, as the forward LM is
+
+    packed = load_model(out)
+    assert packed.backward_lm is not None and packed.backward_lm.cfg.backward
+    assert packed.options.backward_share == 0.3
+    assert len(packed.transcribe([str(DATA / "clip1.wav")])) == 1
+    assert len(load_model(out, int8=True).transcribe([str(DATA / "clip1.wav")])) == 1
+    assert load_model(out, backward_share=0).options.backward_share == 0
+    assert load_model(out, lm=None).backward_lm is None  # no LM: no rescoring either
+    assert load_model(out, lm=forward).backward_lm is None  # only with the folder's own LM
+    with pytest.raises(ValueError, match="backward_share: there is no backward LM"):
+        load_model(model_dir, lm=forward, backward_share=0.5)
+
+    assert main(["evaluate", "--manifest", str(DATA / "manifest.jsonl"), "--model", str(out),
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert report["decoding"]["backward_lm"] and report["decoding"]["backward_share"] == 0.3
+    assert main(["model-info", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["backward_lm"]["name"] == "lstm-lm-tiny" and info["backward_lm"]["params"] > 0
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--lm", "{backward}"], "a backward LM; give it as --backward-lm"),
+    (["--lm", "{forward}", "--backward-lm", "{forward}", "--backward-share", "0.3"],
+     "a forward LM (train-lm --backward makes one)"),
+    (["--lm", "{forward}", "--backward-share", "0.3"], "--backward-share: give a share > 0"),
+    (["--lm", "{forward}", "--backward-lm", "{backward}"], "--backward-share: give a share > 0"),
+])
+def test_pack_refuses_lms_in_the_wrong_direction_or_a_weight_without_one(
+        model_dir, lm_dirs, tmp_path, capsys, flags, message):
+    forward, backward = lm_dirs
+    flags = [f.format(forward=forward, backward=backward) for f in flags]
+    out = tmp_path / "packed"
+    assert main(["pack", str(model_dir), *flags, "--lm-weight", "0.4", "--length-bonus", "0",
+                 "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_backward_lm_cannot_be_fused(model_dir, lm_dirs):
+    with pytest.raises(ValueError, match="lm: a backward LM"):
+        load_model(model_dir, lm=lm_dirs[1])
+
+
+def test_train_lm_does_not_resume_a_run_of_the_other_direction(lm_dirs, tokenizer, tmp_path):
+    out = tmp_path / "lm"
+    _train(tokenizer, out, backward=False)
+    with pytest.raises(ValueError, match="another LM config"):
+        _train(tokenizer, out, backward=True)
