@@ -18,14 +18,7 @@ from conformer_asr.decoding.search import DecodingOptions, decode
 from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
 from conformer_asr.models.lm import LMConfig, WordPieceLM
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second thread only adds synchronisation (slow on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _label_sequences(vocab: int, max_length: int):

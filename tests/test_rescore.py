@@ -27,12 +27,7 @@ SENTENCES = ["the cat sat on the mat", "a dog ran home", "green leaves fall in a
              "we like fresh bread", "the dog sat on the rug", "a cat ran to the mat"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
