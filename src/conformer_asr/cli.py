@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 def _model_info(args: argparse.Namespace) -> int:
     """A built-in size's parameter counts, or a model folder's, with the folder's training
     record, its own LMs (name, parameters, training record) and its decoding settings."""
-    import dataclasses
-
     from .inference.lm_dir import load_lm_dir
     from .inference.model_dir import (
         BACKWARD_LM_SUBDIR,
@@ -534,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="small", help="LM size: tiny, small, medium or paper")
     p.add_argument("--backward", action="store_true",
                    help="read each sentence last word first: an LM that rescores a search's "
-                        "hypotheses (pack --rescore-lm), not one to fuse into it")
+                        "hypotheses (pack --backward-lm), not one to fuse into it")
     p.add_argument("--steps", type=positive_count, default=2000, help="training steps in all")
     p.add_argument("--batch-size", type=positive_count, default=64, help="sentences per step")
     p.add_argument("--lr", type=_number_between(0, math.inf, "positive"), default=2e-3,
