@@ -364,6 +364,8 @@ def test_tune_stops_before_encoding_on_a_bad_grid_or_with_nothing_to_score(model
      "argument --heldout-fraction: must be between 0 and 1, got 2"),
     (["tune", "--beam-size", "0"], "argument --beam-size: must be 1 or more, got 0"),
     (["tune", "--lm-weights", "0.1,nan"], "argument --lm-weights: not a finite number: 'nan'"),
+    (["tune", "--backward-shares", "0.5,1.5"],
+     "argument --backward-shares: each must be between 0 and 1, got 1.5"),
     (["pack", "m", "--beam-size", "2.5"], "argument --beam-size: not a whole number: '2.5'"),
     (["transcribe", "a.wav", "--lm-weight", "inf"],
      "argument --lm-weight: not a finite number: 'inf'"),

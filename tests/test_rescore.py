@@ -223,3 +223,55 @@ def test_train_lm_does_not_resume_a_run_of_the_other_direction(lm_dirs, tokenize
     _train(tokenizer, out, backward=False)
     with pytest.raises(ValueError, match="another LM config"):
         _train(tokenizer, out, backward=True)
+
+
+def test_tune_scores_each_backward_share_as_the_packed_folder_decodes_with_it(
+        model_dir, lm_dirs, tmp_path, capsys, monkeypatch):
+    """tune searched without the backward LM, so the share that pack ships was picked
+    by hand. Each share's row now scores what evaluate of a folder decoding with it does."""
+    import conformer_asr.decoding.ctc_beam as ctc_beam
+
+    forward, backward = lm_dirs
+    weights: list[float] = []
+    real = ctc_beam.rescored
+    monkeypatch.setattr(ctc_beam, "rescored", lambda scores, tokens, rescoring:
+                        weights.append(rescoring.weight) or real(scores, tokens, rescoring))
+    assert main(["tune", "--manifest", str(DATA / "manifest.jsonl"), "--model", str(model_dir),
+                 "--lm", str(forward), "--backward-lm", str(backward), "--beam-size", "4",
+                 "--lm-weights", "0.4", "--length-bonuses", "0.5",
+                 "--backward-shares", "0,0.5,1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if "WER" in line)
+    assert lines[header].split()[:4] == ["lm_weight", "bonus", "oov", "share"]
+    rows = [line.split() for line in lines[header + 1:header + 4]]
+    assert [float(r[3]) for r in rows] == [0, 0.5, 1]
+    assert sorted(set(weights)) == pytest.approx([0.2, 0.4])  # 0.4 x each share > 0
+
+    out = tmp_path / "packed"
+    assert main(["pack", str(model_dir), "--lm", str(forward), "--beam-size", "4",
+                 "--lm-weight", "0.4", "--length-bonus", "0.5", "--backward-lm", str(backward),
+                 "--backward-share", "0.5", "--out", str(out)]) == 0
+    capsys.readouterr()
+    for row in rows:
+        assert main(["evaluate", "--manifest", str(DATA / "manifest.jsonl"), "--model",
+                     str(out), "--backward-share", row[3], "--json"]) == 0
+        report = json.loads(capsys.readouterr().out.splitlines()[0])
+        assert [report[k] for k in ("wer", "substitutions", "deletions", "insertions")] == [
+            float(row[4]), *map(int, row[5:8])]
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--lm", "{backward}"], "a backward LM; give it as --backward-lm"),
+    (["--lm", "{forward}", "--backward-lm", "{forward}"],
+     "a forward LM (train-lm --backward makes one)"),
+    (["--lm", "{forward}", "--backward-shares", "0,0.5"],
+     "backward_shares: there is no backward LM"),
+])
+def test_tune_refuses_lms_in_the_wrong_direction_or_a_share_without_one(
+        model_dir, lm_dirs, capsys, flags, message):
+    forward, backward = lm_dirs
+    flags = [f.format(forward=forward, backward=backward) for f in flags]
+    assert main(["tune", "--manifest", str(DATA / "manifest.jsonl"), "--model", str(model_dir),
+                 *flags, "--lm-weights", "0.4", "--length-bonuses", "0"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "encoded" not in err

@@ -297,6 +297,15 @@ def _share(text: str) -> float:
     return value
 
 
+def _shares(text: str) -> list[float]:
+    """The type of a flag that is a comma-separated list of shares."""
+    values = _floats(text)
+    for value in values:
+        if not 0 <= value <= 1:
+            raise argparse.ArgumentTypeError(f"each must be between 0 and 1, got {value:g}")
+    return values
+
+
 def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
@@ -341,7 +350,7 @@ def _add_self_train_flag(p: argparse.ArgumentParser, default: int | None,
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from .inference.lm_dir import load_lexicon_for, load_lm_for
+    from .inference.lm_dir import load_lexicon_for, load_lm_for, require_direction
     from .inference.model_dir import load_model_dir, resolve_model_dir
     from .inference.tune import best_result, format_row, tune
     from .models.quantize import check_int8_device, quantize_int8
@@ -350,13 +359,21 @@ def _tune(args: argparse.Namespace) -> int:
         check_int8_device(args.device)
     model, tokenizer, _ = load_model_dir(resolve_model_dir(args.model))
     lm = load_lm_for(args.lm, tokenizer)
+    require_direction(lm, False, args.lm)
     lexicon = load_lexicon_for(args.lm, tokenizer)
     if args.int8:  # tuned as it will decode
         model, lm = quantize_int8(model), quantize_int8(lm)
+    backward_lm, shares = None, args.backward_shares or [0.0]
+    if args.backward_lm is not None:
+        backward_lm = load_lm_for(args.backward_lm, tokenizer)
+        require_direction(backward_lm, True, args.backward_lm)
+        backward_lm = (quantize_int8(backward_lm) if args.int8 else backward_lm).to(args.device)
+        shares = args.backward_shares or [0.0, 0.25, 0.5, 0.75]
     tuning = tune(model.to(args.device), tokenizer, lm.to(args.device), args.manifest,
                   args.beam_size, args.lm_weights, args.length_bonuses,
                   args.oov_penalties, lexicon, adapt_steps=args.adapt_steps,
                   self_train_steps=args.self_train_steps, beam_threshold=args.beam_threshold,
+                  backward_lm=backward_lm, backward_shares=shares,
                   log=lambda line: print(line, flush=True))
     print(f"best (beam {args.beam_size}, threshold {args.beam_threshold:g}):\n"
           f"{format_row(best_result(tuning.results))}")
@@ -549,8 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_flag(p)
     p.set_defaults(run=_train_lm)
 
-    p = command("tune", help="grid-search LM weight, length bonus and OOV penalty on a dev "
-                             "set")
+    p = command("tune", help="grid-search LM weight, length bonus, OOV penalty and backward-"
+                             "LM share on a dev set")
     p.add_argument("--manifest", required=True,
                    help='dev lines {"id", "audio", "text"}, or Lhotse cuts (.jsonl[.gz])')
     _add_model_flag(p)
@@ -563,6 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated, e.g. 0,0.5,1")
     p.add_argument("--oov-penalties", type=_floats, default=[0.0],
                    help="comma-separated, e.g. 0,2,4 (needs the LM folder's lexicon.txt)")
+    p.add_argument("--backward-lm", default=None,
+                   help="backward LM folder (train-lm --backward): rescores each search's 8 "
+                        "best hypotheses, as pack --backward-lm will")
+    p.add_argument("--backward-shares", type=_shares, default=None,
+                   help="comma-separated shares of the LM score the backward LM takes, each "
+                        "0-1 (default: 0,0.25,0.5,0.75 with --backward-lm, else 0)")
     _add_adapt_flag(p, 0, "default: 0; tune as pack's --adapt-steps will decode")
     _add_self_train_flag(p, 0, "default: 0; tune as pack's --self-train-steps will decode, "
                                "at the time of a full decoding per setting")

@@ -111,6 +111,16 @@ def load_lm_for(directory: str | Path, tokenizer: Tokenizer) -> WordPieceLM:
     return lm
 
 
+def require_direction(lm: WordPieceLM, backward: bool, directory: str | Path) -> None:
+    """ModelDirError unless ``lm`` (from ``directory``) reads sentences the way its flag
+    says: ``--backward-lm`` last piece first, ``--lm`` first piece first."""
+    if backward and not lm.cfg.backward:
+        raise ModelDirError(f"--backward-lm {directory}: a forward LM (train-lm --backward "
+                            "makes one)")
+    if lm.cfg.backward and not backward:
+        raise ModelDirError(f"--lm {directory}: a backward LM; give it as --backward-lm")
+
+
 def require_same_tokenizer(lm_tokenizer: Tokenizer, tokenizer: Tokenizer,
                            directory: str | Path) -> None:
     if lm_tokenizer.sp.serialized_model_proto() != tokenizer.sp.serialized_model_proto():

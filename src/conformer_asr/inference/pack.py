@@ -20,7 +20,13 @@ from pathlib import Path
 
 from ..decoding.search import DecodingOptions
 from ..files import naming
-from .lm_dir import load_lm_dir, read_lexicon_words, require_same_tokenizer, save_lm_dir
+from .lm_dir import (
+    load_lm_dir,
+    read_lexicon_words,
+    require_direction,
+    require_same_tokenizer,
+    save_lm_dir,
+)
 from .model_dir import (
     BACKWARD_LM_SUBDIR,
     LM_SUBDIR,
@@ -44,15 +50,12 @@ def pack_model(
     decoding.check_model(model)  # a head or adaptation the model cannot decode with
     lm, lm_tokenizer, lm_info = load_lm_dir(lm_dir)
     require_same_tokenizer(lm_tokenizer, tokenizer, lm_dir)
-    if lm.cfg.backward:
-        raise ModelDirError(f"--lm {lm_dir}: a backward LM; give it as --backward-lm")
+    require_direction(lm, False, lm_dir)
     backward = None
     if backward_lm_dir is not None:
         backward, backward_tokenizer, backward_info = load_lm_dir(backward_lm_dir)
         require_same_tokenizer(backward_tokenizer, tokenizer, backward_lm_dir)
-        if not backward.cfg.backward:
-            raise ModelDirError(f"--backward-lm {backward_lm_dir}: a forward LM "
-                                "(train-lm --backward makes one)")
+        require_direction(backward, True, backward_lm_dir)
     if (backward is None) != (decoding.backward_share == 0):
         raise ModelDirError("--backward-share: give a share > 0 with --backward-lm, and "
                             "none without one")

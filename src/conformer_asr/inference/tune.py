@@ -1,5 +1,5 @@
-"""Grid search of the LM weight, length bonus and OOV penalty on a dev manifest
-(``conformer-asr tune``).
+"""Grid search of the LM weight, length bonus, OOV penalty and backward-LM share on a dev
+manifest (``conformer-asr tune``).
 
 Every utterance is encoded once; each setting only re-runs the beam search over
 the stored encoder outputs, and, with self-training, the self-training and a second
@@ -10,6 +10,7 @@ up to about 30 s.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +23,7 @@ from ..audio.features import LogMelFeatures
 from ..audio.io import AudioError, audio_duration, load_audio
 from ..decoding.fusion import FusionLM
 from ..decoding.lexicon import Lexicon
+from ..decoding.rescore import SentenceLM
 from ..decoding.search import DecodingOptions, decode
 from ..models.asr import ASRModel
 from ..scoring import WordErrors, word_errors
@@ -35,6 +37,7 @@ class TuneResult:
     lm_weight: float
     length_bonus: float
     oov_penalty: float
+    backward_share: float
     errors: WordErrors
 
 
@@ -110,12 +113,15 @@ def tune(
     oov_penalties: Sequence[float] = (0.0,), lexicon: Lexicon | None = None,
     batch_seconds: float = 160.0, adapt_steps: int = 0, self_train_steps: int = 0,
     beam_threshold: float = DecodingOptions.beam_threshold,
+    backward_lm: SentenceLM | None = None, backward_shares: Sequence[float] = (0.0,),
     log: Callable[[str], None] = print, warn: Callable[[str], None] = _to_stderr,
 ) -> Tuning:
-    """WER of every (LM weight, length bonus, OOV penalty), in grid order; ``log`` gets a
-    table row as each one finishes, ``warn`` a line for each utterance that cannot be read
-    (stderr by default: the table stays whole on stdout). ``model`` and ``lm`` must be in
-    eval mode on one device; the penalties need ``lexicon``. ``adapt_steps`` > 0 adapts
+    """WER of every (LM weight, length bonus, OOV penalty, backward share), in grid order;
+    ``log`` gets a table row as each one finishes, ``warn`` a line for each utterance that
+    cannot be read (stderr by default: the table stays whole on stdout). ``model``, ``lm``
+    and ``backward_lm`` must be in eval mode on one device; the penalties need ``lexicon``,
+    the shares > 0 ``backward_lm``, which rescores as ``DecodingOptions.backward_share``
+    says (``decoding.rescore``). ``adapt_steps`` > 0 adapts
     the encoder to each utterance first, as ``DecodingOptions.adapt_steps`` does, and
     ``self_train_steps`` > 0 self-trains it and decodes again, as
     ``DecodingOptions.self_train_steps`` does (the time of a full decoding per setting); the
@@ -123,8 +129,11 @@ def tune(
     if lexicon is None and any(oov_penalties):
         raise ValueError("oov_penalties: the LM folder has no lexicon.txt, so they must be 0 "
                          "(train-lm writes one)")
+    if backward_lm is None and any(backward_shares):
+        raise ValueError("backward_shares: there is no backward LM, so they must be 0 "
+                         "(train-lm --backward makes one)")
     grid = list(_grid(beam_size, beam_threshold, lm_weights, length_bonuses, oov_penalties,
-                      adapt_steps, self_train_steps))  # checked first
+                      backward_shares, adapt_steps, self_train_steps))  # checked first
     utterances = read_manifest(manifest)
     adapting = DecodingOptions(adapt_steps=adapt_steps, self_train_steps=self_train_steps)
     adapting.check_model(model)
@@ -136,41 +145,42 @@ def tune(
     for options in grid:
         texts = [""] * len(utterances)
         for part in encoded:
-            hyps = decode(model, part.enc, part.lengths, options, lm, lexicon)
+            hyps = decode(model, part.enc, part.lengths, options, lm, lexicon, backward_lm)
             if part.feats is not None:
                 hyps = self_trained(model, part.feats, part.feat_lengths, options, hyps, lm,
-                                    lexicon)
+                                    lexicon, backward_lm)
             for i, hyp in zip(part.indices, hyps, strict=True):
                 texts[i] = tokenizer.decode(hyp.tokens)
         errors = sum((word_errors(u.text, text) for u, text in zip(utterances, texts,
                                                                      strict=True)),
                      WordErrors())
         results.append(TuneResult(options.lm_weight, options.length_bonus,
-                                  options.oov_penalty, errors))
+                                  options.oov_penalty, options.backward_share, errors))
         log(format_row(results[-1]))
     return Tuning(results, skipped)
 
 
 def _grid(beam_size: int, beam_threshold: float, lm_weights: Sequence[float],
-          length_bonuses: Sequence[float], oov_penalties: Sequence[float], adapt_steps: int,
+          length_bonuses: Sequence[float], oov_penalties: Sequence[float],
+          backward_shares: Sequence[float], adapt_steps: int,
           self_train_steps: int) -> Iterator[DecodingOptions]:
-    for lm_weight in lm_weights:
-        for length_bonus in length_bonuses:
-            for oov_penalty in oov_penalties:
-                yield DecodingOptions(beam_size=beam_size, beam_threshold=beam_threshold,
-                                      lm_weight=lm_weight, length_bonus=length_bonus,
-                                      oov_penalty=oov_penalty, adapt_steps=adapt_steps,
-                                      self_train_steps=self_train_steps)
+    for lm_weight, length_bonus, oov_penalty, backward_share in itertools.product(
+            lm_weights, length_bonuses, oov_penalties, backward_shares):
+        yield DecodingOptions(beam_size=beam_size, beam_threshold=beam_threshold,
+                              lm_weight=lm_weight, length_bonus=length_bonus,
+                              oov_penalty=oov_penalty, adapt_steps=adapt_steps,
+                              self_train_steps=self_train_steps, backward_share=backward_share)
 
 
-HEADER = (f"{'lm_weight':>9}  {'bonus':>6}  {'oov':>5}  {'WER %':>7}  {'sub':>5}  {'del':>5}  "
-          f"{'ins':>5}")
+HEADER = (f"{'lm_weight':>9}  {'bonus':>6}  {'oov':>5}  {'share':>5}  {'WER %':>7}  {'sub':>5}  "
+          f"{'del':>5}  {'ins':>5}")
 
 
 def format_row(result: TuneResult) -> str:
     e = result.errors
     return (f"{result.lm_weight:>9.3g}  {result.length_bonus:>6.3g}  {result.oov_penalty:>5.3g}  "
-            f"{e.wer:>7.2f}  {e.substitutions:>5}  {e.deletions:>5}  {e.insertions:>5}")
+            f"{result.backward_share:>5.3g}  {e.wer:>7.2f}  {e.substitutions:>5}  "
+            f"{e.deletions:>5}  {e.insertions:>5}")
 
 
 def best_result(results: Sequence[TuneResult]) -> TuneResult:
