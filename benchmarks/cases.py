@@ -26,7 +26,8 @@ from conformer_asr.data.dataset import SpeechDataset
 from conformer_asr.data.manifest import load_cuts
 from conformer_asr.decoding.search import DecodingOptions, decode
 from conformer_asr.inference.adapt import encode_adapted
-from conformer_asr.inference.model_dir import BUNDLED_DIR
+from conformer_asr.inference.lm_dir import load_lm_dir
+from conformer_asr.inference.model_dir import BACKWARD_LM_SUBDIR, BUNDLED_DIR, LM_SUBDIR
 from conformer_asr.inference.transcriber import Transcriber
 from conformer_asr.losses.rnnt import rnnt_loss, rnnt_loss_reference
 from conformer_asr.models import ASRModel, ModelConfig, load_encoder_and_heads, quantize_int8
@@ -434,13 +435,14 @@ def bundled_transcription(settings: Settings, one_at_a_time: bool) -> Row:
     search with its LM) but without its test-time adaptation and self-training (as the int8
     rows, which time int8 inference apart from the adaptation's backward passes): reading
     and resampling the files, features, encoder, search. The baseline is the same with the
-    plain encoder and the plainly stepped LM swapped in."""
-    fast = load_model(device=str(torch.get_default_device()), adapt_steps=0,
-                      self_train_steps=0)
+    plain encoder and plainly stepped float32 LMs swapped in (the transcriber's LMs
+    multiply in int8 rows on the CPU)."""
+    device = str(torch.get_default_device())
+    fast = load_model(device=device, adapt_steps=0, self_train_steps=0)
     plain = copy.deepcopy(fast)
     plain.model.encoder = plain_encoder_like(fast.model.encoder, fast.model.cfg.encoder)
-    assert fast.lm is not None, "the bundled model comes with its LM"
-    plain.lm = plain_lm_like(fast.lm)
+    plain.lm, plain.backward_lm = (plain_lm_like(load_lm_dir(BUNDLED_DIR / subdir)[0]).to(device)
+                                   for subdir in (LM_SUBDIR, BACKWARD_LM_SUBDIR))
     return _transcribe_examples("transcribe, bundled", "plain", fast, plain, settings,
                                 one_at_a_time)
 
@@ -487,9 +489,10 @@ def int8_adapted_encoder(batch: int, settings: Settings) -> Row:
 
 
 def int8_bundled_transcription(settings: Settings, one_at_a_time: bool) -> Row:
-    """The bundled model transcribing the shipped examples with ``--int8`` (the model's and
-    the LM's Linear and LSTM layers in int8) against float32, default search, neither
-    adapted nor self-trained (``int8_adapted_encoder`` times the adaptation)."""
+    """The bundled model transcribing the shipped examples with ``--int8`` (the model's
+    Linear layers in int8) against float32, default search (its LMs in int8 rows either
+    way), neither adapted nor self-trained (``int8_adapted_encoder`` times the
+    adaptation)."""
     row = _transcribe_examples("int8 transcribe, bundled", "fp32",
                                load_model(int8=True, adapt_steps=0, self_train_steps=0),
                                load_model(adapt_steps=0, self_train_steps=0), settings,

@@ -27,12 +27,12 @@ from conformer_asr.inference.model_dir import (
     BUNDLED_DIR,
     WEIGHTS_FILE,
     ModelDirError,
-    int8_rows,
     load_model_dir,
     read_weights,
     save_model_dir,
 )
 from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
+from conformer_asr.models.int8_rows import int8_rows
 from conformer_asr.models.lm import LMConfig, WordPieceLM, get_lm_config
 from conformer_asr.text.tokenizer import Tokenizer
 from conformer_asr.training.lm_train import STATE_FILE, LMTrainConfig, train_lm
@@ -316,18 +316,24 @@ def test_tune_searches_with_the_beam_threshold_given(model_dir, lm_dir, capsys, 
 
 
 def test_tune_int8_tunes_the_int8_model_and_lm(model_dir, lm_dir, capsys, monkeypatch):
-    """tune had no --int8: settings for an int8 deployment were tuned on float32 ones."""
+    """tune had no --int8: settings for an int8 deployment were tuned on float32 ones. The
+    LM decodes in int8 rows with or without it, as the transcriber's does."""
+    import conformer_asr.inference.tune as tune_module
     import conformer_asr.models.quantize as quantize
+    from conformer_asr.models.int8_rows import Int8RowsLSTM
 
-    quantized = []
-    real = quantize.quantize_int8
+    quantized, tuned_lms = [], []
+    real, real_tune = quantize.quantize_int8, tune_module.tune
     monkeypatch.setattr(quantize, "quantize_int8",
                         lambda module: quantized.append(type(module).__name__) or real(module))
+    monkeypatch.setattr(tune_module, "tune", lambda model, tokenizer, lm, *args, **kwargs:
+                        tuned_lms.append(lm) or real_tune(model, tokenizer, lm, *args, **kwargs))
     args = ["tune", "--manifest", str(DATA / "manifest.jsonl"), "--model", str(model_dir),
             "--lm", str(lm_dir), "--beam-size", "2", "--lm-weights", "0.5",
             "--length-bonuses", "1", "--int8"]
     assert main(args) == 0
-    assert quantized == ["ASRModel", "WordPieceLM"]
+    assert quantized == ["ASRModel"]
+    assert [type(lm.lstm) for lm in tuned_lms] == [Int8RowsLSTM]
     assert capsys.readouterr().out.splitlines()[-2].startswith("best (beam 2, threshold ")
 
 
@@ -559,7 +565,7 @@ def test_tune_self_trains_as_the_transcriber_does(lm_dir, tokenizer, tmp_path, m
     and the second decoding trains towards that setting's first transcripts."""
     import conformer_asr.inference.adapt as adapt
     from conformer_asr.inference.evaluate import evaluate
-    from conformer_asr.inference.lm_dir import load_lexicon_for, load_lm_for
+    from conformer_asr.inference.lm_dir import lm_for_decoding, load_lexicon_for, load_lm_for
     from conformer_asr.inference.tune import tune
 
     ctc_dir = _ctc_model_dir(tokenizer, tmp_path / "ctc", seed=1)
@@ -569,7 +575,8 @@ def test_tune_self_trains_as_the_transcriber_does(lm_dir, tokenizer, tmp_path, m
                         or real(*args))
     model, model_tokenizer, _ = load_model_dir(ctc_dir)
     settings = {"lm_weight": 0.3, "length_bonus": 0.5, "oov_penalty": 2.0}
-    tuning = tune(model.eval(), model_tokenizer, load_lm_for(str(lm_dir), model_tokenizer),
+    lm = lm_for_decoding(load_lm_for(str(lm_dir), model_tokenizer), "cpu")
+    tuning = tune(model.eval(), model_tokenizer, lm,
                   DATA / "manifest.jsonl", 2, [settings["lm_weight"]],
                   [settings["length_bonus"]], [settings["oov_penalty"]],
                   load_lexicon_for(str(lm_dir), model_tokenizer), adapt_steps=2,

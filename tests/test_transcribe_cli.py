@@ -701,20 +701,25 @@ def test_int8_transcribes_and_evaluates(model_dir):
         load_model(model_dir, device="cuda", int8=True)
 
 
-def test_int8_runs_the_lm_in_int8_too():
-    """--int8 quantises the bundled LM as well; an LM passed in is copied, not changed, and
-    the int8 LM's next-token log-probabilities stay close to float32's."""
-    float32 = load_model()
-    int8 = load_model(int8=True)
-    copied = load_model(lm=float32.lm, int8=True)
-    for transcriber in (int8, copied):
+def test_int8_quantises_the_model_and_the_lms_decode_in_int8_either_way():
+    """--int8 quantises the model; on the CPU the LMs decode in int8 rows with or without it
+    (``models.int8_rows``). An LM passed in is copied, not changed; one that already decodes
+    so is taken as it is. The LM's next-token log-probabilities stay close to float32's."""
+    from conformer_asr.inference.model_dir import BUNDLED_DIR, LM_SUBDIR
+
+    float32_lm = load_lm_dir(BUNDLED_DIR / LM_SUBDIR)[0]
+    default, int8 = load_model(), load_model(int8=True)
+    copied, again = load_model(lm=float32_lm, int8=True), load_model(lm=default.lm)
+    assert any(isinstance(m, torch.nn.Linear) for m in default.model.modules())
+    assert not any(isinstance(m, torch.nn.Linear) for m in int8.model.modules())
+    for transcriber in (default, int8, copied, again):
         assert not any(isinstance(m, torch.nn.Linear | torch.nn.LSTM)
                        for m in transcriber.lm.modules())
-    assert isinstance(float32.lm.lstm, torch.nn.LSTM)
-    tokens = float32.tokenizer.encode("the weather is fine today")
+    assert isinstance(float32_lm.lstm, torch.nn.LSTM) and again.lm is default.lm
+    tokens = default.tokenizer.encode("the weather is fine today")
     with torch.no_grad():
-        expected = float32.lm.token_log_probs([tokens])
-        got = int8.lm.token_log_probs([tokens])
+        expected = float32_lm.token_log_probs([tokens])
+        got = default.lm.token_log_probs([tokens])
     assert (got - expected).abs().max() < 0.25
     assert (got - expected).abs().mean() < 0.05
 
@@ -1030,7 +1035,7 @@ def test_every_option_help_tells_its_default():
     assert "(default: 0,0.1,0.2,0.3,0.4,0.5)" in helps["tune"]  # a list, as it is typed
     assert "--oov-penalty OOV_PENALTY from conformer-asr tune (default: 0)" in helps["pack"]
     assert "(default: None)" not in " ".join(helps.values())  # nothing to show, not shown
-    assert "--int8 run the Linear" in helps["transcribe"] and "(default: False)" not in \
+    assert "--int8 run the model's Linear" in helps["transcribe"] and "(default: False)" not in \
         helps["transcribe"]
     for name, parser in commands.items():
         for action in parser._actions:

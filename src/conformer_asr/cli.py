@@ -350,7 +350,12 @@ def _add_self_train_flag(p: argparse.ArgumentParser, default: int | None,
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from .inference.lm_dir import load_lexicon_for, load_lm_for, require_direction
+    from .inference.lm_dir import (
+        lm_for_decoding,
+        load_lexicon_for,
+        load_lm_for,
+        require_direction,
+    )
     from .inference.model_dir import load_model_dir, resolve_model_dir
     from .inference.tune import best_result, format_row, tune
     from .models.quantize import check_int8_device, quantize_int8
@@ -362,14 +367,15 @@ def _tune(args: argparse.Namespace) -> int:
     require_direction(lm, False, args.lm)
     lexicon = load_lexicon_for(args.lm, tokenizer)
     if args.int8:  # tuned as it will decode
-        model, lm = quantize_int8(model), quantize_int8(lm)
+        model = quantize_int8(model)
     backward_lm, shares = None, args.backward_shares or [0.0]
     if args.backward_lm is not None:
         backward_lm = load_lm_for(args.backward_lm, tokenizer)
         require_direction(backward_lm, True, args.backward_lm)
-        backward_lm = (quantize_int8(backward_lm) if args.int8 else backward_lm).to(args.device)
+        backward_lm = lm_for_decoding(backward_lm, args.device)
         shares = args.backward_shares or [0.0, 0.25, 0.5, 0.75]
-    tuning = tune(model.to(args.device), tokenizer, lm.to(args.device), args.manifest,
+    tuning = tune(model.to(args.device), tokenizer, lm_for_decoding(lm, args.device),
+                  args.manifest,
                   args.beam_size, args.lm_weights, args.length_bonuses,
                   args.oov_penalties, lexicon, adapt_steps=args.adapt_steps,
                   self_train_steps=args.self_train_steps, beam_threshold=args.beam_threshold,
@@ -460,9 +466,10 @@ def _add_speaker_flag(p: argparse.ArgumentParser, whose: str) -> None:
 
 def _add_int8_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8", action="store_true",
-                   help="run the Linear and LSTM layers of the model and its LM in int8 (and "
-                        "the subsampling convolutions in bfloat16 on AVX-512 CPUs): faster on "
-                        "the CPU (CPU only)")
+                   help="run the model's Linear and LSTM layers in int8 too (and its "
+                        "subsampling convolutions in bfloat16 on AVX-512 CPUs; the LMs run in "
+                        "int8 on the CPU either way): faster, a little less accurate (CPU "
+                        "only)")
 
 
 def _synth(args: argparse.Namespace) -> int:

@@ -17,9 +17,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..decoding.lexicon import Lexicon
 from ..files import read_text, write_atomically
 from ..models.config import ConfigError
+from ..models.int8_rows import int8_rows_lm
 from ..models.lm import LMConfig, WordPieceLM
 from ..text.tokenizer import MODEL_FILE, Tokenizer
 from .model_dir import (
@@ -109,6 +112,14 @@ def load_lm_for(directory: str | Path, tokenizer: Tokenizer) -> WordPieceLM:
     lm, lm_tokenizer, _ = load_lm_dir(directory)
     require_same_tokenizer(lm_tokenizer, tokenizer, directory)
     return lm
+
+
+def lm_for_decoding(lm: WordPieceLM, device: str | torch.device) -> WordPieceLM:
+    """``lm`` as searches and rescoring run it on ``device``: on the CPU, a copy whose LSTM
+    and output layer multiply in int8 with a scale per row (``models.int8_rows``), about
+    twice as fast over a beam search's rows as float32 and the same whatever else is in the
+    batch; elsewhere ``lm`` itself, moved there."""
+    return int8_rows_lm(lm) if torch.device(device).type == "cpu" else lm.to(device)
 
 
 def require_direction(lm: WordPieceLM, backward: bool, directory: str | Path) -> None:

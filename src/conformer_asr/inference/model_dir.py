@@ -27,6 +27,7 @@ from ..decoding.search import DecodingOptions
 from ..files import read_text, write_atomically
 from ..models import ASRModel, ModelConfig
 from ..models.config import ConfigError
+from ..models.int8_rows import int8_rows
 from ..text.tokenizer import MODEL_FILE, Tokenizer
 
 M = TypeVar("M", bound=torch.nn.Module)
@@ -82,16 +83,6 @@ def write_folder(
     write_atomically(directory / WEIGHTS_FILE, safetensors.torch.save(stored))
     write_atomically(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return directory
-
-
-def int8_rows(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """matrix (R, C) float -> (int8 (R, C), float32 scale (R,)): each row divided by its
-    largest magnitude over 127 and rounded; ``scale[:, None] * int8`` gives it back to
-    within half a step (a row of zeros has scale 1)."""
-    matrix = matrix.float()
-    scale = matrix.abs().amax(dim=1) / 127
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return (matrix / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,8 +176,9 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
         if rows is None or rows.dtype != torch.int8 or rows.shape[:1] != scale.shape:
             raise ModelDirError(f"{path}: unreadable weights ({scale_name} scales no int8 "
                                 "matrix of as many rows)")
-        # float16 values: the LSTM steps read such weights as float16 (models.lstm_step),
-        # and float16's rounding is at most an eighth of int8's
+        # float16 values, whose rounding is at most an eighth of int8's: on the CPU an LM
+        # decodes with these very int8 rows again (models.int8_rows), and float LSTM steps
+        # read float16 weights as float16 (models.lstm_step)
         weights[name] = (scale[:, None] * rows.float()).half()
     return weights
 

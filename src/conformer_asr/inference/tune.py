@@ -119,7 +119,8 @@ def tune(
     """WER of every (LM weight, length bonus, OOV penalty, backward share), in grid order;
     ``log`` gets a table row as each one finishes, ``warn`` a line for each utterance that
     cannot be read (stderr by default: the table stays whole on stdout). ``model``, ``lm``
-    and ``backward_lm`` must be in eval mode on one device; the penalties need ``lexicon``,
+    and ``backward_lm`` must be in eval mode on one device, the LMs as the transcriber
+    decodes with them (``lm_dir.lm_for_decoding``); the penalties need ``lexicon``,
     the shares > 0 ``backward_lm``, which rescores as ``DecodingOptions.backward_share``
     says (``decoding.rescore``). ``adapt_steps`` > 0 adapts
     the encoder to each utterance first, as ``DecodingOptions.adapt_steps`` does, and
