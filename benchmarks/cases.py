@@ -31,6 +31,7 @@ from conformer_asr.inference.model_dir import BACKWARD_LM_SUBDIR, BUNDLED_DIR, L
 from conformer_asr.inference.transcriber import Transcriber
 from conformer_asr.losses.rnnt import rnnt_loss, rnnt_loss_reference
 from conformer_asr.models import ASRModel, ModelConfig, load_encoder_and_heads, quantize_int8
+from conformer_asr.models.lm import WordPieceLM
 from conformer_asr.text.tokenizer import Tokenizer
 
 from .measure import (
@@ -441,10 +442,15 @@ def bundled_transcription(settings: Settings, one_at_a_time: bool) -> Row:
     fast = load_model(device=device, adapt_steps=0, self_train_steps=0)
     plain = copy.deepcopy(fast)
     plain.model.encoder = plain_encoder_like(fast.model.encoder, fast.model.cfg.encoder)
-    plain.lm, plain.backward_lm = (plain_lm_like(load_lm_dir(BUNDLED_DIR / subdir)[0]).to(device)
-                                   for subdir in (LM_SUBDIR, BACKWARD_LM_SUBDIR))
+    plain.lm, plain.backward_lm = (plain_lm_like(lm).to(device) for lm in _float32_lms())
     return _transcribe_examples("transcribe, bundled", "plain", fast, plain, settings,
                                 one_at_a_time)
+
+
+def _float32_lms() -> tuple[WordPieceLM, WordPieceLM]:
+    """The bundled LM and backward LM in float32 on the CPU, as ``load_lm_dir`` reads them
+    (the transcriber's own multiply in int8 rows on the CPU)."""
+    return load_lm_dir(BUNDLED_DIR / LM_SUBDIR)[0], load_lm_dir(BUNDLED_DIR / BACKWARD_LM_SUBDIR)[0]
 
 
 def _bundled_adaptation(
@@ -490,13 +496,14 @@ def int8_adapted_encoder(batch: int, settings: Settings) -> Row:
 
 def int8_bundled_transcription(settings: Settings, one_at_a_time: bool) -> Row:
     """The bundled model transcribing the shipped examples with ``--int8`` (the model's
-    Linear layers in int8) against float32, default search (its LMs in int8 rows either
-    way), neither adapted nor self-trained (``int8_adapted_encoder`` times the
-    adaptation)."""
+    Linear layers in int8, its LMs in int8 rows) against all of it in float32 (the
+    transcriber's float32 paths), default search, neither adapted nor self-trained
+    (``int8_adapted_encoder`` times the adaptation)."""
+    float32 = load_model(adapt_steps=0, self_train_steps=0)
+    float32.lm, float32.backward_lm = _float32_lms()
     row = _transcribe_examples("int8 transcribe, bundled", "fp32",
                                load_model(int8=True, adapt_steps=0, self_train_steps=0),
-                               load_model(adapt_steps=0, self_train_steps=0), settings,
-                               one_at_a_time)
+                               float32, settings, one_at_a_time)
     row.targets = {"speed-up >= 1.5": row.speedup >= 1.5}
     return row
 
