@@ -105,8 +105,8 @@ def test_rescored_hands_a_share_of_the_lm_term_to_the_backward_lm():
     scores[2] = NEG_INF  # none
     tokens = [[(b, k) for k in range(scores.shape[1])] for b in range(3)]
     lm = _TableLM({(b, k): float(b + k) for b in range(3) for k in range(scores.shape[1])})
-    forward = _TableLM({(b, k): float(b * k) for b in range(3) for k in range(scores.shape[1])})
-    out = rescored(scores, tokens, Rescoring(forward, lm, weight=0.5))
+    forward = torch.tensor([[float(b * k) for k in range(scores.shape[1])] for b in range(3)])
+    out = rescored(scores, tokens, forward, Rescoring(lm, weight=0.5))
     expected = torch.full_like(scores, NEG_INF)
     for b in range(3):
         live = [k for k in range(scores.shape[1]) if scores[b, k] > NEG_INF]
@@ -114,7 +114,6 @@ def test_rescored_hands_a_share_of_the_lm_term_to_the_backward_lm():
             expected[b, k] = scores[b, k] + 0.5 * (b + k - b * k)
     assert torch.equal(out, expected)
     assert len(lm.asked) == 1 and len(lm.asked[0]) == TOP + 3  # one batch, live rows only
-    assert forward.asked == lm.asked
 
 
 def _ctc_inputs() -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,16 +150,16 @@ def test_beam_search_takes_the_rescored_best_of_its_top_hypotheses(search):
     plain = run(None)
     tokens = [h.tokens for h in plain]
     indifferent = _TableLM({})
-    assert [h.tokens for h in run(Rescoring(_TableLM({}), indifferent, 1.0))] == tokens
+    assert [h.tokens for h in run(Rescoring(indifferent, 1.0))] == tokens
     shown = indifferent.asked[0]
     assert tuple(plain[0].tokens) == shown[0]  # the best first
     second = shown[1]  # the prefixes a beam holds are distinct
     favouring = _TableLM({second: 100.0})
-    picked = run(Rescoring(_TableLM({}), favouring, 1.0))
+    picked = run(Rescoring(favouring, 1.0))
     assert tuple(picked[0].tokens) == second
     assert [h.tokens for h in picked][1:] == tokens[1:]
     unseen = _TableLM({(5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5): 100.0})
-    assert [h.tokens for h in run(Rescoring(_TableLM({}), unseen, 1.0))] == tokens
+    assert [h.tokens for h in run(Rescoring(unseen, 1.0))] == tokens
 
 
 def test_pack_stores_a_backward_lm_that_the_folder_rescores_with(model_dir, lm_dirs, tmp_path,
@@ -234,8 +233,9 @@ def test_tune_scores_each_backward_share_as_the_packed_folder_decodes_with_it(
     forward, backward = lm_dirs
     weights: list[float] = []
     real = ctc_beam.rescored
-    monkeypatch.setattr(ctc_beam, "rescored", lambda scores, tokens, rescoring:
-                        weights.append(rescoring.weight) or real(scores, tokens, rescoring))
+    monkeypatch.setattr(ctc_beam, "rescored", lambda scores, tokens, forward, rescoring:
+                        weights.append(rescoring.weight)
+                        or real(scores, tokens, forward, rescoring))
     assert main(["tune", "--manifest", str(DATA / "manifest.jsonl"), "--model", str(model_dir),
                  "--lm", str(forward), "--backward-lm", str(backward), "--beam-size", "4",
                  "--lm-weights", "0.4", "--length-bonuses", "0.5",
@@ -275,3 +275,44 @@ def test_tune_refuses_lms_in_the_wrong_direction_or_a_share_without_one(
                  *flags, "--lm-weights", "0.4", "--length-bonuses", "0"]) == 2
     err = capsys.readouterr().err
     assert message in err and "encoded" not in err
+
+
+@pytest.mark.parametrize("int8_rows", [False, True])
+@pytest.mark.parametrize("search", ["ctc", "rnnt"])
+def test_the_forward_lm_score_rescoring_replaces_is_the_one_the_search_summed(
+        search, int8_rows, monkeypatch):
+    """Rescoring takes log P_forward from the search's own sums (``FusionScores``) instead
+    of reading every hypothesis again: they are what the LM gives the whole sentence."""
+    import conformer_asr.decoding.ctc_beam as ctc_beam
+    import conformer_asr.decoding.rnnt_beam as rnnt_beam
+    from conformer_asr.decoding.fusion import ShallowFusion
+    from conformer_asr.models.int8_rows import int8_rows_lm
+
+    torch.manual_seed(0)
+    lm = WordPieceLM(LMConfig(vocab_size=6, embed_dim=4, hidden_dim=8, n_layers=2)).eval()
+    lm = int8_rows_lm(lm) if int8_rows else lm
+    fusion = ShallowFusion(lm, weight=0.7, length_bonus=0.5)
+    seen: list[tuple[list[list[tuple[int, ...]]], torch.Tensor, torch.Tensor]] = []
+    module = ctc_beam if search == "ctc" else rnnt_beam
+    real = module.rescored
+
+    def recording(scores, tokens, forward, rescoring):
+        seen.append(([list(row) for row in tokens], forward.clone(), scores.clone()))
+        return real(scores, tokens, forward, rescoring)
+
+    monkeypatch.setattr(module, "rescored", recording)
+    rescoring = Rescoring(_TableLM({}), 0.35)
+    if search == "ctc":
+        log_probs, lengths = _ctc_inputs()
+        ctc_beam_search(log_probs, lengths, 8, fusion, rescoring=rescoring)
+    else:
+        model, enc, lengths = _rnnt_inputs()
+        rnnt_beam_search(model, enc, lengths, 8, fusion, rescoring=rescoring)
+    (tokens, forward, scores), = seen
+    live = [(b, k) for b in range(scores.shape[0]) for k in range(scores.shape[1])
+            if scores[b, k] > NEG_INF]
+    assert len(live) > 4 and any(tokens[b][k] for b, k in live)
+    with torch.no_grad():
+        expected = lm.token_log_probs([tokens[b][k] for b, k in live]).sum(dim=1)
+    torch.testing.assert_close(torch.stack([forward[b, k] for b, k in live]), expected,
+                               atol=1e-5, rtol=1e-5)

@@ -94,5 +94,6 @@ def ctc_beam_search(
         lm.follow(beam_rows(sources), tokens.flatten())
     final = torch.logaddexp(p_blank, p_label) + fused + lm.end_scores().view(batch, beam_size)
     if rescoring is not None:
-        final = rescored(final, prefixes.tokens, rescoring)
+        final = rescored(final, prefixes.tokens,
+                         lm.sentence_log_probs().view(batch, beam_size), rescoring)
     return prefixes.best(final)

@@ -59,6 +59,7 @@ class FusionScores:
         self.is_token[BLANK] = 0.0
         self.bonus = fusion.length_bonus * self.is_token  # (V,)
         self.log_probs = torch.zeros(rows, vocab_size, device=device)
+        self.lm_sums = torch.zeros(rows, device=device)  # log P_LM of each row's tokens
         self.state: RecurrentState = ()
         if self.lm is not None:
             self.log_probs, self.state = self.lm.step(
@@ -91,9 +92,16 @@ class FusionScores:
         """(N,): what ending the sentence adds to each row's final score."""
         return self.weight * self.log_probs[:, BLANK] - self.oov_penalty * self.unknown
 
+    def sentence_log_probs(self) -> torch.Tensor:
+        """(N,): log P_LM of each row's tokens and the sentence's end, unweighted (0 without
+        an LM): what rescoring hands a share of to the backward LM."""
+        return self.lm_sums + self.log_probs[:, BLANK]
+
     def follow(self, rows: torch.Tensor, tokens: torch.Tensor) -> None:
         """rows (N,): the old row each new row continues; tokens (N,): what it appended."""
         if self.lm is not None:
+            appended = self.log_probs[rows, tokens].masked_fill(tokens == BLANK, 0.0)
+            self.lm_sums = self.lm_sums[rows] + appended
             self.log_probs, self.state = follow(self.lm.step, self.log_probs, self.state,
                                                 rows, tokens)
         if self.lexicon is not None:

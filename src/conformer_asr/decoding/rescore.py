@@ -34,18 +34,18 @@ class SentenceLM(Protocol):
 
 @dataclass(frozen=True)
 class Rescoring:
-    """The search's forward LM, a backward LM, and ``weight``: the fusion weight times the
-    backward LM's share (module docstring)."""
+    """A backward LM, and ``weight``: the fusion weight times the backward LM's share
+    (module docstring)."""
 
-    forward: SentenceLM
     backward: SentenceLM
     weight: float
 
 
 @torch.no_grad()
 def rescored(scores: torch.Tensor, tokens: Sequence[Sequence[tuple[int, ...]]],
-             rescoring: Rescoring) -> torch.Tensor:
-    """scores (B, K) final scores, ``tokens[b][k]`` hypothesis (b, k)'s token ids -> (B, K):
+             forward: torch.Tensor, rescoring: Rescoring) -> torch.Tensor:
+    """scores (B, K) final scores, ``tokens[b][k]`` hypothesis (b, k)'s token ids, forward
+    (B, K) log P_forward of each, as the search summed it (``FusionScores``) -> (B, K):
     each utterance's ``TOP`` best live hypotheses plus ``weight`` x (log P_backward -
     log P_forward), -inf elsewhere."""
     values, index = scores.topk(min(TOP, scores.shape[1]), dim=1)
@@ -56,8 +56,8 @@ def rescored(scores: torch.Tensor, tokens: Sequence[Sequence[tuple[int, ...]]],
     if not picked:
         return out
     sentences = [tokens[b][k] for b, k in picked]
-    change = (rescoring.backward.token_log_probs(sentences).sum(dim=1)
-              - rescoring.forward.token_log_probs(sentences).sum(dim=1))
+    backward = rescoring.backward.token_log_probs(sentences).sum(dim=1)
     b, k = (torch.tensor(column, device=scores.device) for column in zip(*picked, strict=True))
-    out[b, k] = scores[b, k] + rescoring.weight * change.to(scores.device, scores.dtype)
+    change = backward.to(scores.device, scores.dtype) - forward[b, k]
+    out[b, k] = scores[b, k] + rescoring.weight * change
     return out

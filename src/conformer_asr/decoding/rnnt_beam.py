@@ -72,5 +72,6 @@ def rnnt_beam_search(
         lm.follow(moved, appended)
     final = scores + lm.end_scores().view(batch, beam_size)
     if rescoring is not None:
-        final = rescored(final, prefixes.tokens, rescoring)
+        final = rescored(final, prefixes.tokens,
+                         lm.sentence_log_probs().view(batch, beam_size), rescoring)
     return prefixes.best(final)

@@ -119,16 +119,15 @@ def decode(
     """enc (B, T, D), lengths (B,) -> one hypothesis per utterance.
 
     Uses the head ``options.head`` picks; ``lm`` and ``lexicon`` (sharing the model's
-    tokenizer) are fused into beam search, and ``backward_lm`` rescores its result with
-    ``lm`` (an LM with ``token_log_probs``, as ``models.lm.WordPieceLM`` has).
+    tokenizer) are fused into beam search, and ``backward_lm`` (an LM with
+    ``token_log_probs``, as ``models.lm.WordPieceLM`` has) rescores its result.
     """
     options.check_model(model)
     fusion = ShallowFusion(lm, options.lm_weight, options.length_bonus, lexicon,
                            options.oov_penalty)
     rescoring = None
-    if lm is not None and backward_lm is not None and options.backward_share:
-        assert isinstance(lm, SentenceLM), "rescoring needs the forward LM's sentence scores"
-        rescoring = Rescoring(lm, backward_lm, options.backward_share * options.lm_weight)
+    if lm is not None and backward_lm is not None and options.backward_share * options.lm_weight:
+        rescoring = Rescoring(backward_lm, options.backward_share * options.lm_weight)
     greedy = (options.beam_size == 1 and lm is None and options.length_bonus == 0
               and (lexicon is None or options.oov_penalty == 0))
     if options.uses_transducer(model):
