@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from .lstm_step import LSTMState
+
 if TYPE_CHECKING:
     from .lm import WordPieceLM
-
-LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (layers, N, hidden)
 
 
 def int8_rows(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
