@@ -375,8 +375,7 @@ def _tune(args: argparse.Namespace) -> int:
         backward_lm = lm_for_decoding(backward_lm, args.device)
         shares = args.backward_shares or [0.0, 0.25, 0.5, 0.75]
     tuning = tune(model.to(args.device), tokenizer, lm_for_decoding(lm, args.device),
-                  args.manifest,
-                  args.beam_size, args.lm_weights, args.length_bonuses,
+                  args.manifest, args.beam_size, args.lm_weights, args.length_bonuses,
                   args.oov_penalties, lexicon, adapt_steps=args.adapt_steps,
                   self_train_steps=args.self_train_steps, beam_threshold=args.beam_threshold,
                   backward_lm=backward_lm, backward_shares=shares,

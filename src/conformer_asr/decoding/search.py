@@ -125,9 +125,10 @@ def decode(
     options.check_model(model)
     fusion = ShallowFusion(lm, options.lm_weight, options.length_bonus, lexicon,
                            options.oov_penalty)
+    rescoring_weight = options.backward_share * options.lm_weight
     rescoring = None
-    if lm is not None and backward_lm is not None and options.backward_share * options.lm_weight:
-        rescoring = Rescoring(backward_lm, options.backward_share * options.lm_weight)
+    if lm is not None and backward_lm is not None and rescoring_weight:
+        rescoring = Rescoring(backward_lm, rescoring_weight)
     greedy = (options.beam_size == 1 and lm is None and options.length_bonus == 0
               and (lexicon is None or options.oov_penalty == 0))
     if options.uses_transducer(model):
