@@ -2,6 +2,7 @@
 
 import errno
 import gzip
+import lzma
 import os
 import re
 import signal
@@ -117,7 +118,7 @@ def test_sync_and_leftovers(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "notes.tmp", "state.pt"]
 
 
-def test_read_text_takes_utf8_and_gzip_and_names_a_file_that_is_neither(tmp_path):
+def test_read_text_takes_utf8_gzip_and_xz_and_names_a_file_that_is_none(tmp_path):
     plain = tmp_path / "bom.jsonl"
     plain.write_bytes("\ufeffcaf\u00e9\n".encode())  # a byte-order mark, as Notepad writes
     assert read_text(plain) == "caf\u00e9\n"
@@ -132,6 +133,13 @@ def test_read_text_takes_utf8_and_gzip_and_names_a_file_that_is_neither(tmp_path
     cut = tmp_path / "cut.txt.gz"
     cut.write_bytes(packed.read_bytes()[:-8])
     with pytest.raises(ValueError, match=rf"^{cut}: not a complete gzip file"):
+        read_text(cut)
+    xz = tmp_path / "lines.txt.xz"
+    xz.write_bytes(lzma.compress("caf\u00e9\ntwo\n".encode()))
+    assert read_text(xz) == "caf\u00e9\ntwo\n"
+    cut = tmp_path / "cut.txt.xz"
+    cut.write_bytes(xz.read_bytes()[:-8])
+    with pytest.raises(ValueError, match=rf"^{cut}: not a complete xz file"):
         read_text(cut)
 
 

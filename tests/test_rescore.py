@@ -5,6 +5,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -15,6 +16,7 @@ from conformer_asr.decoding.beam import NEG_INF
 from conformer_asr.decoding.ctc_beam import ctc_beam_search
 from conformer_asr.decoding.rescore import TOP, Rescoring, rescored
 from conformer_asr.decoding.rnnt_beam import rnnt_beam_search
+from conformer_asr.files import read_text
 from conformer_asr.inference.lm_dir import load_lm_dir
 from conformer_asr.inference.model_dir import save_model_dir
 from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
@@ -26,6 +28,8 @@ DATA = Path(__file__).parent / "data"
 SENTENCES = ["the cat sat on the mat", "a dog ran home", "green leaves fall in autumn",
              "we like fresh bread", "the dog sat on the rug", "a cat ran to the mat"]
 
+
+MANIFEST_TEXTS = {json.loads(line)["text"] for line in (DATA / "manifest.jsonl").open()}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -242,7 +246,7 @@ def test_tune_scores_each_backward_share_as_the_packed_folder_decodes_with_it(
                  "--backward-shares", "0,0.5,1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if "WER" in line)
-    assert lines[header].split()[:4] == ["lm_weight", "bonus", "oov", "share"]
+    assert lines[header].split()[:5] == ["lm_weight", "bonus", "oov", "share", "ngram"]
     rows = [line.split() for line in lines[header + 1:header + 4]]
     assert [float(r[3]) for r in rows] == [0, 0.5, 1]
     assert sorted(set(weights)) == pytest.approx([0.2, 0.4])  # 0.4 x each share > 0
@@ -257,7 +261,7 @@ def test_tune_scores_each_backward_share_as_the_packed_folder_decodes_with_it(
                      str(out), "--backward-share", row[3], "--json"]) == 0
         report = json.loads(capsys.readouterr().out.splitlines()[0])
         assert [report[k] for k in ("wer", "substitutions", "deletions", "insertions")] == [
-            float(row[4]), *map(int, row[5:8])]
+            float(row[5]), *map(int, row[6:9])]
 
 
 @pytest.mark.parametrize(("flags", "message"), [
@@ -316,3 +320,120 @@ def test_the_forward_lm_score_rescoring_replaces_is_the_one_the_search_summed(
         expected = lm.token_log_probs([tokens[b][k] for b, k in live]).sum(dim=1)
     torch.testing.assert_close(torch.stack([forward[b, k] for b, k in live]), expected,
                                atol=1e-5, rtol=1e-5)
+
+
+class _TableNgram:
+    """A sentence scorer over token ids, as ``SpelledNgram`` is: log-probabilities per sentence."""
+
+    def __init__(self, table: dict[tuple[int, ...], float]) -> None:
+        self.table = table
+
+    def sentence_log_probs(self, sentences: Sequence[Sequence[int]]) -> np.ndarray:
+        return np.array([self.table.get(tuple(s), 0.0) for s in sentences])
+
+
+def test_rescored_hands_shares_to_the_backward_and_the_ngram_lm():
+    """Brute force: each of the TOP best live scores gets weight x (backward - forward) +
+    ngram_weight x (ngram - forward); without a backward LM, the n-gram term alone."""
+    generator = torch.Generator().manual_seed(1)
+    scores = torch.randn(2, TOP + 3, generator=generator)
+    scores[1, 4:] = NEG_INF
+    tokens = [[(b, k) for k in range(scores.shape[1])] for b in range(2)]
+    cells = [(b, k) for b in range(2) for k in range(scores.shape[1])]
+    backward = _TableLM({(b, k): float(b - k) for b, k in cells})
+    ngram = _TableNgram({(b, k): float(3 * k + b) for b, k in cells})
+    forward = torch.tensor([[float(b + 2 * k) for k in range(scores.shape[1])] for b in range(2)])
+    for lm, weight in ((backward, 0.2), (None, 0.0)):
+        out = rescored(scores, tokens, forward, Rescoring(lm, weight, ngram, 0.6))
+        expected = torch.full_like(scores, NEG_INF)
+        for b in range(2):
+            live = [k for k in range(scores.shape[1]) if scores[b, k] > NEG_INF]
+            for k in sorted(live, key=lambda k: -scores[b, k])[:TOP]:
+                f = b + 2 * k
+                expected[b, k] = scores[b, k] + weight * (b - k - f) + 0.6 * (3 * k + b - f)
+        torch.testing.assert_close(out, expected)
+
+
+def test_the_shares_must_leave_room_for_each_other():
+    from conformer_asr.decoding.search import DecodingOptions
+
+    DecodingOptions(backward_share=0.25, ngram_share=0.75)
+    with pytest.raises(ValueError, match="backward_share \\+ ngram_share: must be at most 1"):
+        DecodingOptions(backward_share=0.5, ngram_share=0.75)
+    with pytest.raises(ValueError, match="ngram_share: must be in \\[0, 1\\]"):
+        DecodingOptions(ngram_share=1.5)
+
+
+def test_pack_stores_an_ngram_text_that_the_folder_rescores_with(model_dir, lm_dirs, tmp_path,
+                                                                 capsys, monkeypatch):
+    import conformer_asr.decoding.ctc_beam as ctc_beam
+
+    forward, _ = lm_dirs
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(SENTENCES) + "\nThe Dog sat, on the RUG!\n")
+    out = tmp_path / "packed"
+    common = [str(model_dir), "--lm", str(forward), "--beam-size", "4", "--lm-weight", "0.4",
+              "--length-bonus", "0.5"]
+    assert main(["pack", *common, "--ngram-text", str(text), "--exclude",
+                 str(DATA / "manifest.jsonl"), "--ngram-share", "0.5", "--out", str(out)]) == 0
+    assert "removed 4 found in --exclude manifests" in capsys.readouterr().out
+    stored = read_text(out / "ngram.txt.xz").splitlines()  # normalised, test lines gone
+    assert stored == [s for s in SENTENCES if s not in MANIFEST_TEXTS] + ["the dog sat on the rug"]
+
+    packed = load_model(out)
+    assert packed.ngram is not None and packed.options.ngram_share == 0.5
+    weights: list[float] = []
+    real = ctc_beam.rescored
+    monkeypatch.setattr(ctc_beam, "rescored", lambda scores, tokens, forward, rescoring:
+                        weights.append(rescoring.ngram_weight)
+                        or real(scores, tokens, forward, rescoring))
+    assert len(packed.transcribe([str(DATA / "clip1.wav")])) == 1
+    assert weights == [pytest.approx(0.2)]  # LM weight 0.4 x share 0.5
+    assert load_model(out, ngram_share=0).ngram is None
+    assert load_model(out, lm=None).ngram is None
+    with pytest.raises(ValueError, match="ngram_share: there is no n-gram LM"):
+        load_model(model_dir, lm=forward, ngram_share=0.5)
+
+    assert main(["evaluate", "--manifest", str(DATA / "manifest.jsonl"), "--model", str(out),
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert report["decoding"]["ngram"] and report["decoding"]["ngram_share"] == 0.5
+    assert main(["model-info", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["ngram"]["order"] == 3 and info["ngram"]["words"] == len(
+        {w for s in stored for w in s.split()})
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--ngram-share", "0.5"], "--ngram-share: give a share > 0 with --ngram-text"),
+    (["--ngram-text", "{text}"], "--ngram-share: give a share > 0 with --ngram-text"),
+    (["--exclude", "{manifest}"], "--exclude: removes sentences from --ngram-text"),
+    (["--ngram-text", "{missing}", "--ngram-share", "0.5"], "no such file"),
+])
+def test_pack_refuses_an_ngram_share_without_its_text(model_dir, lm_dirs, tmp_path, capsys,
+                                                      flags, message):
+    text = tmp_path / "text.txt"
+    text.write_text("a dog ran home\n")
+    flags = [f.format(text=text, manifest=DATA / "manifest.jsonl", missing=tmp_path / "no.txt")
+             for f in flags]
+    out = tmp_path / "packed"
+    assert main(["pack", str(model_dir), "--lm", str(lm_dirs[0]), "--lm-weight", "0.4",
+                 "--length-bonus", "0", *flags, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_tune_leaves_out_shares_over_one_and_rescores_with_the_ngram(model_dir, lm_dirs,
+                                                                    tmp_path, capsys):
+    forward, backward = lm_dirs
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(SENTENCES) + "\n")
+    assert main(["tune", "--manifest", str(DATA / "manifest.jsonl"), "--model", str(model_dir),
+                 "--lm", str(forward), "--backward-lm", str(backward), "--beam-size", "4",
+                 "--lm-weights", "0.4", "--length-bonuses", "0.5", "--backward-shares",
+                 "0,0.5", "--ngram-text", str(text), "--ngram-shares", "0,0.5,1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if "WER" in line)
+    rows = [line.split() for line in lines[header + 1:] if line.split()[0][0].isdigit()]
+    pairs = [(float(r[3]), float(r[4])) for r in rows[:-1]]  # the last row: the best again
+    assert pairs == [(0, 0), (0, 0.5), (0, 1), (0.5, 0), (0.5, 0.5)]

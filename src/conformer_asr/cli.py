@@ -30,11 +30,15 @@ if TYPE_CHECKING:
 
 def _model_info(args: argparse.Namespace) -> int:
     """A built-in size's parameter counts, or a model folder's, with the folder's training
-    record, its own LMs (name, parameters, training record) and its decoding settings."""
+    record, its own LMs (name, parameters, training record; the word n-gram LM's sizes) and
+    its decoding settings."""
     from .inference.lm_dir import load_lm_dir
     from .inference.model_dir import (
         BACKWARD_LM_SUBDIR,
         LM_SUBDIR,
+        NGRAM_FILE,
+        bundled_ngram,
+        load_ngram,
         read_config,
         resolve_model_dir,
     )
@@ -60,6 +64,11 @@ def _model_info(args: argparse.Namespace) -> int:
             lm, _, lm_info = load_lm_dir(directory / subdir)
             report[key] = {"name": lm.cfg.name, "info": lm_info,
                            "params": sum(p.numel() for p in lm.parameters())}
+    ngram_file = bundled_ngram(directory)
+    if ngram_file is not None:
+        ngram = load_ngram(ngram_file)
+        report["ngram"] = {"file": NGRAM_FILE, "order": ngram.order, "words": len(ngram.ids),
+                           "ngrams": [len(table.keys) for table in ngram.grams]}
     if folder.decoding is not None:
         report["decoding"] = dataclasses.asdict(folder.decoding)
     print(json.dumps(report))
@@ -79,7 +88,8 @@ def _load_transcriber(args: argparse.Namespace) -> Transcriber:
                       lm_weight=args.lm_weight, length_bonus=args.length_bonus,
                       oov_penalty=args.oov_penalty, head=args.head,
                       adapt_steps=args.adapt_steps, self_train_steps=args.self_train_steps,
-                      backward_share=args.backward_share, device=args.device, int8=args.int8)
+                      backward_share=args.backward_share, ngram_share=args.ngram_share,
+                      device=args.device, int8=args.int8)
 
 
 OUTPUT_SUFFIXES = {"text": ".txt", "json": ".json", "srt": ".srt", "vtt": ".vtt"}
@@ -219,6 +229,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         decoding = {**vars(transcriber.options), "lm": transcriber.lm is not None,
                     "backward_lm": transcriber.backward_lm is not None,
+                    "ngram": transcriber.ngram is not None,
                     "adapt_to_speaker": args.adapt_to_speaker}
         print(json.dumps({**report.to_dict(), "decoding": decoding, "int8": args.int8}))
         for reason in report.failed:
@@ -350,13 +361,14 @@ def _add_self_train_flag(p: argparse.ArgumentParser, default: int | None,
 
 
 def _tune(args: argparse.Namespace) -> int:
+    from .decoding.ngram import SpelledNgram
     from .inference.lm_dir import (
         lm_for_decoding,
         load_lexicon_for,
         load_lm_for,
         require_direction,
     )
-    from .inference.model_dir import load_model_dir, resolve_model_dir
+    from .inference.model_dir import load_model_dir, load_ngram, resolve_model_dir
     from .inference.tune import best_result, format_row, tune
     from .models.quantize import check_int8_device, quantize_int8
 
@@ -374,12 +386,17 @@ def _tune(args: argparse.Namespace) -> int:
         require_direction(backward_lm, True, args.backward_lm)
         backward_lm = lm_for_decoding(backward_lm, args.device)
         shares = args.backward_shares or [0.0, 0.25, 0.5, 0.75]
+    ngram, ngram_shares = None, args.ngram_shares or [0.0]
+    if args.ngram_text is not None:
+        ngram = SpelledNgram(load_ngram(args.ngram_text), tokenizer.pieces(range(
+            tokenizer.vocab_size)))
+        ngram_shares = args.ngram_shares or [0.0, 0.5, 0.8, 1.0]
     tuning = tune(model.to(args.device), tokenizer, lm_for_decoding(lm, args.device),
                   args.manifest, args.beam_size, args.lm_weights, args.length_bonuses,
                   args.oov_penalties, lexicon, adapt_steps=args.adapt_steps,
                   self_train_steps=args.self_train_steps, beam_threshold=args.beam_threshold,
-                  backward_lm=backward_lm, backward_shares=shares,
-                  log=lambda line: print(line, flush=True))
+                  backward_lm=backward_lm, backward_shares=shares, ngram=ngram,
+                  ngram_shares=ngram_shares, log=lambda line: print(line, flush=True))
     print(f"best (beam {args.beam_size}, threshold {args.beam_threshold:g}):\n"
           f"{format_row(best_result(tuning.results))}")
     return 1 if tuning.skipped else 0  # as evaluate: the WERs are not the model's alone
@@ -394,8 +411,20 @@ def _pack(args: argparse.Namespace) -> int:
                                length_bonus=args.length_bonus, oov_penalty=args.oov_penalty,
                                adapt_steps=args.adapt_steps,
                                self_train_steps=args.self_train_steps,
-                               backward_share=args.backward_share)
-    out = pack_model(args.model, args.lm, args.out, decoding, args.backward_lm)
+                               backward_share=args.backward_share,
+                               ngram_share=args.ngram_share)
+    ngram_sentences = None
+    if args.ngram_text:
+        from .training.lm_corpus import drop_excluded, manifest_texts, read_sentences
+
+        ngram_sentences, excluded = drop_excluded(read_sentences(args.ngram_text),
+                                                  manifest_texts(args.exclude))
+        print(f"n-gram text: {len(ngram_sentences)} sentences; removed {excluded} found in "
+              "--exclude manifests")
+    elif args.exclude:
+        raise ValueError("--exclude: removes sentences from --ngram-text; give that too")
+    out = pack_model(args.model, args.lm, args.out, decoding, args.backward_lm,
+                     ngram_sentences)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"{out}: {args.model} + {args.lm} (weights in float16, the LM's matrices in "
           f"int8), decoding with beam "
@@ -404,7 +433,9 @@ def _pack(args: argparse.Namespace) -> int:
           f"penalty {decoding.oov_penalty:g}, {decoding.adapt_steps} adaptation steps, "
           f"{decoding.self_train_steps} self-training steps"
           + (f", rescored with {args.backward_lm} at a share of {decoding.backward_share:g}"
-             if args.backward_lm else "") + f"; {size / 2**20:.1f} MiB")
+             if args.backward_lm else "")
+          + (f", rescored with a word n-gram LM at a share of {decoding.ngram_share:g}"
+             if args.ngram_text else "") + f"; {size / 2**20:.1f} MiB")
     return 0
 
 
@@ -443,6 +474,9 @@ def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
                    help="share of the LM score that the model folder's backward LM takes when "
                         "it rescores the search's 8 best hypotheses; 0 is off (default: the "
                         "folder's own setting; only with the folder's own LM)")
+    p.add_argument("--ngram-share", type=_share, default=None,
+                   help="the same for the model folder's word n-gram LM (ngram.txt.xz, pack "
+                        "--ngram-text); 0 is off (default: the folder's own setting)")
     p.add_argument("--head", default=None,
                    help="auto, ctc or transducer: the output a hybrid CTC + transducer model "
                         "decodes with (default: auto, the transducer where there is one)")
@@ -572,8 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_flag(p)
     p.set_defaults(run=_train_lm)
 
-    p = command("tune", help="grid-search LM weight, length bonus, OOV penalty and backward-"
-                             "LM share on a dev set")
+    p = command("tune", help="grid-search LM weight, length bonus, OOV penalty and the "
+                             "backward and n-gram LMs' shares on a dev set")
     p.add_argument("--manifest", required=True,
                    help='dev lines {"id", "audio", "text"}, or Lhotse cuts (.jsonl[.gz])')
     _add_model_flag(p)
@@ -592,6 +626,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backward-shares", type=_shares, default=None,
                    help="comma-separated shares of the LM score the backward LM takes, each "
                         "0-1 (default: 0,0.25,0.5,0.75 with --backward-lm, else 0)")
+    p.add_argument("--ngram-text", default=None, metavar="TEXT",
+                   help="one sentence per line (.txt, .gz, .xz; a packed folder's "
+                        "ngram.txt.xz): a word trigram LM of it rescores each search's 8 best "
+                        "hypotheses, as pack --ngram-text will")
+    p.add_argument("--ngram-shares", type=_shares, default=None,
+                   help="comma-separated shares of the LM score the n-gram LM takes, each "
+                        "0-1 (default: 0,0.5,0.8,1 with --ngram-text, else 0); pairs with the "
+                        "backward shares over 1 are left out")
     _add_adapt_flag(p, 0, "default: 0; tune as pack's --adapt-steps will decode")
     _add_self_train_flag(p, 0, "default: 0; tune as pack's --self-train-steps will decode, "
                                "at the time of a full decoding per setting")
@@ -616,6 +658,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "each search's 8 best hypotheses with the LM")
     p.add_argument("--backward-share", type=_share, default=0.0,
                    help="share of the LM score the backward LM takes")
+    p.add_argument("--ngram-text", nargs="+", default=[], metavar="TEXT",
+                   help="text files (.txt, .gz, .xz), one sentence per line, or JSONL "
+                        "manifests: stored, a word trigram LM counted from them rescores each "
+                        "search's 8 best hypotheses with the LM")
+    p.add_argument("--exclude", nargs="+", default=[], metavar="MANIFEST",
+                   help="dev/test manifests: their transcripts are removed from --ngram-text")
+    p.add_argument("--ngram-share", type=_share, default=0.0,
+                   help="share of the LM score the n-gram LM takes")
     p.set_defaults(run=_pack)
 
     from .data.synth import add_synth_arguments

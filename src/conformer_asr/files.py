@@ -13,6 +13,7 @@ import contextlib
 import errno
 import fcntl
 import gzip
+import lzma
 import os
 import secrets
 import shutil
@@ -24,18 +25,22 @@ LEFTOVER_PATTERN = ".*.tmp*"  # the names temporary_beside makes
 LOCK_FILE = ".lock"
 
 
+DECOMPRESSORS = {".gz": ("gzip", gzip.decompress), ".xz": ("xz", lzma.decompress)}
+
+
 def read_text(path: str | Path) -> str:
-    """The UTF-8 text of ``path``, decompressed if it ends in ``.gz``, without the byte-order
-    mark some Windows editors write. A file that is not UTF-8 text (or not gzip) is a
-    ``ValueError`` naming it."""
+    """The UTF-8 text of ``path``, decompressed if it ends in ``.gz`` or ``.xz``, without the
+    byte-order mark some Windows editors write. A file that is not UTF-8 text (or not the
+    compressed file its name says) is a ``ValueError`` naming it."""
     path = Path(path)
     data = path.read_bytes()
+    kind, decompress = DECOMPRESSORS.get(path.suffix, ("", None))
     try:
-        return (gzip.decompress(data) if path.suffix == ".gz" else data).decode("utf-8-sig")
+        return (decompress(data) if decompress else data).decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not UTF-8 text (byte {error.start})") from None
-    except (gzip.BadGzipFile, EOFError) as error:
-        raise ValueError(f"{path}: not a complete gzip file ({error})") from None
+    except (gzip.BadGzipFile, lzma.LZMAError, EOFError) as error:
+        raise ValueError(f"{path}: not a complete {kind} file ({error})") from None
 
 
 def naming(error: OSError, path: str | Path) -> OSError:

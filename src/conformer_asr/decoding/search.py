@@ -13,6 +13,7 @@ from .ctc_beam import ctc_beam_search
 from .fusion import FusionLM, ShallowFusion
 from .greedy import Hypothesis, ctc_greedy, rnnt_greedy
 from .lexicon import Lexicon
+from .ngram import SpelledNgram
 from .rescore import Rescoring, SentenceLM
 from .rnnt_beam import rnnt_beam_search
 
@@ -42,7 +43,8 @@ class DecodingOptions:
     ``inference.adapt``), with the adaptation steps after them; it needs a CTC head too.
     ``backward_share`` > 0 hands that share (at most 1) of the LM term of each utterance's
     best finished hypotheses to a backward LM given to ``decode``, and picks the best of
-    them again (``rescore.py``); 0 leaves the search's choice.
+    them again (``rescore.py``); 0 leaves the search's choice. ``ngram_share`` does the
+    same for a word n-gram LM given to ``decode``; the two shares add up to at most 1.
     """
 
     beam_size: int = 1
@@ -57,6 +59,7 @@ class DecodingOptions:
     self_train_steps: int = 0  # off
     self_train_lr: float = 0.002
     backward_share: float = 0.0  # off
+    ngram_share: float = 0.0  # off
 
     def __post_init__(self) -> None:
         # checked here, where a caller can be told: 8.0, True or "8" failed inside torch at
@@ -73,7 +76,7 @@ class DecodingOptions:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         for name in ("beam_threshold", "lm_weight", "length_bonus", "oov_penalty", "adapt_lr",
-                     "self_train_lr", "backward_share"):
+                     "self_train_lr", "backward_share", "ngram_share"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ValueError(f"{name}: must be a number, got {value!r}")
@@ -81,8 +84,12 @@ class DecodingOptions:
                 raise ValueError(f"{name}: must be a finite number, got {value}")
         if self.lm_weight < 0:
             raise ValueError(f"lm_weight: must be >= 0, got {self.lm_weight}")
-        if not 0 <= self.backward_share <= 1:
-            raise ValueError(f"backward_share: must be in [0, 1], got {self.backward_share}")
+        for name in ("backward_share", "ngram_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
+        if self.backward_share + self.ngram_share > 1:
+            raise ValueError("backward_share + ngram_share: must be at most 1 (the LM term's "
+                             f"shares), got {self.backward_share} + {self.ngram_share}")
         if self.oov_penalty < 0:
             raise ValueError(f"oov_penalty: must be >= 0, got {self.oov_penalty}")
         if self.beam_threshold <= 0:
@@ -114,21 +121,22 @@ class DecodingOptions:
 def decode(
     model: ASRModel, enc: torch.Tensor, lengths: torch.Tensor, options: DecodingOptions,
     lm: FusionLM | None = None, lexicon: Lexicon | None = None,
-    backward_lm: SentenceLM | None = None,
+    backward_lm: SentenceLM | None = None, ngram: SpelledNgram | None = None,
 ) -> list[Hypothesis]:
     """enc (B, T, D), lengths (B,) -> one hypothesis per utterance.
 
     Uses the head ``options.head`` picks; ``lm`` and ``lexicon`` (sharing the model's
     tokenizer) are fused into beam search, and ``backward_lm`` (an LM with
-    ``token_log_probs``, as ``models.lm.WordPieceLM`` has) rescores its result.
+    ``token_log_probs``, as ``models.lm.WordPieceLM`` has) and ``ngram`` rescore its result.
     """
     options.check_model(model)
     fusion = ShallowFusion(lm, options.lm_weight, options.length_bonus, lexicon,
                            options.oov_penalty)
-    rescoring_weight = options.backward_share * options.lm_weight
+    backward_weight = options.backward_share * options.lm_weight if backward_lm is not None else 0.0
+    ngram_weight = options.ngram_share * options.lm_weight if ngram is not None else 0.0
     rescoring = None
-    if lm is not None and backward_lm is not None and rescoring_weight:
-        rescoring = Rescoring(backward_lm, rescoring_weight)
+    if lm is not None and (backward_weight or ngram_weight):
+        rescoring = Rescoring(backward_lm, backward_weight, ngram, ngram_weight)
     greedy = (options.beam_size == 1 and lm is None and options.length_bonus == 0
               and (lexicon is None or options.oov_penalty == 0))
     if options.uses_transducer(model):

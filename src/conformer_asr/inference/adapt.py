@@ -35,6 +35,7 @@ from torch import nn
 from ..decoding.fusion import FusionLM
 from ..decoding.greedy import Hypothesis
 from ..decoding.lexicon import Lexicon
+from ..decoding.ngram import SpelledNgram
 from ..decoding.rescore import SentenceLM
 from ..decoding.search import DecodingOptions, decode
 from ..models.asr import ASRModel
@@ -276,7 +277,7 @@ def encode(
 def self_trained(
     model: ASRModel, feats: torch.Tensor, lengths: torch.Tensor, options: DecodingOptions,
     first: Sequence[Hypothesis], lm: FusionLM | None, lexicon: Lexicon | None,
-    backward_lm: SentenceLM | None = None,
+    backward_lm: SentenceLM | None = None, ngram: SpelledNgram | None = None,
 ) -> list[Hypothesis]:
     """feats (B, T, F), lengths (B,) and each row's first hypothesis -> the hypotheses of
     the second decoding, after ``options.self_train_steps`` CTC steps towards the first
@@ -285,4 +286,4 @@ def self_trained(
     if not options.self_train_steps:
         return list(first)
     enc, enc_lengths = encode(model, feats, lengths, options, [hyp.tokens for hyp in first])
-    return decode(model, enc, enc_lengths, options, lm, lexicon, backward_lm)
+    return decode(model, enc, enc_lengths, options, lm, lexicon, backward_lm, ngram)

@@ -6,6 +6,8 @@
     MODEL_DIR/tokenizer.model    SentencePiece model (blank = id 0)
     MODEL_DIR/lm/                optional: an LM folder fused by default (``conformer-asr pack``)
     MODEL_DIR/backward_lm/       optional: a backward LM folder that rescores with lm/
+    MODEL_DIR/ngram.txt.xz       optional: sentences, one per line (xz), that a word n-gram
+                                 LM counts to rescore with lm/ (``decoding.ngram``)
 
 Files are written atomically (temporary name, then rename), the config last,
 so a folder with a config.json is complete.
@@ -14,7 +16,10 @@ so a folder with a config.json is complete.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import lzma
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from ..decoding.ngram import WordNgramLM
 from ..decoding.search import DecodingOptions
 from ..files import read_text, write_atomically
 from ..models import ASRModel, ModelConfig
@@ -37,6 +43,7 @@ WEIGHTS_FILE = "model.safetensors"
 ROW_SCALE = ".row_scale"  # name suffix: the scales of an int8-stored matrix's rows
 LM_SUBDIR = "lm"
 BACKWARD_LM_SUBDIR = "backward_lm"
+NGRAM_FILE = "ngram.txt.xz"
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "pretrained" / "default"
 
 
@@ -137,6 +144,42 @@ def bundled_lm_dir(directory: str | Path, subdir: str = LM_SUBDIR) -> Path | Non
     has one."""
     path = Path(directory) / subdir
     return path if path.is_dir() else None
+
+
+def bundled_ngram(directory: str | Path) -> Path | None:
+    """The folder's n-gram text (``ngram.txt.xz``), if it has one."""
+    path = Path(directory) / NGRAM_FILE
+    return path if path.is_file() else None
+
+
+def load_ngram(path: str | Path) -> WordNgramLM:
+    """A word n-gram LM of a text file's lines (``.gz`` and ``.xz`` too); ModelDirError
+    naming the file if it is missing, unreadable or holds no words. Counting the bundled
+    text takes about a second, so the LMs of the last few files are kept (they are only
+    read) and given again while a file is unchanged."""
+    try:
+        stat = Path(path).stat()
+    except OSError as error:
+        raise ModelDirError(f"{path}: cannot read the n-gram text ({error})") from None
+    return _counted_ngram(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _counted_ngram(path: str, mtime_ns: int, size: int) -> WordNgramLM:
+    """``load_ngram`` of ``path`` as it was at that modification time and size."""
+    try:
+        sentences = [line for line in read_text(path).splitlines() if line.strip()]
+    except (OSError, ValueError) as error:
+        raise ModelDirError(f"{path}: cannot read the n-gram text ({error})") from None
+    if not sentences:
+        raise ModelDirError(f"{path}: an n-gram text without words")
+    return WordNgramLM(sentences)
+
+
+def write_ngram(path: str | Path, sentences: Iterable[str]) -> None:
+    """Write ``sentences`` one per line, xz-compressed, atomically (``NGRAM_FILE``)."""
+    text = "".join(sentence + "\n" for sentence in sentences)
+    write_atomically(path, lzma.compress(text.encode(), preset=9 | lzma.PRESET_EXTREME))
 
 
 def load_model_dir(directory: str | Path) -> tuple[ASRModel, Tokenizer, FolderConfig]:

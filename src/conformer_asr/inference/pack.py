@@ -4,6 +4,7 @@ one folder that ``transcribe`` and ``load_model`` use as they are (the bundled m
     OUT/config.json, model.safetensors, tokenizer.model   the model folder, plus "decoding"
     OUT/lm/                                             the LM and its lexicon if it has one
     OUT/backward_lm/                                    optional: a backward LM, to rescore
+    OUT/ngram.txt.xz                                    optional: a word n-gram LM's text
 
 The model's weights are stored in float16 (half the size), the LMs' weight matrices in
 int8 with a scale per row (a quarter: 8 MB instead of 16 for the bundled LM; what it costs
@@ -16,6 +17,7 @@ either complete or absent.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..decoding.search import DecodingOptions
@@ -30,16 +32,18 @@ from .lm_dir import (
 from .model_dir import (
     BACKWARD_LM_SUBDIR,
     LM_SUBDIR,
+    NGRAM_FILE,
     ModelDirError,
     load_model_dir,
     resolve_model_dir,
     save_model_dir,
+    write_ngram,
 )
 
 
 def pack_model(
     model_dir: str | Path, lm_dir: str | Path, out: str | Path, decoding: DecodingOptions,
-    backward_lm_dir: str | Path | None = None,
+    backward_lm_dir: str | Path | None = None, ngram_sentences: Sequence[str] | None = None,
 ) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -59,6 +63,9 @@ def pack_model(
     if (backward is None) != (decoding.backward_share == 0):
         raise ModelDirError("--backward-share: give a share > 0 with --backward-lm, and "
                             "none without one")
+    if (ngram_sentences is None) != (decoding.ngram_share == 0):
+        raise ModelDirError("--ngram-share: give a share > 0 with --ngram-text, and none "
+                            "without it")
     words = read_lexicon_words(lm_dir)
     if decoding.oov_penalty and not words:
         raise ModelDirError(f"{lm_dir}: no lexicon.txt, so the OOV penalty must be 0 "
@@ -70,6 +77,8 @@ def pack_model(
         if backward is not None:
             save_lm_dir(backward, tokenizer, tmp / BACKWARD_LM_SUBDIR, backward_info,
                         compact=True)
+        if ngram_sentences is not None:
+            write_ngram(tmp / NGRAM_FILE, ngram_sentences)
         save_model_dir(model, tokenizer, tmp, config.info, decoding, half=True)
         tmp.replace(out)
     except OSError as error:  # a full disk: free it, and name the file as it would be

@@ -51,6 +51,7 @@ from ..audio.io import (
 from ..audio.pauses import FRAME_SECONDS, find_pauses, is_steady
 from ..decoding.greedy import Hypothesis
 from ..decoding.lexicon import Lexicon
+from ..decoding.ngram import SpelledNgram, WordNgramLM
 from ..decoding.search import DecodingOptions, decode
 from ..device import check_device
 from ..models.asr import ASRModel
@@ -59,7 +60,14 @@ from ..models.quantize import check_int8_device, quantize_int8
 from ..text.tokenizer import Tokenizer
 from .adapt import encode, self_trained
 from .lm_dir import lm_for_decoding, load_lexicon_for, load_lm_for
-from .model_dir import BACKWARD_LM_SUBDIR, bundled_lm_dir, load_model_dir, resolve_model_dir
+from .model_dir import (
+    BACKWARD_LM_SUBDIR,
+    bundled_lm_dir,
+    bundled_ngram,
+    load_model_dir,
+    load_ngram,
+    resolve_model_dir,
+)
 
 # paths (any os.PathLike), parts of files, or arrays: see audio.io.samples_of
 AudioInput = str | os.PathLike | AudioSlice | np.ndarray | torch.Tensor
@@ -133,6 +141,7 @@ class Transcriber:
         lm: WordPieceLM | None = None,
         lexicon: Lexicon | None = None,
         backward_lm: WordPieceLM | None = None,
+        ngram: WordNgramLM | None = None,
     ) -> None:
         if not 0 <= overlap_seconds < window_seconds:
             raise ValueError("overlap_seconds: must be in [0, window_seconds)")
@@ -158,6 +167,8 @@ class Transcriber:
         self.lm = lm.eval() if lm is not None else None
         self.lexicon = lexicon
         self.backward_lm = backward_lm.eval() if backward_lm is not None else None
+        self.ngram = None if ngram is None else SpelledNgram(
+            ngram, tokenizer.pieces(range(tokenizer.vocab_size)))
         self.tokenizer = tokenizer
         self.options = options or DecodingOptions()
         self.features = LogMelFeatures(model.cfg.features)
@@ -347,9 +358,9 @@ class Transcriber:
         feats, feat_lengths = self.features_of(waves)
         enc, enc_lengths = encode(self.model, feats, feat_lengths, self.options)
         hyps = decode(self.model, enc, enc_lengths, self.options, self.lm, self.lexicon,
-                      self.backward_lm)
+                      self.backward_lm, self.ngram)
         return self_trained(self.model, feats, feat_lengths, self.options, hyps, self.lm,
-                            self.lexicon, self.backward_lm)
+                            self.lexicon, self.backward_lm, self.ngram)
 
     def _assemble(self, parts: list[tuple[_Segment, Hypothesis]], duration: float) -> Transcript:
         words: list[Word] = []
@@ -442,6 +453,7 @@ def load_model(
     adapt_steps: int | None = None,
     self_train_steps: int | None = None,
     backward_share: float | None = None,
+    ngram_share: float | None = None,
     int8: bool = False,
 ) -> Transcriber:
     """Load a model folder (or the bundled default with None / "default").
@@ -454,7 +466,7 @@ def load_model(
     gets ``DecodingOptions()``'s.
     An LM folder's lexicon comes with it (for ``oov_penalty``). ``beam_size``,
     ``beam_threshold``, ``lm_weight``, ``length_bonus``, ``oov_penalty``, ``head``,
-    ``adapt_steps``, ``self_train_steps`` and ``backward_share`` override
+    ``adapt_steps``, ``self_train_steps``, ``backward_share`` and ``ngram_share`` override
     single fields, e.g. ``load_model("exp/model", beam_size=8, lm="exp/lm", lm_weight=0.3)``,
     ``head="ctc"`` to decode a hybrid model with its CTC head, or ``adapt_steps=0`` to
     decode without the test-time adaptation the bundled model does (``inference.adapt``),
@@ -462,7 +474,9 @@ def load_model(
     self-training (about half the time, for 0.3 points of WER on unseen voices; both off,
     a third of the time, for 1.4 points). With its own LM (``lm="auto"``), a model folder's
     backward LM (``backward_lm/``, ``pack --backward-lm``) rescores each search's best
-    hypotheses (``decoding.rescore``); ``backward_share=0`` turns that off.
+    hypotheses (``decoding.rescore``); ``backward_share=0`` turns that off. A word n-gram LM
+    of the folder's ``ngram.txt.xz`` (``pack --ngram-text``; ``decoding.ngram``) rescores
+    them too, unless ``ngram_share=0``.
     On the CPU the LMs always multiply in int8 with a scale per row
     (``lm_dir.lm_for_decoding``; a loaded LM passed in is copied, not changed): twice as
     fast as float32 at the same WER, and a transcript reads the same whichever files
@@ -487,17 +501,19 @@ def load_model(
     model, tokenizer, config = load_model_dir(directory)
     if int8:
         model = quantize_int8(model)
-    backward_lm = None
+    backward_lm = ngram_file = None
     if isinstance(lm, str) and lm == "auto":
         lm = bundled_lm_dir(directory)
-        backward_lm = bundled_lm_dir(directory, BACKWARD_LM_SUBDIR) if lm is not None else None
+        if lm is not None:
+            backward_lm = bundled_lm_dir(directory, BACKWARD_LM_SUBDIR)
+            ngram_file = bundled_ngram(directory)
     if isinstance(lm, str | os.PathLike) and options is None:
         options = config.decoding
     overrides = {"beam_size": beam_size, "beam_threshold": beam_threshold,
                  "lm_weight": lm_weight, "length_bonus": length_bonus,
                  "oov_penalty": oov_penalty, "head": head,
                  "adapt_steps": adapt_steps, "self_train_steps": self_train_steps,
-                 "backward_share": backward_share}
+                 "backward_share": backward_share, "ngram_share": ngram_share}
     options = dataclasses.replace(options or DecodingOptions(),
                                   **{k: v for k, v in overrides.items() if v is not None})
     lexicon = None
@@ -510,8 +526,12 @@ def load_model(
     if backward_lm is None and backward_share:
         raise ValueError("backward_share: there is no backward LM (only a model folder's own, "
                          "with its own LM, rescores: pack --backward-lm)")
+    if ngram_file is None and ngram_share:
+        raise ValueError("ngram_share: there is no n-gram LM (only a model folder's own, with "
+                         "its own LM, rescores: pack --ngram-text)")
     if backward_lm is not None:
         backward_lm = load_lm_for(backward_lm, tokenizer)
     lms = [None if m is None else lm_for_decoding(m, device) for m in (lm, backward_lm)]
     return Transcriber(model.to(device), tokenizer, options, lm=lms[0], lexicon=lexicon,
-                       backward_lm=lms[1])
+                       backward_lm=lms[1],
+                       ngram=load_ngram(ngram_file) if ngram_file and options.ngram_share else None)

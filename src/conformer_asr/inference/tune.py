@@ -1,5 +1,5 @@
-"""Grid search of the LM weight, length bonus, OOV penalty and backward-LM share on a dev
-manifest (``conformer-asr tune``).
+"""Grid search of the LM weight, length bonus, OOV penalty and the backward and n-gram LMs'
+shares on a dev manifest (``conformer-asr tune``).
 
 Every utterance is encoded once; each setting only re-runs the beam search over
 the stored encoder outputs, and, with self-training, the self-training and a second
@@ -23,6 +23,7 @@ from ..audio.features import LogMelFeatures
 from ..audio.io import AudioError, audio_duration, load_audio
 from ..decoding.fusion import FusionLM
 from ..decoding.lexicon import Lexicon
+from ..decoding.ngram import SpelledNgram
 from ..decoding.rescore import SentenceLM
 from ..decoding.search import DecodingOptions, decode
 from ..models.asr import ASRModel
@@ -38,6 +39,7 @@ class TuneResult:
     length_bonus: float
     oov_penalty: float
     backward_share: float
+    ngram_share: float
     errors: WordErrors
 
 
@@ -114,27 +116,32 @@ def tune(
     batch_seconds: float = 160.0, adapt_steps: int = 0, self_train_steps: int = 0,
     beam_threshold: float = DecodingOptions.beam_threshold,
     backward_lm: SentenceLM | None = None, backward_shares: Sequence[float] = (0.0,),
+    ngram: SpelledNgram | None = None, ngram_shares: Sequence[float] = (0.0,),
     log: Callable[[str], None] = print, warn: Callable[[str], None] = _to_stderr,
 ) -> Tuning:
-    """WER of every (LM weight, length bonus, OOV penalty, backward share), in grid order;
-    ``log`` gets a table row as each one finishes, ``warn`` a line for each utterance that
-    cannot be read (stderr by default: the table stays whole on stdout). ``model``, ``lm``
-    and ``backward_lm`` must be in eval mode on one device, the LMs as the transcriber
-    decodes with them (``lm_dir.lm_for_decoding``); the penalties need ``lexicon``,
-    the shares > 0 ``backward_lm``, which rescores as ``DecodingOptions.backward_share``
-    says (``decoding.rescore``). ``adapt_steps`` > 0 adapts
-    the encoder to each utterance first, as ``DecodingOptions.adapt_steps`` does, and
-    ``self_train_steps`` > 0 self-trains it and decodes again, as
-    ``DecodingOptions.self_train_steps`` does (the time of a full decoding per setting); the
-    searches drop hypotheses as ``DecodingOptions.beam_threshold`` says."""
+    """WER of every (LM weight, length bonus, OOV penalty, backward share, n-gram share) whose
+    shares add up to at most 1, in grid order; ``log`` gets a table row as each one
+    finishes, ``warn`` a line for each utterance that cannot be read (stderr by default: the
+    table stays whole on stdout). ``model``, ``lm`` and ``backward_lm`` must be in eval mode
+    on one device, the LMs as the transcriber decodes with them (``lm_dir.lm_for_decoding``);
+    the penalties need ``lexicon``, the shares > 0 ``backward_lm`` and ``ngram``, which
+    rescore as ``DecodingOptions.backward_share`` and ``ngram_share`` say
+    (``decoding.rescore``). ``adapt_steps`` > 0 adapts the encoder to each utterance first,
+    as ``DecodingOptions.adapt_steps`` does, and ``self_train_steps`` > 0 self-trains it and
+    decodes again, as ``DecodingOptions.self_train_steps`` does (the time of a full decoding
+    per setting); the searches drop hypotheses as ``DecodingOptions.beam_threshold`` says."""
     if lexicon is None and any(oov_penalties):
         raise ValueError("oov_penalties: the LM folder has no lexicon.txt, so they must be 0 "
                          "(train-lm writes one)")
     if backward_lm is None and any(backward_shares):
         raise ValueError("backward_shares: there is no backward LM, so they must be 0 "
                          "(train-lm --backward makes one)")
+    if ngram is None and any(ngram_shares):
+        raise ValueError("ngram_shares: there is no n-gram LM, so they must be 0")
     grid = list(_grid(beam_size, beam_threshold, lm_weights, length_bonuses, oov_penalties,
-                      backward_shares, adapt_steps, self_train_steps))  # checked first
+                      backward_shares, ngram_shares, adapt_steps, self_train_steps))  # checked
+    if not grid:
+        raise ValueError("backward_shares, ngram_shares: no pair adds up to at most 1")
     utterances = read_manifest(manifest)
     adapting = DecodingOptions(adapt_steps=adapt_steps, self_train_steps=self_train_steps)
     adapting.check_model(model)
@@ -146,42 +153,46 @@ def tune(
     for options in grid:
         texts = [""] * len(utterances)
         for part in encoded:
-            hyps = decode(model, part.enc, part.lengths, options, lm, lexicon, backward_lm)
+            hyps = decode(model, part.enc, part.lengths, options, lm, lexicon, backward_lm,
+                          ngram)
             if part.feats is not None:
                 hyps = self_trained(model, part.feats, part.feat_lengths, options, hyps, lm,
-                                    lexicon, backward_lm)
+                                    lexicon, backward_lm, ngram)
             for i, hyp in zip(part.indices, hyps, strict=True):
                 texts[i] = tokenizer.decode(hyp.tokens)
         errors = sum((word_errors(u.text, text) for u, text in zip(utterances, texts,
                                                                      strict=True)),
                      WordErrors())
         results.append(TuneResult(options.lm_weight, options.length_bonus,
-                                  options.oov_penalty, options.backward_share, errors))
+                                  options.oov_penalty, options.backward_share,
+                                  options.ngram_share, errors))
         log(format_row(results[-1]))
     return Tuning(results, skipped)
 
 
 def _grid(beam_size: int, beam_threshold: float, lm_weights: Sequence[float],
           length_bonuses: Sequence[float], oov_penalties: Sequence[float],
-          backward_shares: Sequence[float], adapt_steps: int,
+          backward_shares: Sequence[float], ngram_shares: Sequence[float], adapt_steps: int,
           self_train_steps: int) -> Iterator[DecodingOptions]:
-    for lm_weight, length_bonus, oov_penalty, backward_share in itertools.product(
-            lm_weights, length_bonuses, oov_penalties, backward_shares):
-        yield DecodingOptions(beam_size=beam_size, beam_threshold=beam_threshold,
-                              lm_weight=lm_weight, length_bonus=length_bonus,
-                              oov_penalty=oov_penalty, adapt_steps=adapt_steps,
-                              self_train_steps=self_train_steps, backward_share=backward_share)
+    for lm_weight, length_bonus, oov_penalty, backward_share, ngram_share in itertools.product(
+            lm_weights, length_bonuses, oov_penalties, backward_shares, ngram_shares):
+        if backward_share + ngram_share <= 1:
+            yield DecodingOptions(beam_size=beam_size, beam_threshold=beam_threshold,
+                                  lm_weight=lm_weight, length_bonus=length_bonus,
+                                  oov_penalty=oov_penalty, adapt_steps=adapt_steps,
+                                  self_train_steps=self_train_steps,
+                                  backward_share=backward_share, ngram_share=ngram_share)
 
 
-HEADER = (f"{'lm_weight':>9}  {'bonus':>6}  {'oov':>5}  {'share':>5}  {'WER %':>7}  {'sub':>5}  "
-          f"{'del':>5}  {'ins':>5}")
+HEADER = (f"{'lm_weight':>9}  {'bonus':>6}  {'oov':>5}  {'share':>5}  {'ngram':>5}  "
+          f"{'WER %':>7}  {'sub':>5}  {'del':>5}  {'ins':>5}")
 
 
 def format_row(result: TuneResult) -> str:
     e = result.errors
     return (f"{result.lm_weight:>9.3g}  {result.length_bonus:>6.3g}  {result.oov_penalty:>5.3g}  "
-            f"{result.backward_share:>5.3g}  {e.wer:>7.2f}  {e.substitutions:>5}  "
-            f"{e.deletions:>5}  {e.insertions:>5}")
+            f"{result.backward_share:>5.3g}  {result.ngram_share:>5.3g}  {e.wer:>7.2f}  "
+            f"{e.substitutions:>5}  {e.deletions:>5}  {e.insertions:>5}")
 
 
 def best_result(results: Sequence[TuneResult]) -> TuneResult:
