@@ -27,7 +27,7 @@ from conformer_asr.data.manifest import load_cuts
 from conformer_asr.decoding.search import DecodingOptions, decode
 from conformer_asr.inference.adapt import encode_adapted
 from conformer_asr.inference.lm_dir import load_lm_dir
-from conformer_asr.inference.model_dir import BACKWARD_LM_SUBDIR, BUNDLED_DIR, LM_SUBDIR
+from conformer_asr.inference.model_dir import BUNDLED_DIR, LM_SUBDIR
 from conformer_asr.inference.transcriber import Transcriber
 from conformer_asr.losses.rnnt import rnnt_loss, rnnt_loss_reference
 from conformer_asr.models import ASRModel, ModelConfig, load_encoder_and_heads, quantize_int8
@@ -442,15 +442,15 @@ def bundled_transcription(settings: Settings, one_at_a_time: bool) -> Row:
     fast = load_model(device=device, adapt_steps=0, self_train_steps=0)
     plain = copy.deepcopy(fast)
     plain.model.encoder = plain_encoder_like(fast.model.encoder, fast.model.cfg.encoder)
-    plain.lm, plain.backward_lm = (plain_lm_like(lm).to(device) for lm in _float32_lms())
+    plain.lm = plain_lm_like(_float32_lm()).to(device)
     return _transcribe_examples("transcribe, bundled", "plain", fast, plain, settings,
                                 one_at_a_time)
 
 
-def _float32_lms() -> tuple[WordPieceLM, WordPieceLM]:
-    """The bundled LM and backward LM in float32 on the CPU, as ``load_lm_dir`` reads them
-    (the transcriber's own multiply in int8 rows on the CPU)."""
-    return load_lm_dir(BUNDLED_DIR / LM_SUBDIR)[0], load_lm_dir(BUNDLED_DIR / BACKWARD_LM_SUBDIR)[0]
+def _float32_lm() -> WordPieceLM:
+    """The bundled LM in float32 on the CPU, as ``load_lm_dir`` reads it (the
+    transcriber's own multiplies in int8 rows on the CPU)."""
+    return load_lm_dir(BUNDLED_DIR / LM_SUBDIR)[0]
 
 
 def _bundled_adaptation(
@@ -500,7 +500,7 @@ def int8_bundled_transcription(settings: Settings, one_at_a_time: bool) -> Row:
     transcriber's float32 paths), default search, neither adapted nor self-trained
     (``int8_adapted_encoder`` times the adaptation)."""
     float32 = load_model(adapt_steps=0, self_train_steps=0)
-    float32.lm, float32.backward_lm = _float32_lms()
+    float32.lm = _float32_lm()
     row = _transcribe_examples("int8 transcribe, bundled", "fp32",
                                load_model(int8=True, adapt_steps=0, self_train_steps=0),
                                float32, settings, one_at_a_time)

@@ -127,10 +127,9 @@ def test_an_lm_in_int8_rows_scores_near_the_float_one_and_leaves_it_alone():
     assert isinstance(lm.lstm, nn.LSTM) and isinstance(lm.out, nn.Linear)
 
 
-def test_decoding_on_the_cpu_uses_int8_rows_for_both_lms():
+def test_decoding_on_the_cpu_uses_int8_rows_for_the_lms():
     transcriber = load_model()
     assert isinstance(transcriber.lm.lstm, Int8RowsLSTM)
-    assert isinstance(transcriber.backward_lm.lstm, Int8RowsLSTM)
     lm = WordPieceLM(LMConfig(vocab_size=transcriber.model.cfg.vocab_size, embed_dim=8,
                               hidden_dim=8, n_layers=1)).eval()
     assert isinstance(lm_for_decoding(lm, "cpu").out, Int8RowsLinear)
@@ -138,23 +137,16 @@ def test_decoding_on_the_cpu_uses_int8_rows_for_both_lms():
     assert isinstance(lm.lstm, nn.LSTM)  # the LM passed in is copied, not changed
 
 
-def test_the_bundled_lms_decode_with_the_int8_rows_they_are_stored_in():
+def test_the_bundled_lm_decodes_with_the_int8_rows_it_is_stored_in():
     """Stored in int8 rows, loaded as float16 values, quantised again: the same integers."""
     from safetensors.torch import load_file
 
     from conformer_asr.inference.lm_dir import load_lm_dir
-    from conformer_asr.inference.model_dir import (
-        BACKWARD_LM_SUBDIR,
-        BUNDLED_DIR,
-        LM_SUBDIR,
-        ROW_SCALE,
-        WEIGHTS_FILE,
-    )
+    from conformer_asr.inference.model_dir import BUNDLED_DIR, LM_SUBDIR, ROW_SCALE, WEIGHTS_FILE
 
-    for subdir in (LM_SUBDIR, BACKWARD_LM_SUBDIR):
-        stored = load_file(BUNDLED_DIR / subdir / WEIGHTS_FILE)
-        loaded = load_lm_dir(BUNDLED_DIR / subdir)[0].state_dict()
-        matrices = [name.removesuffix(ROW_SCALE) for name in stored if name.endswith(ROW_SCALE)]
-        assert "lstm.weight_hh_l0" in matrices and "out.weight" in matrices
-        for name in matrices:
-            assert torch.equal(int8_rows(loaded[name])[0], stored[name]), name
+    stored = load_file(BUNDLED_DIR / LM_SUBDIR / WEIGHTS_FILE)
+    loaded = load_lm_dir(BUNDLED_DIR / LM_SUBDIR)[0].state_dict()
+    matrices = [name.removesuffix(ROW_SCALE) for name in stored if name.endswith(ROW_SCALE)]
+    assert "lstm.weight_hh_l0" in matrices and "out.weight" in matrices
+    for name in matrices:
+        assert torch.equal(int8_rows(loaded[name])[0], stored[name]), name

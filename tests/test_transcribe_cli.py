@@ -758,22 +758,23 @@ def test_the_bundled_model_adapts_to_each_utterance_unless_told_not_to():
     assert bad.returncode == 2 and "--self-train-steps: " in bad.stderr
 
 
-def test_the_bundled_model_rescores_with_its_backward_lm_unless_told_not_to():
-    """The bundle's backward LM takes half of the LM term of each search's best hypotheses;
-    --backward-share 0 (or no LM) turns it off, and a share outside [0, 1] is refused."""
+def test_the_bundled_model_rescores_with_its_ngram_lm_unless_told_not_to():
+    """The bundle's word n-gram LM takes 0.8 of the LM term of each search's best
+    hypotheses (it has no backward LM); --ngram-share 0 (or no LM) turns it off, and a share
+    outside [0, 1] is refused."""
     bundled = load_model()
-    assert bundled.backward_lm is not None and bundled.backward_lm.cfg.backward
+    assert bundled.ngram is not None and bundled.backward_lm is None
     assert bundled.lm is not None and not bundled.lm.cfg.backward
-    assert bundled.options.backward_share == 0.5
-    assert load_model(backward_share=0).options.backward_share == 0
-    assert load_model(lm=None).backward_lm is None
+    assert bundled.options.ngram_share == 0.8 and bundled.options.backward_share == 0
+    assert load_model(ngram_share=0).ngram is None
+    assert load_model(lm=None).ngram is None
     weather = str(EXAMPLES / "weather.wav")
-    off = _cli("transcribe", weather, "--backward-share", "0", "--adapt-steps", "0",
+    off = _cli("transcribe", weather, "--ngram-share", "0", "--adapt-steps", "0",
                "--self-train-steps", "0")
     assert off.returncode == 0 and off.stdout.strip(), off.stderr
-    bad = _cli("transcribe", weather, "--backward-share", "1.5")
+    bad = _cli("transcribe", weather, "--ngram-share", "1.5")
     assert bad.returncode == 2
-    assert "--backward-share: must be between 0 and 1, got 1.5" in bad.stderr
+    assert "--ngram-share: must be between 0 and 1, got 1.5" in bad.stderr
 
 
 def test_transcribing_a_file_imports_neither_lhotse_nor_dynamo():
