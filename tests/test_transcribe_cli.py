@@ -759,13 +759,13 @@ def test_the_bundled_model_adapts_to_each_utterance_unless_told_not_to():
 
 
 def test_the_bundled_model_rescores_with_its_ngram_lm_unless_told_not_to():
-    """The bundle's word n-gram LM takes 0.8 of the LM term of each search's best
+    """The bundle's word n-gram LM takes half of the LM term of each search's best
     hypotheses (it has no backward LM); --ngram-share 0 (or no LM) turns it off, and a share
     outside [0, 1] is refused."""
     bundled = load_model()
     assert bundled.ngram is not None and bundled.backward_lm is None
     assert bundled.lm is not None and not bundled.lm.cfg.backward
-    assert bundled.options.ngram_share == 0.8 and bundled.options.backward_share == 0
+    assert bundled.options.ngram_share == 0.5 and bundled.options.backward_share == 0
     assert load_model(ngram_share=0).ngram is None
     assert load_model(lm=None).ngram is None
     weather = str(EXAMPLES / "weather.wav")
