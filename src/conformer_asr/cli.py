@@ -361,16 +361,17 @@ def _add_self_train_flag(p: argparse.ArgumentParser, default: int | None,
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from .decoding.ngram import SpelledNgram
+    from .decoding.ngram import SpelledNgram, WordNgramLM
     from .inference.lm_dir import (
         lm_for_decoding,
         load_lexicon_for,
         load_lm_for,
         require_direction,
     )
-    from .inference.model_dir import load_model_dir, load_ngram, resolve_model_dir
+    from .inference.model_dir import load_model_dir, resolve_model_dir
     from .inference.tune import best_result, format_row, tune
     from .models.quantize import check_int8_device, quantize_int8
+    from .training.lm_corpus import read_sentences
 
     if args.int8:
         check_int8_device(args.device)
@@ -388,8 +389,8 @@ def _tune(args: argparse.Namespace) -> int:
         shares = args.backward_shares or [0.0, 0.25, 0.5, 0.75]
     ngram, ngram_shares = None, args.ngram_shares or [0.0]
     if args.ngram_text is not None:
-        ngram = SpelledNgram(load_ngram(args.ngram_text), tokenizer.pieces(range(
-            tokenizer.vocab_size)))
+        ngram = SpelledNgram(WordNgramLM(read_sentences([args.ngram_text])),
+                             tokenizer.pieces(range(tokenizer.vocab_size)))
         ngram_shares = args.ngram_shares or [0.0, 0.5, 0.8, 1.0]
     tuning = tune(model.to(args.device), tokenizer, lm_for_decoding(lm, args.device),
                   args.manifest, args.beam_size, args.lm_weights, args.length_bonuses,
@@ -628,8 +629,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "0-1 (default: 0,0.25,0.5,0.75 with --backward-lm, else 0)")
     p.add_argument("--ngram-text", default=None, metavar="TEXT",
                    help="one sentence per line (.txt, .gz, .xz; a packed folder's "
-                        "ngram.txt.xz): a word trigram LM of it rescores each search's 8 best "
-                        "hypotheses, as pack --ngram-text will")
+                        "ngram.txt.xz), normalised as pack does: a word trigram LM of it "
+                        "rescores each search's 8 best hypotheses, as pack --ngram-text will")
     p.add_argument("--ngram-shares", type=_shares, default=None,
                    help="comma-separated shares of the LM score the n-gram LM takes, each "
                         "0-1 (default: 0,0.5,0.8,1 with --ngram-text, else 0); pairs with the "

@@ -23,9 +23,9 @@ def _lines(path: Path) -> list[str]:
 
 
 def read_sentences(paths: Iterable[str | Path]) -> list[str]:
-    """One sentence per line (``.gz`` too), normalised; empty lines dropped. A manifest
-    (JSON lines, such as a corpus's ``train.jsonl``) gives its transcripts instead: read as
-    lines of text, the LM learnt its ids and audio paths."""
+    """One sentence per line (``.gz`` and ``.xz`` too), normalised; empty lines dropped. A
+    manifest (JSON lines, such as a corpus's ``train.jsonl``) gives its transcripts instead:
+    read as lines of text, the LM learnt its ids and audio paths."""
     sentences = []
     for path in map(Path, paths):
         lines = _lines(path)
