@@ -110,7 +110,7 @@ def test_rescored_hands_a_share_of_the_lm_term_to_the_backward_lm():
     tokens = [[(b, k) for k in range(scores.shape[1])] for b in range(3)]
     lm = _TableLM({(b, k): float(b + k) for b in range(3) for k in range(scores.shape[1])})
     forward = torch.tensor([[float(b * k) for k in range(scores.shape[1])] for b in range(3)])
-    out = rescored(scores, tokens, forward, Rescoring(lm, weight=0.5))
+    out = rescored(scores, tokens, forward, Rescoring(lm, backward_weight=0.5))
     expected = torch.full_like(scores, NEG_INF)
     for b in range(3):
         live = [k for k in range(scores.shape[1]) if scores[b, k] > NEG_INF]
@@ -238,7 +238,7 @@ def test_tune_scores_each_backward_share_as_the_packed_folder_decodes_with_it(
     weights: list[float] = []
     real = ctc_beam.rescored
     monkeypatch.setattr(ctc_beam, "rescored", lambda scores, tokens, forward, rescoring:
-                        weights.append(rescoring.weight)
+                        weights.append(rescoring.backward_weight)
                         or real(scores, tokens, forward, rescoring))
     assert main(["tune", "--manifest", str(DATA / "manifest.jsonl"), "--model", str(model_dir),
                  "--lm", str(forward), "--backward-lm", str(backward), "--beam-size", "4",

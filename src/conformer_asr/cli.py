@@ -390,7 +390,7 @@ def _tune(args: argparse.Namespace) -> int:
     ngram, ngram_shares = None, args.ngram_shares or [0.0]
     if args.ngram_text is not None:
         ngram = SpelledNgram(WordNgramLM(read_sentences([args.ngram_text])),
-                             tokenizer.pieces(range(tokenizer.vocab_size)))
+                             tokenizer.vocabulary())
         ngram_shares = args.ngram_shares or [0.0, 0.5, 0.8, 1.0]
     tuning = tune(model.to(args.device), tokenizer, lm_for_decoding(lm, args.device),
                   args.manifest, args.beam_size, args.lm_weights, args.length_bonuses,

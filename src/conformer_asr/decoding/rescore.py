@@ -41,7 +41,7 @@ class Rescoring:
     fusion weight times its share (module docstring)."""
 
     backward: SentenceLM | None
-    weight: float
+    backward_weight: float
     ngram: SpelledNgram | None = None
     ngram_weight: float = 0.0
 
@@ -51,7 +51,7 @@ def rescored(scores: torch.Tensor, tokens: Sequence[Sequence[tuple[int, ...]]],
              forward: torch.Tensor, rescoring: Rescoring) -> torch.Tensor:
     """scores (B, K) final scores, ``tokens[b][k]`` hypothesis (b, k)'s token ids, forward
     (B, K) log P_forward of each, as the search summed it (``FusionScores``) -> (B, K):
-    each utterance's ``TOP`` best live hypotheses plus ``weight`` x (log P_backward -
+    each utterance's ``TOP`` best live hypotheses plus ``backward_weight`` x (log P_backward -
     log P_forward) and ``ngram_weight`` x (log P_ngram - log P_forward), -inf elsewhere."""
     values, index = scores.topk(min(TOP, scores.shape[1]), dim=1)
     picked = [(b, k) for b, (row_values, row_index) in enumerate(
@@ -63,9 +63,10 @@ def rescored(scores: torch.Tensor, tokens: Sequence[Sequence[tuple[int, ...]]],
     sentences = [tokens[b][k] for b, k in picked]
     b, k = (torch.tensor(column, device=scores.device) for column in zip(*picked, strict=True))
     out[b, k] = scores[b, k]
-    if rescoring.backward is not None and rescoring.weight:
+    if rescoring.backward is not None and rescoring.backward_weight:
         backward = rescoring.backward.token_log_probs(sentences).sum(dim=1)
-        out[b, k] += rescoring.weight * (backward.to(scores.device, scores.dtype) - forward[b, k])
+        out[b, k] += rescoring.backward_weight * (backward.to(scores.device, scores.dtype)
+                                                  - forward[b, k])
     if rescoring.ngram is not None and rescoring.ngram_weight:
         ngram = torch.from_numpy(rescoring.ngram.sentence_log_probs(sentences))
         out[b, k] += rescoring.ngram_weight * (ngram.to(scores.device, scores.dtype)

@@ -94,7 +94,7 @@ def read_lexicon_words(directory: str | Path) -> list[str]:
 def load_lexicon_for(directory: str | Path, tokenizer: Tokenizer) -> Lexicon | None:
     """An LM folder's lexicon, spelled with ``tokenizer``'s pieces; None if it has none."""
     words = read_lexicon_words(directory)
-    return Lexicon(words, tokenizer.pieces(range(tokenizer.vocab_size))) if words else None
+    return Lexicon(words, tokenizer.vocabulary()) if words else None
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

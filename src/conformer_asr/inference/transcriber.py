@@ -168,7 +168,7 @@ class Transcriber:
         self.lexicon = lexicon
         self.backward_lm = backward_lm.eval() if backward_lm is not None else None
         self.ngram = None if ngram is None else SpelledNgram(
-            ngram, tokenizer.pieces(range(tokenizer.vocab_size)))
+            ngram, tokenizer.vocabulary())
         self.tokenizer = tokenizer
         self.options = options or DecodingOptions()
         self.features = LogMelFeatures(model.cfg.features)

@@ -62,6 +62,10 @@ class Tokenizer:
     def pieces(self, ids: Iterable[int]) -> list[str]:
         return [self.sp.id_to_piece(int(i)) for i in ids]
 
+    def vocabulary(self) -> list[str]:
+        """Every token id's piece, in id order."""
+        return self.pieces(range(self.vocab_size))
+
     def is_word_start(self, token_id: int) -> bool:
         """True if this piece begins a new word (SentencePiece's ``▁`` prefix)."""
         return self.sp.id_to_piece(int(token_id)).startswith("\u2581")

@@ -223,7 +223,7 @@ def _train_lm_in(
     lm = WordPieceLM(dataclasses.replace(lm_config, vocab_size=tokenizer.vocab_size)).to(device)
     optimizer = torch.optim.Adam(lm.parameters(), lr=config.peak_lr)
     scheduler = noam_scheduler(optimizer, config.warmup_steps)
-    pieces = tokenizer.pieces(range(tokenizer.vocab_size))
+    pieces = tokenizer.vocabulary()
     settings = _settings(texts, exclude, config)
     step, start_ppl = _resume(state_path, lm, pieces, optimizer, scheduler, device, settings,
                               config.steps)
