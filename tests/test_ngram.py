@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from conformer_asr.decoding.ngram import BITS, END, START, WordNgramLM
+from conformer_asr.decoding.ngram import END, START, WordNgramLM
 
 
 def reference_log_prob(sentences: list[str], words: list[str], order: int,
@@ -40,7 +40,7 @@ def reference_log_prob(sentences: list[str], words: list[str], order: int,
                for i in range(order - 1, len(sentence)))
 
 
-@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("order", [2, 3, 4])
 def test_log_probs_match_a_plain_kneser_ney(order: int) -> None:
     rng = random.Random(order)
     words = ["the", "a", "cat", "dog", "sat", "ran", "on", "mat", "fast", "slow"]
@@ -59,10 +59,11 @@ def test_each_context_gives_a_distribution() -> None:
     followers = [*lm.ids.values(), END, lm.unknown]
     for u1, u2 in [("<s>", "<s>"), ("<s>", "the"), ("the", "cat"), ("cat", "ran"),
                    ("a", "dog"), ("fast", "the")]:
-        keys = np.array([(ids[u1] << 2 * BITS) | (ids[u2] << BITS) | w for w in followers])
+        keys = np.array([(ids[u1] << 2 * lm.bits) | (ids[u2] << lm.bits) | w for w in followers],
+                        dtype=np.uint64)
         assert lm._probabilities(keys).sum() == pytest.approx(1.0, abs=1e-12)
-    unknown_context = np.array([(lm.unknown << 2 * BITS) | (lm.unknown << BITS) | w
-                                for w in followers])
+    unknown_context = np.array([(lm.unknown << 2 * lm.bits) | (lm.unknown << lm.bits) | w
+                                for w in followers], dtype=np.uint64)
     assert lm._probabilities(unknown_context).sum() == pytest.approx(1.0, abs=1e-12)
 
 
@@ -74,7 +75,7 @@ def test_known_phrases_score_above_reorderings() -> None:
     assert lm.log_probs([]).shape == (0,)
 
 
-@pytest.mark.parametrize(("order", "discount"), [(1, 0.5), (4, 0.5), (3, 0.0), (3, 1.0)])
+@pytest.mark.parametrize(("order", "discount"), [(1, 0.5), (2.0, 0.5), (3, 0.0), (3, 1.0)])
 def test_bad_settings_are_named(order: int, discount: float) -> None:
     with pytest.raises(ValueError, match="order|discount"):
         WordNgramLM(["a b"], order=order, discount=discount)
@@ -96,3 +97,19 @@ def test_an_ngram_text_that_cannot_be_read_is_named(tmp_path):
     assert load_ngram(text) is first  # counted once while the file is unchanged
     text.write_text("a cat\nthe dog ran\n")
     assert set(load_ngram(text).ids) == {"a", "cat", "the", "dog", "ran"}
+
+
+def test_a_4gram_uses_every_bit_of_its_keys() -> None:
+    most = (1 << 16) - 3  # 16 bits per word: the words, START, END and the unknown id
+    words = [f"w{i}" for i in range(most)]
+    tail = list(reversed(words[-5:]))
+    lm = WordNgramLM([" ".join(words), " ".join(tail)], order=4)
+    assert lm.bits == 16
+    u = [lm.ids[w] for w in words[-3:]]  # ids near 2**16: keys with their top bit set
+    followers = np.array([*lm.ids.values(), END, lm.unknown], dtype=np.uint64)
+    context = (u[0] << 3 * lm.bits) | (u[1] << 2 * lm.bits) | (u[2] << lm.bits)
+    assert lm._probabilities(np.uint64(context) | followers).sum() == pytest.approx(1.0, abs=1e-9)
+    known, reordered = lm.log_probs([tail, [tail[0], tail[2], tail[1], tail[4], tail[3]]])
+    assert known > reordered + 5
+    with pytest.raises(ValueError, match="order 4 holds at most 65533 words; the text has 65534"):
+        WordNgramLM([" ".join(words), "one"], order=4)

@@ -6,9 +6,10 @@ rescoring (``rescore.py``) it takes a share of the LSTM LM's score: on the synth
 corpus it gains much from the phrases seen once (recipes/synthetic/README.md, step 4l).
 
 The counts are made when the LM is built, from its sentences, with numpy: each n-gram is
-one int64 key (``BITS`` bits per word id), and every table is a sorted array of keys with
-its values beside it. Smoothing is the interpolated Kneser-Ney of Chen and Goodman ("An
-Empirical Study of Smoothing Techniques for Language Modeling", 1998) with one discount:
+one uint64 key (``bits`` per word id, as few as the vocabulary needs), and every table is a
+sorted array of keys with its values beside it. Smoothing is the interpolated Kneser-Ney of
+Chen and Goodman ("An Empirical Study of Smoothing Techniques for Language Modeling", 1998)
+with one discount:
 
     p_n(w | u) = (max(c_n(u w) - D, 0) + D * N_n(u) * p_{n-1}(w | u')) / c_n(u)
 
@@ -28,12 +29,12 @@ import numpy as np
 
 from .lexicon import WORD_START
 
-BITS = 21  # per word id in a key: 2 million words, 3 words in 63 bits
+KEY_BITS = 64  # an n-gram's word ids, ``bits`` each, in one uint64 key
 START, END = 0, 1  # ids of the start and end symbols; words follow
 
 
 class _Table:
-    """Sorted int64 keys with an int64 value each; ``get`` gives 0 where a key is absent."""
+    """Sorted uint64 keys with an int64 value each; ``get`` gives 0 where a key is absent."""
 
     def __init__(self, keys: np.ndarray, values: np.ndarray) -> None:
         self.keys, self.values = keys, values
@@ -54,49 +55,57 @@ class _Table:
 
 class WordNgramLM:
     """Interpolated Kneser-Ney word n-gram LM (module docstring) of ``sentences``, each a
-    string of space-separated words; ``order`` 2 or 3."""
+    string of space-separated words; ``order`` >= 2, as far as the n-gram's word ids fit
+    in one key: a 4-gram of up to 65,533 words, a trigram of up to 2 million."""
 
     def __init__(self, sentences: Iterable[str], order: int = 3, discount: float = 0.75) -> None:
-        if order not in (2, 3):
-            raise ValueError(f"order: 2 or 3; got {order}")
+        if isinstance(order, bool) or not isinstance(order, int) or order < 2:
+            raise ValueError(f"order: a whole number >= 2; got {order!r}")
         if not 0 < discount < 1:
             raise ValueError(f"discount: must be in (0, 1); got {discount}")
         self.order, self.discount = order, discount
         split = [sentence.split() for sentence in sentences]
         words = list(itertools.chain.from_iterable(split))
         self.ids = {word: i for i, word in enumerate(dict.fromkeys(words), start=END + 1)}
-        if len(self.ids) + 3 > 1 << BITS:
-            raise ValueError(f"a word n-gram LM holds at most {(1 << BITS) - 3} words")
+        self.bits = (len(self.ids) + 2).bit_length()  # the ids run to ``unknown``
+        if order * self.bits > KEY_BITS:
+            most = (1 << (KEY_BITS // order)) - 3
+            raise ValueError(f"a word n-gram LM of order {order} holds at most {most} words; "
+                             f"the text has {len(self.ids)}")
         self.unknown = len(self.ids) + 2  # an id no table holds
         self.uniform = 1.0 / (len(self.ids) + 2)  # the words, the end symbol, one unknown
-        ids = np.fromiter(map(self.ids.__getitem__, words), dtype=np.int64, count=len(words))
+        ids = np.fromiter(map(self.ids.__getitem__, words), dtype=np.uint64, count=len(words))
         keys = self._keys(ids, np.array([len(sentence) for sentence in split], dtype=np.int64))
         grams = _Table.summed(keys)  # every n-gram of the text, at the highest order
         self.grams: list[_Table] = [grams]  # highest order first
         self.contexts: list[tuple[_Table, _Table]] = []  # (c_n(u), N_n(u)), the same order
         for n in range(order, 0, -1):
-            context_keys = grams.keys >> BITS
+            context_keys = grams.keys >> self.bits
             self.contexts.append((_Table.summed(context_keys, grams.values),
                                   _Table.summed(context_keys)))
             if n > 1:  # continuation counts: each distinct n-gram counts once for its suffix
-                grams = _Table.summed(grams.keys & ((1 << (BITS * (n - 1))) - 1))
+                grams = _Table.summed(grams.keys & self._mask(n - 1))
                 self.grams.append(grams)
 
     def _keys(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """The word ids of sentences one after another (N,) and their lengths (B,) -> the
-        int64 key of every n-gram of the highest order, (N + B,), each sentence padded with
+        uint64 key of every n-gram of the highest order, (N + B,), each sentence padded with
         ``order - 1`` START before and END after."""
         pad = self.order - 1
         starts = np.cumsum(lengths + pad + 1) - lengths - 1  # in flat, of each first word
         shift = starts - (np.cumsum(lengths) - lengths)  # from a word's index in ids to flat
-        flat = np.full(len(ids) + len(lengths) * (pad + 1), START, dtype=np.int64)
+        flat = np.full(len(ids) + len(lengths) * (pad + 1), START, dtype=np.uint64)
         flat[np.arange(len(ids)) + np.repeat(shift, lengths)] = ids
         flat[starts + lengths] = END
         ends = np.flatnonzero(flat != START)  # where each n-gram ends: a word or END
-        keys = np.zeros(len(ends), dtype=np.int64)
+        keys = np.zeros(len(ends), dtype=np.uint64)
         for back in range(self.order - 1, -1, -1):
-            keys = (keys << BITS) | flat[ends - back]
+            keys = (keys << self.bits) | flat[ends - back]
         return keys
+
+    def _mask(self, n: int) -> int:
+        """Keeps the last ``n`` word ids of a key."""
+        return (1 << (self.bits * n)) - 1
 
     def log_probs(self, sentences: Sequence[Sequence[str]]) -> np.ndarray:
         """Sentences as word lists -> (B,) float64: each one's natural-log probability,
@@ -104,7 +113,7 @@ class WordNgramLM:
         if not sentences:
             return np.zeros(0)
         ids = np.array([self.ids.get(word, self.unknown) for words in sentences
-                        for word in words], dtype=np.int64)
+                        for word in words], dtype=np.uint64)
         lengths = np.array([len(words) for words in sentences], dtype=np.int64)
         probability = self._probabilities(self._keys(ids, lengths))
         return np.add.reduceat(np.log(probability), np.cumsum(lengths + 1) - lengths - 1)
@@ -114,8 +123,8 @@ class WordNgramLM:
         probability = np.full(len(keys), self.uniform)
         for n in range(1, self.order + 1):  # lowest order first
             depth = self.order - n  # index into the tables, highest order first
-            gram = keys & ((1 << (BITS * n)) - 1)
-            total, types = (table.get(gram >> BITS) for table in self.contexts[depth])
+            gram = keys & self._mask(n)
+            total, types = (table.get(gram >> self.bits) for table in self.contexts[depth])
             count = self.grams[depth].get(gram)
             smoothed = (np.maximum(count - self.discount, 0.0)
                         + self.discount * types * probability) / np.maximum(total, 1)
