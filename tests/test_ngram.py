@@ -95,6 +95,11 @@ def test_an_ngram_text_that_cannot_be_read_is_named(tmp_path):
     first = load_ngram(text)
     assert set(first.ids) == {"a", "cat", "the", "dog"}
     assert load_ngram(text) is first  # counted once while the file is unchanged
+    assert load_ngram(text, 2).order == 2 and load_ngram(text) is first
+    big = tmp_path / "big.txt"
+    big.write_text(" ".join(f"w{i}" for i in range(1 << 16)) + "\n")
+    with pytest.raises(ModelDirError, match="big.txt: a word n-gram LM of order 4 holds at most"):
+        load_ngram(big, 4)
     text.write_text("a cat\nthe dog ran\n")
     assert set(load_ngram(text).ids) == {"a", "cat", "the", "dog", "ran"}
 

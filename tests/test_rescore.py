@@ -1,7 +1,9 @@
 """Backward LMs and rescoring a search's best hypotheses with one (decoding.rescore)."""
 
 import dataclasses
+import itertools
 import json
+import string
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -362,6 +364,10 @@ def test_the_shares_must_leave_room_for_each_other():
         DecodingOptions(backward_share=0.5, ngram_share=0.75)
     with pytest.raises(ValueError, match="ngram_share: must be in \\[0, 1\\]"):
         DecodingOptions(ngram_share=1.5)
+    with pytest.raises(ValueError, match="ngram_order: must be >= 2, got 1"):
+        DecodingOptions(ngram_order=1)
+    with pytest.raises(ValueError, match="ngram_order: must be a whole number"):
+        DecodingOptions(ngram_order=3.0)
 
 
 def test_pack_stores_an_ngram_text_that_the_folder_rescores_with(model_dir, lm_dirs, tmp_path,
@@ -375,13 +381,15 @@ def test_pack_stores_an_ngram_text_that_the_folder_rescores_with(model_dir, lm_d
     common = [str(model_dir), "--lm", str(forward), "--beam-size", "4", "--lm-weight", "0.4",
               "--length-bonus", "0.5"]
     assert main(["pack", *common, "--ngram-text", str(text), "--exclude",
-                 str(DATA / "manifest.jsonl"), "--ngram-share", "0.5", "--out", str(out)]) == 0
+                 str(DATA / "manifest.jsonl"), "--ngram-share", "0.5", "--ngram-order", "4",
+                 "--out", str(out)]) == 0
     assert "removed 4 found in --exclude manifests" in capsys.readouterr().out
     stored = read_text(out / "ngram.txt.xz").splitlines()  # normalised, test lines gone
     assert stored == [s for s in SENTENCES if s not in MANIFEST_TEXTS] + ["the dog sat on the rug"]
 
     packed = load_model(out)
     assert packed.ngram is not None and packed.options.ngram_share == 0.5
+    assert packed.ngram.lm.order == packed.options.ngram_order == 4
     weights: list[float] = []
     real = ctc_beam.rescored
     monkeypatch.setattr(ctc_beam, "rescored", lambda scores, tokens, forward, rescoring:
@@ -400,7 +408,7 @@ def test_pack_stores_an_ngram_text_that_the_folder_rescores_with(model_dir, lm_d
     assert report["decoding"]["ngram"] and report["decoding"]["ngram_share"] == 0.5
     assert main(["model-info", str(out)]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["ngram"]["order"] == 3 and info["ngram"]["words"] == len(
+    assert info["ngram"]["order"] == 4 and info["ngram"]["words"] == len(
         {w for s in stored for w in s.split()})
 
 
@@ -408,14 +416,20 @@ def test_pack_stores_an_ngram_text_that_the_folder_rescores_with(model_dir, lm_d
     (["--ngram-share", "0.5"], "--ngram-share: give a share > 0 with --ngram-text"),
     (["--ngram-text", "{text}"], "--ngram-share: give a share > 0 with --ngram-text"),
     (["--exclude", "{manifest}"], "--exclude: removes sentences from --ngram-text"),
+    (["--ngram-order", "4"], "--ngram-order: counts --ngram-text"),
+    (["--ngram-text", "{big}", "--ngram-share", "0.5", "--ngram-order", "4"],
+     "--ngram-text: a word n-gram LM of order 4 holds at most 65533 words"),
     (["--ngram-text", "{missing}", "--ngram-share", "0.5"], "no such file"),
 ])
 def test_pack_refuses_an_ngram_share_without_its_text(model_dir, lm_dirs, tmp_path, capsys,
                                                       flags, message):
     text = tmp_path / "text.txt"
     text.write_text("a dog ran home\n")
-    flags = [f.format(text=text, manifest=DATA / "manifest.jsonl", missing=tmp_path / "no.txt")
-             for f in flags]
+    big = tmp_path / "big.txt"
+    letters = itertools.product(string.ascii_lowercase, repeat=4)  # words as pack normalises
+    big.write_text(" ".join("".join(w) for w in itertools.islice(letters, 1 << 16)) + "\n")
+    flags = [f.format(text=text, manifest=DATA / "manifest.jsonl", missing=tmp_path / "no.txt",
+                      big=big) for f in flags]
     out = tmp_path / "packed"
     assert main(["pack", str(model_dir), "--lm", str(lm_dirs[0]), "--lm-weight", "0.4",
                  "--length-bonus", "0", *flags, "--out", str(out)]) == 2
@@ -431,7 +445,8 @@ def test_tune_leaves_out_shares_over_one_and_rescores_with_the_ngram(model_dir, 
     assert main(["tune", "--manifest", str(DATA / "manifest.jsonl"), "--model", str(model_dir),
                  "--lm", str(forward), "--backward-lm", str(backward), "--beam-size", "4",
                  "--lm-weights", "0.4", "--length-bonuses", "0.5", "--backward-shares",
-                 "0,0.5", "--ngram-text", str(text), "--ngram-shares", "0,0.5,1"]) == 0
+                 "0,0.5", "--ngram-text", str(text), "--ngram-shares", "0,0.5,1",
+                 "--ngram-order", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if "WER" in line)
     rows = [line.split() for line in lines[header + 1:] if line.split()[0][0].isdigit()]

@@ -32,6 +32,7 @@ def _model_info(args: argparse.Namespace) -> int:
     """A built-in size's parameter counts, or a model folder's, with the folder's training
     record, its own LMs (name, parameters, training record; the word n-gram LM's sizes) and
     its decoding settings."""
+    from .decoding.search import DecodingOptions
     from .inference.lm_dir import load_lm_dir
     from .inference.model_dir import (
         BACKWARD_LM_SUBDIR,
@@ -66,7 +67,7 @@ def _model_info(args: argparse.Namespace) -> int:
                            "params": sum(p.numel() for p in lm.parameters())}
     ngram_file = bundled_ngram(directory)
     if ngram_file is not None:
-        ngram = load_ngram(ngram_file)
+        ngram = load_ngram(ngram_file, (folder.decoding or DecodingOptions()).ngram_order)
         report["ngram"] = {"file": NGRAM_FILE, "order": ngram.order, "words": len(ngram.ids),
                            "ngrams": [len(table.keys) for table in ngram.grams]}
     if folder.decoding is not None:
@@ -362,6 +363,7 @@ def _add_self_train_flag(p: argparse.ArgumentParser, default: int | None,
 
 def _tune(args: argparse.Namespace) -> int:
     from .decoding.ngram import SpelledNgram, WordNgramLM
+    from .decoding.search import DecodingOptions
     from .inference.lm_dir import (
         lm_for_decoding,
         load_lexicon_for,
@@ -389,9 +391,12 @@ def _tune(args: argparse.Namespace) -> int:
         shares = args.backward_shares or [0.0, 0.25, 0.5, 0.75]
     ngram, ngram_shares = None, args.ngram_shares or [0.0]
     if args.ngram_text is not None:
-        ngram = SpelledNgram(WordNgramLM(read_sentences([args.ngram_text])),
+        ngram = SpelledNgram(WordNgramLM(read_sentences([args.ngram_text]),
+                                         args.ngram_order or DecodingOptions.ngram_order),
                              tokenizer.vocabulary())
         ngram_shares = args.ngram_shares or [0.0, 0.5, 0.8, 1.0]
+    elif args.ngram_order:
+        raise ValueError("--ngram-order: counts --ngram-text; give that too")
     tuning = tune(model.to(args.device), tokenizer, lm_for_decoding(lm, args.device),
                   args.manifest, args.beam_size, args.lm_weights, args.length_bonuses,
                   args.oov_penalties, lexicon, adapt_steps=args.adapt_steps,
@@ -413,7 +418,8 @@ def _pack(args: argparse.Namespace) -> int:
                                adapt_steps=args.adapt_steps,
                                self_train_steps=args.self_train_steps,
                                backward_share=args.backward_share,
-                               ngram_share=args.ngram_share)
+                               ngram_share=args.ngram_share,
+                               ngram_order=args.ngram_order or DecodingOptions.ngram_order)
     ngram_sentences = None
     if args.ngram_text:
         from .training.lm_corpus import drop_excluded, manifest_texts, read_sentences
@@ -422,8 +428,9 @@ def _pack(args: argparse.Namespace) -> int:
                                                   manifest_texts(args.exclude))
         print(f"n-gram text: {len(ngram_sentences)} sentences; removed {excluded} found in "
               "--exclude manifests")
-    elif args.exclude:
-        raise ValueError("--exclude: removes sentences from --ngram-text; give that too")
+    elif args.exclude or args.ngram_order:
+        flag = "--exclude: removes sentences from" if args.exclude else "--ngram-order: counts"
+        raise ValueError(f"{flag} --ngram-text; give that too")
     out = pack_model(args.model, args.lm, args.out, decoding, args.backward_lm,
                      ngram_sentences)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
@@ -496,6 +503,12 @@ def _add_speaker_flag(p: argparse.ArgumentParser, whose: str) -> None:
                         "twice, then transcribe again with that copy, which replaces the "
                         "per-utterance self-training (about the default's time; the model needs "
                         "a CTC head)")
+
+
+def _add_ngram_order_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ngram-order", type=lambda text: _whole_number(text, 2), default=None,
+                   help="count --ngram-text's n-grams up to this many words (default 3; "
+                        "4 holds up to 65,533 different words)")
 
 
 def _add_int8_flag(p: argparse.ArgumentParser) -> None:
@@ -629,8 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "0-1 (default: 0,0.25,0.5,0.75 with --backward-lm, else 0)")
     p.add_argument("--ngram-text", default=None, metavar="TEXT",
                    help="one sentence per line (.txt, .gz, .xz; a packed folder's "
-                        "ngram.txt.xz), normalised as pack does: a word trigram LM of it "
+                        "ngram.txt.xz), normalised as pack does: a word n-gram LM of it "
                         "rescores each search's 8 best hypotheses, as pack --ngram-text will")
+    _add_ngram_order_flag(p)
     p.add_argument("--ngram-shares", type=_shares, default=None,
                    help="comma-separated shares of the LM score the n-gram LM takes, each "
                         "0-1 (default: 0,0.5,0.8,1 with --ngram-text, else 0); pairs with the "
@@ -661,8 +675,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of the LM score the backward LM takes")
     p.add_argument("--ngram-text", nargs="+", default=[], metavar="TEXT",
                    help="text files (.txt, .gz, .xz), one sentence per line, or JSONL "
-                        "manifests: stored, a word trigram LM counted from them rescores each "
+                        "manifests: stored, a word n-gram LM counted from them rescores each "
                         "search's 8 best hypotheses with the LM")
+    _add_ngram_order_flag(p)
     p.add_argument("--exclude", nargs="+", default=[], metavar="MANIFEST",
                    help="dev/test manifests: their transcripts are removed from --ngram-text")
     p.add_argument("--ngram-share", type=_share, default=0.0,

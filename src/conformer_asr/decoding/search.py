@@ -45,6 +45,8 @@ class DecodingOptions:
     best finished hypotheses to a backward LM given to ``decode``, and picks the best of
     them again (``rescore.py``); 0 leaves the search's choice. ``ngram_share`` does the
     same for a word n-gram LM given to ``decode``; the two shares add up to at most 1.
+    ``ngram_order`` is the order at which a model folder's n-gram text is counted
+    (``inference.model_dir.load_ngram``); ``decode`` takes the counted LM.
     """
 
     beam_size: int = 1
@@ -60,11 +62,13 @@ class DecodingOptions:
     self_train_lr: float = 0.002
     backward_share: float = 0.0  # off
     ngram_share: float = 0.0  # off
+    ngram_order: int = 3
 
     def __post_init__(self) -> None:
         # checked here, where a caller can be told: 8.0, True or "8" failed inside torch at
         # the first search
-        for name in ("beam_size", "max_symbols_per_frame", "adapt_steps", "self_train_steps"):
+        for name in ("beam_size", "max_symbols_per_frame", "adapt_steps", "self_train_steps",
+                     "ngram_order"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise ValueError(f"{name}: must be a whole number, got {value!r}")
@@ -72,6 +76,8 @@ class DecodingOptions:
             raise ValueError(f"beam_size: must be >= 1, got {self.beam_size}")
         if self.max_symbols_per_frame < 1:
             raise ValueError("max_symbols_per_frame: must be >= 1")
+        if self.ngram_order < 2:
+            raise ValueError(f"ngram_order: must be >= 2, got {self.ngram_order}")
         for name in ("adapt_steps", "self_train_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")

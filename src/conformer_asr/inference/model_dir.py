@@ -152,20 +152,20 @@ def bundled_ngram(directory: str | Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def load_ngram(path: str | Path) -> WordNgramLM:
-    """A word n-gram LM of a text file's lines (``.gz`` and ``.xz`` too); ModelDirError
-    naming the file if it is missing, unreadable or holds no words. Counting the bundled
-    text takes about a second, so the LMs of the last few files are kept (they are only
-    read) and given again while a file is unchanged."""
+def load_ngram(path: str | Path, order: int = 3) -> WordNgramLM:
+    """A word n-gram LM of that order of a text file's lines (``.gz`` and ``.xz`` too);
+    ModelDirError naming the file if it is missing, unreadable, holds no words or more than
+    the order allows. Counting the bundled text takes about a second, so the LMs of the last
+    few files are kept (they are only read) and given again while a file is unchanged."""
     try:
         stat = Path(path).stat()
     except OSError as error:
         raise ModelDirError(f"{path}: cannot read the n-gram text ({error})") from None
-    return _counted_ngram(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+    return _counted_ngram(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size, order)
 
 
 @functools.lru_cache(maxsize=4)
-def _counted_ngram(path: str, mtime_ns: int, size: int) -> WordNgramLM:
+def _counted_ngram(path: str, mtime_ns: int, size: int, order: int) -> WordNgramLM:
     """``load_ngram`` of ``path`` as it was at that modification time and size."""
     try:
         sentences = [line for line in read_text(path).splitlines() if line.strip()]
@@ -173,7 +173,10 @@ def _counted_ngram(path: str, mtime_ns: int, size: int) -> WordNgramLM:
         raise ModelDirError(f"{path}: cannot read the n-gram text ({error})") from None
     if not sentences:
         raise ModelDirError(f"{path}: an n-gram text without words")
-    return WordNgramLM(sentences)
+    try:
+        return WordNgramLM(sentences, order)
+    except ValueError as error:
+        raise ModelDirError(f"{path}: {error}") from None
 
 
 def write_ngram(path: str | Path, sentences: Iterable[str]) -> None:

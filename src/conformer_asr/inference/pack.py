@@ -20,6 +20,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..decoding.ngram import WordNgramLM
 from ..decoding.search import DecodingOptions
 from ..files import naming
 from .lm_dir import (
@@ -66,6 +67,11 @@ def pack_model(
     if (ngram_sentences is None) != (decoding.ngram_share == 0):
         raise ModelDirError("--ngram-share: give a share > 0 with --ngram-text, and none "
                             "without it")
+    if ngram_sentences is not None:
+        try:  # as load_model will count it (a second, for the bundle's text)
+            WordNgramLM(ngram_sentences, decoding.ngram_order)
+        except ValueError as error:
+            raise ModelDirError(f"--ngram-text: {error}") from None
     words = read_lexicon_words(lm_dir)
     if decoding.oov_penalty and not words:
         raise ModelDirError(f"{lm_dir}: no lexicon.txt, so the OOV penalty must be 0 "

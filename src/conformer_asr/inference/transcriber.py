@@ -534,4 +534,5 @@ def load_model(
     lms = [None if m is None else lm_for_decoding(m, device) for m in (lm, backward_lm)]
     return Transcriber(model.to(device), tokenizer, options, lm=lms[0], lexicon=lexicon,
                        backward_lm=lms[1],
-                       ngram=load_ngram(ngram_file) if ngram_file and options.ngram_share else None)
+                       ngram=(load_ngram(ngram_file, options.ngram_order)
+                              if ngram_file and options.ngram_share else None))
