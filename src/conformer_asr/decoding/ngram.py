@@ -23,6 +23,7 @@ word. Sentences begin with N - 1 start symbols and end with the end symbol.
 from __future__ import annotations
 
 import itertools
+import numbers
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -59,17 +60,17 @@ class WordNgramLM:
     in one key: a 4-gram of up to 65,533 words, a trigram of up to 2 million."""
 
     def __init__(self, sentences: Iterable[str], order: int = 3, discount: float = 0.75) -> None:
-        if isinstance(order, bool) or not isinstance(order, int) or order < 2:
+        if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order < 2:
             raise ValueError(f"order: a whole number >= 2; got {order!r}")
         if not 0 < discount < 1:
             raise ValueError(f"discount: must be in (0, 1); got {discount}")
-        self.order, self.discount = order, discount
+        self.order, self.discount = int(order), discount
         split = [sentence.split() for sentence in sentences]
         words = list(itertools.chain.from_iterable(split))
         self.ids = {word: i for i, word in enumerate(dict.fromkeys(words), start=END + 1)}
         self.bits = (len(self.ids) + 2).bit_length()  # the ids run to ``unknown``
-        if order * self.bits > KEY_BITS:
-            most = (1 << (KEY_BITS // order)) - 3
+        if self.order * self.bits > KEY_BITS:
+            most = (1 << (KEY_BITS // self.order)) - 3
             raise ValueError(f"a word n-gram LM of order {order} holds at most {most} words; "
                              f"the text has {len(self.ids)}")
         self.unknown = len(self.ids) + 2  # an id no table holds
@@ -79,7 +80,7 @@ class WordNgramLM:
         grams = _Table.summed(keys)  # every n-gram of the text, at the highest order
         self.grams: list[_Table] = [grams]  # highest order first
         self.contexts: list[tuple[_Table, _Table]] = []  # (c_n(u), N_n(u)), the same order
-        for n in range(order, 0, -1):
+        for n in range(self.order, 0, -1):
             context_keys = grams.keys >> self.bits
             self.contexts.append((_Table.summed(context_keys, grams.values),
                                   _Table.summed(context_keys)))
