@@ -54,25 +54,32 @@ class _Table:
         return np.where(self.keys[at] == keys, self.values[at], 0)
 
 
+def key_bits(order: int, words: int) -> int:
+    """Bits per word id in the one-key n-grams of an LM of ``order`` over ``words`` distinct
+    words; ValueError where the order is no whole number >= 2 or its ids do not fit a key."""
+    if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order < 2:
+        raise ValueError(f"order: a whole number >= 2; got {order!r}")
+    bits = (words + 2).bit_length()  # ids run from START to the unknown word's, words + 2
+    if order * bits > KEY_BITS:
+        most = (1 << (KEY_BITS // order)) - 3
+        raise ValueError(f"a word n-gram LM of order {order} holds at most {most} words; "
+                         f"the text has {words}")
+    return bits
+
+
 class WordNgramLM:
     """Interpolated Kneser-Ney word n-gram LM (module docstring) of ``sentences``, each a
     string of space-separated words; ``order`` >= 2, as far as the n-gram's word ids fit
     in one key: a 4-gram of up to 65,533 words, a trigram of up to 2 million."""
 
     def __init__(self, sentences: Iterable[str], order: int = 3, discount: float = 0.75) -> None:
-        if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order < 2:
-            raise ValueError(f"order: a whole number >= 2; got {order!r}")
         if not 0 < discount < 1:
             raise ValueError(f"discount: must be in (0, 1); got {discount}")
-        self.order, self.discount = int(order), discount
         split = [sentence.split() for sentence in sentences]
         words = list(itertools.chain.from_iterable(split))
         self.ids = {word: i for i, word in enumerate(dict.fromkeys(words), start=END + 1)}
-        self.bits = (len(self.ids) + 2).bit_length()  # the ids run to ``unknown``
-        if self.order * self.bits > KEY_BITS:
-            most = (1 << (KEY_BITS // self.order)) - 3
-            raise ValueError(f"a word n-gram LM of order {order} holds at most {most} words; "
-                             f"the text has {len(self.ids)}")
+        self.bits = key_bits(order, len(self.ids))
+        self.order, self.discount = int(order), discount
         self.unknown = len(self.ids) + 2  # an id no table holds
         self.uniform = 1.0 / (len(self.ids) + 2)  # the words, the end symbol, one unknown
         ids = np.fromiter(map(self.ids.__getitem__, words), dtype=np.uint64, count=len(words))

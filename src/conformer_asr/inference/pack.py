@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..decoding.ngram import WordNgramLM
+from ..decoding.ngram import key_bits
 from ..decoding.search import DecodingOptions
 from ..files import naming
 from .lm_dir import (
@@ -68,8 +68,8 @@ def pack_model(
         raise ModelDirError("--ngram-share: give a share > 0 with --ngram-text, and none "
                             "without it")
     if ngram_sentences is not None:
-        try:  # as load_model will count it (a second, for the bundle's text)
-            WordNgramLM(ngram_sentences, decoding.ngram_order)
+        try:  # the order load_model will count it at must hold its words
+            key_bits(decoding.ngram_order, len({w for s in ngram_sentences for w in s.split()}))
         except ValueError as error:
             raise ModelDirError(f"--ngram-text: {error}") from None
     words = read_lexicon_words(lm_dir)
