@@ -311,11 +311,10 @@ def _share(text: str) -> float:
 
 def _shares(text: str) -> list[float]:
     """The type of a flag that is a comma-separated list of shares."""
-    values = _floats(text)
-    for value in values:
-        if not 0 <= value <= 1:
-            raise argparse.ArgumentTypeError(f"each must be between 0 and 1, got {value:g}")
-    return values
+    shares = [_share(x) for x in text.split(",") if x.strip()]
+    if not shares:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of shares: {text!r}")
+    return shares
 
 
 def _whole_number(text: str, minimum: int) -> int:
