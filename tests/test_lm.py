@@ -370,7 +370,7 @@ def test_tune_stops_before_encoding_on_a_bad_grid_or_with_nothing_to_score(model
      "argument --heldout-fraction: must be between 0 and 1, got 2"),
     (["tune", "--beam-size", "0"], "argument --beam-size: must be 1 or more, got 0"),
     (["tune", "--lm-weights", "0.1,nan"], "argument --lm-weights: not a finite number: 'nan'"),
-    (["tune", "--backward-shares", "0.5,1.5"],
+    (["tune", "--backward-shares", "0.5, 1.5"],
      "argument --backward-shares: must be between 0 and 1, got 1.5"),
     (["tune", "--ngram-shares", ","],
      "argument --ngram-shares: not a comma-separated list of shares: ','"),

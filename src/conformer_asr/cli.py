@@ -311,7 +311,7 @@ def _share(text: str) -> float:
 
 def _shares(text: str) -> list[float]:
     """The type of a flag that is a comma-separated list of shares."""
-    shares = [_share(x) for x in text.split(",") if x.strip()]
+    shares = [_share(x.strip()) for x in text.split(",") if x.strip()]
     if not shares:
         raise argparse.ArgumentTypeError(f"not a comma-separated list of shares: {text!r}")
     return shares
