@@ -10,6 +10,7 @@ from torch import nn
 
 from conformer_asr import load_model
 from conformer_asr.inference.lm_dir import lm_for_decoding
+from conformer_asr.inference.transcriber import Transcriber
 from conformer_asr.models.int8_rows import (
     Int8RowsLinear,
     Int8RowsLSTM,
@@ -134,6 +135,12 @@ def test_decoding_on_the_cpu_uses_int8_rows_for_the_lms():
                               hidden_dim=8, n_layers=1)).eval()
     assert isinstance(lm_for_decoding(lm, "cpu").out, Int8RowsLinear)
     assert isinstance(load_model(lm=lm, beam_size=2).lm.lstm, Int8RowsLSTM)
+    # a Transcriber made directly decodes as load_model's does
+    backward = int8_rows_lm(WordPieceLM(LMConfig(
+        vocab_size=lm.cfg.vocab_size, embed_dim=8, hidden_dim=8, n_layers=1, backward=True)))
+    direct = Transcriber(transcriber.model, transcriber.tokenizer, lm=lm, backward_lm=backward)
+    assert isinstance(direct.lm.lstm, Int8RowsLSTM)
+    assert direct.backward_lm is backward  # already in int8 rows: kept as it is
     assert isinstance(lm.lstm, nn.LSTM)  # the LM passed in is copied, not changed
 
 

@@ -125,7 +125,9 @@ class Transcriber:
     ``sample_rate``, 16 kHz unless given; an ``audio.io.AudioSlice`` is a part of a file.
     ``window_seconds``, ``overlap_seconds``,
     ``min_segment_seconds`` and ``pause_seconds`` say how long inputs are cut (module
-    docstring); ``batch_seconds`` is the audio decoded at once.
+    docstring); ``batch_seconds`` is the audio decoded at once. The LMs decode as
+    ``lm_dir.lm_for_decoding`` makes them for the model's device: on the CPU, copies that
+    multiply in int8 rows (the LMs given are left as they are).
     """
 
     def __init__(
@@ -164,9 +166,11 @@ class Transcriber:
         if backward_lm is not None and not backward_lm.cfg.backward:
             raise ValueError("backward_lm: a forward LM (train-lm --backward makes one)")
         self.model = model.eval()
-        self.lm = lm.eval() if lm is not None else None
+        device = next(model.parameters()).device
+        self.lm = None if lm is None else lm_for_decoding(lm, device).eval()
         self.lexicon = lexicon
-        self.backward_lm = backward_lm.eval() if backward_lm is not None else None
+        self.backward_lm = (None if backward_lm is None
+                            else lm_for_decoding(backward_lm, device).eval())
         self.ngram = None if ngram is None else SpelledNgram(
             ngram, tokenizer.vocabulary())
         self.tokenizer = tokenizer
@@ -531,8 +535,7 @@ def load_model(
                          "its own LM, rescores: pack --ngram-text)")
     if backward_lm is not None:
         backward_lm = load_lm_for(backward_lm, tokenizer)
-    lms = [None if m is None else lm_for_decoding(m, device) for m in (lm, backward_lm)]
-    return Transcriber(model.to(device), tokenizer, options, lm=lms[0], lexicon=lexicon,
-                       backward_lm=lms[1],
+    return Transcriber(model.to(device), tokenizer, options, lm=lm, lexicon=lexicon,
+                       backward_lm=backward_lm,
                        ngram=(load_ngram(ngram_file, options.ngram_order)
                               if ngram_file and options.ngram_share else None))
