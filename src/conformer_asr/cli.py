@@ -362,7 +362,6 @@ def _add_self_train_flag(p: argparse.ArgumentParser, default: int | None,
 
 def _tune(args: argparse.Namespace) -> int:
     from .decoding.ngram import SpelledNgram, WordNgramLM
-    from .decoding.search import DecodingOptions
     from .inference.lm_dir import (
         lm_for_decoding,
         load_lexicon_for,
@@ -391,7 +390,7 @@ def _tune(args: argparse.Namespace) -> int:
     ngram, ngram_shares = None, args.ngram_shares or [0.0]
     if args.ngram_text is not None:
         ngram = SpelledNgram(WordNgramLM(read_sentences([args.ngram_text]),
-                                         args.ngram_order or DecodingOptions.ngram_order),
+                                         _ngram_order(args)),
                              tokenizer.vocabulary())
         ngram_shares = args.ngram_shares or [0.0, 0.5, 0.8, 1.0]
     elif args.ngram_order:
@@ -418,7 +417,7 @@ def _pack(args: argparse.Namespace) -> int:
                                self_train_steps=args.self_train_steps,
                                backward_share=args.backward_share,
                                ngram_share=args.ngram_share,
-                               ngram_order=args.ngram_order or DecodingOptions.ngram_order)
+                               ngram_order=_ngram_order(args))
     ngram_sentences = None
     if args.ngram_text:
         from .training.lm_corpus import drop_excluded, manifest_texts, read_sentences
@@ -502,6 +501,14 @@ def _add_speaker_flag(p: argparse.ArgumentParser, whose: str) -> None:
                         "twice, then transcribe again with that copy, which replaces the "
                         "per-utterance self-training (about the default's time; the model needs "
                         "a CTC head)")
+
+
+def _ngram_order(args: argparse.Namespace) -> int:
+    """The order --ngram-text is counted at: --ngram-order's, else the default's (the flag
+    defaults to None, so that giving it without --ngram-text can be refused)."""
+    from .decoding.search import DecodingOptions
+
+    return args.ngram_order or DecodingOptions.ngram_order
 
 
 def _add_ngram_order_flag(p: argparse.ArgumentParser) -> None:
