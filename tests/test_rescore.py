@@ -168,6 +168,16 @@ def test_beam_search_takes_the_rescored_best_of_its_top_hypotheses(search):
     assert [h.tokens for h in run(Rescoring(unseen, 1.0))] == tokens
 
 
+def _evaluated_and_described(folder: Path, capsys) -> tuple[dict, dict]:
+    """``evaluate --json`` of the test manifest with a packed ``folder``: its report's
+    decoding; and ``model-info`` of the folder."""
+    assert main(["evaluate", "--manifest", str(DATA / "manifest.jsonl"), "--model",
+                 str(folder), "--json"]) == 0
+    decoding = json.loads(capsys.readouterr().out.splitlines()[0])["decoding"]
+    assert main(["model-info", str(folder)]) == 0
+    return decoding, json.loads(capsys.readouterr().out)
+
+
 def test_pack_stores_a_backward_lm_that_the_folder_rescores_with(model_dir, lm_dirs, tmp_path,
                                                                 capsys):
     forward, backward = lm_dirs
@@ -191,12 +201,8 @@ def test_pack_stores_a_backward_lm_that_the_folder_rescores_with(model_dir, lm_d
     with pytest.raises(ValueError, match="backward_share: there is no backward LM"):
         load_model(model_dir, lm=forward, backward_share=0.5)
 
-    assert main(["evaluate", "--manifest", str(DATA / "manifest.jsonl"), "--model", str(out),
-                 "--json"]) == 0
-    report = json.loads(capsys.readouterr().out.splitlines()[0])
-    assert report["decoding"]["backward_lm"] and report["decoding"]["backward_share"] == 0.3
-    assert main(["model-info", str(out)]) == 0
-    info = json.loads(capsys.readouterr().out)
+    decoding, info = _evaluated_and_described(out, capsys)
+    assert decoding["backward_lm"] and decoding["backward_share"] == 0.3
     assert info["backward_lm"]["name"] == "lstm-lm-tiny" and info["backward_lm"]["params"] > 0
 
 
@@ -402,12 +408,8 @@ def test_pack_stores_an_ngram_text_that_the_folder_rescores_with(model_dir, lm_d
     with pytest.raises(ValueError, match="ngram_share: there is no n-gram LM"):
         load_model(model_dir, lm=forward, ngram_share=0.5)
 
-    assert main(["evaluate", "--manifest", str(DATA / "manifest.jsonl"), "--model", str(out),
-                 "--json"]) == 0
-    report = json.loads(capsys.readouterr().out.splitlines()[0])
-    assert report["decoding"]["ngram"] and report["decoding"]["ngram_share"] == 0.5
-    assert main(["model-info", str(out)]) == 0
-    info = json.loads(capsys.readouterr().out)
+    decoding, info = _evaluated_and_described(out, capsys)
+    assert decoding["ngram"] and decoding["ngram_share"] == 0.5
     assert info["ngram"]["order"] == 4 and info["ngram"]["words"] == len(
         {w for s in stored for w in s.split()})
 
