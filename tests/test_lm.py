@@ -363,6 +363,28 @@ def test_tune_stops_before_encoding_on_a_bad_grid_or_with_nothing_to_score(model
     assert "skipped" not in out and "best (beam 2, threshold " in out
 
 
+def test_tune_refuses_utterances_too_long_to_decode_whole_before_encoding(
+        model_dir, lm_dir, tmp_path, capsys, monkeypatch):
+    """tune decodes utterances whole: an hour-long one would run out of memory after
+    minutes of work. It is named before any encoding instead."""
+    import conformer_asr.inference.tune as tune_module
+
+    encoded = []
+    monkeypatch.setattr(tune_module, "encode", lambda *args: encoded.append(args))
+    monkeypatch.setattr(tune_module, "MAX_SECONDS", 1.4)  # clip1.wav: 1.545 s, clip3.wav 1.85
+    manifest = tmp_path / "long.jsonl"
+    manifest.write_text("".join(json.dumps({"id": name, "audio": str(DATA / name),
+                                            "text": "a cat"}) + "\n"
+                                for name in ("clip2.wav", "clip1.wav", "clip3.wav")))
+    assert main(["tune", "--manifest", str(manifest), "--model", str(model_dir), "--lm",
+                 str(lm_dir), "--lm-weights", "0.1", "--length-bonuses", "0"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {DATA / 'clip1.wav'}: 1.5 s long (and 1 more); tune decodes each utterance "
+        "whole, up to 1.4 s: cut longer recordings into utterances (evaluate reads them in "
+        "windows)\n")
+    assert not encoded
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["train-lm", "--steps", "0"], "argument --steps: must be 1 or more, got 0"),
     (["train-lm", "--lr", "inf"], "argument --lr: not a finite number: 'inf'"),

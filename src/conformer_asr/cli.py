@@ -629,7 +629,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("tune", help="grid-search LM weight, length bonus, OOV penalty and the "
                              "backward and n-gram LMs' shares on a dev set")
     p.add_argument("--manifest", required=True,
-                   help='dev lines {"id", "audio", "text"}, or Lhotse cuts (.jsonl[.gz])')
+                   help='dev lines {"id", "audio", "text"}, or Lhotse cuts (.jsonl[.gz]); '
+                        "each utterance is decoded whole, so at most 60 s long")
     _add_model_flag(p)
     p.add_argument("--lm", required=True, help="LM folder (conformer-asr train-lm)")
     p.add_argument("--beam-size", type=positive_count, default=4, help="hypotheses kept")

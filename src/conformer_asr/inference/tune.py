@@ -5,7 +5,9 @@ Every utterance is encoded once; each setting only re-runs the beam search over
 the stored encoder outputs, and, with self-training, the self-training and a second
 search, which start from that setting's transcripts. Utterances are decoded whole (the
 ``Transcriber`` cuts long recordings into windows), which suits dev sets of utterances
-up to about 30 s.
+up to about 30 s; a manifest with one longer than ``MAX_SECONDS`` is refused before any
+work, since attention's time and memory grow with the square of the length (the bundled
+model's adapted encoding of one 300 s utterance took 87 s and 3.5 GB on 2 CPU threads).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from ..scoring import WordErrors, word_errors
 from ..text.tokenizer import Tokenizer
 from .adapt import encode, self_trained
 from .evaluate import Utterance, read_manifest
+
+MAX_SECONDS = 60.0  # the longest utterance tune decodes (whole)
 
 
 @dataclass
@@ -86,6 +90,13 @@ def _encode_all(
         except AudioError as error:
             skipped.append(str(error))
             warn(f"skipped (scored as empty): {error}")
+    too_long = [i for i in durations if durations[i] > MAX_SECONDS]
+    if too_long:
+        first = too_long[0]
+        others = f" (and {len(too_long) - 1} more)" if len(too_long) > 1 else ""
+        raise ValueError(f"{utterances[first].audio}: {durations[first]:.1f} s long{others}; "
+                         f"tune decodes each utterance whole, up to {MAX_SECONDS:g} s: cut "
+                         "longer recordings into utterances (evaluate reads them in windows)")
     encoded: list[_Encoded] = []
     batch: list[int] = []
     start = time.perf_counter()
