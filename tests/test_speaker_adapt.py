@@ -92,7 +92,8 @@ def test_adapted_to_trains_a_copy_and_leaves_the_transcriber_alone():
     assert not all(torch.equal(a, b) for a, b in zip(norms, adapted_parameters(adapted.model),
                                                      strict=True))
     assert adapted.model.encoder.subsampling is transcriber.model.encoder.subsampling
-    assert adapted.lm is transcriber.lm and adapted.options == transcriber.options
+    assert adapted.lm is transcriber.lm  # every utterance adapted: no confidence gate
+    assert adapted.options == replace(transcriber.options, confident_entropy=0.0)
     # nothing to learn from: the transcriber as it was
     unread = adapted_to(transcriber, [EXAMPLES / "no-such.wav"])
     assert unread.model is transcriber.model

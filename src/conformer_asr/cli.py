@@ -89,6 +89,7 @@ def _load_transcriber(args: argparse.Namespace) -> Transcriber:
                       lm_weight=args.lm_weight, length_bonus=args.length_bonus,
                       oov_penalty=args.oov_penalty, head=args.head,
                       adapt_steps=args.adapt_steps, self_train_steps=args.self_train_steps,
+                      confident_entropy=args.confident_entropy,
                       backward_share=args.backward_share, ngram_share=args.ngram_share,
                       device=args.device, int8=args.int8)
 
@@ -301,6 +302,13 @@ def _number_between(low: float, high: float, meaning: str) -> Callable[[str], fl
     return parse
 
 
+def _non_negative(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def _share(text: str) -> float:
     """The type of a flag that is a share: a number from 0 to 1."""
     value = _number(text)
@@ -360,6 +368,15 @@ def _add_self_train_flag(p: argparse.ArgumentParser, default: int | None,
                         "head)")
 
 
+def _add_confident_flag(p: argparse.ArgumentParser, default: float | None,
+                        help_default: str) -> None:
+    p.add_argument("--confident-entropy", type=_non_negative,
+                   default=default,
+                   help="decode once, without the adaptation and self-training, each "
+                        "utterance whose unadapted CTC posteriors have a mean entropy per "
+                        f"frame (nats) of at most this; 0 adapts all ({help_default})")
+
+
 def _tune(args: argparse.Namespace) -> int:
     from .decoding.ngram import SpelledNgram, WordNgramLM
     from .inference.lm_dir import (
@@ -415,6 +432,7 @@ def _pack(args: argparse.Namespace) -> int:
                                length_bonus=args.length_bonus, oov_penalty=args.oov_penalty,
                                adapt_steps=args.adapt_steps,
                                self_train_steps=args.self_train_steps,
+                               confident_entropy=args.confident_entropy,
                                backward_share=args.backward_share,
                                ngram_share=args.ngram_share,
                                ngram_order=_ngram_order(args))
@@ -438,6 +456,8 @@ def _pack(args: argparse.Namespace) -> int:
           f"LM weight {decoding.lm_weight:g}, length bonus {decoding.length_bonus:g}, OOV "
           f"penalty {decoding.oov_penalty:g}, {decoding.adapt_steps} adaptation steps, "
           f"{decoding.self_train_steps} self-training steps"
+          + (f" (none for utterances of at most {decoding.confident_entropy:g} nats a frame "
+             "unadapted)" if decoding.confident_entropy else "")
           + (f", rescored with {args.backward_lm} at a share of {decoding.backward_share:g}"
              if args.backward_lm else "")
           + (f", rescored with a word n-gram LM at a share of {decoding.ngram_share:g}"
@@ -490,6 +510,8 @@ def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
                              "5 for the bundled model, else 0")
     _add_self_train_flag(p, None, "default: the model folder's own setting when an LM is "
                                   "used, 3 for the bundled model, else 0")
+    _add_confident_flag(p, None, "default: the model folder's own setting when an LM is "
+                                 "used, else 0")
     _add_device_flag(p)
     _add_int8_flag(p)
 
@@ -675,6 +697,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oov-penalty", type=_number, default=0.0, help="from conformer-asr tune")
     _add_adapt_flag(p, 0, "default: 0")
     _add_self_train_flag(p, 0, "default: 0")
+    _add_confident_flag(p, 0.0, "default: 0")
     p.add_argument("--backward-lm", default=None,
                    help="backward LM folder (train-lm --backward), same tokenizer: rescores "
                         "each search's 8 best hypotheses with the LM")

@@ -41,6 +41,10 @@ class DecodingOptions:
     ``self_train_steps`` > 0 decodes each utterance twice: the second time after that many
     CTC steps at ``self_train_lr`` towards the first transcript (self-training, also in
     ``inference.adapt``), with the adaptation steps after them; it needs a CTC head too.
+    ``confident_entropy`` > 0 encodes each utterance unadapted first, and decodes once,
+    without adaptation or self-training, each one whose CTC posteriors have a mean entropy
+    per frame (in nats) of at most that: the utterances the model is sure of, which adapting
+    does not mend (``inference.adapt.mean_frame_entropy``); 0 adapts all.
     ``backward_share`` > 0 hands that share (at most 1) of the LM term of each utterance's
     best finished hypotheses to a backward LM given to ``decode``, and picks the best of
     them again (``rescore.py``); 0 leaves the search's choice. ``ngram_share`` does the
@@ -60,6 +64,7 @@ class DecodingOptions:
     adapt_lr: float = 0.002
     self_train_steps: int = 0  # off
     self_train_lr: float = 0.002
+    confident_entropy: float = 0.0  # off
     backward_share: float = 0.0  # off
     ngram_share: float = 0.0  # off
     ngram_order: int = 3
@@ -82,7 +87,7 @@ class DecodingOptions:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         for name in ("beam_threshold", "lm_weight", "length_bonus", "oov_penalty", "adapt_lr",
-                     "self_train_lr", "backward_share", "ngram_share"):
+                     "self_train_lr", "confident_entropy", "backward_share", "ngram_share"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ValueError(f"{name}: must be a number, got {value!r}")
@@ -96,8 +101,9 @@ class DecodingOptions:
         if self.backward_share + self.ngram_share > 1:
             raise ValueError("backward_share + ngram_share: must be at most 1 (the LM term's "
                              f"shares), got {self.backward_share} + {self.ngram_share}")
-        if self.oov_penalty < 0:
-            raise ValueError(f"oov_penalty: must be >= 0, got {self.oov_penalty}")
+        for name in ("oov_penalty", "confident_entropy"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.beam_threshold <= 0:
             raise ValueError(f"beam_threshold: must be > 0, got {self.beam_threshold}")
         for name in ("adapt_lr", "self_train_lr"):
@@ -112,12 +118,12 @@ class DecodingOptions:
             raise ValueError("head ctc: the model has no CTC head (it is a transducer)")
         if self.head == "transducer" and model.joint is None:
             raise ValueError("head transducer: the model has no transducer (it is CTC only)")
-        if self.adapt_steps and model.ctc_head is None:
-            raise ValueError("adapt_steps: test-time adaptation needs a CTC head (the model "
-                             "is a transducer only)")
-        if self.self_train_steps and model.ctc_head is None:
-            raise ValueError("self_train_steps: self-training needs a CTC head (the model is "
-                             "a transducer only)")
+        for name, what in (("adapt_steps", "test-time adaptation"),
+                           ("self_train_steps", "self-training"),
+                           ("confident_entropy", "the confidence gate")):
+            if getattr(self, name) and model.ctc_head is None:
+                raise ValueError(f"{name}: {what} needs a CTC head (the model is a "
+                                 "transducer only)")
 
     def uses_transducer(self, model: ASRModel) -> bool:
         return model.joint is not None if self.head == "auto" else self.head == "transducer"

@@ -274,6 +274,16 @@ def encode(
     return model.encode(feats, lengths)
 
 
+def mean_frame_entropy(model: ASRModel, enc: torch.Tensor,
+                       enc_lengths: torch.Tensor) -> torch.Tensor:
+    """enc (B, T, D), lengths (B,) -> (B,): each row's CTC posteriors' entropy (nats),
+    averaged over its frames (blank ones too)."""
+    log_probs = model.ctc_log_probs(enc)
+    entropy = -(log_probs.exp() * log_probs).sum(dim=-1)  # (B, T)
+    valid = torch.arange(enc.shape[1], device=enc.device)[None, :] < enc_lengths[:, None]
+    return (entropy * valid).sum(dim=1) / enc_lengths.clamp(min=1)
+
+
 def self_trained(
     model: ASRModel, feats: torch.Tensor, lengths: torch.Tensor, options: DecodingOptions,
     first: Sequence[Hypothesis], lm: FusionLM | None, lexicon: Lexicon | None,

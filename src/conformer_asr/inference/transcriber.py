@@ -58,7 +58,7 @@ from ..models.asr import ASRModel
 from ..models.lm import WordPieceLM
 from ..models.quantize import check_int8_device, quantize_int8
 from ..text.tokenizer import Tokenizer
-from .adapt import encode, self_trained
+from .adapt import encode, mean_frame_entropy, self_trained
 from .lm_dir import lm_for_decoding, load_lexicon_for, load_lm_for
 from .model_dir import (
     BACKWARD_LM_SUBDIR,
@@ -357,9 +357,34 @@ class Transcriber:
 
     @torch.no_grad()
     def _decode_padded(self, waves: list[np.ndarray]) -> list[Hypothesis]:
-        """Decode as one batch padded to the longest wave; with self-training, again after
-        it, towards the first transcripts."""
+        """Decode as one batch padded to the longest wave. With ``confident_entropy``, the
+        rows the unadapted model is sure of are decoded once, unadapted, and the others as
+        ``_decode_adapted`` decodes them."""
         feats, feat_lengths = self.features_of(waves)
+        options = self.options
+        if not options.confident_entropy or not (options.adapt_steps
+                                                 or options.self_train_steps):
+            return self._decode_adapted(feats, feat_lengths)
+        enc, enc_lengths = self.model.encode(feats, feat_lengths)
+        sure = mean_frame_entropy(self.model, enc, enc_lengths) <= options.confident_entropy
+        hyps: dict[int, Hypothesis] = {}
+        rows = sure.nonzero()[:, 0]
+        if len(rows):
+            lengths = enc_lengths[rows]
+            hyps.update(zip(rows.tolist(), decode(
+                self.model, enc[rows, : int(lengths.max())], lengths, options, self.lm,
+                self.lexicon, self.backward_lm, self.ngram), strict=True))
+        rows = (~sure).nonzero()[:, 0]
+        if len(rows):
+            lengths = feat_lengths[rows]
+            hyps.update(zip(rows.tolist(), self._decode_adapted(
+                feats[rows, : int(lengths.max())], lengths), strict=True))
+        return [hyps[row] for row in range(len(waves))]
+
+    def _decode_adapted(self, feats: torch.Tensor, feat_lengths: torch.Tensor,
+                        ) -> list[Hypothesis]:
+        """feats (B, T, F), lengths (B,) -> hypotheses, each row adapted as the options say;
+        with self-training, decoded again after it, towards the first transcripts."""
         enc, enc_lengths = encode(self.model, feats, feat_lengths, self.options)
         hyps = decode(self.model, enc, enc_lengths, self.options, self.lm, self.lexicon,
                       self.backward_lm, self.ngram)
@@ -456,6 +481,7 @@ def load_model(
     head: str | None = None,
     adapt_steps: int | None = None,
     self_train_steps: int | None = None,
+    confident_entropy: float | None = None,
     backward_share: float | None = None,
     ngram_share: float | None = None,
     int8: bool = False,
@@ -470,17 +496,20 @@ def load_model(
     gets ``DecodingOptions()``'s.
     An LM folder's lexicon comes with it (for ``oov_penalty``). ``beam_size``,
     ``beam_threshold``, ``lm_weight``, ``length_bonus``, ``oov_penalty``, ``head``,
-    ``adapt_steps``, ``self_train_steps``, ``backward_share`` and ``ngram_share`` override
-    single fields, e.g. ``load_model("exp/model", beam_size=8, lm="exp/lm", lm_weight=0.3)``,
+    ``adapt_steps``, ``self_train_steps``, ``confident_entropy``, ``backward_share`` and
+    ``ngram_share`` override single fields, e.g.
+    ``load_model("exp/model", beam_size=8, lm="exp/lm", lm_weight=0.3)``,
     ``head="ctc"`` to decode a hybrid model with its CTC head, or ``adapt_steps=0`` to
     decode without the test-time adaptation the bundled model does (``inference.adapt``),
     or ``self_train_steps=0`` to decode each utterance once, without the bundled model's
     self-training (about half the time, for 0.3 points of WER on unseen voices; both off,
-    a third of the time, for 1.4 points). With its own LM (``lm="auto"``), a model folder's
-    backward LM (``backward_lm/``, ``pack --backward-lm``) rescores each search's best
-    hypotheses (``decoding.rescore``); ``backward_share=0`` turns that off. A word n-gram LM
-    of the folder's ``ngram.txt.xz`` (``pack --ngram-text``; ``decoding.ngram``) rescores
-    them too, unless ``ngram_share=0``.
+    a third of the time, for 1.4 points), or ``confident_entropy=0`` to adapt every
+    utterance, also those the model is sure of unadapted (``DecodingOptions``). With its
+    own LM (``lm="auto"``), a model folder's backward LM (``backward_lm/``, ``pack
+    --backward-lm``) rescores each search's best hypotheses (``decoding.rescore``);
+    ``backward_share=0`` turns that off. A word n-gram LM of the folder's ``ngram.txt.xz``
+    (``pack --ngram-text``; ``decoding.ngram``) rescores them too, unless
+    ``ngram_share=0``.
     On the CPU the LMs always multiply in int8 with a scale per row
     (``lm_dir.lm_for_decoding``; a loaded LM passed in is copied, not changed): twice as
     fast as float32 at the same WER, and a transcript reads the same whichever files
@@ -517,6 +546,7 @@ def load_model(
                  "lm_weight": lm_weight, "length_bonus": length_bonus,
                  "oov_penalty": oov_penalty, "head": head,
                  "adapt_steps": adapt_steps, "self_train_steps": self_train_steps,
+                 "confident_entropy": confident_entropy,
                  "backward_share": backward_share, "ngram_share": ngram_share}
     options = dataclasses.replace(options or DecodingOptions(),
                                   **{k: v for k, v in overrides.items() if v is not None})
