@@ -756,6 +756,8 @@ def test_the_bundled_model_adapts_to_each_utterance_unless_told_not_to():
     assert bad.returncode == 2 and "--adapt-steps: must be 0 or more, got -1" in bad.stderr
     bad = _cli("transcribe", weather, "--self-train-steps", "x")
     assert bad.returncode == 2 and "--self-train-steps: " in bad.stderr
+    bad = _cli("transcribe", weather, "--confident-entropy", "-1")
+    assert bad.returncode == 2 and "--confident-entropy: must be >= 0, got -1" in bad.stderr
 
 
 def test_the_bundled_model_rescores_with_its_ngram_lm_unless_told_not_to():
