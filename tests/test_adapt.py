@@ -226,6 +226,9 @@ def test_encode_adapts_only_when_the_options_say_so():
     ({"adapt_steps": True}, "adapt_steps: must be a whole number"),
     ({"adapt_lr": 0.0}, "adapt_lr: must be > 0"),
     ({"adapt_lr": math.nan}, "adapt_lr: must be a finite number"),
+    ({"confident_entropy": -0.1}, "confident_entropy: must be >= 0"),
+    ({"confident_entropy": math.nan}, "confident_entropy: must be a finite number"),
+    ({"confident_entropy": "1"}, "confident_entropy: must be a number"),
 ])
 def test_bad_adaptation_options_are_refused(fields, message):
     with pytest.raises(ValueError, match=message):
@@ -237,4 +240,6 @@ def test_a_transducer_without_ctc_head_cannot_adapt():
                                       pred_hidden_dim=16, joint_dim=16))
     with pytest.raises(ValueError, match="adaptation needs a CTC head"):
         DecodingOptions(adapt_steps=1).check_model(transducer)
+    with pytest.raises(ValueError, match="the confidence gate needs a CTC head"):
+        DecodingOptions(confident_entropy=0.5).check_model(transducer)
     DecodingOptions().check_model(transducer)

@@ -3,12 +3,9 @@ CTC posteriors are sure enough are decoded once, unadapted; the others as before
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from conformer_asr.decoding.search import DecodingOptions
@@ -16,9 +13,7 @@ from conformer_asr.inference.adapt import mean_frame_entropy
 from conformer_asr.inference.transcriber import Transcriber
 from conformer_asr.models import ASRModel, ModelConfig
 from conformer_asr.models.config import EncoderConfig
-from conformer_asr.text.tokenizer import Tokenizer
 
-DATA = Path(__file__).parent / "data"
 TINY = EncoderConfig(d_model=32, n_layers=2, n_heads=4, conv_kernel_size=7, dropout=0.0)
 ADAPTED = DecodingOptions(adapt_steps=3, adapt_lr=0.3, self_train_steps=1, self_train_lr=0.3)
 
@@ -35,13 +30,9 @@ def test_mean_frame_entropy_is_each_rows_own_mean():
         torch.testing.assert_close(got[row], expected)
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory) -> Tokenizer:
-    texts = [json.loads(line)["text"] for line in (DATA / "manifest.jsonl").open()]
-    return Tokenizer.train(texts, tmp_path_factory.mktemp("tok") / "tok", vocab_size=30)
-
-
-def test_sure_rows_are_decoded_unadapted_and_the_others_as_before(tokenizer, monkeypatch):
+def test_sure_rows_are_decoded_unadapted_and_the_others_as_before(manifest_tokenizer,
+                                                                   monkeypatch):
+    tokenizer = manifest_tokenizer
     torch.manual_seed(0)
     model = ASRModel(ModelConfig(encoder=TINY, vocab_size=tokenizer.vocab_size,
                                  ctc_weight=1.0)).eval()
@@ -75,7 +66,8 @@ def test_sure_rows_are_decoded_unadapted_and_the_others_as_before(tokenizer, mon
     assert got == [u if s else a for u, a, s in zip(unadapted, every, sure, strict=True)]
 
 
-def test_the_gate_set_to_zero_adapts_every_utterance(tokenizer, monkeypatch):
+def test_the_gate_set_to_zero_adapts_every_utterance(manifest_tokenizer, monkeypatch):
+    tokenizer = manifest_tokenizer
     torch.manual_seed(1)
     model = ASRModel(ModelConfig(encoder=TINY, vocab_size=tokenizer.vocab_size,
                                  ctc_weight=1.0)).eval()
@@ -86,20 +78,3 @@ def test_the_gate_set_to_zero_adapts_every_utterance(tokenizer, monkeypatch):
              for i in range(2)]
     Transcriber(model, tokenizer, ADAPTED).decode_waves(waves)
     assert not encoded  # no unadapted encoding is spent where nothing is gated
-
-
-@pytest.mark.parametrize(("fields", "message"), [
-    ({"confident_entropy": -0.1}, "confident_entropy: must be >= 0"),
-    ({"confident_entropy": float("nan")}, "confident_entropy: must be a finite number"),
-    ({"confident_entropy": "1"}, "confident_entropy: must be a number"),
-])
-def test_bad_gates_are_refused(fields, message):
-    with pytest.raises(ValueError, match=message):
-        DecodingOptions(**fields)
-
-
-def test_a_transducer_without_ctc_head_cannot_gate():
-    transducer = ASRModel(ModelConfig(encoder=TINY, vocab_size=12, pred_embed_dim=8,
-                                      pred_hidden_dim=16, joint_dim=16))
-    with pytest.raises(ValueError, match="the confidence gate needs a CTC head"):
-        DecodingOptions(confident_entropy=0.5).check_model(transducer)

@@ -4,9 +4,7 @@ at a time, and the transcriber's second decoding."""
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,9 +24,6 @@ from conformer_asr.inference.adapt import (
 from conformer_asr.inference.transcriber import Transcriber
 from conformer_asr.models import ASRModel, ModelConfig
 from conformer_asr.models.config import EncoderConfig
-from conformer_asr.text.tokenizer import Tokenizer
-
-DATA = Path(__file__).parent / "data"
 
 TINY = EncoderConfig(d_model=32, n_layers=2, n_heads=4, conv_kernel_size=7, dropout=0.0)
 
@@ -127,13 +122,9 @@ def test_self_training_lowers_the_loss_towards_the_transcript():
     assert (after < before).all()
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory) -> Tokenizer:
-    texts = [json.loads(line)["text"] for line in (DATA / "manifest.jsonl").open()]
-    return Tokenizer.train(texts, tmp_path_factory.mktemp("tok") / "tok", vocab_size=30)
-
-
-def test_the_transcriber_decodes_again_towards_its_first_transcripts(tokenizer, monkeypatch):
+def test_the_transcriber_decodes_again_towards_its_first_transcripts(manifest_tokenizer,
+                                                                      monkeypatch):
+    tokenizer = manifest_tokenizer
     torch.manual_seed(0)
     model = ASRModel(ModelConfig(encoder=TINY, vocab_size=tokenizer.vocab_size,
                                  ctc_weight=1.0)).eval()
