@@ -43,8 +43,8 @@ class DecodingOptions:
     ``inference.adapt``), with the adaptation steps after them; it needs a CTC head too.
     ``confident_entropy`` > 0 encodes each utterance unadapted first, and decodes once,
     without adaptation or self-training, each one whose CTC posteriors have a mean entropy
-    per frame (in nats) of at most that: the utterances the model is sure of, which adapting
-    does not mend (``inference.adapt.mean_frame_entropy``); 0 adapts all.
+    per frame (in nats) of at most that (``inference.adapt.mean_frame_entropy``): the
+    utterances the model is sure of, where adapting gains nothing; 0 adapts all.
     ``backward_share`` > 0 hands that share (at most 1) of the LM term of each utterance's
     best finished hypotheses to a backward LM given to ``decode``, and picks the best of
     them again (``rescore.py``); 0 leaves the search's choice. ``ngram_share`` does the

@@ -21,7 +21,8 @@ decoded and has no words: the model, which never heard such input alone, made so
 Where the decoding options say so (``adapt_steps``; the bundled model's do), the encoder
 is adapted to each segment before it is decoded (``inference.adapt``), and with
 ``self_train_steps`` each segment is decoded again after its encoder has been trained
-towards its first transcript.
+towards its first transcript; with ``confident_entropy``, only the segments the unadapted
+model is unsure of are (the others are decoded once, unadapted).
 """
 
 from __future__ import annotations
