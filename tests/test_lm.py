@@ -586,31 +586,51 @@ def test_pack_keeps_adaptation_steps_for_a_ctc_model_only(model_dir, lm_dir, tok
     assert "adaptation needs a CTC head" in capsys.readouterr().err
 
 
-def test_tune_self_trains_as_the_transcriber_does(lm_dir, tokenizer, tmp_path, monkeypatch):
+@pytest.mark.parametrize("gated", [False, True])
+def test_tune_self_trains_and_gates_as_the_transcriber_does(lm_dir, tokenizer, tmp_path,
+                                                            monkeypatch, gated):
     """tune had no --self-train-steps: the bundle's settings were tuned on one decoding and
-    shipped with two. With it, a setting scores what ``evaluate`` of that setting scores,
-    and the second decoding trains towards that setting's first transcripts."""
+    shipped with two; then it had no --confident-entropy, and adapted the utterances the
+    bundle decodes once. With them, a setting scores what ``evaluate`` of that setting
+    scores, and the second decoding trains towards that setting's first transcripts of the
+    utterances the gate did not let through."""
     import conformer_asr.inference.adapt as adapt
-    from conformer_asr.inference.evaluate import evaluate
+    from conformer_asr.audio.io import load_audio
+    from conformer_asr.inference.evaluate import evaluate, read_manifest
     from conformer_asr.inference.lm_dir import lm_for_decoding, load_lexicon_for, load_lm_for
     from conformer_asr.inference.tune import tune
 
     ctc_dir = _ctc_model_dir(tokenizer, tmp_path / "ctc", seed=1)
+    model, model_tokenizer, _ = load_model_dir(ctc_dir)
+    model.eval()
+    threshold, unsure = 0.0, 4
+    if gated:  # the median of the utterances' own entropies lets two of the four through
+        features = load_model(ctc_dir, lm=None).features_of
+        entropies = []
+        with torch.no_grad():
+            for utterance in read_manifest(DATA / "manifest.jsonl"):
+                enc, lengths = model.encode(*features([load_audio(utterance.audio)]))
+                entropies.append(float(adapt.mean_frame_entropy(model, enc, lengths)))
+        threshold = sorted(entropies)[1]
+        unsure = sum(e > threshold for e in entropies)
+        assert unsure == 2
     targets: list[list[int]] = []
     real = adapt.encode
     monkeypatch.setattr(adapt, "encode", lambda *args: targets.extend(args[4] or [])
                         or real(*args))
-    model, model_tokenizer, _ = load_model_dir(ctc_dir)
     settings = {"lm_weight": 0.3, "length_bonus": 0.5, "oov_penalty": 2.0}
     lm = lm_for_decoding(load_lm_for(str(lm_dir), model_tokenizer), "cpu")
-    tuning = tune(model.eval(), model_tokenizer, lm,
+    logged: list[str] = []
+    tuning = tune(model, model_tokenizer, lm,
                   DATA / "manifest.jsonl", 2, [settings["lm_weight"]],
                   [settings["length_bonus"]], [settings["oov_penalty"]],
                   load_lexicon_for(str(lm_dir), model_tokenizer), adapt_steps=2,
-                  self_train_steps=3, log=lambda line: None)
-    assert len(targets) == 4 and any(targets)  # one first transcript per utterance
+                  self_train_steps=3, confident_entropy=threshold, log=logged.append)
+    assert len(targets) == unsure and any(targets)  # a first transcript per unsure one
+    assert ("; 2 sure enough to decode once, unadapted" in logged[0]) == gated
     report = evaluate(load_model(ctc_dir, beam_size=2, lm=str(lm_dir), adapt_steps=2,
-                                 self_train_steps=3, **settings), DATA / "manifest.jsonl")
+                                 self_train_steps=3, confident_entropy=threshold,
+                                 **settings), DATA / "manifest.jsonl")
     assert tuning.results[0].errors == report.total
 
 

@@ -415,7 +415,8 @@ def _tune(args: argparse.Namespace) -> int:
     tuning = tune(model.to(args.device), tokenizer, lm_for_decoding(lm, args.device),
                   args.manifest, args.beam_size, args.lm_weights, args.length_bonuses,
                   args.oov_penalties, lexicon, adapt_steps=args.adapt_steps,
-                  self_train_steps=args.self_train_steps, beam_threshold=args.beam_threshold,
+                  self_train_steps=args.self_train_steps,
+                  confident_entropy=args.confident_entropy, beam_threshold=args.beam_threshold,
                   backward_lm=backward_lm, backward_shares=shares, ngram=ngram,
                   ngram_shares=ngram_shares, log=lambda line: print(line, flush=True))
     print(f"best (beam {args.beam_size}, threshold {args.beam_threshold:g}):\n"
@@ -457,7 +458,7 @@ def _pack(args: argparse.Namespace) -> int:
           f"penalty {decoding.oov_penalty:g}, {decoding.adapt_steps} adaptation steps, "
           f"{decoding.self_train_steps} self-training steps"
           + (f" (none for utterances of at most {decoding.confident_entropy:g} nats a frame "
-             "unadapted)" if decoding.confident_entropy else "")
+             "unadapted)" if decoding.gates else "")
           + (f", rescored with {args.backward_lm} at a share of {decoding.backward_share:g}"
              if args.backward_lm else "")
           + (f", rescored with a word n-gram LM at a share of {decoding.ngram_share:g}"
@@ -681,6 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_adapt_flag(p, 0, "default: 0; tune as pack's --adapt-steps will decode")
     _add_self_train_flag(p, 0, "default: 0; tune as pack's --self-train-steps will decode, "
                                "at the time of a full decoding per setting")
+    _add_confident_flag(p, 0.0, "default: 0; tune as pack's --confident-entropy will decode")
     _add_device_flag(p)
     _add_int8_flag(p)
     p.set_defaults(run=_tune)

@@ -125,6 +125,12 @@ class DecodingOptions:
                 raise ValueError(f"{name}: {what} needs a CTC head (the model is a "
                                  "transducer only)")
 
+    @property
+    def gates(self) -> bool:
+        """Whether the confidence gate is on: ``confident_entropy`` > 0, and the utterances
+        it does not let through are adapted or self-trained."""
+        return bool(self.confident_entropy) and bool(self.adapt_steps or self.self_train_steps)
+
     def uses_transducer(self, model: ASRModel) -> bool:
         return model.joint is not None if self.head == "auto" else self.head == "transducer"
 

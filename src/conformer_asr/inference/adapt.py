@@ -284,6 +284,28 @@ def mean_frame_entropy(model: ASRModel, enc: torch.Tensor,
     return (entropy * valid).sum(dim=1) / enc_lengths.clamp(min=1)
 
 
+@torch.no_grad()
+def confidence_gate(
+    model: ASRModel, feats: torch.Tensor, lengths: torch.Tensor, options: DecodingOptions,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """feats (B, T, F), lengths (B,) -> None where ``options.gates`` is false; else which
+    rows are sure (B,) bool, their mean frame entropy at most ``options.confident_entropy``,
+    and the unadapted encoder output (B, T', D) and lengths (B,) it was measured on."""
+    if not options.gates:
+        return None
+    enc, enc_lengths = model.encode(feats, lengths)
+    sure = mean_frame_entropy(model, enc, enc_lengths) <= options.confident_entropy
+    return sure, enc, enc_lengths
+
+
+def take_rows(x: torch.Tensor, lengths: torch.Tensor,
+              rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (B, T, ...), lengths (B,), row indices (R,) -> those rows (R, T_r, ...), cut to the
+    longest of them, and their lengths (R,)."""
+    kept = lengths[rows]
+    return x[rows, : int(kept.max())], kept
+
+
 def self_trained(
     model: ASRModel, feats: torch.Tensor, lengths: torch.Tensor, options: DecodingOptions,
     first: Sequence[Hypothesis], lm: FusionLM | None, lexicon: Lexicon | None,

@@ -59,7 +59,7 @@ from ..models.asr import ASRModel
 from ..models.lm import WordPieceLM
 from ..models.quantize import check_int8_device, quantize_int8
 from ..text.tokenizer import Tokenizer
-from .adapt import encode, mean_frame_entropy, self_trained
+from .adapt import confidence_gate, encode, self_trained, take_rows
 from .lm_dir import lm_for_decoding, load_lexicon_for, load_lm_for
 from .model_dir import (
     BACKWARD_LM_SUBDIR,
@@ -362,24 +362,20 @@ class Transcriber:
         rows the unadapted model is sure of are decoded once, unadapted, and the others as
         ``_decode_adapted`` decodes them."""
         feats, feat_lengths = self.features_of(waves)
-        options = self.options
-        if not options.confident_entropy or not (options.adapt_steps
-                                                 or options.self_train_steps):
+        gate = confidence_gate(self.model, feats, feat_lengths, self.options)
+        if gate is None:
             return self._decode_adapted(feats, feat_lengths)
-        enc, enc_lengths = self.model.encode(feats, feat_lengths)
-        sure = mean_frame_entropy(self.model, enc, enc_lengths) <= options.confident_entropy
+        sure, enc, enc_lengths = gate
         hyps: dict[int, Hypothesis] = {}
         rows = sure.nonzero()[:, 0]
         if len(rows):
-            lengths = enc_lengths[rows]
             hyps.update(zip(rows.tolist(), decode(
-                self.model, enc[rows, : int(lengths.max())], lengths, options, self.lm,
+                self.model, *take_rows(enc, enc_lengths, rows), self.options, self.lm,
                 self.lexicon, self.backward_lm, self.ngram), strict=True))
         rows = (~sure).nonzero()[:, 0]
         if len(rows):
-            lengths = feat_lengths[rows]
             hyps.update(zip(rows.tolist(), self._decode_adapted(
-                feats[rows, : int(lengths.max())], lengths), strict=True))
+                *take_rows(feats, feat_lengths, rows)), strict=True))
         return [hyps[row] for row in range(len(waves))]
 
     def _decode_adapted(self, feats: torch.Tensor, feat_lengths: torch.Tensor,

@@ -31,7 +31,7 @@ from ..decoding.search import DecodingOptions, decode
 from ..models.asr import ASRModel
 from ..scoring import WordErrors, word_errors
 from ..text.tokenizer import Tokenizer
-from .adapt import encode, self_trained
+from .adapt import confidence_gate, encode, self_trained, take_rows
 from .evaluate import Utterance, read_manifest
 
 MAX_SECONDS = 60.0  # the longest utterance tune decodes (whole)
@@ -59,13 +59,15 @@ class Tuning:
 @dataclass
 class _Encoded:
     """A batch of utterances: their manifest indices, encoder output (B, T', D) and
-    lengths (B,), and, kept for self-training only, features (B, T, F) and lengths (B,)."""
+    lengths (B,), and, kept for self-training only, features (B, T, F) and lengths (B,);
+    ``sure`` where the confidence gate let them through unadapted."""
 
     indices: list[int]
     enc: torch.Tensor
     lengths: torch.Tensor
     feats: torch.Tensor | None
     feat_lengths: torch.Tensor
+    sure: bool = False  # behind the confidence gate: decoded once, unadapted
 
 
 def _to_stderr(line: str) -> None:
@@ -111,13 +113,40 @@ def _encode_all(
             for row, wave in enumerate(waves):
                 padded[row, :len(wave)] = wave
             feats, feat_lengths = features(padded.to(device), lengths.to(device))
-            enc, enc_lengths = encode(model, feats, feat_lengths, adapting)
-            kept = feats if adapting.self_train_steps else None
-            encoded.append(_Encoded(batch, enc, enc_lengths, kept, feat_lengths))
+            encoded.extend(_encode_batch(model, batch, feats, feat_lengths, adapting))
             batch = []
+    sure = sum(len(part.indices) for part in encoded if part.sure)
+    gated = f"; {sure} sure enough to decode once, unadapted" if adapting.gates else ""
     log(f"encoded {len(order)} utterances ({sum(durations.values()):.1f} s of audio) in "
-        f"{time.perf_counter() - start:.1f} s")
+        f"{time.perf_counter() - start:.1f} s{gated}")
     return encoded, skipped
+
+
+def _encode_batch(model: ASRModel, indices: list[int], feats: torch.Tensor,
+                  feat_lengths: torch.Tensor, adapting: DecodingOptions) -> list[_Encoded]:
+    """A batch's features (B, T, F) and lengths (B,) -> its encoded parts: the whole batch,
+    adapted as ``adapting`` says, or, behind its confidence gate, the sure rows unadapted
+    (no features kept: they are decoded once) and the others adapted."""
+    self_training = bool(adapting.self_train_steps)
+    gate = confidence_gate(model, feats, feat_lengths, adapting)
+    if gate is None:
+        enc, enc_lengths = encode(model, feats, feat_lengths, adapting)
+        return [_Encoded(indices, enc, enc_lengths, feats if self_training else None,
+                         feat_lengths)]
+    sure, enc, enc_lengths = gate
+    parts = []
+    rows = sure.nonzero()[:, 0]
+    if len(rows):
+        parts.append(_Encoded([indices[i] for i in rows.tolist()],
+                              *take_rows(enc, enc_lengths, rows), None, feat_lengths[rows],
+                              sure=True))
+    rows = (~sure).nonzero()[:, 0]
+    if len(rows):
+        unsure, unsure_lengths = take_rows(feats, feat_lengths, rows)
+        enc, enc_lengths = encode(model, unsure, unsure_lengths, adapting)
+        parts.append(_Encoded([indices[i] for i in rows.tolist()], enc, enc_lengths,
+                              unsure if self_training else None, unsure_lengths))
+    return parts
 
 
 def tune(
@@ -125,7 +154,7 @@ def tune(
     beam_size: int, lm_weights: Sequence[float], length_bonuses: Sequence[float],
     oov_penalties: Sequence[float] = (0.0,), lexicon: Lexicon | None = None,
     batch_seconds: float = 160.0, adapt_steps: int = 0, self_train_steps: int = 0,
-    beam_threshold: float = DecodingOptions.beam_threshold,
+    confident_entropy: float = 0.0, beam_threshold: float = DecodingOptions.beam_threshold,
     backward_lm: SentenceLM | None = None, backward_shares: Sequence[float] = (0.0,),
     ngram: SpelledNgram | None = None, ngram_shares: Sequence[float] = (0.0,),
     log: Callable[[str], None] = print, warn: Callable[[str], None] = _to_stderr,
@@ -140,7 +169,10 @@ def tune(
     (``decoding.rescore``). ``adapt_steps`` > 0 adapts the encoder to each utterance first,
     as ``DecodingOptions.adapt_steps`` does, and ``self_train_steps`` > 0 self-trains it and
     decodes again, as ``DecodingOptions.self_train_steps`` does (the time of a full decoding
-    per setting); the searches drop hypotheses as ``DecodingOptions.beam_threshold`` says."""
+    per setting); ``confident_entropy`` > 0 decodes the utterances the unadapted model is
+    sure of once, unadapted, as ``DecodingOptions.confident_entropy`` does (the gate does
+    not depend on the setting); the searches drop hypotheses as
+    ``DecodingOptions.beam_threshold`` says."""
     if lexicon is None and any(oov_penalties):
         raise ValueError("oov_penalties: the LM folder has no lexicon.txt, so they must be 0 "
                          "(train-lm writes one)")
@@ -154,7 +186,8 @@ def tune(
     if not grid:
         raise ValueError("backward_shares, ngram_shares: no pair adds up to at most 1")
     utterances = read_manifest(manifest)
-    adapting = DecodingOptions(adapt_steps=adapt_steps, self_train_steps=self_train_steps)
+    adapting = DecodingOptions(adapt_steps=adapt_steps, self_train_steps=self_train_steps,
+                               confident_entropy=confident_entropy)
     adapting.check_model(model)
     encoded, skipped = _encode_all(model, utterances, batch_seconds, adapting, log, warn)
     if not encoded:
