@@ -31,6 +31,7 @@ from conformer_asr.inference.model_dir import BUNDLED_DIR, LM_SUBDIR
 from conformer_asr.inference.transcriber import Transcriber
 from conformer_asr.losses.rnnt import rnnt_loss, rnnt_loss_reference
 from conformer_asr.models import ASRModel, ModelConfig, load_encoder_and_heads, quantize_int8
+from conformer_asr.models.int8_rows import Int8RowsLinear, Int8RowsLSTM, int8_rows_lm
 from conformer_asr.models.lm import WordPieceLM
 from conformer_asr.text.tokenizer import Tokenizer
 
@@ -505,6 +506,39 @@ def int8_bundled_transcription(settings: Settings, one_at_a_time: bool) -> Row:
                                load_model(int8=True, adapt_steps=0, self_train_steps=0),
                                float32, settings, one_at_a_time)
     row.targets = {"speed-up >= 1.5": row.speedup >= 1.5}
+    return row
+
+
+LM_STEPS = 20  # LM steps a call of the LM-step row takes
+
+
+def int8_lm_step(rows: int, settings: Settings) -> Row:
+    """The bundled LM as beam search steps it on the CPU (``int8_rows_lm``: products in int8
+    rows, each token's first-layer input product looked up), ``LM_STEPS`` steps of ``rows``
+    hypotheses. The baseline is the same LM multiplying that product at every step, as the
+    package did before 2026-12-07; both give the same numbers, bit for bit."""
+    lm = _float32_lm()
+    multiplying = copy.deepcopy(lm)
+    multiplying.lstm, multiplying.out = Int8RowsLSTM(lm.lstm), Int8RowsLinear(lm.out)
+    looking_up = int8_rows_lm(lm)
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(1, lm.cfg.vocab_size, (rows,), generator=generator)
+    with torch.no_grad():
+        _, state = looking_up.step(tokens, None)
+
+    def steps(model: WordPieceLM) -> Call:
+        @torch.no_grad()
+        def call() -> None:
+            for _ in range(LM_STEPS):
+                model.step(tokens, state)
+        return call
+
+    with torch.device("cpu"):
+        row = compare("int8 LM step, bundled", "-", rows, "first-layer product each step",
+                      steps(looking_up), steps(multiplying),
+                      dataclasses.replace(settings, bf16=False))
+    row.extra = {"ms_per_step_fast": row.fast_s / LM_STEPS * 1e3,
+                 "ms_per_step_baseline": row.baseline_s / LM_STEPS * 1e3}
     return row
 
 

@@ -64,6 +64,9 @@ def _notes(row: Row) -> str:
                      f"{extra['audio_h_per_h_baseline']:.0f} audio h/h")
     if "tokens_per_frame" in extra:
         parts.append(f"{extra['tokens_per_frame']:.2f} tokens/frame")
+    if "ms_per_step_fast" in extra:
+        parts.append(f"{extra['ms_per_step_fast']:.2f} / {extra['ms_per_step_baseline']:.2f} "
+                     "ms a step")
     if "audio_seconds" in extra:
         parts.append(f"{extra['audio_seconds']:.1f} s of audio")
     parts += [f"{goal}: {'yes' if met else 'NO'}" for goal, met in row.targets.items()]
@@ -251,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         if "int8" in only:
             add(f"int8 transcribe, bundled, {batch_name}",
                 cases.int8_bundled_transcription, settings, one_at_a_time)
+    for lm_rows in work.lm_rows if "int8" in only else ():
+        add(f"int8 LM step, bundled, {lm_rows} rows", cases.int8_lm_step, lm_rows, settings)
     if "loss" in only:
         add("rnnt loss fwd+bwd", cases.rnnt_loss_step, settings)
     if "loader" in only:

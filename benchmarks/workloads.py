@@ -20,6 +20,7 @@ class Workload:
     encoder_batches: tuple[int, ...]  # batch sizes of the encoder-forward rows
     train_batch: int  # utterances per training step
     loader_batch: int  # utterances of the data-loader row's batch
+    lm_rows: tuple[int, ...]  # hypotheses per step of the LM-step rows
     target_length: int  # U, labels per utterance in a training step
     prune_range: int  # S, label positions per frame of the pruned training step
     loss_shape: tuple[int, int, int, int]  # (B, T, U, V) of the RNN-T loss row
@@ -29,11 +30,11 @@ class Workload:
 
 
 FULL = Workload(audio_seconds=10.0, encoder_batches=(1, 8), train_batch=8, loader_batch=64,
-                target_length=50, prune_range=5, loss_shape=(8, 250, 50, 1024),
-                matmul_size=4096, matmul_repeats=5, repeats=5)
+                lm_rows=(8, 64, 256), target_length=50, prune_range=5,
+                loss_shape=(8, 250, 50, 1024), matmul_size=4096, matmul_repeats=5, repeats=5)
 QUICK = Workload(audio_seconds=1.0, encoder_batches=(1, 2), train_batch=2, loader_batch=2,
-                 target_length=5, prune_range=2, loss_shape=(2, 12, 4, 16), matmul_size=256,
-                 matmul_repeats=2, repeats=1)
+                 lm_rows=(2,), target_length=5, prune_range=2, loss_shape=(2, 12, 4, 16),
+                 matmul_size=256, matmul_repeats=2, repeats=1)
 
 
 def model_config(size: str, quick: bool) -> ModelConfig:

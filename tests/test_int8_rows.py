@@ -102,6 +102,29 @@ def test_an_lm_scores_each_sentence_the_same_alone_as_in_a_batch():
             assert torch.equal(h[:, row], h1[:, 0]) and torch.equal(c[:, row], c1[:, 0])
 
 
+def test_the_looked_up_first_layer_inputs_are_the_products_exactly():
+    """``int8_rows_lm`` stores each token's first-layer input product in its embedding; a
+    copy that multiplies them at each step scores and steps bit for bit the same."""
+    import copy
+
+    lm = _lm()
+    projected = int8_rows_lm(lm)
+    multiplied = copy.deepcopy(lm)
+    multiplied.lstm, multiplied.out = Int8RowsLSTM(lm.lstm), Int8RowsLinear(lm.out)
+    assert projected.embed.weight.shape == (30, 4 * 16)  # (V, 4 x hidden)
+    assert multiplied.lstm.layers[0][0] is not None and projected.lstm.layers[0][0] is None
+    sentences = _sentences(10)
+    tokens = torch.tensor([s[0] for s in sentences])
+    with torch.no_grad():
+        assert torch.equal(projected.token_log_probs(sentences),
+                           multiplied.token_log_probs(sentences))
+        (a, a_state), (b, b_state) = projected.step(tokens, None), multiplied.step(tokens, None)
+    assert torch.equal(a, b)
+    assert all(torch.equal(x, y) for x, y in zip(a_state, b_state, strict=True))
+    with pytest.raises(ValueError, match="projected already"):
+        projected.lstm.projected_embedding(lm.embed)
+
+
 def test_an_lm_in_int8_rows_scores_near_the_float_one_and_leaves_it_alone():
     lm = _lm()
     before = {name: value.clone() for name, value in lm.state_dict().items()}

@@ -370,8 +370,8 @@ def test_quick_benchmark_writes_json(tmp_path):
     assert {r["benchmark"] for r in rows} == {
         "encoder forward", "int8 encoder forward", "int8 Linear layers", "train step",
         "train step, pruned S=2", "transcribe", "transcribe, bundled", "int8 transcribe, bundled",
-        "adapted encoder, bundled", "int8 adapted encoder, bundled", "rnnt loss fwd+bwd",
-        "loader batch",
+        "adapted encoder, bundled", "int8 adapted encoder, bundled", "int8 LM step, bundled",
+        "rnnt loss fwd+bwd", "loader batch",
     }
     for row in rows:
         assert row["fast_s"] > 0 and row["baseline_s"] > 0
@@ -388,6 +388,9 @@ def test_quick_benchmark_writes_json(tmp_path):
     assert loss["extra"]["peak_over_logits_fast"] < loss["extra"]["peak_over_logits_baseline"]
     [transcribe] = [r for r in rows if r["benchmark"] == "transcribe"]
     assert transcribe["extra"]["rtf_fast"] > 0
+    [lm_step] = [r for r in rows if r["benchmark"] == "int8 LM step, bundled"]
+    assert lm_step["batch"] == 2  # rows a step
+    assert lm_step["extra"]["ms_per_step_fast"] == pytest.approx(lm_step["fast_s"] * 1e3 / 20)
     [loader] = [r for r in rows if r["benchmark"] == "loader batch"]  # 2 utterances of 1 s
     assert loader["extra"]["audio_s_per_s_fast"] == pytest.approx(2.0 / loader["fast_s"])
     for name in ("adapted encoder, bundled", "int8 adapted encoder, bundled"):

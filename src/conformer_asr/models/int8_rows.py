@@ -77,7 +77,7 @@ class Int8RowsLSTM(nn.Module):
                 and lstm.proj_size == 0):
             raise ValueError("Int8RowsLSTM: needs a batch-first, one-way LSTM with biases")
         self.hidden_size = lstm.hidden_size
-        self.layers = [
+        self.layers: list[tuple[Int8RowsMatrix | None, Int8RowsMatrix, torch.Tensor]] = [
             (Int8RowsMatrix(getattr(lstm, f"weight_ih_l{layer}")),
              Int8RowsMatrix(getattr(lstm, f"weight_hh_l{layer}")),
              (getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}"))
@@ -95,7 +95,8 @@ class Int8RowsLSTM(nn.Module):
             state = (zeros, zeros)
         hs, cs = [], []
         for layer, (w_ih, w_hh, bias) in enumerate(self.layers):
-            inputs = (w_ih(x.reshape(n * steps, -1).float()) + bias).reshape(n, steps, -1)
+            inputs = x.float() if w_ih is None else (
+                w_ih(x.reshape(n * steps, -1).float()) + bias).reshape(n, steps, -1)
             h, c = state[0][layer], state[1][layer]
             outputs = []
             for t in range(steps):
@@ -108,14 +109,29 @@ class Int8RowsLSTM(nn.Module):
             cs.append(c)
         return x, (torch.stack(hs), torch.stack(cs))
 
+    def projected_embedding(self, embed: nn.Embedding) -> nn.Embedding:
+        """``embed`` -> an embedding of each token's first-layer input product plus biases
+        (V, 4 x hidden); from then on this LSTM takes those rows as its input, so a step
+        looks them up instead of multiplying (a quarter of an LM step's products). Each
+        row is quantised by its own scale, so the table holds exactly what the product
+        gave each token."""
+        w_ih, w_hh, bias = self.layers[0]
+        if w_ih is None:
+            raise ValueError("Int8RowsLSTM: its input product is projected already")
+        table = w_ih(embed.weight.detach().float()) + bias
+        self.layers[0] = (None, w_hh, bias)
+        return nn.Embedding.from_pretrained(table)
+
 
 def int8_rows_lm(lm: WordPieceLM) -> WordPieceLM:
-    """A copy of ``lm`` (in eval mode) whose LSTM and output layer multiply in int8 rows;
-    its embedding stays float32. ``lm`` itself is left as it is; an LM that already
-    multiplies so is returned as it is."""
+    """A copy of ``lm`` (in eval mode) whose LSTM and output layer multiply in int8 rows,
+    its embedding holding each token's first-layer input product
+    (``Int8RowsLSTM.projected_embedding``). ``lm`` itself is left as it is; an LM that
+    already multiplies so is returned as it is."""
     if isinstance(lm.lstm, Int8RowsLSTM):
         return lm
     quantized = copy.deepcopy(lm).cpu().eval()
     quantized.lstm = Int8RowsLSTM(quantized.lstm)
+    quantized.embed = quantized.lstm.projected_embedding(quantized.embed)
     quantized.out = Int8RowsLinear(quantized.out)
     return quantized
