@@ -87,8 +87,8 @@ class Int8RowsLSTM(nn.Module):
     def forward(
         self, x: torch.Tensor, state: LSTMState | None = None
     ) -> tuple[torch.Tensor, LSTMState]:
-        """x (N, T, in), state or None (zeros) -> (top layer's outputs (N, T, hidden),
-        state after the last step)."""
+        """x (N, T, in), or (N, T, 4 x hidden) after ``projected_embedding``, state or None
+        (zeros) -> (top layer's outputs (N, T, hidden), state after the last step)."""
         n, steps = x.shape[:2]
         if state is None:
             zeros = x.new_zeros(len(self.layers), n, self.hidden_size, dtype=torch.float32)
