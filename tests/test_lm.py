@@ -32,7 +32,7 @@ from conformer_asr.inference.model_dir import (
     save_model_dir,
 )
 from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
-from conformer_asr.models.int8_rows import int8_rows
+from conformer_asr.models.int8_rows import Int8RowsLSTM, int8_rows
 from conformer_asr.models.lm import LMConfig, WordPieceLM, get_lm_config
 from conformer_asr.text.tokenizer import Tokenizer
 from conformer_asr.training.lm_train import STATE_FILE, LMTrainConfig, train_lm
@@ -320,7 +320,6 @@ def test_tune_int8_tunes_the_int8_model_and_lm(model_dir, lm_dir, capsys, monkey
     LM decodes in int8 rows with or without it, as the transcriber's does."""
     import conformer_asr.inference.tune as tune_module
     import conformer_asr.models.quantize as quantize
-    from conformer_asr.models.int8_rows import Int8RowsLSTM
 
     quantized, tuned_lms = [], []
     real, real_tune = quantize.quantize_int8, tune_module.tune
@@ -510,7 +509,8 @@ def test_pack_bundles_the_lm_and_its_tuned_decoding(model_dir, lm_dir, tmp_path,
     assert packed.options == DecodingOptions(beam_size=3, beam_threshold=7.5, lm_weight=0.4,
                                              length_bonus=0.5, oov_penalty=1.5)
     assert packed.lexicon is not None
-    for key, value in packed.lm.state_dict().items():
+    assert isinstance(packed.lm.lstm, Int8RowsLSTM)  # decoding multiplies in int8 rows
+    for key, value in load_lm_dir(out / "lm")[0].state_dict().items():  # as it loads
         assert torch.equal(value, value.half().float()), key  # float16 values (lstm_step)
         if key in matrices:  # within half an int8 step of each row, and float16's rounding
             step = original[key].abs().amax(dim=1, keepdim=True) / 127
