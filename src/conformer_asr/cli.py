@@ -466,6 +466,14 @@ def _pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _average(args: argparse.Namespace) -> int:
+    from .inference.average import average_models
+
+    out = average_models(args.models, args.out)
+    print(f"{out}: the mean of {len(args.models)} models' weights, in float32")
+    return 0
+
+
 def _lm_flag(text: str) -> str | None:
     return None if text == "none" else text
 
@@ -715,6 +723,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ngram-share", type=_share, default=0.0,
                    help="share of the LM score the n-gram LM takes")
     p.set_defaults(run=_pack)
+
+    p = command("average", help="average the weights of models of one architecture and "
+                                "tokenizer (runs trained on from one model) into a new model "
+                                "folder")
+    p.add_argument("models", nargs="+", help="model folders ('default': the bundled model) "
+                   "or training checkpoints, two or more")
+    p.add_argument("--out", required=True, help="folder to create")
+    p.set_defaults(run=_average)
 
     from .data.synth import add_synth_arguments
 

@@ -15,11 +15,13 @@ so a folder with a config.json is complete.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import lzma
-from collections.abc import Iterable
+import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,7 +32,7 @@ from safetensors.torch import load_file
 
 from ..decoding.ngram import WordNgramLM
 from ..decoding.search import DecodingOptions
-from ..files import read_text, write_atomically
+from ..files import naming, read_text, write_atomically
 from ..models import ASRModel, ModelConfig
 from ..models.config import ConfigError
 from ..models.int8_rows import int8_rows
@@ -68,6 +70,33 @@ def save_model_dir(
     if decoding is not None:
         config["decoding"] = dataclasses.asdict(decoding)
     return write_folder(directory, tokenizer, model.state_dict(), config, half)
+
+
+def require_new_folder(out: str | Path) -> Path:
+    """``out``, if it is absent or an empty folder, for a command that writes a new folder
+    (``pack``, ``average``) to check before its work; else ModelDirError."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ModelDirError(f"--out {out}: a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise ModelDirError(f"{out}: already exists and is not empty; give a new folder")
+    return out
+
+
+@contextlib.contextmanager
+def new_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out`` to fill, renamed to ``out`` when the block ends, so
+    that ``out`` is either complete or absent. An OSError (a full disk) removes it and is
+    raised again naming the file as it would have been under ``out``."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        tmp.replace(out)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        name = str(error.filename or tmp).replace(str(tmp), str(out), 1)
+        raise naming(error, name) from None
 
 
 def write_folder(

@@ -16,13 +16,11 @@ either complete or absent.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..decoding.ngram import key_bits
 from ..decoding.search import DecodingOptions
-from ..files import naming
 from .lm_dir import (
     load_lm_dir,
     read_lexicon_words,
@@ -36,6 +34,8 @@ from .model_dir import (
     NGRAM_FILE,
     ModelDirError,
     load_model_dir,
+    new_folder,
+    require_new_folder,
     resolve_model_dir,
     save_model_dir,
     write_ngram,
@@ -46,11 +46,7 @@ def pack_model(
     model_dir: str | Path, lm_dir: str | Path, out: str | Path, decoding: DecodingOptions,
     backward_lm_dir: str | Path | None = None, ngram_sentences: Sequence[str] | None = None,
 ) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ModelDirError(f"--out {out}: a file, not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        raise ModelDirError(f"{out}: already exists and is not empty; pack writes a new folder")
+    out = require_new_folder(out)
     model, tokenizer, config = load_model_dir(resolve_model_dir(model_dir))
     decoding.check_model(model)  # a head or adaptation the model cannot decode with
     lm, lm_tokenizer, lm_info = load_lm_dir(lm_dir)
@@ -76,9 +72,7 @@ def pack_model(
     if decoding.oov_penalty and not words:
         raise ModelDirError(f"{lm_dir}: no lexicon.txt, so the OOV penalty must be 0 "
                             "(train-lm writes one)")
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with new_folder(out) as tmp:
         save_lm_dir(lm, tokenizer, tmp / LM_SUBDIR, lm_info, compact=True, words=words)
         if backward is not None:
             save_lm_dir(backward, tokenizer, tmp / BACKWARD_LM_SUBDIR, backward_info,
@@ -86,9 +80,4 @@ def pack_model(
         if ngram_sentences is not None:
             write_ngram(tmp / NGRAM_FILE, ngram_sentences)
         save_model_dir(model, tokenizer, tmp, config.info, decoding, half=True)
-        tmp.replace(out)
-    except OSError as error:  # a full disk: free it, and name the file as it would be
-        shutil.rmtree(tmp, ignore_errors=True)
-        name = str(error.filename or tmp).replace(str(tmp), str(out), 1)
-        raise naming(error, name) from None
     return out

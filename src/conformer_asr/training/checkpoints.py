@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..files import flush_to_disk, naming, save_torch, temporary_beside
+from ..inference.average import mean_weights
 from ..inference.model_dir import FolderConfig, ModelDirError
 from ..models.asr import ASRModel
 from ..models.config import ConfigError
@@ -142,25 +143,17 @@ def step_checkpoints(folder: Path) -> list[Path]:
 
 
 def average_checkpoints(paths: list[Path], prefix: str = "model.") -> dict[str, torch.Tensor]:
-    """Element-wise mean of the model weights in Lightning checkpoints.
-
-    Keys under ``prefix`` (the LightningModule attribute holding the ASRModel)
-    are averaged; integer buffers (BatchNorm's batch counters) come from the last.
-    """
+    """Element-wise mean of the model weights in Lightning checkpoints (``mean_weights``):
+    the keys under ``prefix``, the LightningModule attribute holding the ASRModel."""
     if not paths:
         raise ValueError("average_checkpoints: no checkpoints given")
-    total: dict[str, torch.Tensor] = {}
-    for path in paths:
+
+    def model_weights(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-        for key, value in state.items():
-            if not key.startswith(prefix):
-                continue
-            name = key[len(prefix):]
-            if value.is_floating_point():
-                total[name] = total.get(name, 0) + value.double()
-            else:
-                total[name] = value
-    return {k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in total.items()}
+        return {key[len(prefix):]: value for key, value in state.items()
+                if key.startswith(prefix)}
+
+    return mean_weights(model_weights(path) for path in paths)
 
 
 def read_checkpoint(path: Path) -> tuple[ASRModel, Tokenizer, FolderConfig]:
