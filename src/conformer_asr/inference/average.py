@@ -1,10 +1,10 @@
 """``conformer-asr average``: one model folder whose weights are the mean of several models'.
 
-Runs trained on from one model with other seeds average into a model that reads better
-than each of them (a "model soup": Wortsman et al., 2022, https://arxiv.org/abs/2203.05482);
-the bundled model is one (recipes/synthetic/README.md, step 2e). The models must share
-their architecture and tokenizer. Pack the result (``conformer-asr pack``) to decode it
-with an LM.
+Runs trained on from one model with other seeds often average into a model that reads
+better than each of them (a "model soup": Wortsman et al., 2022,
+https://arxiv.org/abs/2203.05482; recipes/synthetic/README.md measures soups of the bundled
+model's runs). The models must share their architecture and tokenizer. Pack the result
+(``conformer-asr pack``) to decode it with an LM.
 """
 
 from __future__ import annotations
