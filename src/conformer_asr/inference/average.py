@@ -60,8 +60,7 @@ def average_models(model_dirs: Sequence[str | Path], out: str | Path) -> Path:
             model, other_tokenizer, config = load_model_dir(resolve_model_dir(folder))
             if config.model != first_config.model:
                 raise ModelDirError(f"{folder}: another architecture than {model_dirs[0]}'s")
-            if (other_tokenizer.sp.serialized_model_proto()
-                    != tokenizer.sp.serialized_model_proto()):
+            if not other_tokenizer.is_same_as(tokenizer):
                 raise ModelDirError(f"{folder}: another tokenizer than {model_dirs[0]}'s")
             infos.append({"folder": str(folder), "info": config.info})
             yield model.state_dict()

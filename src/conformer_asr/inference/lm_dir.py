@@ -134,6 +134,6 @@ def require_direction(lm: WordPieceLM, backward: bool, directory: str | Path) ->
 
 def require_same_tokenizer(lm_tokenizer: Tokenizer, tokenizer: Tokenizer,
                            directory: str | Path) -> None:
-    if lm_tokenizer.sp.serialized_model_proto() != tokenizer.sp.serialized_model_proto():
+    if not lm_tokenizer.is_same_as(tokenizer):
         raise ModelDirError(f"{directory}: the LM was trained with another tokenizer than "
                             "the model's")

@@ -66,6 +66,10 @@ class Tokenizer:
         """Every token id's piece, in id order."""
         return self.pieces(range(self.vocab_size))
 
+    def is_same_as(self, other: Tokenizer) -> bool:
+        """Whether ``other`` is the same SentencePiece model (pieces, ids and settings)."""
+        return self.sp.serialized_model_proto() == other.sp.serialized_model_proto()
+
     def is_word_start(self, token_id: int) -> bool:
         """True if this piece begins a new word (SentencePiece's ``▁`` prefix)."""
         return self.sp.id_to_piece(int(token_id)).startswith("\u2581")
