@@ -11,19 +11,21 @@ from safetensors.torch import load_file
 from conformer_asr import load_model
 from conformer_asr.cli import main
 from conformer_asr.inference.model_dir import read_config, save_model_dir
-from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig
+from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig, SpecAugmentConfig
 from conformer_asr.text.tokenizer import Tokenizer
 
 DATA = Path(__file__).parent / "data"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _model_dir(tokenizer: Tokenizer, out: Path, seed: int, d_model: int = 16) -> Path:
+def _model_dir(tokenizer: Tokenizer, out: Path, seed: int, d_model: int = 16,
+               dropout: float = 0.1, time_masks: int = 10) -> Path:
     """A tiny CTC model's folder, its BatchNorm statistics and batch counter set by the
     seed too (buffers: the float ones are averaged, the counter is the last model's)."""
     torch.manual_seed(seed)
     cfg = ModelConfig(encoder=EncoderConfig(d_model=d_model, n_layers=1, n_heads=2,
-                                            conv_kernel_size=3),
+                                            conv_kernel_size=3, dropout=dropout),
+                      spec_augment=SpecAugmentConfig(time_masks=time_masks),
                       vocab_size=tokenizer.vocab_size, ctc_weight=1.0)
     model = ASRModel(cfg)
     for module in model.modules():
@@ -35,7 +37,9 @@ def _model_dir(tokenizer: Tokenizer, out: Path, seed: int, d_model: int = 16) ->
 
 
 def test_average_writes_each_weights_mean(manifest_tokenizer, tmp_path, capsys):
-    folders = [_model_dir(manifest_tokenizer, tmp_path / f"m{seed}", seed) for seed in (1, 2, 3)]
+    folders = [_model_dir(manifest_tokenizer, tmp_path / f"m{seed}", seed) for seed in (1, 2)]
+    # training-time settings may differ; the soup keeps the first model's
+    folders.append(_model_dir(manifest_tokenizer, tmp_path / "m3", 3, dropout=0.3, time_masks=2))
     out = tmp_path / "soup"
     assert main(["average", *map(str, folders), "--out", str(out)]) == 0
     assert capsys.readouterr().out == f"{out}: the mean of 3 models' weights, in float32\n"
@@ -51,6 +55,7 @@ def test_average_writes_each_weights_mean(manifest_tokenizer, tmp_path, capsys):
             torch.testing.assert_close(value, expected, rtol=1e-6, atol=1e-7, msg=name)
         else:
             assert torch.equal(value, states[-1][name]), name  # 3: the last model's counter
+    assert read_config(out).model == read_config(folders[0]).model
     info = read_config(out).info["averaged_models"]
     assert info == [{"folder": str(folder), "info": {"seed": seed}}
                     for folder, seed in zip(folders, (1, 2, 3), strict=True)]

@@ -46,8 +46,10 @@ def mean_weights(states: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, torc
 def average_models(model_dirs: Sequence[str | Path], out: str | Path) -> Path:
     """Write the mean of the models in ``model_dirs`` (folders, "default" for the bundled
     model, or training checkpoints) as a new model folder ``out``, in float32; its
-    config's "info" lists each model's folder and info. Raises ModelDirError for fewer than
-    two models, or one of another architecture or tokenizer than the first."""
+    config's "info" lists each model's folder and info, and its config is the first model's.
+    Models may differ in settings that only shape training (dropout, SpecAugment). Raises
+    ModelDirError for fewer than two models, or one of another architecture or tokenizer
+    than the first."""
     if len(model_dirs) < 2:
         raise ModelDirError("average: give two models or more")
     out = require_new_folder(out)
@@ -58,7 +60,8 @@ def average_models(model_dirs: Sequence[str | Path], out: str | Path) -> Path:
         yield first_model.state_dict()
         for folder in model_dirs[1:]:
             model, other_tokenizer, config = load_model_dir(resolve_model_dir(folder))
-            if config.model != first_config.model:
+            if (config.model.without_training_settings()
+                    != first_config.model.without_training_settings()):
                 raise ModelDirError(f"{folder}: another architecture than {model_dirs[0]}'s")
             if not other_tokenizer.is_same_as(tokenizer):
                 raise ModelDirError(f"{folder}: another tokenizer than {model_dirs[0]}'s")
