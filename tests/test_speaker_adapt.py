@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from conformer_asr import load_model
 from conformer_asr.audio.io import AudioError, load_audio
+from conformer_asr.cli import main
 from conformer_asr.decoding.search import DecodingOptions
 from conformer_asr.inference import adapt as adapt_module
 from conformer_asr.inference import speaker_adapt
@@ -158,6 +159,23 @@ def test_by_speaker_adapts_each_speaker_once_and_yields_in_input_order(monkeypat
     assert rates[-1] == 8000 and result.text == transcriber.transcribe(samples, 8000)[0]
     with pytest.raises(ValueError, match="^2 speakers for 4 inputs$"):
         list(iter_transcripts_by_speaker(transcriber, inputs, ["x", "y"]))
+
+
+def test_transcribe_learns_each_file_or_all_files_as_one_speaker(monkeypatch, capsys):
+    groups = []
+    monkeypatch.setattr(speaker_adapt, "adapted_to", lambda t, inputs, rate, settings:
+                        groups.append(list(inputs)) or t)
+    a, b = str(EXAMPLES / "weather.wav"), str(EXAMPLES / "station.flac")
+    flags = ["--lm", "none", "--adapt-to-speaker"]
+    assert main(["transcribe", a, b, *flags]) == 0
+    assert groups == [[a], [b]]
+    each = capsys.readouterr().out
+    groups.clear()
+    assert main(["transcribe", a, b, *flags, "--one-speaker"]) == 0
+    assert groups == [[a, b]]
+    assert capsys.readouterr().out == each  # in input order, as the adapted copies read them
+    assert main(["transcribe", a, "--one-speaker"]) == 2
+    assert capsys.readouterr().err == "error: --one-speaker: give --adapt-to-speaker too\n"
 
 
 def test_a_model_without_a_ctc_head_and_bad_settings_are_named(tmp_path):

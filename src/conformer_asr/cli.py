@@ -104,6 +104,8 @@ def _transcribe(args: argparse.Namespace) -> int:
     from .audio.io import AudioError
     from .inference.speaker_adapt import iter_transcripts_by_speaker
 
+    if args.one_speaker and not args.adapt_to_speaker:
+        raise ValueError("--one-speaker: give --adapt-to-speaker too")
     out_paths = _output_paths(args)
     if args.audio.count(STDIN) > 1:
         raise ValueError(f"{STDIN} (standard input) can be given once")
@@ -115,7 +117,8 @@ def _transcribe(args: argparse.Namespace) -> int:
     with _stdin_spooled(args.audio) as (inputs, spooled), warnings.catch_warnings():
         if spooled:  # warnings and errors name the spooled file: name it "-" instead
             warnings.showwarning = _naming_stdin(spooled, warnings.showwarning)
-        results = (iter_transcripts_by_speaker(transcriber, inputs, range(len(inputs)))
+        speakers = [0] * len(inputs) if args.one_speaker else range(len(inputs))
+        results = (iter_transcripts_by_speaker(transcriber, inputs, speakers)
                    if args.adapt_to_speaker else transcriber.iter_transcripts(inputs))
         for index, (_, result) in enumerate(results):
             name = args.audio[index]
@@ -605,6 +608,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write each file's transcript to OUT_DIR/NAME.txt|json|srt|vtt")
     _add_transcriber_flags(p)
     _add_speaker_flag(p, "each file's speaker")
+    p.add_argument("--one-speaker", action="store_true",
+                   help="with --adapt-to-speaker: the files are all one speaker's, learnt "
+                        "together (default: each file is a speaker of its own)")
     p.set_defaults(run=_transcribe)
 
     p = command("evaluate", help="WER and real-time factor on a JSONL manifest",
