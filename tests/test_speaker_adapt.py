@@ -3,6 +3,7 @@ what it must leave alone, and the --adapt-to-speaker flags as a user runs them."
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import subprocess
@@ -87,7 +88,8 @@ def test_adapted_to_trains_a_copy_and_leaves_the_transcriber_alone():
     transcriber = load_model(adapt_steps=0, self_train_steps=0)
     norms = [p.clone() for p in adapted_parameters(transcriber.model)]
     paths = [EXAMPLES / "weather.wav", EXAMPLES / "station.flac"]
-    adapted = adapted_to(transcriber, paths, settings=SpeakerAdaptation(rounds=1, epochs=1))
+    adapted = adapted_to(transcriber, paths,
+                         settings=SpeakerAdaptation(rounds=1, epochs=1, min_seconds=0))
     assert all(torch.equal(a, b) for a, b in zip(norms, adapted_parameters(transcriber.model),
                                                  strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(norms, adapted_parameters(adapted.model),
@@ -95,9 +97,11 @@ def test_adapted_to_trains_a_copy_and_leaves_the_transcriber_alone():
     assert adapted.model.encoder.subsampling is transcriber.model.encoder.subsampling
     assert adapted.lm is transcriber.lm  # every utterance adapted: no confidence gate
     assert adapted.options == replace(transcriber.options, confident_entropy=0.0)
-    # nothing to learn from: the transcriber as it was
-    unread = adapted_to(transcriber, [EXAMPLES / "no-such.wav"])
-    assert unread.model is transcriber.model
+    # nothing to learn from, or too little (the two files hold 6.2 s): the transcriber itself
+    assert adapted_to(transcriber, [EXAMPLES / "no-such.wav"]) is transcriber
+    assert adapted_to(transcriber, paths) is transcriber
+    assert adapted_to(transcriber, paths, settings=SpeakerAdaptation(min_seconds=6)) \
+        is not transcriber
 
 
 def test_the_rounds_decode_cheaply_and_the_copy_without_per_utterance_self_training(
@@ -117,7 +121,7 @@ def test_the_rounds_decode_cheaply_and_the_copy_without_per_utterance_self_train
         return encode(model, feats, lengths, options, targets)
     monkeypatch.setattr(transcriber_module, "encode", spy)
     monkeypatch.setattr(adapt_module, "encode", spy)  # a self-training's second decoding
-    settings = SpeakerAdaptation(label_beam_size=4)
+    settings = SpeakerAdaptation(label_beam_size=4, min_seconds=0)
     adapted = adapted_to(transcriber, [DATA / "clip1.wav"], settings=settings)
     assert calls == [(4, 0, 0, None)] * 2  # two rounds, one segment each
     assert adapted.options == replace(options, self_train_steps=0)
@@ -127,7 +131,7 @@ def test_the_rounds_decode_cheaply_and_the_copy_without_per_utterance_self_train
     # a transcriber's narrower beam is the rounds' too
     calls.clear()
     adapted_to(transcriber, [DATA / "clip1.wav"],
-               settings=SpeakerAdaptation(rounds=1, label_beam_size=32))
+               settings=SpeakerAdaptation(rounds=1, label_beam_size=32, min_seconds=0))
     assert calls == [(6, 0, 0, None)]
 
 
@@ -135,21 +139,35 @@ def test_an_int8_model_adapts_through_its_int8_layers(tmp_path):
     float32 = _tiny(tmp_path)
     int8 = Transcriber(quantize_int8(float32.model), float32.tokenizer)
     norms = [p.clone() for p in adapted_parameters(int8.model)]
-    adapted = adapted_to(int8, [DATA / "clip1.wav"], settings=SpeakerAdaptation(rounds=1))
+    adapted = adapted_to(int8, [DATA / "clip1.wav"],
+                         settings=SpeakerAdaptation(rounds=1, min_seconds=0))
     assert not all(torch.equal(a, b) for a, b in zip(norms, adapted_parameters(adapted.model),
                                                      strict=True))
 
 
 def test_by_speaker_adapts_each_speaker_once_and_yields_in_input_order(monkeypatch):
     transcriber = load_model(lm=None)
-    groups, rates = [], []
-    monkeypatch.setattr(speaker_adapt, "adapted_to", lambda t, inputs, rate, settings:
-                        groups.append(list(inputs)) or rates.append(rate) or t)
+    groups, rates, calls = [], [], []
     a, b = EXAMPLES / "weather.wav", EXAMPLES / "station.flac"
     missing = EXAMPLES / "no-such.wav"
+
+    def fake_adapted_to(t, inputs, rate, settings):  # b's speaker is learnt, the other not
+        groups.append(list(inputs))
+        rates.append(rate)
+        return copy.copy(t) if any(item is b for item in inputs) else t
+    monkeypatch.setattr(speaker_adapt, "adapted_to", fake_adapted_to)
+    iter_transcripts = Transcriber.iter_transcripts
+    monkeypatch.setattr(Transcriber, "iter_transcripts", lambda self, inputs, rate=16000: (
+        calls.append((self is transcriber, list(inputs))) or iter_transcripts(self, inputs, rate)))
     inputs = [a, b, missing, a]
     results = list(iter_transcripts_by_speaker(transcriber, inputs, ["x", "y", "x", "x"]))
     assert groups == [[a, missing, a], [b]]
+    # the speaker too short to learn from waits for more of its kind, up to the end
+    assert calls == [(False, [b]), (True, [a, missing, a])]
+    calls.clear()
+    monkeypatch.setattr(speaker_adapt, "PLAIN_RUN", 2)  # so many wait, no more
+    assert len(list(iter_transcripts_by_speaker(transcriber, [a] * 3, ["p", "q", "r"]))) == 3
+    assert calls == [(True, [a, a]), (True, [a])]
     assert [item for item, _ in results] == inputs
     assert isinstance(results[2][1], AudioError)
     texts = transcriber.transcribe([a, b])
@@ -183,7 +201,7 @@ def test_a_model_without_a_ctc_head_and_bad_settings_are_named(tmp_path):
         adapted_to(_tiny(tmp_path, ctc_weight=0.0), [DATA / "clip1.wav"])
     for field, value in [("rounds", 0), ("epochs", 1.5), ("lr", 0.0),
                          ("max_seconds", float("inf")), ("batch_seconds", True),
-                         ("label_beam_size", 0)]:
+                         ("label_beam_size", 0), ("min_seconds", -1.0)]:
         with pytest.raises(ValueError, match=f"^{field}: "):
             SpeakerAdaptation(**{field: value})
 

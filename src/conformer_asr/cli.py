@@ -534,7 +534,8 @@ def _add_speaker_flag(p: argparse.ArgumentParser, whose: str) -> None:
                         "train a copy of the encoder's LayerNorms towards the transcripts, "
                         "twice, then transcribe again with that copy, which replaces the "
                         "per-utterance self-training (about the default's time; the model needs "
-                        "a CTC head)")
+                        "a CTC head); a speaker with under 30 s of speech is decoded as without "
+                        "it")
 
 
 def _ngram_order(args: argparse.Namespace) -> int:
