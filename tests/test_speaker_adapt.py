@@ -84,7 +84,7 @@ def test_training_moves_only_the_copys_layer_norms_towards_the_targets(tmp_path)
     assert all(p is originals[n] for n, p in copy.model.named_parameters() if id(p) not in norms)
 
 
-def test_adapted_to_trains_a_copy_and_leaves_the_transcriber_alone():
+def test_adapted_to_trains_a_copy_and_leaves_the_transcriber_alone(monkeypatch):
     transcriber = load_model(adapt_steps=0, self_train_steps=0)
     norms = [p.clone() for p in adapted_parameters(transcriber.model)]
     paths = [EXAMPLES / "weather.wav", EXAMPLES / "station.flac"]
@@ -102,6 +102,12 @@ def test_adapted_to_trains_a_copy_and_leaves_the_transcriber_alone():
     assert adapted_to(transcriber, paths) is transcriber
     assert adapted_to(transcriber, paths, settings=SpeakerAdaptation(min_seconds=6)) \
         is not transcriber
+    # files whose headers say they are too short are not read; arrays are
+    read = []
+    monkeypatch.setattr(speaker_adapt, "_speech", lambda t, inputs, *rest: read.append(inputs))
+    assert adapted_to(transcriber, paths) is transcriber and read == []
+    samples = load_audio(paths[0])
+    assert adapted_to(transcriber, [samples, paths[1]]) is transcriber and len(read) == 1
 
 
 def test_the_rounds_decode_cheaply_and_the_copy_without_per_utterance_self_training(
