@@ -551,23 +551,27 @@ def _ctc_model_dir(tokenizer: Tokenizer, out: Path, seed: int) -> Path:
 
 def test_pack_keeps_adaptation_steps_for_a_ctc_model_only(model_dir, lm_dir, tokenizer,
                                                           tmp_path, capsys):
-    """--adapt-steps, --self-train-steps and --confident-entropy are stored with the
-    decoding, int8 models included; 0 turns each off at load time; a transducer-only model
-    (no CTC head to adapt on) is refused before packing, and by tune."""
+    """--adapt-steps, --self-train-steps, --confident-entropy and --adapt-to-speaker are
+    stored with the decoding, int8 models included; 0 (False) turns each off at load time; a
+    transducer-only model (no CTC head to adapt on) is refused before packing, and by
+    tune."""
     ctc_dir = _ctc_model_dir(tokenizer, tmp_path / "ctc", seed=0)
     common = ["--lm", str(lm_dir), "--lm-weight", "0.4", "--length-bonus", "0.5",
               "--adapt-steps", "2"]
     assert main(["pack", str(ctc_dir), "--out", str(tmp_path / "packed"), *common,
-                 "--self-train-steps", "3", "--confident-entropy", "0.5"]) == 0
+                 "--self-train-steps", "3", "--confident-entropy", "0.5",
+                 "--adapt-to-speaker"]) == 0
     assert ("2 adaptation steps, 3 self-training steps (none for utterances of at most 0.5 "
-            "nats a frame unadapted)") in capsys.readouterr().out
+            "nats a frame unadapted), each speaker learnt first; ") in capsys.readouterr().out
     packed = load_model(tmp_path / "packed")
     assert (packed.options.adapt_steps, packed.options.self_train_steps,
-            packed.options.confident_entropy) == (2, 3, 0.5)
+            packed.options.confident_entropy, packed.options.speaker_adaptation) == (
+                2, 3, 0.5, True)
     assert len(packed.transcribe([str(DATA / "clip1.wav")])) == 1
     off = load_model(tmp_path / "packed", adapt_steps=0, self_train_steps=0,
-                     confident_entropy=0).options
-    assert (off.adapt_steps, off.self_train_steps, off.confident_entropy) == (0, 0, 0)
+                     confident_entropy=0, speaker_adaptation=False).options
+    assert (off.adapt_steps, off.self_train_steps, off.confident_entropy,
+            off.speaker_adaptation) == (0, 0, 0, False)
     int8 = load_model(tmp_path / "packed", int8=True)
     assert (int8.options.adapt_steps, int8.options.self_train_steps) == (2, 3)
     assert len(int8.transcribe([str(DATA / "clip1.wav")])) == 1
@@ -576,6 +580,9 @@ def test_pack_keeps_adaptation_steps_for_a_ctc_model_only(model_dir, lm_dir, tok
 
     assert main(["pack", str(model_dir), "--out", str(tmp_path / "rnnt"), *common]) == 2
     assert "adaptation needs a CTC head" in capsys.readouterr().err
+    assert main(["pack", str(model_dir), "--out", str(tmp_path / "rnnt"), *common[:-2],
+                 "--adapt-to-speaker"]) == 2
+    assert "adaptation to each speaker needs a CTC head" in capsys.readouterr().err
     assert not (tmp_path / "rnnt").exists()
 
     tune = ["tune", "--manifest", str(DATA / "manifest.jsonl"), "--lm", str(lm_dir),

@@ -96,7 +96,8 @@ def test_adapted_to_trains_a_copy_and_leaves_the_transcriber_alone(monkeypatch):
                                                      strict=True))
     assert adapted.model.encoder.subsampling is transcriber.model.encoder.subsampling
     assert adapted.lm is transcriber.lm  # every utterance adapted: no confidence gate
-    assert adapted.options == replace(transcriber.options, confident_entropy=0.0)
+    assert adapted.options == replace(transcriber.options, confident_entropy=0.0,
+                                      speaker_adaptation=False)  # its speaker is learnt
     # nothing to learn from, or too little (the two files hold 6.2 s): the transcriber itself
     assert adapted_to(transcriber, [EXAMPLES / "no-such.wav"]) is transcriber
     assert adapted_to(transcriber, paths) is transcriber
@@ -198,13 +199,45 @@ def test_transcribe_learns_each_file_or_all_files_as_one_speaker(monkeypatch, ca
     assert main(["transcribe", a, b, *flags, "--one-speaker"]) == 0
     assert groups == [[a, b]]
     assert capsys.readouterr().out == each  # in input order, as the adapted copies read them
-    assert main(["transcribe", a, "--one-speaker"]) == 2
-    assert capsys.readouterr().err == "error: --one-speaker: give --adapt-to-speaker too\n"
+    assert main(["transcribe", a, "--one-speaker", "--no-adapt-to-speaker"]) == 2
+    assert capsys.readouterr().err == ("error: --one-speaker: learns the files' speaker "
+                                       "together, which --no-adapt-to-speaker turns off\n")
+    assert main(["transcribe", a, "--one-speaker", "--lm", "none"]) == 2  # no folder settings
+    assert capsys.readouterr().err.endswith("does not do; give --adapt-to-speaker too\n")
+    assert groups == [[a, b]]  # neither refusal learnt anything
+
+
+def test_the_bundled_decoding_learns_each_speaker_unless_told_not_to(monkeypatch, capsys):
+    groups = []
+    monkeypatch.setattr(speaker_adapt, "adapted_to", lambda t, inputs, rate, settings:
+                        groups.append(list(inputs)) or t)
+    a, b = str(EXAMPLES / "weather.wav"), str(EXAMPLES / "station.flac")
+    fast = ["--beam-size", "4", "--adapt-steps", "0", "--self-train-steps", "0"]
+    assert main(["transcribe", a, b, *fast]) == 0  # the bundled model's setting
+    assert groups == [[a], [b]]
+    learnt = capsys.readouterr().out
+    assert main(["transcribe", a, b, *fast, "--no-adapt-to-speaker"]) == 0
+    assert groups == [[a], [b]] and capsys.readouterr().out == learnt  # too short to learn
+    assert load_model().options.speaker_adaptation
+    plain = load_model(lm=None, speaker_adaptation=False)
+    assert plain.transcribe([a, b]) and groups == [[a], [b]]
+    learning = load_model(lm=None, speaker_adaptation=True)
+    assert learning.transcribe([a, b]) == plain.transcribe([a, b])
+    assert groups == [[a], [b], [a], [b]]  # transcribe() takes each input as a speaker
+    assert learning.transcribe(a) == plain.transcribe(a) and groups[-1] == [a]
+    with pytest.raises(ValueError, match="^sample_rate: "):
+        learning.transcribe(a, sample_rate=16)
 
 
 def test_a_model_without_a_ctc_head_and_bad_settings_are_named(tmp_path):
     with pytest.raises(ValueError, match="CTC head"):
         adapted_to(_tiny(tmp_path, ctc_weight=0.0), [DATA / "clip1.wav"])
+    with pytest.raises(ValueError, match="^speaker_adaptation: adaptation to each speaker "
+                                         "needs a CTC head"):
+        DecodingOptions(speaker_adaptation=True).check_model(
+            _tiny(tmp_path, ctc_weight=0.0).model)
+    with pytest.raises(ValueError, match="^speaker_adaptation: True or False, got 1$"):
+        DecodingOptions(speaker_adaptation=1)
     for field, value in [("rounds", 0), ("epochs", 1.5), ("lr", 0.0),
                          ("max_seconds", float("inf")), ("batch_seconds", True),
                          ("label_beam_size", 0), ("min_seconds", -1.0)]:
@@ -224,10 +257,10 @@ def test_the_flags_as_a_user_runs_them(tmp_path):
     lines.append({"id": "gone", "audio": str(tmp_path / "gone.wav"), "text": "hello",
                   "speaker": "s2"})
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    proc = _cli("evaluate", "--manifest", str(manifest), "--adapt-to-speaker", "--json")
+    proc = _cli("evaluate", "--manifest", str(manifest), "--json")  # the bundled decoding
     assert proc.returncode == 1, proc.stderr  # the missing file, named
     report = json.loads(proc.stdout)
-    assert report["decoding"]["adapt_to_speaker"] is True and report["utterances"] == 3
+    assert report["decoding"]["speaker_adaptation"] is True and report["utterances"] == 3
     assert report["failed"] == 1 and "gone.wav: no such file" in proc.stderr
     assert set(report["by_speaker"]) == {"s1", "s2"}
 

@@ -91,7 +91,8 @@ def _load_transcriber(args: argparse.Namespace) -> Transcriber:
                       adapt_steps=args.adapt_steps, self_train_steps=args.self_train_steps,
                       confident_entropy=args.confident_entropy,
                       backward_share=args.backward_share, ngram_share=args.ngram_share,
-                      device=args.device, int8=args.int8)
+                      speaker_adaptation=args.adapt_to_speaker, device=args.device,
+                      int8=args.int8)
 
 
 OUTPUT_SUFFIXES = {"text": ".txt", "json": ".json", "srt": ".srt", "vtt": ".vtt"}
@@ -104,8 +105,9 @@ def _transcribe(args: argparse.Namespace) -> int:
     from .audio.io import AudioError
     from .inference.speaker_adapt import iter_transcripts_by_speaker
 
-    if args.one_speaker and not args.adapt_to_speaker:
-        raise ValueError("--one-speaker: give --adapt-to-speaker too")
+    if args.one_speaker and args.adapt_to_speaker is False:
+        raise ValueError("--one-speaker: learns the files' speaker together, which "
+                         "--no-adapt-to-speaker turns off")
     out_paths = _output_paths(args)
     if args.audio.count(STDIN) > 1:
         raise ValueError(f"{STDIN} (standard input) can be given once")
@@ -113,13 +115,17 @@ def _transcribe(args: argparse.Namespace) -> int:
         raise ValueError(f"{STDIN}: standard input is a terminal; pipe audio into it "
                          f"(e.g. arecord -f cd | conformer-asr transcribe {STDIN})")
     transcriber = _load_transcriber(args)
+    if args.one_speaker and not transcriber.options.speaker_adaptation:
+        raise ValueError("--one-speaker: learns the files' speaker together, which this "
+                         "decoding does not do; give --adapt-to-speaker too")
     failed = 0
     with _stdin_spooled(args.audio) as (inputs, spooled), warnings.catch_warnings():
         if spooled:  # warnings and errors name the spooled file: name it "-" instead
             warnings.showwarning = _naming_stdin(spooled, warnings.showwarning)
         speakers = [0] * len(inputs) if args.one_speaker else range(len(inputs))
         results = (iter_transcripts_by_speaker(transcriber, inputs, speakers)
-                   if args.adapt_to_speaker else transcriber.iter_transcripts(inputs))
+                   if transcriber.options.speaker_adaptation
+                   else transcriber.iter_transcripts(inputs))
         for index, (_, result) in enumerate(results):
             name = args.audio[index]
             if isinstance(result, AudioError):
@@ -213,7 +219,6 @@ def _render(args: argparse.Namespace, path: str, result: Transcript, alone: bool
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .inference.evaluate import check_output, evaluate, write_hypotheses
-    from .inference.speaker_adapt import SpeakerAdaptation
 
     if args.output is not None:
         try:
@@ -221,8 +226,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         except OSError as error:  # found before any work, as a missing folder is: exit 2
             raise ValueError(_described(error)) from None
     transcriber = _load_transcriber(args)
-    report = evaluate(transcriber, args.manifest,
-                      speaker_adaptation=SpeakerAdaptation() if args.adapt_to_speaker else None)
+    report = evaluate(transcriber, args.manifest)
     unwritten: OSError | None = None
     if args.output is not None:
         # before the report, which a reader that leaves early (`| head`) would cut short;
@@ -234,8 +238,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         decoding = {**vars(transcriber.options), "lm": transcriber.lm is not None,
                     "backward_lm": transcriber.backward_lm is not None,
-                    "ngram": transcriber.ngram is not None,
-                    "adapt_to_speaker": args.adapt_to_speaker}
+                    "ngram": transcriber.ngram is not None}
         print(json.dumps({**report.to_dict(), "decoding": decoding, "int8": args.int8}))
         for reason in report.failed:
             print(reason, file=sys.stderr)
@@ -439,7 +442,8 @@ def _pack(args: argparse.Namespace) -> int:
                                confident_entropy=args.confident_entropy,
                                backward_share=args.backward_share,
                                ngram_share=args.ngram_share,
-                               ngram_order=_ngram_order(args))
+                               ngram_order=_ngram_order(args),
+                               speaker_adaptation=bool(args.adapt_to_speaker))
     ngram_sentences = None
     if args.ngram_text:
         from .training.lm_corpus import drop_excluded, manifest_texts, read_sentences
@@ -465,7 +469,9 @@ def _pack(args: argparse.Namespace) -> int:
           + (f", rescored with {args.backward_lm} at a share of {decoding.backward_share:g}"
              if args.backward_lm else "")
           + (f", rescored with a word n-gram LM at a share of {decoding.ngram_share:g}"
-             if args.ngram_text else "") + f"; {size / 2**20:.1f} MiB")
+             if args.ngram_text else "")
+          + (", each speaker learnt first" if decoding.speaker_adaptation else "")
+          + f"; {size / 2**20:.1f} MiB")
     return 0
 
 
@@ -528,14 +534,17 @@ def _add_transcriber_flags(p: argparse.ArgumentParser) -> None:
     _add_int8_flag(p)
 
 
-def _add_speaker_flag(p: argparse.ArgumentParser, whose: str) -> None:
-    p.add_argument("--adapt-to-speaker", action="store_true",
+_SPEAKER_DEFAULT = "default: the model folder's own setting when an LM is used, on for the " \
+                   "bundled model"
+
+
+def _add_speaker_flag(p: argparse.ArgumentParser, whose: str, help_default: str) -> None:
+    p.add_argument("--adapt-to-speaker", action=argparse.BooleanOptionalAction, default=None,
                    help=f"adapt to {whose} first: transcribe (beam 32 at most, unadapted), "
                         "train a copy of the encoder's LayerNorms towards the transcripts, "
                         "twice, then transcribe again with that copy, which replaces the "
-                        "per-utterance self-training (about the default's time; the model needs "
-                        "a CTC head); a speaker with under 30 s of speech is decoded as without "
-                        "it")
+                        "per-utterance self-training (the model needs a CTC head); a speaker "
+                        f"with under 30 s of speech is decoded as without it ({help_default})")
 
 
 def _ngram_order(args: argparse.Namespace) -> int:
@@ -608,10 +617,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default=None,
                    help="write each file's transcript to OUT_DIR/NAME.txt|json|srt|vtt")
     _add_transcriber_flags(p)
-    _add_speaker_flag(p, "each file's speaker")
+    _add_speaker_flag(p, "each file's speaker", _SPEAKER_DEFAULT)
     p.add_argument("--one-speaker", action="store_true",
-                   help="with --adapt-to-speaker: the files are all one speaker's, learnt "
-                        "together (default: each file is a speaker of its own)")
+                   help="the files are all one speaker's, learnt together (default: each file "
+                        "is a speaker of its own)")
     p.set_defaults(run=_transcribe)
 
     p = command("evaluate", help="WER and real-time factor on a JSONL manifest",
@@ -623,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help='write {"id", "text"} lines here')
     _add_transcriber_flags(p)
     _add_speaker_flag(p, 'each "speaker" (or "voice") of the manifest, from all its '
-                         "utterances (one without a speaker, from itself)")
+                         "utterances (one without a speaker, from itself)", _SPEAKER_DEFAULT)
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(run=_evaluate)
 
@@ -715,6 +724,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_adapt_flag(p, 0, "default: 0")
     _add_self_train_flag(p, 0, "default: 0")
     _add_confident_flag(p, 0.0, "default: 0")
+    _add_speaker_flag(p, "each speaker (each file transcribe is given, each speaker of a "
+                         "manifest evaluate is given)", "default: off")
     p.add_argument("--backward-lm", default=None,
                    help="backward LM folder (train-lm --backward), same tokenizer: rescores "
                         "each search's 8 best hypotheses with the LM")

@@ -51,6 +51,10 @@ class DecodingOptions:
     same for a word n-gram LM given to ``decode``; the two shares add up to at most 1.
     ``ngram_order`` is the order at which a model folder's n-gram text is counted
     (``inference.model_dir.load_ngram``); ``decode`` takes the counted LM.
+    ``speaker_adaptation`` asks the callers that know whose speech each input is to learn
+    each speaker first (``inference.speaker_adapt``): ``Transcriber.transcribe`` and the
+    ``transcribe`` command take each input as a speaker, ``evaluate`` a manifest's
+    speakers; it needs a CTC head, and ``decode`` itself does not read it.
     """
 
     beam_size: int = 1
@@ -68,6 +72,7 @@ class DecodingOptions:
     backward_share: float = 0.0  # off
     ngram_share: float = 0.0  # off
     ngram_order: int = 3
+    speaker_adaptation: bool = False  # off
 
     def __post_init__(self) -> None:
         # checked here, where a caller can be told: 8.0, True or "8" failed inside torch at
@@ -111,6 +116,8 @@ class DecodingOptions:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
         if self.head not in HEADS:
             raise ValueError(f"head: give one of {', '.join(HEADS)}, got {self.head!r}")
+        if not isinstance(self.speaker_adaptation, bool):
+            raise ValueError(f"speaker_adaptation: True or False, got {self.speaker_adaptation!r}")
 
     def check_model(self, model: ASRModel) -> None:
         """ValueError where ``head`` names an output ``model`` does not have."""
@@ -120,7 +127,8 @@ class DecodingOptions:
             raise ValueError("head transducer: the model has no transducer (it is CTC only)")
         for name, what in (("adapt_steps", "test-time adaptation"),
                            ("self_train_steps", "self-training"),
-                           ("confident_entropy", "the confidence gate")):
+                           ("confident_entropy", "the confidence gate"),
+                           ("speaker_adaptation", "adaptation to each speaker")):
             if getattr(self, name) and model.ctc_head is None:
                 raise ValueError(f"{name}: {what} needs a CTC head (the model is a "
                                  "transducer only)")

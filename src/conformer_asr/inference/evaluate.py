@@ -214,9 +214,11 @@ def evaluate(
     speaker_adaptation: SpeakerAdaptation | None = None,
 ) -> EvalReport:
     """Transcribe ``manifest``'s utterances and score them; with ``output``, write the
-    hypotheses there too (checked before decoding). With ``speaker_adaptation``, each
-    speaker's (or voice's) utterances are transcribed by a copy of ``transcriber`` adapted
-    to them all (``inference.speaker_adapt``); an utterance without a speaker, to it alone.
+    hypotheses there too (checked before decoding). Where ``transcriber.options`` ask for
+    speaker adaptation (the bundled model's do), each speaker's (or voice's) utterances are
+    transcribed by a copy of ``transcriber`` adapted to them all
+    (``inference.speaker_adapt``; ``speaker_adaptation`` its settings, ``SpeakerAdaptation()``
+    if None); an utterance without a speaker, to it alone.
     """
     utterances = read_manifest(manifest)
     if output is not None:
@@ -224,7 +226,7 @@ def evaluate(
     report = EvalReport()
     start = time.perf_counter()
     audio = [u.audio for u in utterances]
-    if speaker_adaptation is None:
+    if not transcriber.options.speaker_adaptation:
         results = transcriber.iter_transcripts(audio)
     else:
         speakers = [u.speaker or ("", i) for i, u in enumerate(utterances)]

@@ -188,9 +188,21 @@ class Transcriber:
         self, inputs: Iterable[AudioInput] | AudioInput, sample_rate: int = SAMPLE_RATE
     ) -> list[str]:
         """-> one text per input (a single input counts as a list of one); raises
-        AudioError on the first unusable input."""
+        AudioError on the first unusable input. Where ``options.speaker_adaptation`` asks
+        for it (the bundled model's do), each input is taken as one speaker's and learnt
+        first (``speaker_adapt.iter_transcripts_by_speaker``), as the ``transcribe`` command
+        takes each file; ``iter_transcripts`` decodes utterance by utterance."""
+        from .speaker_adapt import iter_transcripts_by_speaker  # which imports this module
+
+        if self.options.speaker_adaptation:
+            _check_sample_rate(sample_rate)
+            listed = list(_items(inputs))
+            pairs = iter_transcripts_by_speaker(self, listed, range(len(listed)),
+                                                sample_rate=sample_rate)
+        else:
+            pairs = self.iter_transcripts(inputs, sample_rate)
         results = []
-        for _, result in self.iter_transcripts(inputs, sample_rate):
+        for _, result in pairs:
             if isinstance(result, AudioError):
                 raise result
             results.append(result.text)
@@ -200,21 +212,7 @@ class Transcriber:
         self, inputs: Iterable[AudioInput] | AudioInput, sample_rate: int = SAMPLE_RATE
     ) -> Iterator[tuple[AudioInput, Transcript | AudioError]]:
         """Yield (input, Transcript or AudioError) in input order; errors do not stop the rest."""
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real) \
-                or not 0 < sample_rate < math.inf:
-            raise ValueError(f"sample_rate: the arrays' rate in Hz, a positive number; got "
-                             f"{sample_rate!r}")
-        if sample_rate < MIN_SAMPLE_RATE:  # 16 (kHz) made 1000 times the samples, and words
-            raise ValueError(f"sample_rate: {sample_rate!r} Hz is below any audio rate (it is "
-                             f"in Hz: {SAMPLE_RATE}, not {SAMPLE_RATE // 1000})")
-        # one recording (or one thing that is not a recording: it is named as such), not a
-        # sequence of characters, bytes, lines of an open file or samples; any other
-        # iterable is a sequence of inputs (a generator too: each is handed back with its
-        # result)
-        single = (str | bytes | os.PathLike | AudioSlice | np.ndarray | np.generic | torch.Tensor
-                  | io.IOBase)
-        if inputs is None:
-            raise ValueError("inputs: a path or array, or a list of them; got None")
+        _check_sample_rate(sample_rate)
         # drawn one at a time, as decoding needs them: a generator fed by a queue yields
         # results as it goes (it was read to its end first, holding every array it made)
         given: dict[int, AudioInput] = {}  # inputs not handed back yet
@@ -247,7 +245,7 @@ class Transcriber:
                 next_out += 1
 
         limit = self.batch_seconds * SAMPLE_RATE
-        for index, item in enumerate([inputs] if isinstance(inputs, single) else inputs):
+        for index, item in enumerate(_items(inputs)):
             given[index] = item
             duration = 0.0
             try:
@@ -415,6 +413,31 @@ class Transcriber:
         return words
 
 
+def _check_sample_rate(sample_rate: int) -> None:
+    """ValueError unless ``sample_rate`` is an audio rate in Hz (the arrays')."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real) \
+            or not 0 < sample_rate < math.inf:
+        raise ValueError(f"sample_rate: the arrays' rate in Hz, a positive number; got "
+                         f"{sample_rate!r}")
+    if sample_rate < MIN_SAMPLE_RATE:  # 16 (kHz) made 1000 times the samples, and words
+        raise ValueError(f"sample_rate: {sample_rate!r} Hz is below any audio rate (it is "
+                         f"in Hz: {SAMPLE_RATE}, not {SAMPLE_RATE // 1000})")
+
+
+# one recording (or one thing that is not a recording: it is named as such), not a sequence
+# of characters, bytes, lines of an open file or samples
+_SINGLE = (str | bytes | os.PathLike | AudioSlice | np.ndarray | np.generic | torch.Tensor
+           | io.IOBase)
+
+
+def _items(inputs: Iterable[AudioInput] | AudioInput) -> Iterable[AudioInput]:
+    """``inputs`` as an iterable of inputs: a single one as a list of one; any other
+    iterable is a sequence of inputs (a generator too, drawn as it is iterated)."""
+    if inputs is None:
+        raise ValueError("inputs: a path or array, or a list of them; got None")
+    return [inputs] if isinstance(inputs, _SINGLE) else inputs
+
+
 def without_overlaps(words: list[Word]) -> list[Word]:
     """``words`` in order with times that never overlap or go back. Where overlapping
     windows join, a word kept from one window (its centre is before the join) may end after
@@ -481,6 +504,7 @@ def load_model(
     confident_entropy: float | None = None,
     backward_share: float | None = None,
     ngram_share: float | None = None,
+    speaker_adaptation: bool | None = None,
     int8: bool = False,
 ) -> Transcriber:
     """Load a model folder (or the bundled default with None / "default").
@@ -506,7 +530,9 @@ def load_model(
     --backward-lm``) rescores each search's best hypotheses (``decoding.rescore``);
     ``backward_share=0`` turns that off. A word n-gram LM of the folder's ``ngram.txt.xz``
     (``pack --ngram-text``; ``decoding.ngram``) rescores them too, unless
-    ``ngram_share=0``.
+    ``ngram_share=0``. ``speaker_adaptation=False`` makes ``transcribe`` decode each
+    input utterance by utterance, without first learning its speaker as the bundled model
+    does (``DecodingOptions``, ``inference.speaker_adapt``).
     On the CPU the LMs always multiply in int8 with a scale per row
     (``lm_dir.lm_for_decoding``; a loaded LM passed in is copied, not changed): twice as
     fast as float32 at the same WER, and a transcript reads the same whichever files
@@ -544,7 +570,8 @@ def load_model(
                  "oov_penalty": oov_penalty, "head": head,
                  "adapt_steps": adapt_steps, "self_train_steps": self_train_steps,
                  "confident_entropy": confident_entropy,
-                 "backward_share": backward_share, "ngram_share": ngram_share}
+                 "backward_share": backward_share, "ngram_share": ngram_share,
+                 "speaker_adaptation": speaker_adaptation}
     options = dataclasses.replace(options or DecodingOptions(),
                                   **{k: v for k, v in overrides.items() if v is not None})
     lexicon = None
