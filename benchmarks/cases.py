@@ -437,9 +437,8 @@ def bundled_transcription(settings: Settings, one_at_a_time: bool) -> Row:
     search with its LM) but without its test-time adaptation, self-training and learning of
     each file's speaker (as the int8 rows, which time int8 inference apart from the
     adaptation's backward passes): reading and resampling the files, features, encoder,
-    search. The baseline is the same with the
-    plain encoder and plainly stepped float32 LMs swapped in (the transcriber's LMs
-    multiply in int8 rows on the CPU)."""
+    search. The baseline is the same with the plain encoder and plainly stepped float32 LMs
+    swapped in (the transcriber's LMs multiply in int8 rows on the CPU)."""
     device = str(torch.get_default_device())
     fast = load_model(device=device, adapt_steps=0, self_train_steps=0,
                       speaker_adaptation=False)
@@ -501,8 +500,7 @@ def int8_bundled_transcription(settings: Settings, one_at_a_time: bool) -> Row:
     """The bundled model transcribing the shipped examples with ``--int8`` (the model's
     Linear layers in int8, its LMs in int8 rows) against all of it in float32 (the
     transcriber's float32 paths), default search, neither adapted nor self-trained, no
-    speaker learnt
-    (``int8_adapted_encoder`` times the adaptation)."""
+    speaker learnt (``int8_adapted_encoder`` times the adaptation)."""
     float32 = load_model(adapt_steps=0, self_train_steps=0, speaker_adaptation=False)
     float32.lm = _float32_lm()
     row = _transcribe_examples("int8 transcribe, bundled", "fp32",

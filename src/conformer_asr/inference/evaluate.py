@@ -21,7 +21,7 @@ from ..data.manifest_errors import ReferenceWarning
 from ..files import check_writable, read_text, write_atomically
 from ..scoring import WordErrors, word_errors
 from ..text.normalize import normalize_text
-from .speaker_adapt import SpeakerAdaptation, iter_transcripts_by_speaker
+from .speaker_adapt import iter_transcripts_by_speaker
 from .transcriber import Transcriber
 
 SHOWN_FAILURES = 10  # in the text report; --json gives every one
@@ -211,14 +211,12 @@ def write_hypotheses(report: EvalReport, output: str | Path) -> None:
 
 def evaluate(
     transcriber: Transcriber, manifest: str | Path, output: str | Path | None = None,
-    speaker_adaptation: SpeakerAdaptation | None = None,
 ) -> EvalReport:
     """Transcribe ``manifest``'s utterances and score them; with ``output``, write the
     hypotheses there too (checked before decoding). Where ``transcriber.options`` ask for
     speaker adaptation (the bundled model's do), each speaker's (or voice's) utterances are
     transcribed by a copy of ``transcriber`` adapted to them all
-    (``inference.speaker_adapt``; ``speaker_adaptation`` its settings, ``SpeakerAdaptation()``
-    if None); an utterance without a speaker, to it alone.
+    (``inference.speaker_adapt``); an utterance without a speaker, to it alone.
     """
     utterances = read_manifest(manifest)
     if output is not None:
@@ -230,7 +228,7 @@ def evaluate(
         results = transcriber.iter_transcripts(audio)
     else:
         speakers = [u.speaker or ("", i) for i, u in enumerate(utterances)]
-        results = iter_transcripts_by_speaker(transcriber, audio, speakers, speaker_adaptation)
+        results = iter_transcripts_by_speaker(transcriber, audio, speakers)
     for utt, (_, result) in zip(utterances, results, strict=True):
         if isinstance(result, AudioError):
             report.failed.append(str(result))
