@@ -28,6 +28,7 @@ from conformer_asr.inference.speaker_adapt import (
     SpeakerAdaptation,
     adapted_to,
     iter_transcripts_by_speaker,
+    speaker_entropy,
 )
 from conformer_asr.inference.transcriber import Transcriber
 from conformer_asr.models import ASRModel, EncoderConfig, ModelConfig, quantize_int8
@@ -109,6 +110,32 @@ def test_adapted_to_trains_a_copy_and_leaves_the_transcriber_alone(monkeypatch):
     assert adapted_to(transcriber, paths) is transcriber and read == []
     samples = load_audio(paths[0])
     assert adapted_to(transcriber, [samples, paths[1]]) is transcriber and len(read) == 1
+
+
+def test_a_voice_the_model_is_sure_of_is_not_learnt():
+    """With the confidence gate on, a speaker whose speech as a whole the unadapted model is
+    sure of is decoded as without; ``speaker_entropy`` is the posteriors' entropy over all
+    the speaker's frames, as each segment encoded alone gives it."""
+    transcriber = load_model()
+    paths = [EXAMPLES / "weather.wav", EXAMPLES / "station.flac"]
+    waves = [wave for path in paths for wave in transcriber.speech(path)]
+    total, frames = 0.0, 0
+    with torch.no_grad():
+        for wave in waves:  # one at a time, no padding
+            enc, enc_lengths = transcriber.model.encode(*transcriber.features_of([wave]))
+            log_probs = transcriber.model.ctc_head(enc[0]).log_softmax(dim=-1)
+            total += float(-(log_probs.exp() * log_probs).sum())
+            frames += len(log_probs)
+    entropy = speaker_entropy(transcriber, waves)
+    assert entropy == pytest.approx(total / frames, rel=1e-4)
+    settings = SpeakerAdaptation(rounds=1, epochs=1, min_seconds=0)
+    for threshold, learnt in ((1.01 * entropy, False), (0.99 * entropy, True)):
+        gated = load_model(confident_entropy=threshold)
+        assert (adapted_to(gated, paths, settings=settings) is not gated) == learnt
+    # with the gate off (or nothing it gates), every speaker with speech enough is learnt
+    for ungated in (load_model(confident_entropy=0),
+                    load_model(confident_entropy=10, adapt_steps=0, self_train_steps=0)):
+        assert adapted_to(ungated, paths, settings=settings) is not ungated
 
 
 def test_the_rounds_decode_cheaply_and_the_copy_without_per_utterance_self_training(

@@ -544,7 +544,9 @@ def _add_speaker_flag(p: argparse.ArgumentParser, whose: str, help_default: str)
                         "train a copy of the encoder's LayerNorms towards the transcripts, "
                         "twice, then transcribe again with that copy, which replaces the "
                         "per-utterance self-training (the model needs a CTC head); a speaker "
-                        f"with under 30 s of speech is decoded as without it ({help_default})")
+                        "with under 30 s of speech, or (with --confident-entropy) one the "
+                        "unadapted model is sure of as a whole, is decoded as without it "
+                        f"({help_default})")
 
 
 def _ngram_order(args: argparse.Namespace) -> int:

@@ -334,10 +334,8 @@ class Transcriber:
     def decode_waves(self, waves: list[np.ndarray]) -> list[Hypothesis]:
         """16 kHz segments of at most one window -> their hypotheses, decoded in groups of
         similar lengths (``length_groups``)."""
-        order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
         decoded: dict[int, Hypothesis] = {}
-        for group in length_groups([len(waves[i]) for i in order]):
-            rows = [order[i] for i in group]
+        for rows in batches_by_length(waves):
             decoded.update(zip(rows, self._decode_padded([waves[i] for i in rows]), strict=True))
         return [decoded[i] for i in range(len(waves))]
 
@@ -457,6 +455,13 @@ def without_overlaps(words: list[Word]) -> list[Word]:
 
 
 GROUP_OVERHEAD_ROWS = 4.0
+
+
+def batches_by_length(waves: Sequence[np.ndarray]) -> list[list[int]]:
+    """The indices of ``waves`` in the batches of similar lengths that decode fastest
+    (``length_groups``), shortest first."""
+    order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
+    return [[order[i] for i in group] for group in length_groups([len(waves[i]) for i in order])]
 
 
 def length_groups(lengths: Sequence[int]) -> list[range]:
