@@ -169,6 +169,39 @@ def test_the_rounds_decode_cheaply_and_the_copy_without_per_utterance_self_train
     assert calls == [(6, 0, 0, None)]
 
 
+def test_a_speaker_is_labelled_a_batch_at_a_time(tmp_path, monkeypatch):
+    """The rounds decode a speaker's segments in the consecutive runs the transcriber's
+    ``batch_seconds`` allows (one segment at the least), not all at once, so that memory
+    is bounded by a batch; the confidence measure reads them the same way."""
+    tiny = _tiny(tmp_path)
+    options = DecodingOptions(adapt_steps=1, confident_entropy=1e-3)  # unsure: learnt
+    transcriber = Transcriber(tiny.model, tiny.tokenizer, options, batch_seconds=3.0)
+    paths = [DATA / f"clip{i}.wav" for i in (1, 2, 3)] * 2  # 1.2-1.9 s each
+    decoded, measured = [], []
+    decode_waves, features_of = Transcriber.decode_waves, Transcriber.features_of
+
+    def spy_decode(self, waves):
+        decoded.append([len(w) for w in waves])
+        return decode_waves(self, waves)
+
+    def spy_features(self, waves):
+        if not decoded:  # the confidence measure, which comes before the round's decoding
+            measured.append([len(w) for w in waves])
+        return features_of(self, waves)
+    monkeypatch.setattr(Transcriber, "decode_waves", spy_decode)
+    monkeypatch.setattr(Transcriber, "features_of", spy_features)
+    adapted = adapted_to(transcriber, paths,
+                         settings=SpeakerAdaptation(rounds=1, epochs=1, min_seconds=0))
+    assert adapted is not transcriber
+    limit = 3.0 * 16000
+    flat = sum(decoded, [])  # the segments in order: clips 1 and 2 fit in 3 s, 3 does not
+    assert len(flat) == 6 and flat[:3] == flat[3:]
+    assert decoded == [flat[:2], flat[2:3], flat[3:5], flat[5:]]
+    assert all(sum(run) <= limit for run in decoded)
+    assert sorted(sum(measured, [])) == sorted(flat)
+    assert all(sum(batch) <= limit for batch in measured)
+
+
 def test_an_int8_model_adapts_through_its_int8_layers(tmp_path):
     float32 = _tiny(tmp_path)
     int8 = Transcriber(quantize_int8(float32.model), float32.tokenizer)

@@ -124,7 +124,8 @@ def adapted_to(
         beam_size=min(settings.label_beam_size, transcriber.options.beam_size))
     rng = random.Random(settings.seed)
     for _ in range(settings.rounds):
-        targets = [hyp.tokens for hyp in labeller.decode_waves(waves)]
+        targets = [hyp.tokens for run in _runs(labeller, waves)
+                   for hyp in labeller.decode_waves(run)]
         _train(adapted, waves, targets, settings, rng)
     return adapted
 
@@ -178,11 +179,21 @@ def speaker_entropy(transcriber: Transcriber, waves: Sequence[np.ndarray]) -> fl
     gate's measure (``inference.adapt.mean_frame_entropy``), taken over the speaker."""
     model = transcriber.model
     total, frames = 0.0, 0
-    for rows in batches_by_length(waves):
-        enc, enc_lengths = model.encode(*transcriber.features_of([waves[i] for i in rows]))
-        total += float((mean_frame_entropy(model, enc, enc_lengths) * enc_lengths).sum())
-        frames += int(enc_lengths.sum())
+    for run in _runs(transcriber, waves):
+        for rows in batches_by_length(run):
+            enc, enc_lengths = model.encode(*transcriber.features_of([run[i] for i in rows]))
+            total += float((mean_frame_entropy(model, enc, enc_lengths) * enc_lengths).sum())
+            frames += int(enc_lengths.sum())
     return total / frames
+
+
+def _runs(transcriber: Transcriber, waves: Sequence[np.ndarray]) -> Iterator[list[np.ndarray]]:
+    """``waves`` in consecutive runs of at most ``transcriber.batch_seconds`` of audio (one
+    wave at the least), as ``iter_transcripts`` hands segments to ``decode_waves``: the
+    memory a speaker's decoding takes is bounded by a batch, not by the speaker."""
+    for run in _batches(list(range(len(waves))), [len(w) for w in waves],
+                        transcriber.batch_seconds * SAMPLE_RATE):
+        yield [waves[i] for i in run]
 
 
 def _header_seconds(inputs: Sequence[AudioInput]) -> float:
