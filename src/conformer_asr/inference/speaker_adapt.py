@@ -57,7 +57,7 @@ from .adapt import (
 )
 from .transcriber import AudioInput, Transcriber, Transcript, batches_by_length
 
-PLAIN_RUN = 64  # inputs of speakers too short to learn from, transcribed in one call (at
+PLAIN_RUN = 64  # inputs of speakers not learnt, transcribed in one call (at
 # 3 s each, more than fill the transcriber's batches of 160 s; 16 cost a tenth more time)
 
 
@@ -189,8 +189,9 @@ def speaker_entropy(transcriber: Transcriber, waves: Sequence[np.ndarray]) -> fl
 
 def _runs(transcriber: Transcriber, waves: Sequence[np.ndarray]) -> Iterator[list[np.ndarray]]:
     """``waves`` in consecutive runs of at most ``transcriber.batch_seconds`` of audio (one
-    wave at the least), as ``iter_transcripts`` hands segments to ``decode_waves``: the
-    memory a speaker's decoding takes is bounded by a batch, not by the speaker."""
+    wave at the least; ``iter_transcripts`` hands ``decode_waves`` batches of about that
+    much): the memory a speaker's decoding takes is bounded by a batch, not by the
+    speaker."""
     for run in _batches(list(range(len(waves))), [len(w) for w in waves],
                         transcriber.batch_seconds * SAMPLE_RATE):
         yield [waves[i] for i in run]
