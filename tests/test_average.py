@@ -19,11 +19,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model_dir(tokenizer: Tokenizer, out: Path, seed: int, d_model: int = 16,
-               dropout: float = 0.1, time_masks: int = 10) -> Path:
+               dropout: float = 0.1, time_masks: int = 10, name: str = "custom") -> Path:
     """A tiny CTC model's folder, its BatchNorm statistics and batch counter set by the
     seed too (buffers: the float ones are averaged, the counter is the last model's)."""
     torch.manual_seed(seed)
-    cfg = ModelConfig(encoder=EncoderConfig(d_model=d_model, n_layers=1, n_heads=2,
+    cfg = ModelConfig(name=name, encoder=EncoderConfig(d_model=d_model, n_layers=1, n_heads=2,
                                             conv_kernel_size=3, dropout=dropout),
                       spec_augment=SpecAugmentConfig(time_masks=time_masks),
                       vocab_size=tokenizer.vocab_size, ctc_weight=1.0)
@@ -38,8 +38,9 @@ def _model_dir(tokenizer: Tokenizer, out: Path, seed: int, d_model: int = 16,
 
 def test_average_writes_each_weights_mean(manifest_tokenizer, tmp_path, capsys):
     folders = [_model_dir(manifest_tokenizer, tmp_path / f"m{seed}", seed) for seed in (1, 2)]
-    # training-time settings may differ; the soup keeps the first model's
-    folders.append(_model_dir(manifest_tokenizer, tmp_path / "m3", 3, dropout=0.3, time_masks=2))
+    # training-time settings and names may differ; the soup keeps the first model's
+    folders.append(_model_dir(manifest_tokenizer, tmp_path / "m3", 3, dropout=0.3, time_masks=2,
+                              name="seed-3"))
     out = tmp_path / "soup"
     assert main(["average", *map(str, folders), "--out", str(out)]) == 0
     assert capsys.readouterr().out == f"{out}: the mean of 3 models' weights, in float32\n"

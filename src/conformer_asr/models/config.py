@@ -191,12 +191,14 @@ class ModelConfig:
         return self.ctc_weight < 1.0
 
     def without_training_settings(self) -> ModelConfig:
-        """This config with the settings that only shape training at their defaults: the
-        encoder's dropout, SpecAugment and the pruned loss's ``rnnt_simple_weight``. Two
-        models whose configs agree here compute the same function of the same weights."""
+        """This config with its ``name`` (a label) and the settings that only shape training
+        at their defaults: the encoder's dropout, SpecAugment and the pruned loss's
+        ``rnnt_simple_weight``. Two models whose configs agree here compute the same
+        function of the same weights."""
         defaults = ModelConfig()
         return dataclasses.replace(
             self,
+            name=defaults.name,
             encoder=dataclasses.replace(self.encoder, dropout=defaults.encoder.dropout),
             spec_augment=defaults.spec_augment,
             rnnt_simple_weight=defaults.rnnt_simple_weight,
