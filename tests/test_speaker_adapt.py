@@ -27,6 +27,7 @@ from conformer_asr.inference.adapt import adapted_parameters, with_own_layer_nor
 from conformer_asr.inference.speaker_adapt import (
     SpeakerAdaptation,
     adapted_to,
+    encodings,
     iter_transcripts_by_speaker,
     speaker_entropy,
 )
@@ -126,7 +127,7 @@ def test_a_voice_the_model_is_sure_of_is_not_learnt():
             log_probs = transcriber.model.ctc_head(enc[0]).log_softmax(dim=-1)
             total += float(-(log_probs.exp() * log_probs).sum())
             frames += len(log_probs)
-    entropy = speaker_entropy(transcriber, waves)
+    entropy = speaker_entropy(transcriber.model, encodings(transcriber, waves))
     assert entropy == pytest.approx(total / frames, rel=1e-4)
     settings = SpeakerAdaptation(rounds=1, epochs=1, min_seconds=0)
     for threshold, learnt in ((1.01 * entropy, False), (0.99 * entropy, True)):
@@ -146,60 +147,83 @@ def test_the_rounds_decode_cheaply_and_the_copy_without_per_utterance_self_train
     tiny = _tiny(tmp_path)
     options = DecodingOptions(beam_size=6, adapt_steps=2, self_train_steps=2)
     transcriber = Transcriber(tiny.model, tiny.tokenizer, options)
-    calls = []
-    encode = transcriber_module.encode
+    encoded, searched = [], []
+    encode, decode = transcriber_module.encode, transcriber_module.decode
 
-    def spy(model, feats, lengths, options, targets=None):
-        calls.append((options.beam_size, options.adapt_steps, options.self_train_steps,
-                      targets))
+    def spy_encode(model, feats, lengths, options, targets=None):
+        encoded.append((options.adapt_steps, options.self_train_steps, targets))
         return encode(model, feats, lengths, options, targets)
-    monkeypatch.setattr(transcriber_module, "encode", spy)
-    monkeypatch.setattr(adapt_module, "encode", spy)  # a self-training's second decoding
+
+    def spy_decode(model, enc, enc_lengths, options, *rest):
+        searched.append((options.beam_size, options.adapt_steps, options.self_train_steps))
+        return decode(model, enc, enc_lengths, options, *rest)
+    monkeypatch.setattr(transcriber_module, "encode", spy_encode)
+    monkeypatch.setattr(adapt_module, "encode", spy_encode)  # a self-training's second decoding
+    monkeypatch.setattr(transcriber_module, "decode", spy_decode)
     settings = SpeakerAdaptation(label_beam_size=4, min_seconds=0)
     adapted = adapted_to(transcriber, [DATA / "clip1.wav"], settings=settings)
-    assert calls == [(4, 0, 0, None)] * 2  # two rounds, one segment each
+    assert searched == [(4, 0, 0)] * 2 and encoded == []  # two rounds, one segment each
     assert adapted.options == replace(options, self_train_steps=0)
     assert transcriber.options == options
     adapted.transcribe([DATA / "clip1.wav"])
-    assert calls[2:] == [(6, 2, 0, None)]
+    assert searched[2:] == [(6, 2, 0)] and encoded == [(2, 0, None)]
     # a transcriber's narrower beam is the rounds' too
-    calls.clear()
+    searched.clear()
     adapted_to(transcriber, [DATA / "clip1.wav"],
                settings=SpeakerAdaptation(rounds=1, label_beam_size=32, min_seconds=0))
-    assert calls == [(6, 0, 0, None)]
+    assert searched == [(6, 0, 0)]
 
 
-def test_a_speaker_is_labelled_a_batch_at_a_time(tmp_path, monkeypatch):
-    """The rounds decode a speaker's segments in the consecutive runs the transcriber's
-    ``batch_seconds`` allows (one segment at the least), not all at once, so that memory
-    is bounded by a batch; the confidence measure reads them the same way."""
+def test_a_speaker_is_encoded_a_batch_at_a_time_and_once_for_the_gate_and_first_round(
+        tmp_path, monkeypatch):
+    """A speaker's segments are encoded in batches within the consecutive runs the
+    transcriber's ``batch_seconds`` allows (one segment at the least), not all at once, so
+    that memory is bounded by a batch. The confidence measure's unadapted encoding is the
+    one the first round decodes; each later round encodes again, with the adapted
+    encoder."""
     tiny = _tiny(tmp_path)
     options = DecodingOptions(adapt_steps=1, confident_entropy=1e-3)  # unsure: learnt
     transcriber = Transcriber(tiny.model, tiny.tokenizer, options, batch_seconds=3.0)
     paths = [DATA / f"clip{i}.wav" for i in (1, 2, 3)] * 2  # 1.2-1.9 s each
-    decoded, measured = [], []
-    decode_waves, features_of = Transcriber.decode_waves, Transcriber.features_of
-
-    def spy_decode(self, waves):
-        decoded.append([len(w) for w in waves])
-        return decode_waves(self, waves)
+    log: list[tuple] = []
+    features_of, decode_encoded = Transcriber.features_of, Transcriber.decode_encoded
+    train = speaker_adapt._train
 
     def spy_features(self, waves):
-        if not decoded:  # the confidence measure, which comes before the round's decoding
-            measured.append([len(w) for w in waves])
+        log.append(("encode", [len(w) for w in waves]))
         return features_of(self, waves)
-    monkeypatch.setattr(Transcriber, "decode_waves", spy_decode)
+
+    def spy_decode(self, enc, enc_lengths):
+        log.append(("decode", enc_lengths.tolist()))
+        return decode_encoded(self, enc, enc_lengths)
+
+    def spy_train(*args):
+        log.append(("train",))
+        with monkeypatch.context() as inner:  # its own batches are not the labelling's
+            inner.setattr(Transcriber, "features_of", features_of)
+            train(*args)
     monkeypatch.setattr(Transcriber, "features_of", spy_features)
+    monkeypatch.setattr(Transcriber, "decode_encoded", spy_decode)
+    monkeypatch.setattr(speaker_adapt, "_train", spy_train)
     adapted = adapted_to(transcriber, paths,
-                         settings=SpeakerAdaptation(rounds=1, epochs=1, min_seconds=0))
+                         settings=SpeakerAdaptation(rounds=2, epochs=1, min_seconds=0))
     assert adapted is not transcriber
-    limit = 3.0 * 16000
-    flat = sum(decoded, [])  # the segments in order: clips 1 and 2 fit in 3 s, 3 does not
-    assert len(flat) == 6 and flat[:3] == flat[3:]
-    assert decoded == [flat[:2], flat[2:3], flat[3:5], flat[5:]]
-    assert all(sum(run) <= limit for run in decoded)
-    assert sorted(sum(measured, [])) == sorted(flat)
-    assert all(sum(batch) <= limit for batch in measured)
+    first = log.index(("train",))
+    assert log[first + 1:].count(("train",)) == 1 and log[-1] == ("train",)
+    measured = [lengths for kind, lengths in log[:first] if kind == "encode"]
+    frames = [lengths for kind, lengths in log[:first] if kind == "decode"]
+    assert log[:first] == [("encode", b) for b in measured] + [("decode", f) for f in frames]
+    assert len(frames) == len(measured) and all(
+        len(f) == len(b) for f, b in zip(frames, measured, strict=True))
+    segments = [len(w) for path in paths for w in transcriber.speech(path)]
+    assert sorted(sum(measured, [])) == sorted(segments)
+    assert len(measured) >= 4 and all(sum(batch) <= 3.0 * 16000 for batch in measured)
+    # the second round: each batch encoded by the adapted encoder, then searched
+    second = log[first + 1:-1]
+    assert [entry for entry in second if entry[0] == "encode"] == [("encode", b)
+                                                                   for b in measured]
+    assert [entry for entry in second if entry[0] == "decode"] == [("decode", f)
+                                                                   for f in frames]
 
 
 def test_an_int8_model_adapts_through_its_int8_layers(tmp_path):

@@ -365,9 +365,8 @@ class Transcriber:
         hyps: dict[int, Hypothesis] = {}
         rows = sure.nonzero()[:, 0]
         if len(rows):
-            hyps.update(zip(rows.tolist(), decode(
-                self.model, *take_rows(enc, enc_lengths, rows), self.options, self.lm,
-                self.lexicon, self.backward_lm, self.ngram), strict=True))
+            hyps.update(zip(rows.tolist(), self.decode_encoded(
+                *take_rows(enc, enc_lengths, rows)), strict=True))
         rows = (~sure).nonzero()[:, 0]
         if len(rows):
             hyps.update(zip(rows.tolist(), self._decode_adapted(
@@ -378,11 +377,16 @@ class Transcriber:
                         ) -> list[Hypothesis]:
         """feats (B, T, F), lengths (B,) -> hypotheses, each row adapted as the options say;
         with self-training, decoded again after it, towards the first transcripts."""
-        enc, enc_lengths = encode(self.model, feats, feat_lengths, self.options)
-        hyps = decode(self.model, enc, enc_lengths, self.options, self.lm, self.lexicon,
-                      self.backward_lm, self.ngram)
+        hyps = self.decode_encoded(*encode(self.model, feats, feat_lengths, self.options))
         return self_trained(self.model, feats, feat_lengths, self.options, hyps, self.lm,
                             self.lexicon, self.backward_lm, self.ngram)
+
+    def decode_encoded(self, enc: torch.Tensor, enc_lengths: torch.Tensor) -> list[Hypothesis]:
+        """Encoder output (B, T', D), lengths (B,) -> their hypotheses, searched as the
+        options say with this transcriber's LMs and lexicon (no adaptation: the encoding
+        is done)."""
+        return decode(self.model, enc, enc_lengths, self.options, self.lm, self.lexicon,
+                      self.backward_lm, self.ngram)
 
     def _assemble(self, parts: list[tuple[_Segment, Hypothesis]], duration: float) -> Transcript:
         words: list[Word] = []
