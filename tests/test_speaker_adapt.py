@@ -4,6 +4,7 @@ what it must leave alone, and the --adapt-to-speaker flags as a user runs them."
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import random
 import subprocess
@@ -215,9 +216,17 @@ def test_a_speaker_is_encoded_a_batch_at_a_time_and_once_for_the_gate_and_first_
     assert log[:first] == [("encode", b) for b in measured] + [("decode", f) for f in frames]
     assert len(frames) == len(measured) and all(
         len(f) == len(b) for f, b in zip(frames, measured, strict=True))
+    # the segments in order: clips 1 and 2 fit in 3 s, 3 does not; a run's batches are its
     segments = [len(w) for path in paths for w in transcriber.speech(path)]
-    assert sorted(sum(measured, [])) == sorted(segments)
-    assert len(measured) >= 4 and all(sum(batch) <= 3.0 * 16000 for batch in measured)
+    runs = [segments[:2], segments[2:3], segments[3:5], segments[5:]]
+    assert len(segments) == 6 and all(sum(run) <= 3.0 * 16000 for run in runs)
+    assert sum(runs[0]) + runs[1][0] > 3.0 * 16000
+    flat, start = sum(measured, []), 0
+    for run in runs:
+        assert sorted(flat[start:start + len(run)]) == sorted(run)
+        start += len(run)
+        assert start in itertools.accumulate(map(len, measured))  # no batch spans two runs
+    assert start == len(flat)
     # the second round: each batch encoded by the adapted encoder, then searched
     second = log[first + 1:-1]
     assert [entry for entry in second if entry[0] == "encode"] == [("encode", b)

@@ -112,7 +112,7 @@ def adapted_to(
     waves = _speech(transcriber, inputs, sample_rate, settings.max_seconds)
     if not waves or sum(map(len, waves)) < settings.min_seconds * SAMPLE_RATE:
         return transcriber
-    # the gate's measure reads the unadapted encoding, which the first round decodes
+    # the gate's measure reads the unadapted encoding, which the first round searches
     unadapted = list(encodings(transcriber, waves)) if transcriber.options.gates else None
     if unadapted is not None and speaker_entropy(transcriber.model, unadapted) \
             <= transcriber.options.confident_entropy:
