@@ -112,9 +112,9 @@ def adapted_to(
     waves = _speech(transcriber, inputs, sample_rate, settings.max_seconds)
     if not waves or sum(map(len, waves)) < settings.min_seconds * SAMPLE_RATE:
         return transcriber
-    # the gate's measure reads the unadapted encoding, which the first round searches
-    unadapted = list(encodings(transcriber, waves)) if transcriber.options.gates else None
-    if unadapted is not None and speaker_entropy(transcriber.model, unadapted) \
+    # unadapted: the first round searches it, and the gate measures it first
+    encoded: Iterable[Encoded] = list(encodings(transcriber, waves))
+    if transcriber.options.gates and speaker_entropy(transcriber.model, encoded) \
             <= transcriber.options.confident_entropy:
         return transcriber  # a voice the model is sure of: decoded as without
     adapted = copy.copy(transcriber)
@@ -127,9 +127,9 @@ def adapted_to(
         beam_size=min(settings.label_beam_size, transcriber.options.beam_size))
     rng = random.Random(settings.seed)
     for _ in range(settings.rounds):
-        targets = _labels(labeller, unadapted or encodings(labeller, waves), len(waves))
-        unadapted = None  # the next rounds read the adapted encoder
+        targets = _labels(labeller, encoded, len(waves))
         _train(adapted, waves, targets, settings, rng)
+        encoded = encodings(labeller, waves)  # the next round's: the adapted encoder's, lazily
     return adapted
 
 
