@@ -20,7 +20,7 @@ supersedes.
 A speaker with less than half a minute of speech (``min_seconds``) is decoded as without
 it, with the per-utterance self-training: on 40 utterances of one unseen voice (3 s each),
 speakers of 1, 3, 6, 12 and 40 of them read 17.07%, 17.07%, 16.72%, 15.33% and 12.54%,
-against 15.68% without speaker adaptation (README.md).
+against 15.68% without speaker adaptation (docs/bundled-model.md).
 
 Where the decoding options gate the per-utterance adaptation by confidence
 (``DecodingOptions.confident_entropy``), they gate the speaker's too: a voice whose CTC
