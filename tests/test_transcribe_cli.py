@@ -922,6 +922,9 @@ def test_python_api_names_no_input_and_empty_arrays(model_dir):
     with pytest.raises(ValueError, match=r"^inputs: a path or array, or a list of them; got "
                                          "None$"):  # was "'NoneType' object is not iterable"
         transcriber.transcribe(None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^inputs: a path or array, or a list of them; got "
+                                         "5$"):  # was "'int' object is not iterable"
+        transcriber.transcribe(5)  # type: ignore[arg-type]
     with pytest.raises(AudioError, match=r"^input 0: no samples \(an empty array of shape "
                                          r"\(0,\)\)$"):  # was "expected (samples,) ...(0,)"
         transcriber.transcribe(np.zeros(0, np.float32))

@@ -435,9 +435,11 @@ _SINGLE = (str | bytes | os.PathLike | AudioSlice | np.ndarray | np.generic | to
 def _items(inputs: Iterable[AudioInput] | AudioInput) -> Iterable[AudioInput]:
     """``inputs`` as an iterable of inputs: a single one as a list of one; any other
     iterable is a sequence of inputs (a generator too, drawn as it is iterated)."""
-    if inputs is None:
-        raise ValueError("inputs: a path or array, or a list of them; got None")
-    return [inputs] if isinstance(inputs, _SINGLE) else inputs
+    if isinstance(inputs, _SINGLE):
+        return [inputs]
+    if not isinstance(inputs, Iterable):  # None, a number
+        raise ValueError(f"inputs: a path or array, or a list of them; got {inputs!r}")
+    return inputs
 
 
 def without_overlaps(words: list[Word]) -> list[Word]:
