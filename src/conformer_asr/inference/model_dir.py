@@ -184,8 +184,8 @@ def bundled_ngram(directory: str | Path) -> Path | None:
 def load_ngram(path: str | Path, order: int = 3) -> WordNgramLM:
     """A word n-gram LM of that order of a text file's lines (``.gz`` and ``.xz`` too);
     ModelDirError naming the file if it is missing, unreadable, holds no words or more than
-    the order allows. Counting the bundled text takes about a second, so the LMs of the last
-    few files are kept (they are only read) and given again while a file is unchanged."""
+    the order allows. Counting the bundled text takes about half a second, so the LMs of the
+    last few files are kept (they are only read) and given again while a file is unchanged."""
     try:
         stat = Path(path).stat()
     except OSError as error:
