@@ -740,6 +740,21 @@ def test_bundled_model_is_small_and_transcribes_the_examples():
     assert all(line["text"] for line in lines)
 
 
+def test_the_shipped_real_speech_is_read_whole():
+    """examples/librivox (the README's real-speech figure): every file of its manifest read
+    as the 16-bit 16 kHz mono FLAC it is said to be, and scored against all 71 words."""
+    manifest = EXAMPLES / "librivox" / "manifest.jsonl"
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for row in rows:
+        info = sf.info(str(manifest.parent / row["audio"]))
+        assert (info.format, info.subtype, info.samplerate, info.channels) == (
+            "FLAC", "PCM_16", 16000, 1), row["audio"]
+    result = _cli("evaluate", "--manifest", str(manifest), "--json", "--lm", "none")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["utterances"], report["words"], report["failed"]) == (5, 71, 0)
+
+
 def test_the_bundled_model_adapts_to_each_utterance_unless_told_not_to():
     """The bundled decoding adapts (5 steps) and self-trains (3 steps); --adapt-steps 0
     --self-train-steps 0 does neither, and the words may differ; an int8 model adapts too."""
