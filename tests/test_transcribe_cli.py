@@ -1,10 +1,12 @@
 """transcribe / evaluate as a user runs them, including bad input."""
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import pathlib
+import pty
 import re
 import subprocess
 import sys
@@ -334,6 +336,30 @@ def test_evaluate_writes_hypotheses_and_reports(model_dir, tmp_path):
     assert report["by_speaker"] == {}  # the manifest names no speakers
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
     assert ids == ["clip1", "clip2", "clip3", "clip4"]
+
+
+def test_evaluate_shows_its_progress_on_a_terminal_only(model_dir):
+    """stderr a terminal: one line, rewritten as each utterance is scored and cleared at the
+    end; stdout keeps the report alone. stderr a pipe (as above, and in CI logs): nothing."""
+    manifest = str(DATA / "manifest.jsonl")
+    master, terminal = pty.openpty()
+    with os.fdopen(master, "rb", buffering=0) as reader:
+        proc = subprocess.run(
+            [sys.executable, "-m", "conformer_asr.cli", "evaluate", "--manifest", manifest,
+             "--model", str(model_dir), "--json"],
+            stdout=subprocess.PIPE, stderr=terminal, timeout=300)
+        os.close(terminal)
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO: the terminal's writer has gone
+            while chunk := reader.read(4096):
+                shown += chunk
+    assert proc.returncode == 0, shown
+    assert json.loads(proc.stdout)["utterances"] == 4
+    lines = [f"evaluate: {done} of 4 utterances scored" for done in range(1, 4)]
+    assert shown.decode() == "".join("\r" + line for line in lines) + "\r" + " " * len(
+        "evaluate: 4 of 4 utterances scored") + "\r"
+    piped = _cli("evaluate", "--manifest", manifest, "--model", str(model_dir), "--json")
+    assert piped.returncode == 0 and piped.stderr == "", piped.stderr
 
 
 def _evaluated(manifest: Path, model_dir: Path) -> tuple[int, dict, str, str]:

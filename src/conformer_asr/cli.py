@@ -18,7 +18,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from . import __version__
 from .device import device_flag
@@ -226,7 +226,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         except OSError as error:  # found before any work, as a missing folder is: exit 2
             raise ValueError(_described(error)) from None
     transcriber = _load_transcriber(args)
-    report = evaluate(transcriber, args.manifest)
+    report = evaluate(transcriber, args.manifest, progress=_progress_line(sys.stderr))
     unwritten: OSError | None = None
     if args.output is not None:
         # before the report, which a reader that leaves early (`| head`) would cut short;
@@ -248,6 +248,21 @@ def _evaluate(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         raise unwritten
     return 1 if report.failed else 0  # scored as empty: the WER is not the model's alone
+
+
+def _progress_line(stream: TextIO) -> Callable[[int, int], None] | None:
+    """On a terminal, a callback that keeps one line of ``stream`` saying how many of the
+    utterances are scored, and clears it after the last; elsewhere (a pipe, a file, CI
+    logs) None."""
+    if not stream.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        line = f"evaluate: {done} of {total} utterances scored"
+        stream.write("\r" + (line if done < total else " " * len(line) + "\r"))
+        stream.flush()
+
+    return show
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import json
 import re
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,12 +211,14 @@ def write_hypotheses(report: EvalReport, output: str | Path) -> None:
 
 def evaluate(
     transcriber: Transcriber, manifest: str | Path, output: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EvalReport:
     """Transcribe ``manifest``'s utterances and score them; with ``output``, write the
     hypotheses there too (checked before decoding). Where ``transcriber.options`` ask for
     speaker adaptation (the bundled model's do), each speaker's (or voice's) utterances are
     transcribed by a copy of ``transcriber`` adapted to them all
     (``inference.speaker_adapt``); an utterance without a speaker, to it alone.
+    ``progress(scored, total)`` is called as each utterance is scored.
     """
     utterances = read_manifest(manifest)
     if output is not None:
@@ -248,6 +250,8 @@ def evaluate(
         if isinstance(result, AudioError):  # told apart from an empty transcript
             hypothesis["error"] = str(result)
         report.hypotheses.append(hypothesis)
+        if progress is not None:
+            progress(report.utterances, len(utterances))
     report.wall_seconds = time.perf_counter() - start
     if output is not None:
         write_hypotheses(report, output)
