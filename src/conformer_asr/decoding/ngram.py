@@ -41,8 +41,9 @@ class _Table:
 
     @classmethod
     def summed(cls, keys: np.ndarray, weights: np.ndarray | None = None) -> _Table:
-        """Each distinct key with the sum of its int64 ``weights`` (1 each if None). A stable
-        sort, so keys that come sorted (a table's keys shifted right) cost one pass."""
+        """Each distinct key with the sum of its int64 ``weights`` (1 each if None), from a
+        sort and its runs of equal keys (quick where the keys come sorted, as a table's
+        keys shifted right do)."""
         if weights is None:
             keys = np.sort(keys, kind="stable")
         else:
