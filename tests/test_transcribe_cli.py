@@ -356,7 +356,7 @@ def test_evaluate_shows_its_progress_on_a_terminal_only(model_dir):
     assert proc.returncode == 0, shown
     assert json.loads(proc.stdout)["utterances"] == 4
     lines = [f"evaluate: {done} of 4 utterances scored" for done in range(1, 4)]
-    assert shown.decode() == "".join("\r" + line for line in lines) + "\r" + " " * len(
+    assert shown.decode() == "".join(f"\r{line}\r" for line in lines) + "\r" + " " * len(
         "evaluate: 4 of 4 utterances scored") + "\r"
     piped = _cli("evaluate", "--manifest", manifest, "--model", str(model_dir), "--json")
     assert piped.returncode == 0 and piped.stderr == "", piped.stderr

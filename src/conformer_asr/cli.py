@@ -253,13 +253,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _progress_line(stream: TextIO) -> Callable[[int, int], None] | None:
     """On a terminal, a callback that keeps one line of ``stream`` saying how many of the
     utterances are scored, and clears it after the last; elsewhere (a pipe, a file, CI
-    logs) None."""
+    logs) None. The cursor is left at the line's start, so that a warning printed meanwhile
+    writes over it instead of after it."""
     if not stream.isatty():
         return None
 
     def show(done: int, total: int) -> None:
         line = f"evaluate: {done} of {total} utterances scored"
-        stream.write("\r" + (line if done < total else " " * len(line) + "\r"))
+        stream.write("\r" + (line if done < total else " " * len(line)) + "\r")
         stream.flush()
 
     return show
