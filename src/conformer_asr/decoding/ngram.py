@@ -87,8 +87,9 @@ class WordNgramLM:
         if not 0 < discount < 1:
             raise ValueError(f"discount: must be in (0, 1); got {discount}")
         sentences = list(sentences)
-        # one split of the whole text: a list kept per sentence (148,000 of the bundled
-        # text's) set off the garbage collector again and again, doubling the count's time
+        # the words from one split of the whole text, and each sentence's length from a split
+        # dropped at once: a list kept per sentence (148,000 of the bundled text's) set off
+        # the garbage collector again and again, doubling the count's time
         words = " ".join(sentences).split()
         lengths = np.fromiter((len(sentence.split()) for sentence in sentences),
                               dtype=np.int64, count=len(sentences))
