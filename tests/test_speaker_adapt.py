@@ -257,8 +257,8 @@ def test_by_speaker_adapts_each_speaker_once_and_yields_in_input_order(monkeypat
         return copy.copy(t) if any(item is b for item in inputs) else t
     monkeypatch.setattr(speaker_adapt, "adapted_to", fake_adapted_to)
     iter_transcripts = Transcriber.iter_transcripts
-    monkeypatch.setattr(Transcriber, "iter_transcripts", lambda self, inputs, rate=16000: (
-        calls.append((self is transcriber, list(inputs))) or iter_transcripts(self, inputs, rate)))
+    monkeypatch.setattr(Transcriber, "iter_transcripts", lambda self, inputs, *rest: (
+        calls.append((self is transcriber, list(inputs))) or iter_transcripts(self, inputs, *rest)))
     inputs = [a, b, missing, a]
     results = list(iter_transcripts_by_speaker(transcriber, inputs, ["x", "y", "x", "x"]))
     assert groups == [[a, missing, a], [b]]
@@ -277,6 +277,19 @@ def test_by_speaker_adapts_each_speaker_once_and_yields_in_input_order(monkeypat
     assert rates[-1] == 8000 and result.text == transcriber.transcribe(samples, 8000)[0]
     with pytest.raises(ValueError, match="^2 speakers for 4 inputs$"):
         list(iter_transcripts_by_speaker(transcriber, inputs, ["x", "y"]))
+
+
+def test_an_array_is_named_by_its_place_among_all_the_inputs(monkeypatch):
+    """A learnt speaker's inputs are transcribed apart from the rest: an unreadable array
+    after a learnt one was named by its place among the rest ("input 0")."""
+    transcriber = load_model(lm=None)
+    learnt = load_audio(EXAMPLES / "weather.wav")
+    monkeypatch.setattr(speaker_adapt, "adapted_to", lambda t, inputs, *rest:
+                        copy.copy(t) if inputs[0] is learnt else t)
+    broken = np.full(1000, np.nan, dtype=np.float32)
+    (_, first), (_, second) = iter_transcripts_by_speaker(transcriber, [learnt, broken], [0, 1])
+    assert first.text == transcriber.transcribe(learnt)[0]
+    assert str(second) == "input 1: corrupt audio data (NaN or infinite samples)"
 
 
 def test_transcribe_learns_each_file_or_all_files_as_one_speaker(monkeypatch, capsys):

@@ -168,7 +168,7 @@ def iter_transcripts_by_speaker(
     done: dict[int, tuple[AudioInput, Transcript | AudioError]] = {}
     next_out = 0
     for indices, by in runs():
-        results = by.iter_transcripts([inputs[i] for i in indices], sample_rate)
+        results = by.iter_transcripts([inputs[i] for i in indices], sample_rate, indices)
         done.update(zip(indices, results, strict=True))
         while next_out in done:
             yield done.pop(next_out)

@@ -209,9 +209,13 @@ class Transcriber:
         return results
 
     def iter_transcripts(
-        self, inputs: Iterable[AudioInput] | AudioInput, sample_rate: int = SAMPLE_RATE
+        self, inputs: Iterable[AudioInput] | AudioInput, sample_rate: int = SAMPLE_RATE,
+        numbers: Sequence[int] | None = None,
     ) -> Iterator[tuple[AudioInput, Transcript | AudioError]]:
-        """Yield (input, Transcript or AudioError) in input order; errors do not stop the rest."""
+        """Yield (input, Transcript or AudioError) in input order; errors do not stop the rest.
+        ``numbers``: what each input is numbered in messages (``input_name``), its place in
+        ``inputs`` unless given (a caller that hands on some of its inputs gives their
+        places among its own)."""
         _check_sample_rate(sample_rate)
         # drawn one at a time, as decoding needs them: a generator fed by a queue yields
         # results as it goes (it was read to its end first, holding every array it made)
@@ -249,7 +253,8 @@ class Transcriber:
             given[index] = item
             duration = 0.0
             try:
-                for segment in self._segments(index, item, sample_rate):
+                name = input_name(item, index if numbers is None else numbers[index])
+                for segment in self._segments(index, item, sample_rate, name):
                     duration = segment.end
                     if is_steady(segment.samples):  # no speech (module docstring)
                         continue
@@ -265,12 +270,15 @@ class Transcriber:
         flush()
         yield from ready()
 
-    def _segments(self, index: int, item: AudioInput, sample_rate: int) -> Iterator[_Segment]:
+    def _segments(self, index: int, item: AudioInput, sample_rate: int,
+                  name: str | None = None) -> Iterator[_Segment]:
+        """``item``'s segments (module docstring), each marked as input ``index``'s; ``name``:
+        what an error calls it, ``input_name(item, index)`` unless given."""
         blocks: Iterable[np.ndarray]
         if isinstance(item, AudioSlice):
             blocks = stream_audio(item, block_seconds=self.window)
         elif not isinstance(item, str | os.PathLike):
-            blocks = [resample(samples_of(item, f"input {index}"), sample_rate)]
+            blocks = [resample(samples_of(item, name or input_name(item, index)), sample_rate)]
         else:
             blocks = stream_audio(os.fspath(item), block_seconds=self.window)
         buffer = np.zeros(0, dtype=np.float32)
@@ -440,6 +448,16 @@ def _items(inputs: Iterable[AudioInput] | AudioInput) -> Iterable[AudioInput]:
     if not isinstance(inputs, Iterable):  # None, a number
         raise ValueError(f"inputs: a path or array, or a list of them; got {inputs!r}")
     return inputs
+
+
+def input_name(item: AudioInput, number: int) -> str:
+    """What messages call an input: its path (or part of a file), or ``input N`` for an
+    array, N its place among the inputs given from 0."""
+    if isinstance(item, str | os.PathLike):
+        return os.fspath(item)
+    if isinstance(item, AudioSlice):
+        return str(item)
+    return f"input {number}"
 
 
 def without_overlaps(words: list[Word]) -> list[Word]:
