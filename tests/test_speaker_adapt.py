@@ -7,6 +7,7 @@ import copy
 import itertools
 import json
 import random
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -251,14 +252,15 @@ def test_by_speaker_adapts_each_speaker_once_and_yields_in_input_order(monkeypat
     a, b = EXAMPLES / "weather.wav", EXAMPLES / "station.flac"
     missing = EXAMPLES / "no-such.wav"
 
-    def fake_adapted_to(t, inputs, rate, settings):  # b's speaker is learnt, the other not
+    def fake_adapted_to(t, inputs, rate, settings, progress):  # b's is learnt, a's not
         groups.append(list(inputs))
         rates.append(rate)
         return copy.copy(t) if any(item is b for item in inputs) else t
     monkeypatch.setattr(speaker_adapt, "adapted_to", fake_adapted_to)
     iter_transcripts = Transcriber.iter_transcripts
-    monkeypatch.setattr(Transcriber, "iter_transcripts", lambda self, inputs, *rest: (
-        calls.append((self is transcriber, list(inputs))) or iter_transcripts(self, inputs, *rest)))
+    monkeypatch.setattr(Transcriber, "iter_transcripts", lambda self, inputs, *rest, **more: (
+        calls.append((self is transcriber, list(inputs)))
+        or iter_transcripts(self, inputs, *rest, **more)))
     inputs = [a, b, missing, a]
     results = list(iter_transcripts_by_speaker(transcriber, inputs, ["x", "y", "x", "x"]))
     assert groups == [[a, missing, a], [b]]
@@ -292,9 +294,46 @@ def test_an_array_is_named_by_its_place_among_all_the_inputs(monkeypatch):
     assert str(second) == "input 1: corrupt audio data (NaN or infinite samples)"
 
 
+def test_progress_is_told_each_round_and_how_far_each_batch_decoded(tmp_path):
+    """A long recording is learnt and decoded for minutes: ``progress`` hears as each round
+    starts and after each batch how far into its input it reached, of the file's length;
+    a speaker is named by its first input, an array by its place."""
+    import soundfile as sf
+
+    from conformer_asr.inference.transcriber import clock
+
+    transcriber = _tiny(tmp_path)
+    transcriber.batch_seconds = 8.0  # several batches in the recording's 33 s
+    clips = [load_audio(DATA / f"clip{i}.wav") for i in range(1, 5)]
+    gap = np.zeros(8000, np.float32)
+    long = tmp_path / "long.wav"
+    sf.write(long, np.concatenate([part for clip in clips * 4 for part in (clip, gap)]), 16000)
+    length = clock(sf.info(long).duration)
+    speech = clock(sum(len(w) for item in (long, clips[0])
+                       for w in transcriber.speech(item)) / 16000)
+    lines: list[str] = []
+    settings = SpeakerAdaptation(rounds=2, epochs=1, min_seconds=0)
+    told = list(iter_transcripts_by_speaker(transcriber, [long, clips[0]], ["x", "x"],
+                                            settings, progress=lines.append))
+    assert lines[:2] == [f"{long} and 1 more: learning the voice from {speech} of speech, "
+                         f"round {n} of 2" for n in (1, 2)]
+    decoded = [re.fullmatch(rf"{re.escape(str(long))}: 0:(\d\d) of {length} decoded", line)
+               for line in lines[2:-1]]
+    assert len(decoded) >= 3 and all(decoded), lines
+    reached = [int(match[1]) for match in decoded]
+    assert reached == sorted(reached) and reached[-1] <= int(length[2:])
+    assert lines[-1] == f"input 1: 0:0{int(len(clips[0]) / 16000)} decoded"  # no header
+    untold = list(iter_transcripts_by_speaker(transcriber, [long, clips[0]], ["x", "x"],
+                                              settings))
+    assert [r.text for _, r in told] == [r.text for _, r in untold]
+    lines.clear()
+    transcriber.transcribe(long, progress=lines.append)  # unadapted: decoded lines only
+    assert lines and all(line.startswith(f"{long}: ") for line in lines)
+
+
 def test_transcribe_learns_each_file_or_all_files_as_one_speaker(monkeypatch, capsys):
     groups = []
-    monkeypatch.setattr(speaker_adapt, "adapted_to", lambda t, inputs, rate, settings:
+    monkeypatch.setattr(speaker_adapt, "adapted_to", lambda t, inputs, rate, settings, progress:
                         groups.append(list(inputs)) or t)
     a, b = str(EXAMPLES / "weather.wav"), str(EXAMPLES / "station.flac")
     flags = ["--lm", "none", "--adapt-to-speaker"]
@@ -315,7 +354,7 @@ def test_transcribe_learns_each_file_or_all_files_as_one_speaker(monkeypatch, ca
 
 def test_the_bundled_decoding_learns_each_speaker_unless_told_not_to(monkeypatch, capsys):
     groups = []
-    monkeypatch.setattr(speaker_adapt, "adapted_to", lambda t, inputs, rate, settings:
+    monkeypatch.setattr(speaker_adapt, "adapted_to", lambda t, inputs, rate, settings, progress:
                         groups.append(list(inputs)) or t)
     a, b = str(EXAMPLES / "weather.wav"), str(EXAMPLES / "station.flac")
     fast = ["--beam-size", "4", "--adapt-steps", "0", "--self-train-steps", "0"]

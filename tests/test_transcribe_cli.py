@@ -355,11 +355,49 @@ def test_evaluate_shows_its_progress_on_a_terminal_only(model_dir):
                 shown += chunk
     assert proc.returncode == 0, shown
     assert json.loads(proc.stdout)["utterances"] == 4
-    lines = [f"evaluate: {done} of 4 utterances scored" for done in range(1, 4)]
+    lines = [f"evaluate: {done} of 4 utterances scored" for done in range(1, 5)]
     assert shown.decode() == "".join(f"\r{line}\r" for line in lines) + "\r" + " " * len(
-        "evaluate: 4 of 4 utterances scored") + "\r"
+        lines[-1]) + "\r"
     piped = _cli("evaluate", "--manifest", manifest, "--model", str(model_dir), "--json")
     assert piped.returncode == 0 and piped.stderr == "", piped.stderr
+
+
+def test_transcribe_shows_where_a_long_recording_stands_on_a_terminal_only(model_dir, tmp_path):
+    """stderr a terminal 60 columns wide: one line, rewritten as each round of learning the
+    voice starts and as each batch is decoded, its start cut off where it is wider than the
+    terminal, and cleared before the transcript; stderr a pipe: nothing."""
+    import fcntl
+    import struct
+    import termios
+
+    clips = [load_audio(DATA / f"clip{i}.wav") for i in range(1, 5)]
+    gap = np.zeros(8000, np.float32)
+    long = tmp_path / "a-recording-with-a-long-name.wav"
+    sf.write(long, np.concatenate([part for clip in clips * 5 for part in (clip, gap)]), 16000)
+    command = ["transcribe", str(long), "--model", str(model_dir), "--adapt-to-speaker"]
+    master, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 60, 0, 0))
+    with os.fdopen(master, "rb", buffering=0) as reader:
+        proc = subprocess.run([sys.executable, "-m", "conformer_asr.cli", *command],
+                              stdout=subprocess.PIPE, stderr=terminal, timeout=300)
+        os.close(terminal)
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO: the terminal's writer has gone
+            while chunk := reader.read(4096):
+                shown += chunk
+    assert proc.returncode == 0, shown
+    writes = re.findall(r"\r([^\r]*)\r", shown.decode())
+    assert "".join(f"\r{write}\r" for write in writes) == shown.decode()
+    *lines, cleared = [write.rstrip() for write in writes]
+    assert cleared == "" and len(writes[-1]) == len(lines[-1])
+    assert all(len(line) <= 59 for line in lines)
+    assert lines[0].startswith("...") and f"transcribe: {long}".endswith(
+        lines[0].split(": ")[0][3:])
+    assert [line[-12:] for line in lines[:2]] == ["round 1 of 2", "round 2 of 2"]
+    assert lines[-1].endswith(f"{long.name}: 0:41 of 0:41 decoded")
+    piped = _cli(*command)
+    assert piped.returncode == 0 and piped.stderr == "", piped.stderr
+    assert proc.stdout.decode() == piped.stdout and piped.stdout.strip()
 
 
 def _evaluated(manifest: Path, model_dir: Path) -> tuple[int, dict, str, str]:

@@ -119,14 +119,21 @@ def _transcribe(args: argparse.Namespace) -> int:
         raise ValueError("--one-speaker: learns the files' speaker together, which this "
                          "decoding does not do; give --adapt-to-speaker too")
     failed = 0
-    with _stdin_spooled(args.audio) as (inputs, spooled), warnings.catch_warnings():
+    status = _StatusLine(sys.stderr)
+    with _stdin_spooled(args.audio) as (inputs, spooled), warnings.catch_warnings(), status:
         if spooled:  # warnings and errors name the spooled file: name it "-" instead
             warnings.showwarning = _naming_stdin(spooled, warnings.showwarning)
+
+        def show(line: str) -> None:
+            status.show("transcribe: " + (line.replace(spooled, STDIN) if spooled else line))
+        progress = show if status.on_terminal else None
         speakers = [0] * len(inputs) if args.one_speaker else range(len(inputs))
-        results = (iter_transcripts_by_speaker(transcriber, inputs, speakers)
+        results = (iter_transcripts_by_speaker(transcriber, inputs, speakers,
+                                               progress=progress)
                    if transcriber.options.speaker_adaptation
-                   else transcriber.iter_transcripts(inputs))
+                   else transcriber.iter_transcripts(inputs, progress=progress))
         for index, (_, result) in enumerate(results):
+            status.clear()
             name = args.audio[index]
             if isinstance(result, AudioError):
                 message = str(result)
@@ -226,7 +233,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         except OSError as error:  # found before any work, as a missing folder is: exit 2
             raise ValueError(_described(error)) from None
     transcriber = _load_transcriber(args)
-    report = evaluate(transcriber, args.manifest, progress=_progress_line(sys.stderr))
+    with _StatusLine(sys.stderr) as status:
+        report = evaluate(transcriber, args.manifest, progress=(
+            lambda done, total: status.show(f"evaluate: {done} of {total} utterances scored"))
+            if status.on_terminal else None)
     unwritten: OSError | None = None
     if args.output is not None:
         # before the report, which a reader that leaves early (`| head`) would cut short;
@@ -250,20 +260,42 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0  # scored as empty: the WER is not the model's alone
 
 
-def _progress_line(stream: TextIO) -> Callable[[int, int], None] | None:
-    """On a terminal, a callback that keeps one line of ``stream`` saying how many of the
-    utterances are scored, and clears it after the last; elsewhere (a pipe, a file, CI
-    logs) None. The cursor is left at the line's start, so that a warning printed meanwhile
-    writes over it instead of after it."""
-    if not stream.isatty():
-        return None
+class _StatusLine:
+    """One line of a terminal saying where the work stands, rewritten in place and cleared
+    on leaving its ``with`` block; callers show one only where ``stream`` is a terminal
+    (``on_terminal``), not in a pipe, a file or CI logs. The cursor is left at the line's
+    start, so that a warning printed meanwhile writes over it instead of after it. A line
+    wider than the terminal keeps its end (a long path loses its start): a wrapped one
+    would not be rewritten in place."""
 
-    def show(done: int, total: int) -> None:
-        line = f"evaluate: {done} of {total} utterances scored"
-        stream.write("\r" + (line if done < total else " " * len(line)) + "\r")
-        stream.flush()
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.on_terminal = stream.isatty()
+        self.width = 0  # of the line shown
 
-    return show
+    def show(self, line: str) -> None:
+        try:
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except OSError:
+            columns = 0
+        room = (columns or 80) - 1  # the last column: some terminals wrap on reaching it
+        if len(line) > room:
+            line = "..." + line[len(line) - room + 3:]
+        self.stream.write("\r" + line.ljust(self.width) + "\r")
+        self.stream.flush()
+        self.width = len(line)
+
+    def clear(self) -> None:
+        if self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+            self.width = 0
+
+    def __enter__(self) -> _StatusLine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.clear()
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import random
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -47,7 +46,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from ..audio.io import SAMPLE_RATE, AudioError, AudioSlice, audio_duration
+from ..audio.io import SAMPLE_RATE, AudioError
 from ..models.asr import ASRModel
 from .adapt import (
     Adam,
@@ -56,7 +55,16 @@ from .adapt import (
     mean_frame_entropy,
     with_own_layer_norms,
 )
-from .transcriber import AudioInput, Transcriber, Transcript, batches_by_length
+from .transcriber import (
+    AudioInput,
+    Progress,
+    Transcriber,
+    Transcript,
+    batches_by_length,
+    clock,
+    header_length,
+    input_name,
+)
 
 PLAIN_RUN = 64  # inputs of speakers not learnt, transcribed in one call (at
 # 3 s each, more than fill the transcriber's batches of 160 s; 16 cost a tenth more time)
@@ -93,7 +101,7 @@ class SpeakerAdaptation:
 
 def adapted_to(
     transcriber: Transcriber, inputs: Sequence[AudioInput], sample_rate: int = SAMPLE_RATE,
-    settings: SpeakerAdaptation | None = None,
+    settings: SpeakerAdaptation | None = None, progress: Progress | None = None,
 ) -> Transcriber:
     """A copy of ``transcriber`` whose encoder LayerNorms are adapted to the one speaker of
     ``inputs`` (module docstring); ``transcriber`` is left as it is. The copy decodes
@@ -102,7 +110,9 @@ def adapted_to(
     less than ``settings.min_seconds`` of speech (none included) there is too little of
     the voice to learn, and ``transcriber`` itself is returned; so it is where the
     options' confidence gate is on and the unadapted model is sure of the voice as a whole
-    (``speaker_entropy`` at most ``confident_entropy``). The model needs a CTC head."""
+    (``speaker_entropy`` at most ``confident_entropy``). The model needs a CTC head.
+    ``progress``: told as each round starts ("learning the voice from 15:00 of speech,
+    round 1 of 2")."""
     settings = settings or SpeakerAdaptation()
     if transcriber.model.ctc_head is None:
         raise ValueError("speaker adaptation trains towards the CTC head, which this model "
@@ -126,7 +136,11 @@ def adapted_to(
         adapted.options, adapt_steps=0,
         beam_size=min(settings.label_beam_size, transcriber.options.beam_size))
     rng = random.Random(settings.seed)
-    for _ in range(settings.rounds):
+    speech = clock(sum(map(len, waves)) / SAMPLE_RATE)
+    for round_ in range(1, settings.rounds + 1):
+        if progress is not None:
+            progress(f"learning the voice from {speech} of speech, round {round_} of "
+                     f"{settings.rounds}")
         targets = _labels(labeller, encoded, len(waves))
         _train(adapted, waves, targets, settings, rng)
         encoded = encodings(labeller, waves)  # the next round's: the adapted encoder's, lazily
@@ -136,13 +150,15 @@ def adapted_to(
 def iter_transcripts_by_speaker(
     transcriber: Transcriber, inputs: Sequence[AudioInput], speakers: Sequence[Hashable],
     settings: SpeakerAdaptation | None = None, sample_rate: int = SAMPLE_RATE,
+    progress: Progress | None = None,
 ) -> Iterator[tuple[AudioInput, Transcript | AudioError]]:
     """``transcriber.iter_transcripts(inputs, sample_rate)``, each input transcribed by a
     copy adapted to all the inputs of its speaker (``adapted_to``): ``speakers[i]`` is
     input i's. The inputs of speakers not learnt (too little speech, or a voice the model
     is sure of) are transcribed by ``transcriber`` itself, up to ``PLAIN_RUN`` of them in
     one call (batched, as without speaker adaptation). Yields in input order, each input
-    as soon as it and the inputs before it are transcribed."""
+    as soon as it and the inputs before it are transcribed. ``progress``: told where the
+    work stands, each line naming the input (a speaker's first, "and N more")."""
     if len(speakers) != len(inputs):
         raise ValueError(f"{len(speakers)} speakers for {len(inputs)} inputs")
     groups: dict[Hashable, list[int]] = {}
@@ -154,7 +170,7 @@ def iter_transcripts_by_speaker(
         plain: list[int] = []
         for indices in groups.values():
             adapted = adapted_to(transcriber, [inputs[i] for i in indices], sample_rate,
-                                 settings)
+                                 settings, _naming(progress, indices, inputs))
             if adapted is not transcriber:
                 yield indices, adapted
                 continue
@@ -168,11 +184,24 @@ def iter_transcripts_by_speaker(
     done: dict[int, tuple[AudioInput, Transcript | AudioError]] = {}
     next_out = 0
     for indices, by in runs():
-        results = by.iter_transcripts([inputs[i] for i in indices], sample_rate, indices)
+        results = by.iter_transcripts([inputs[i] for i in indices], sample_rate, indices,
+                                      progress)
         done.update(zip(indices, results, strict=True))
         while next_out in done:
             yield done.pop(next_out)
             next_out += 1
+
+
+def _naming(progress: Progress | None, indices: list[int],
+            inputs: Sequence[AudioInput]) -> Progress | None:
+    """``progress`` for lines about the speaker of ``inputs[i] for i in indices``, which
+    name it by its first input."""
+    if progress is None:
+        return None
+    name = input_name(inputs[indices[0]], indices[0])
+    if len(indices) > 1:
+        name += f" and {len(indices) - 1} more"
+    return lambda line: progress(f"{name}: {line}")
 
 
 Encoded = tuple[list[int], torch.Tensor, torch.Tensor]  # segment indices, (B, T', D), (B,)
@@ -224,12 +253,10 @@ def _header_seconds(inputs: Sequence[AudioInput]) -> float:
     inf where one is not a file or its header cannot be read (its samples must be)."""
     total = 0.0
     for item in inputs:
-        if not isinstance(item, str | os.PathLike | AudioSlice):
+        length = header_length(item)
+        if length is None:
             return math.inf
-        try:
-            total += audio_duration(item)
-        except AudioError:
-            return math.inf
+        total += length
     return total
 
 

@@ -33,7 +33,7 @@ import itertools
 import math
 import numbers
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +45,7 @@ from ..audio.io import (
     SAMPLE_RATE,
     AudioError,
     AudioSlice,
+    audio_duration,
     resample,
     samples_of,
     stream_audio,
@@ -72,6 +73,8 @@ from .model_dir import (
 
 # paths (any os.PathLike), parts of files, or arrays: see audio.io.samples_of
 AudioInput = str | os.PathLike | AudioSlice | np.ndarray | torch.Tensor
+# told where a long transcription stands, in a short line ("talk.wav: 2:40 of 57:03 decoded")
+Progress = Callable[[str], None]
 
 PAUSE_MARGIN = 0.25  # seconds of a pause kept on each side of a cut in it
 _MARGIN_SAMPLES = round(PAUSE_MARGIN * SAMPLE_RATE)
@@ -185,22 +188,24 @@ class Transcriber:
         self.frame_seconds = model.cfg.encoder_frame_seconds
 
     def transcribe(
-        self, inputs: Iterable[AudioInput] | AudioInput, sample_rate: int = SAMPLE_RATE
+        self, inputs: Iterable[AudioInput] | AudioInput, sample_rate: int = SAMPLE_RATE,
+        progress: Progress | None = None,
     ) -> list[str]:
         """-> one text per input (a single input counts as a list of one); raises
         AudioError on the first unusable input. Where ``options.speaker_adaptation`` asks
         for it (the bundled model's do), each input is taken as one speaker's and learnt
         first (``speaker_adapt.iter_transcripts_by_speaker``), as the ``transcribe`` command
-        takes each file; ``iter_transcripts`` decodes utterance by utterance."""
+        takes each file; ``iter_transcripts`` decodes utterance by utterance. ``progress``:
+        told where the work stands as it goes (``iter_transcripts``)."""
         from .speaker_adapt import iter_transcripts_by_speaker  # which imports this module
 
         if self.options.speaker_adaptation:
             _check_sample_rate(sample_rate)
             listed = list(_items(inputs))
             pairs = iter_transcripts_by_speaker(self, listed, range(len(listed)),
-                                                sample_rate=sample_rate)
+                                                sample_rate=sample_rate, progress=progress)
         else:
-            pairs = self.iter_transcripts(inputs, sample_rate)
+            pairs = self.iter_transcripts(inputs, sample_rate, progress=progress)
         results = []
         for _, result in pairs:
             if isinstance(result, AudioError):
@@ -210,16 +215,20 @@ class Transcriber:
 
     def iter_transcripts(
         self, inputs: Iterable[AudioInput] | AudioInput, sample_rate: int = SAMPLE_RATE,
-        numbers: Sequence[int] | None = None,
+        numbers: Sequence[int] | None = None, progress: Progress | None = None,
     ) -> Iterator[tuple[AudioInput, Transcript | AudioError]]:
         """Yield (input, Transcript or AudioError) in input order; errors do not stop the rest.
         ``numbers``: what each input is numbered in messages (``input_name``), its place in
         ``inputs`` unless given (a caller that hands on some of its inputs gives their
-        places among its own)."""
+        places among its own). ``progress``: told after each batch is decoded how far into
+        its last input it reached ("talk.wav: 2:40 of 57:03 decoded"; the length where a
+        file's header gives it)."""
         _check_sample_rate(sample_rate)
         # drawn one at a time, as decoding needs them: a generator fed by a queue yields
         # results as it goes (it was read to its end first, holding every array it made)
         given: dict[int, AudioInput] = {}  # inputs not handed back yet
+        names: dict[int, str] = {}  # theirs in messages
+        lengths: dict[int, float | None] = {}  # with progress: seconds, from their headers
         pending: dict[int, list[tuple[_Segment, Hypothesis]]] = {}
         finished: dict[int, float | AudioError] = {}  # duration, or why the input failed
         batch: list[_Segment] = []
@@ -229,6 +238,9 @@ class Transcriber:
             if not batch:
                 return
             hyps = self.decode_waves([s.samples for s in batch])
+            if progress is not None:
+                last = batch[-1]
+                progress(_decoded_line(names[last.index], last.end, lengths[last.index]))
             for segment, hyp in zip(batch, hyps, strict=True):
                 # Keep where the window was, not its samples: they would hold a long
                 # recording in memory until its last window is decoded.
@@ -241,6 +253,8 @@ class Transcriber:
             nonlocal next_out
             while next_out in finished and all(s.index != next_out for s in batch):
                 outcome, item = finished.pop(next_out), given.pop(next_out)
+                del names[next_out]
+                lengths.pop(next_out, None)
                 parts = pending.pop(next_out, [])
                 if isinstance(outcome, AudioError):
                     yield item, outcome
@@ -251,10 +265,12 @@ class Transcriber:
         limit = self.batch_seconds * SAMPLE_RATE
         for index, item in enumerate(_items(inputs)):
             given[index] = item
+            names[index] = input_name(item, index if numbers is None else numbers[index])
+            if progress is not None:
+                lengths[index] = header_length(item)
             duration = 0.0
             try:
-                name = input_name(item, index if numbers is None else numbers[index])
-                for segment in self._segments(index, item, sample_rate, name):
+                for segment in self._segments(index, item, sample_rate, names[index]):
                     duration = segment.end
                     if is_steady(segment.samples):  # no speech (module docstring)
                         continue
@@ -458,6 +474,30 @@ def input_name(item: AudioInput, number: int) -> str:
     if isinstance(item, AudioSlice):
         return str(item)
     return f"input {number}"
+
+
+def header_length(item: AudioInput) -> float | None:
+    """A file's (or a part of one's) length in seconds from its header; None for an array,
+    or where the header cannot be read (reading the samples says why)."""
+    if not isinstance(item, str | os.PathLike | AudioSlice):
+        return None
+    try:
+        return audio_duration(item)
+    except AudioError:
+        return None
+
+
+def _decoded_line(name: str, seconds: float, length: float | None) -> str:
+    """The progress line of an input decoded up to ``seconds`` (of ``length``, if known)."""
+    of = "" if length is None else f" of {clock(length)}"
+    return f"{name}: {clock(seconds)}{of} decoded"
+
+
+def clock(seconds: float) -> str:
+    """``seconds`` as m:ss, or h:mm:ss from an hour (whole seconds, rounded down)."""
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, whole = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{whole:02d}" if hours else f"{minutes}:{whole:02d}"
 
 
 def without_overlaps(words: list[Word]) -> list[Word]:
