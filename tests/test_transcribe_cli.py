@@ -3,6 +3,7 @@
 import argparse
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import pathlib
@@ -10,6 +11,7 @@ import pty
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -342,21 +344,12 @@ def test_evaluate_shows_its_progress_on_a_terminal_only(model_dir):
     """stderr a terminal: one line, rewritten as each utterance is scored and cleared at the
     end; stdout keeps the report alone. stderr a pipe (as above, and in CI logs): nothing."""
     manifest = str(DATA / "manifest.jsonl")
-    master, terminal = pty.openpty()
-    with os.fdopen(master, "rb", buffering=0) as reader:
-        proc = subprocess.run(
-            [sys.executable, "-m", "conformer_asr.cli", "evaluate", "--manifest", manifest,
-             "--model", str(model_dir), "--json"],
-            stdout=subprocess.PIPE, stderr=terminal, timeout=300)
-        os.close(terminal)
-        shown = b""
-        with contextlib.suppress(OSError):  # EIO: the terminal's writer has gone
-            while chunk := reader.read(4096):
-                shown += chunk
+    proc, shown = _on_terminal("evaluate", "--manifest", manifest, "--model", str(model_dir),
+                               "--json")
     assert proc.returncode == 0, shown
     assert json.loads(proc.stdout)["utterances"] == 4
     lines = [f"evaluate: {done} of 4 utterances scored" for done in range(1, 5)]
-    assert shown.decode() == "".join(f"\r{line}\r" for line in lines) + "\r" + " " * len(
+    assert shown == "".join(f"\r{line}\r" for line in lines) + "\r" + " " * len(
         lines[-1]) + "\r"
     piped = _cli("evaluate", "--manifest", manifest, "--model", str(model_dir), "--json")
     assert piped.returncode == 0 and piped.stderr == "", piped.stderr
@@ -366,28 +359,15 @@ def test_transcribe_shows_where_a_long_recording_stands_on_a_terminal_only(model
     """stderr a terminal 60 columns wide: one line, rewritten as each round of learning the
     voice starts and as each batch is decoded, its start cut off where it is wider than the
     terminal, and cleared before the transcript; stderr a pipe: nothing."""
-    import fcntl
-    import struct
-    import termios
-
     clips = [load_audio(DATA / f"clip{i}.wav") for i in range(1, 5)]
     gap = np.zeros(8000, np.float32)
     long = tmp_path / "a-recording-with-a-long-name.wav"
     sf.write(long, np.concatenate([part for clip in clips * 5 for part in (clip, gap)]), 16000)
     command = ["transcribe", str(long), "--model", str(model_dir), "--adapt-to-speaker"]
-    master, terminal = pty.openpty()
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 60, 0, 0))
-    with os.fdopen(master, "rb", buffering=0) as reader:
-        proc = subprocess.run([sys.executable, "-m", "conformer_asr.cli", *command],
-                              stdout=subprocess.PIPE, stderr=terminal, timeout=300)
-        os.close(terminal)
-        shown = b""
-        with contextlib.suppress(OSError):  # EIO: the terminal's writer has gone
-            while chunk := reader.read(4096):
-                shown += chunk
+    proc, shown = _on_terminal(*command, columns=60)
     assert proc.returncode == 0, shown
-    writes = re.findall(r"\r([^\r]*)\r", shown.decode())
-    assert "".join(f"\r{write}\r" for write in writes) == shown.decode()
+    writes = re.findall(r"\r([^\r]*)\r", shown)
+    assert "".join(f"\r{write}\r" for write in writes) == shown
     *lines, cleared = [write.rstrip() for write in writes]
     assert cleared == "" and len(writes[-1]) == len(lines[-1])
     assert all(len(line) <= 59 for line in lines)
@@ -398,6 +378,49 @@ def test_transcribe_shows_where_a_long_recording_stands_on_a_terminal_only(model
     piped = _cli(*command)
     assert piped.returncode == 0 and piped.stderr == "", piped.stderr
     assert proc.stdout.decode() == piped.stdout and piped.stdout.strip()
+
+
+def test_a_warning_clears_the_status_line_before_it_is_printed(monkeypatch):
+    """A warning (a file cut short) printed while the line is shown was printed over its
+    start, leaving its end after the warning's text."""
+    from conformer_asr.cli import _StatusLine
+
+    printed: list[str] = []
+    monkeypatch.setattr(warnings, "showwarning", lambda message, *where, **more: (
+        printed.append(f"{stream.getvalue()!r} then {message}")))
+    stream = io.StringIO()
+    stream.isatty = lambda: True  # type: ignore[method-assign]
+    show_warning = warnings.showwarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        with _StatusLine(stream) as status:
+            status.show("transcribe: talk.wav: 0:10 of 0:41 decoded")
+            warnings.warn("talk.wav: cut short", stacklevel=1)
+            status.show("transcribe: talk.wav: 0:20 of 0:41 decoded")
+        assert warnings.showwarning is show_warning  # put back on leaving
+    assert printed == [repr("\rtranscribe: talk.wav: 0:10 of 0:41 decoded\r\r" + " " * 42
+                            + "\r") + " then talk.wav: cut short"]
+    assert stream.getvalue().endswith("\r" + " " * 42 + "\r")  # and cleared on leaving
+
+
+def _on_terminal(*args: str, columns: int = 80) -> tuple[subprocess.CompletedProcess, str]:
+    """The CLI run with stderr on a pseudo-terminal ``columns`` wide -> (its run, with
+    stdout, and what it wrote to the terminal)."""
+    import fcntl
+    import struct
+    import termios
+
+    master, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    with os.fdopen(master, "rb", buffering=0) as reader:
+        proc = subprocess.run([sys.executable, "-m", "conformer_asr.cli", *args],
+                              stdout=subprocess.PIPE, stderr=terminal, timeout=300)
+        os.close(terminal)
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO: the terminal's writer has gone
+            while chunk := reader.read(4096):
+                shown += chunk
+    return proc, shown.decode()
 
 
 def _evaluated(manifest: Path, model_dir: Path) -> tuple[int, dict, str, str]:

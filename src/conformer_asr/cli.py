@@ -261,17 +261,18 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 class _StatusLine:
-    """One line of a terminal saying where the work stands, rewritten in place and cleared
-    on leaving its ``with`` block; callers show one only where ``stream`` is a terminal
-    (``on_terminal``), not in a pipe, a file or CI logs. The cursor is left at the line's
-    start, so that a warning printed meanwhile writes over it instead of after it. A line
-    wider than the terminal keeps its end (a long path loses its start): a wrapped one
-    would not be rewritten in place."""
+    """One line of a terminal saying where the work stands, rewritten in place, cleared
+    before a warning is printed in its ``with`` block and on leaving it; callers show one
+    only where ``stream`` is a terminal (``on_terminal``), not in a pipe, a file or CI
+    logs. The cursor is left at the line's start, so that anything else printed meanwhile
+    writes over it instead of after it. A line wider than the terminal keeps its end (a
+    long path loses its start): a wrapped one would not be rewritten in place."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.on_terminal = stream.isatty()
         self.width = 0  # of the line shown
+        self.show_warning = warnings.showwarning  # the one its block replaces
 
     def show(self, line: str) -> None:
         try:
@@ -291,10 +292,17 @@ class _StatusLine:
             self.stream.flush()
             self.width = 0
 
+    def _cleared_first(self, *warning: Any, **more: Any) -> None:
+        self.clear()
+        self.show_warning(*warning, **more)
+
     def __enter__(self) -> _StatusLine:
+        self.show_warning = warnings.showwarning
+        warnings.showwarning = self._cleared_first
         return self
 
     def __exit__(self, *exc: object) -> None:
+        warnings.showwarning = self.show_warning
         self.clear()
 
 
