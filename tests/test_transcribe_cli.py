@@ -378,6 +378,11 @@ def test_transcribe_shows_where_a_long_recording_stands_on_a_terminal_only(model
     piped = _cli(*command)
     assert piped.returncode == 0 and piped.stderr == "", piped.stderr
     assert proc.stdout.decode() == piped.stdout and piped.stdout.strip()
+    proc, shown = _on_terminal(*command[:2], str(DATA / "clip1.wav"), *command[2:])  # done
+    assert proc.returncode == 0, shown
+    assert re.findall(r"\(\d of 2 files done\)", shown) == ["(0 of 2 files done)"] * 3 + [
+        "(1 of 2 files done)"]
+    assert "clip1.wav: 0:01 of 0:01 decoded (1 of 2 files done)\r" in shown
 
 
 def test_a_warning_clears_the_status_line_before_it_is_printed(monkeypatch):

@@ -124,8 +124,11 @@ def _transcribe(args: argparse.Namespace) -> int:
         if spooled:  # warnings and errors name the spooled file: name it "-" instead
             warnings.showwarning = _naming_stdin(spooled, warnings.showwarning)
 
+        done = 0  # files transcribed
+
         def show(line: str) -> None:
-            status.show("transcribe: " + (line.replace(spooled, STDIN) if spooled else line))
+            files = f" ({done} of {len(inputs)} files done)" if len(inputs) > 1 else ""
+            status.show(f"transcribe: {line.replace(spooled, STDIN) if spooled else line}{files}")
         progress = show if status.on_terminal else None
         speakers = [0] * len(inputs) if args.one_speaker else range(len(inputs))
         results = (iter_transcripts_by_speaker(transcriber, inputs, speakers,
@@ -134,6 +137,7 @@ def _transcribe(args: argparse.Namespace) -> int:
                    else transcriber.iter_transcripts(inputs, progress=progress))
         for index, (_, result) in enumerate(results):
             status.clear()
+            done = index + 1
             name = args.audio[index]
             if isinstance(result, AudioError):
                 message = str(result)
