@@ -257,10 +257,10 @@ def test_by_speaker_adapts_each_speaker_once_and_yields_in_input_order(monkeypat
         rates.append(rate)
         return copy.copy(t) if any(item is b for item in inputs) else t
     monkeypatch.setattr(speaker_adapt, "adapted_to", fake_adapted_to)
-    iter_transcripts = Transcriber.iter_transcripts
-    monkeypatch.setattr(Transcriber, "iter_transcripts", lambda self, inputs, *rest, **more: (
+    iter_decoded = Transcriber.iter_decoded
+    monkeypatch.setattr(Transcriber, "iter_decoded", lambda self, inputs, *rest, **more: (
         calls.append((self is transcriber, list(inputs)))
-        or iter_transcripts(self, inputs, *rest, **more)))
+        or iter_decoded(self, inputs, *rest, **more)))
     inputs = [a, b, missing, a]
     results = list(iter_transcripts_by_speaker(transcriber, inputs, ["x", "y", "x", "x"]))
     assert groups == [[a, missing, a], [b]]
@@ -329,6 +329,38 @@ def test_progress_is_told_each_round_and_how_far_each_batch_decoded(tmp_path):
     lines.clear()
     transcriber.transcribe(long, progress=lines.append)  # unadapted: decoded lines only
     assert lines and all(line.startswith(f"{long}: ") for line in lines)
+
+
+def test_iter_transcripts_learns_each_input_as_transcribe_does(tmp_path, monkeypatch):
+    """Where the decoding learns speakers, ``transcribe`` learnt each input's voice and
+    ``iter_transcripts`` decoded utterance by utterance: the bundled model's word timings
+    came from another transcript than its text (4 words apart on 44 s of one voice). An
+    endless generator is still drawn from as results are needed."""
+    transcriber = _tiny(tmp_path)
+    transcriber.options = replace(transcriber.options, speaker_adaptation=True)
+    clips = [load_audio(DATA / f"clip{i}.wav") for i in range(1, 5)]
+    gap = np.zeros(8000, np.float32)
+    long = np.concatenate([part for clip in clips * 5 for part in (clip, gap)])  # 34 s spoken
+    learnt = []
+    real_adapted_to = speaker_adapt.adapted_to
+    monkeypatch.setattr(speaker_adapt, "adapted_to", lambda t, inputs, *rest: (
+        adapted := real_adapted_to(t, inputs, *rest), learnt.append(adapted is not t))[0])
+    ((_, result),) = transcriber.iter_transcripts(long)
+    assert learnt == [True]
+    ((_, by_speaker),) = iter_transcripts_by_speaker(transcriber, [long], ["x"])
+    assert result.text == by_speaker.text == transcriber.transcribe(long)[0]
+    assert result.words == by_speaker.words
+    drawn = []
+
+    def recordings():
+        while len(drawn) < 1000:  # "endless": listing it would hang, not fail
+            drawn.append(len(drawn))
+            yield clips[0]
+        raise RuntimeError("drawn to its end")
+
+    results = transcriber.iter_transcripts(recordings())
+    assert next(results)[1].text == transcriber.transcribe(clips[0])[0]
+    assert len(drawn) == speaker_adapt.PLAIN_RUN  # the inputs of one batched call
 
 
 def test_transcribe_learns_each_file_or_all_files_as_one_speaker(monkeypatch, capsys):

@@ -130,10 +130,9 @@ def _transcribe(args: argparse.Namespace) -> int:
             files = f" ({done} of {len(inputs)} files done)" if len(inputs) > 1 else ""
             status.show(f"transcribe: {line.replace(spooled, STDIN) if spooled else line}{files}")
         progress = show if status.on_terminal else None
-        speakers = [0] * len(inputs) if args.one_speaker else range(len(inputs))
-        results = (iter_transcripts_by_speaker(transcriber, inputs, speakers,
+        results = (iter_transcripts_by_speaker(transcriber, inputs, [0] * len(inputs),
                                                progress=progress)
-                   if transcriber.options.speaker_adaptation
+                   if args.one_speaker  # else each file is one speaker's, where they are learnt
                    else transcriber.iter_transcripts(inputs, progress=progress))
         for index, (_, result) in enumerate(results):
             status.clear()

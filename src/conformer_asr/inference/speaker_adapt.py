@@ -147,34 +147,44 @@ def adapted_to(
     return adapted
 
 
+_Numbered = list[tuple[int, AudioInput]]  # inputs, each with its place among all of them
+
+
 def iter_transcripts_by_speaker(
-    transcriber: Transcriber, inputs: Sequence[AudioInput], speakers: Sequence[Hashable],
+    transcriber: Transcriber, inputs: Iterable[AudioInput], speakers: Sequence[Hashable] | None,
     settings: SpeakerAdaptation | None = None, sample_rate: int = SAMPLE_RATE,
     progress: Progress | None = None,
 ) -> Iterator[tuple[AudioInput, Transcript | AudioError]]:
-    """``transcriber.iter_transcripts(inputs, sample_rate)``, each input transcribed by a
+    """``transcriber.iter_decoded(inputs, sample_rate)``, each input transcribed by a
     copy adapted to all the inputs of its speaker (``adapted_to``): ``speakers[i]`` is
-    input i's. The inputs of speakers not learnt (too little speech, or a voice the model
-    is sure of) are transcribed by ``transcriber`` itself, up to ``PLAIN_RUN`` of them in
-    one call (batched, as without speaker adaptation). Yields in input order, each input
-    as soon as it and the inputs before it are transcribed. ``progress``: told where the
-    work stands, each line naming the input (a speaker's first, "and N more")."""
-    if len(speakers) != len(inputs):
-        raise ValueError(f"{len(speakers)} speakers for {len(inputs)} inputs")
-    groups: dict[Hashable, list[int]] = {}
-    for index, speaker in enumerate(speakers):
-        groups.setdefault(speaker, []).append(index)
+    input i's; None: each input is a speaker of its own, and the inputs are drawn as
+    needed. The inputs of speakers not learnt (too little speech, or a voice the model is
+    sure of) are transcribed by ``transcriber`` itself, up to ``PLAIN_RUN`` of them in one
+    call (batched, as without speaker adaptation). Yields in input order, each input as
+    soon as it and the inputs before it are transcribed. ``progress``: told where the work
+    stands, each line naming the input (a speaker's first, "and N more")."""
+    groups: Iterable[_Numbered]
+    if speakers is None:
+        groups = ([pair] for pair in enumerate(inputs))
+    else:
+        listed = list(inputs)
+        if len(speakers) != len(listed):
+            raise ValueError(f"{len(speakers)} speakers for {len(listed)} inputs")
+        by_speaker: dict[Hashable, _Numbered] = {}
+        for index, speaker in enumerate(speakers):
+            by_speaker.setdefault(speaker, []).append((index, listed[index]))
+        groups = by_speaker.values()
 
-    def runs() -> Iterator[tuple[list[int], Transcriber]]:
-        """(input indices, the transcriber for them), each speaker adapted in turn."""
-        plain: list[int] = []
-        for indices in groups.values():
-            adapted = adapted_to(transcriber, [inputs[i] for i in indices], sample_rate,
-                                 settings, _naming(progress, indices, inputs))
+    def runs() -> Iterator[tuple[_Numbered, Transcriber]]:
+        """(inputs, the transcriber for them), each speaker adapted in turn."""
+        plain: _Numbered = []
+        for group in groups:
+            adapted = adapted_to(transcriber, [item for _, item in group], sample_rate,
+                                 settings, _naming(progress, group))
             if adapted is not transcriber:
-                yield indices, adapted
+                yield group, adapted
                 continue
-            plain += indices
+            plain += group
             if len(plain) >= PLAIN_RUN:
                 yield plain, transcriber
                 plain = []
@@ -183,24 +193,24 @@ def iter_transcripts_by_speaker(
 
     done: dict[int, tuple[AudioInput, Transcript | AudioError]] = {}
     next_out = 0
-    for indices, by in runs():
-        results = by.iter_transcripts([inputs[i] for i in indices], sample_rate, indices,
-                                      progress)
-        done.update(zip(indices, results, strict=True))
+    for run, by in runs():
+        numbers = [number for number, _ in run]
+        results = by.iter_decoded([item for _, item in run], sample_rate, numbers, progress)
+        done.update(zip(numbers, results, strict=True))
         while next_out in done:
             yield done.pop(next_out)
             next_out += 1
 
 
-def _naming(progress: Progress | None, indices: list[int],
-            inputs: Sequence[AudioInput]) -> Progress | None:
-    """``progress`` for lines about the speaker of ``inputs[i] for i in indices``, which
-    name it by its first input."""
+def _naming(progress: Progress | None, group: _Numbered) -> Progress | None:
+    """``progress`` for lines about the speaker of ``group``, which name it by its first
+    input."""
     if progress is None:
         return None
-    name = input_name(inputs[indices[0]], indices[0])
-    if len(indices) > 1:
-        name += f" and {len(indices) - 1} more"
+    number, first = group[0]
+    name = input_name(first, number)
+    if len(group) > 1:
+        name += f" and {len(group) - 1} more"
     return lambda line: progress(f"{name}: {line}")
 
 
@@ -213,7 +223,7 @@ def encodings(transcriber: Transcriber, waves: Sequence[np.ndarray]) -> Iterator
     adaptation, batch by batch: the indices into ``waves`` of a batch's segments, their
     encoding (B, T', D) and its lengths (B,). The segments go in consecutive runs of at
     most ``transcriber.batch_seconds`` of audio (one segment at the least; about the
-    batches ``iter_transcripts`` hands ``decode_waves``), each run in the groups of
+    batches ``iter_decoded`` hands ``decode_waves``), each run in the groups of
     similar lengths ``decode_waves`` makes: the memory of a batch is bounded by the
     transcriber's, not by the speaker."""
     lengths = [len(w) for w in waves]

@@ -191,23 +191,11 @@ class Transcriber:
         self, inputs: Iterable[AudioInput] | AudioInput, sample_rate: int = SAMPLE_RATE,
         progress: Progress | None = None,
     ) -> list[str]:
-        """-> one text per input (a single input counts as a list of one); raises
-        AudioError on the first unusable input. Where ``options.speaker_adaptation`` asks
-        for it (the bundled model's do), each input is taken as one speaker's and learnt
-        first (``speaker_adapt.iter_transcripts_by_speaker``), as the ``transcribe`` command
-        takes each file; ``iter_transcripts`` decodes utterance by utterance. ``progress``:
-        told where the work stands as it goes (``iter_transcripts``)."""
-        from .speaker_adapt import iter_transcripts_by_speaker  # which imports this module
-
-        if self.options.speaker_adaptation:
-            _check_sample_rate(sample_rate)
-            listed = list(_items(inputs))
-            pairs = iter_transcripts_by_speaker(self, listed, range(len(listed)),
-                                                sample_rate=sample_rate, progress=progress)
-        else:
-            pairs = self.iter_transcripts(inputs, sample_rate, progress=progress)
+        """-> one text per input (a single input counts as a list of one), transcribed as
+        ``iter_transcripts`` transcribes them; raises AudioError on the first unusable
+        input."""
         results = []
-        for _, result in pairs:
+        for _, result in self.iter_transcripts(inputs, sample_rate, progress):
             if isinstance(result, AudioError):
                 raise result
             results.append(result.text)
@@ -215,9 +203,29 @@ class Transcriber:
 
     def iter_transcripts(
         self, inputs: Iterable[AudioInput] | AudioInput, sample_rate: int = SAMPLE_RATE,
+        progress: Progress | None = None,
+    ) -> Iterator[tuple[AudioInput, Transcript | AudioError]]:
+        """Yield (input, Transcript or AudioError) in input order, the inputs drawn as
+        needed; errors do not stop the rest. Where ``options.speaker_adaptation`` asks for
+        it (the bundled model's do), each input is taken as one speaker's and learnt first
+        (``speaker_adapt.iter_transcripts_by_speaker``), as the ``transcribe`` command takes
+        each file; ``iter_decoded`` decodes utterance by utterance. ``progress``: told where
+        the work stands as it goes ("talk.wav: 2:40 of 57:03 decoded")."""
+        from .speaker_adapt import iter_transcripts_by_speaker  # which imports this module
+
+        items = _items(inputs)
+        if not self.options.speaker_adaptation:
+            return self.iter_decoded(items, sample_rate, progress=progress)
+        _check_sample_rate(sample_rate)
+        return iter_transcripts_by_speaker(self, items, None, sample_rate=sample_rate,
+                                           progress=progress)
+
+    def iter_decoded(
+        self, inputs: Iterable[AudioInput], sample_rate: int = SAMPLE_RATE,
         numbers: Sequence[int] | None = None, progress: Progress | None = None,
     ) -> Iterator[tuple[AudioInput, Transcript | AudioError]]:
-        """Yield (input, Transcript or AudioError) in input order; errors do not stop the rest.
+        """Yield (input, Transcript or AudioError) in input order, each input decoded as it
+        is (no speaker learnt), drawn as needed; errors do not stop the rest.
         ``numbers``: what each input is numbered in messages (``input_name``), its place in
         ``inputs`` unless given (a caller that hands on some of its inputs gives their
         places among its own). ``progress``: told after each batch is decoded how far into
@@ -263,7 +271,7 @@ class Transcriber:
                 next_out += 1
 
         limit = self.batch_seconds * SAMPLE_RATE
-        for index, item in enumerate(_items(inputs)):
+        for index, item in enumerate(inputs):
             given[index] = item
             names[index] = input_name(item, index if numbers is None else numbers[index])
             if progress is not None:
@@ -349,7 +357,7 @@ class Transcriber:
         return window, stride, window - round(self.overlap / 2 * SAMPLE_RATE)
 
     def speech(self, item: AudioInput, sample_rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
-        """The samples of each segment of ``item`` that ``iter_transcripts`` decodes (the
+        """The samples of each segment of ``item`` that ``iter_decoded`` decodes (the
         ones that are not one steady sound), in order; AudioError if it cannot be read."""
         for segment in self._segments(0, item, sample_rate):
             if not is_steady(segment.samples):
