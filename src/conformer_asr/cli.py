@@ -282,7 +282,7 @@ class _StatusLine:
             columns = os.get_terminal_size(self.stream.fileno()).columns
         except OSError:
             columns = 0
-        room = (columns or 80) - 1  # the last column: some terminals wrap on reaching it
+        room = max(columns or 80, 20) - 1  # the last column: some terminals wrap on it
         if len(line) > room:
             line = "..." + line[len(line) - room + 3:]
         self.stream.write("\r" + line.ljust(self.width) + "\r")
