@@ -331,6 +331,34 @@ def test_progress_is_told_each_round_and_how_far_each_batch_decoded(tmp_path):
     assert lines and all(line.startswith(f"{long}: ") for line in lines)
 
 
+def test_evaluate_tells_as_each_voice_is_learnt(tmp_path):
+    """evaluate's line sat on "0 of N utterances scored" while the first voice was learnt."""
+    import soundfile as sf
+
+    from conformer_asr.inference.evaluate import evaluate
+    from conformer_asr.inference.transcriber import clock
+
+    transcriber = _tiny(tmp_path)
+    transcriber.options = replace(transcriber.options, speaker_adaptation=True)
+    clips = [load_audio(DATA / f"clip{i}.wav") for i in range(1, 5)]
+    gap = np.zeros(8000, np.float32)
+    long = tmp_path / "long.wav"
+    sf.write(long, np.concatenate([part for clip in clips * 5 for part in (clip, gap)]), 16000)
+    short = DATA / "clip1.wav"
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps({"id": str(i), "audio": str(path), "text": "a",
+                                            "speaker": "x"}) + "\n"
+                                for i, path in enumerate((long, short))))
+    speech = clock(sum(len(w) for path in (long, short)
+                       for w in transcriber.speech(path)) / 16000)
+    lines: list[str] = []
+    evaluate(transcriber, manifest, progress=lines.append)
+    assert lines[:2] == [f"{long} and 1 more: learning the voice from {speech} of speech, "
+                         f"round {n} of 2 (0 of 2 utterances scored)" for n in (1, 2)]
+    assert lines[-2:] == ["1 of 2 utterances scored", "2 of 2 utterances scored"]
+    assert all(line.endswith("(0 of 2 utterances scored)") for line in lines[2:-2])
+
+
 def test_iter_transcripts_learns_each_input_as_transcribe_does(tmp_path, monkeypatch):
     """Where the decoding learns speakers, ``transcribe`` learnt each input's voice and
     ``iter_transcripts`` decoded utterance by utterance: the bundled model's word timings

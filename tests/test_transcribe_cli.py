@@ -341,16 +341,21 @@ def test_evaluate_writes_hypotheses_and_reports(model_dir, tmp_path):
 
 
 def test_evaluate_shows_its_progress_on_a_terminal_only(model_dir):
-    """stderr a terminal: one line, rewritten as each utterance is scored and cleared at the
-    end; stdout keeps the report alone. stderr a pipe (as above, and in CI logs): nothing."""
+    """stderr a terminal: one line, rewritten as each batch is decoded and each utterance
+    scored, and cleared at the end; stdout keeps the report alone. stderr a pipe (as above,
+    and in CI logs): nothing."""
     manifest = str(DATA / "manifest.jsonl")
     proc, shown = _on_terminal("evaluate", "--manifest", manifest, "--model", str(model_dir),
                                "--json")
     assert proc.returncode == 0, shown
     assert json.loads(proc.stdout)["utterances"] == 4
-    lines = [f"evaluate: {done} of 4 utterances scored" for done in range(1, 5)]
-    assert shown == "".join(f"\r{line}\r" for line in lines) + "\r" + " " * len(
-        lines[-1]) + "\r"
+    writes = re.findall(r"\r([^\r]*)\r", shown)
+    assert "".join(f"\r{write}\r" for write in writes) == shown
+    *lines, cleared = [write.rstrip() for write in writes]
+    assert len(lines) == 5 and lines[0].endswith(  # the one batch decoded, then each scored
+        "clip4.wav: 0:01 of 0:01 decoded (0 of 4 utterances scored)")
+    assert lines[1:] == [f"evaluate: {done} of 4 utterances scored" for done in range(1, 5)]
+    assert cleared == "" and len(writes[-1]) == len(lines[-1])
     piped = _cli("evaluate", "--manifest", manifest, "--model", str(model_dir), "--json")
     assert piped.returncode == 0 and piped.stderr == "", piped.stderr
 

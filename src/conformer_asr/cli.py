@@ -238,8 +238,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     transcriber = _load_transcriber(args)
     with _StatusLine(sys.stderr) as status:
         report = evaluate(transcriber, args.manifest, progress=(
-            lambda done, total: status.show(f"evaluate: {done} of {total} utterances scored"))
-            if status.on_terminal else None)
+            lambda line: status.show(f"evaluate: {line}")) if status.on_terminal else None)
     unwritten: OSError | None = None
     if args.output is not None:
         # before the report, which a reader that leaves early (`| head`) would cut short;
