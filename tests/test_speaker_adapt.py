@@ -297,7 +297,7 @@ def test_an_array_is_named_by_its_place_among_all_the_inputs(monkeypatch):
 def test_progress_is_told_each_round_and_how_far_each_batch_decoded(tmp_path):
     """A long recording is learnt and decoded for minutes: ``progress`` hears as each round
     starts and after each batch how far into its input it reached, of the file's length;
-    a speaker is named by its first input, an array by its place."""
+    a speaker without a name is named by its first input, an array by its place."""
     import soundfile as sf
 
     from conformer_asr.inference.transcriber import clock
@@ -313,7 +313,7 @@ def test_progress_is_told_each_round_and_how_far_each_batch_decoded(tmp_path):
                        for w in transcriber.speech(item)) / 16000)
     lines: list[str] = []
     settings = SpeakerAdaptation(rounds=2, epochs=1, min_seconds=0)
-    told = list(iter_transcripts_by_speaker(transcriber, [long, clips[0]], ["x", "x"],
+    told = list(iter_transcripts_by_speaker(transcriber, [long, clips[0]], [0, 0],
                                             settings, progress=lines.append))
     assert lines[:2] == [f"{long} and 1 more: learning the voice from {speech} of speech, "
                          f"round {n} of 2" for n in (1, 2)]
@@ -323,7 +323,7 @@ def test_progress_is_told_each_round_and_how_far_each_batch_decoded(tmp_path):
     reached = [int(match[1]) for match in decoded]
     assert reached == sorted(reached) and reached[-1] <= int(length[2:])
     assert lines[-1] == f"input 1: 0:0{int(len(clips[0]) / 16000)} decoded"  # no header
-    untold = list(iter_transcripts_by_speaker(transcriber, [long, clips[0]], ["x", "x"],
+    untold = list(iter_transcripts_by_speaker(transcriber, [long, clips[0]], [0, 0],
                                               settings))
     assert [r.text for _, r in told] == [r.text for _, r in untold]
     lines.clear()
@@ -353,10 +353,10 @@ def test_evaluate_tells_as_each_voice_is_learnt(tmp_path):
                        for w in transcriber.speech(path)) / 16000)
     lines: list[str] = []
     evaluate(transcriber, manifest, progress=lines.append)
-    assert lines[:2] == [f"{long} and 1 more: learning the voice from {speech} of speech, "
-                         f"round {n} of 2 (0 of 2 utterances scored)" for n in (1, 2)]
+    assert lines[:2] == [f"x: learning the voice from {speech} of speech, round {n} of 2 "
+                         "(0 of 2 scored)" for n in (1, 2)]  # the speaker, by their name
     assert lines[-2:] == ["1 of 2 utterances scored", "2 of 2 utterances scored"]
-    assert all(line.endswith("(0 of 2 utterances scored)") for line in lines[2:-2])
+    assert all(line.endswith("(0 of 2 scored)") for line in lines[2:-2])
 
 
 def test_iter_transcripts_learns_each_input_as_transcribe_does(tmp_path, monkeypatch):

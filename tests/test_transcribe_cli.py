@@ -353,7 +353,7 @@ def test_evaluate_shows_its_progress_on_a_terminal_only(model_dir):
     assert "".join(f"\r{write}\r" for write in writes) == shown
     *lines, cleared = [write.rstrip() for write in writes]
     assert len(lines) == 5 and lines[0].endswith(  # the one batch decoded, then each scored
-        "clip4.wav: 0:01 of 0:01 decoded (0 of 4 utterances scored)")
+        "clip4.wav: 0:01 of 0:01 decoded (0 of 4 scored)")
     assert lines[1:] == [f"evaluate: {done} of 4 utterances scored" for done in range(1, 5)]
     assert cleared == "" and len(writes[-1]) == len(lines[-1])
     piped = _cli("evaluate", "--manifest", manifest, "--model", str(model_dir), "--json")

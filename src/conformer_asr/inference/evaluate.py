@@ -219,8 +219,8 @@ def evaluate(
     transcribed by a copy of ``transcriber`` adapted to them all
     (``inference.speaker_adapt``); an utterance without a speaker, to it alone.
     ``progress``: told where the work stands, as each utterance is scored ("12 of 40
-    utterances scored") and as the transcriber goes ("... learning the voice from 2:40 of
-    speech, round 1 of 2 (12 of 40 utterances scored)").
+    utterances scored") and as the transcriber goes ("paul: learning the voice from 2:40
+    of speech, round 1 of 2 (12 of 40 scored)").
     """
     utterances = read_manifest(manifest)
     if output is not None:
@@ -230,8 +230,8 @@ def evaluate(
     audio = [u.audio for u in utterances]
 
     def scored() -> str:
-        return f"{report.utterances} of {len(utterances)} utterances scored"
-    going = None if progress is None else (lambda line: progress(f"{line} ({scored()})"))
+        return f"{report.utterances} of {len(utterances)}"
+    going = None if progress is None else (lambda line: progress(f"{line} ({scored()} scored)"))
     if not transcriber.options.speaker_adaptation:
         results = transcriber.iter_transcripts(audio, progress=going)
     else:
@@ -257,7 +257,7 @@ def evaluate(
             hypothesis["error"] = str(result)
         report.hypotheses.append(hypothesis)
         if progress is not None:
-            progress(scored())
+            progress(f"{scored()} utterances scored")
     report.wall_seconds = time.perf_counter() - start
     if output is not None:
         write_hypotheses(report, output)

@@ -162,10 +162,11 @@ def iter_transcripts_by_speaker(
     sure of) are transcribed by ``transcriber`` itself, up to ``PLAIN_RUN`` of them in one
     call (batched, as without speaker adaptation). Yields in input order, each input as
     soon as it and the inputs before it are transcribed. ``progress``: told where the work
-    stands, each line naming the input (a speaker's first, "and N more")."""
-    groups: Iterable[_Numbered]
+    stands, each line naming the input, or the speaker being learnt: by their name where
+    ``speakers`` are strings, else by their first input ("a.wav and 3 more")."""
+    groups: Iterable[tuple[Hashable, _Numbered]]  # (speaker, their inputs)
     if speakers is None:
-        groups = ([pair] for pair in enumerate(inputs))
+        groups = ((None, [pair]) for pair in enumerate(inputs))
     else:
         listed = list(inputs)
         if len(speakers) != len(listed):
@@ -173,14 +174,14 @@ def iter_transcripts_by_speaker(
         by_speaker: dict[Hashable, _Numbered] = {}
         for index, speaker in enumerate(speakers):
             by_speaker.setdefault(speaker, []).append((index, listed[index]))
-        groups = by_speaker.values()
+        groups = by_speaker.items()
 
     def runs() -> Iterator[tuple[_Numbered, Transcriber]]:
         """(inputs, the transcriber for them), each speaker adapted in turn."""
         plain: _Numbered = []
-        for group in groups:
+        for speaker, group in groups:
             adapted = adapted_to(transcriber, [item for _, item in group], sample_rate,
-                                 settings, _naming(progress, group))
+                                 settings, _naming(progress, speaker, group))
             if adapted is not transcriber:
                 yield group, adapted
                 continue
@@ -202,15 +203,19 @@ def iter_transcripts_by_speaker(
             next_out += 1
 
 
-def _naming(progress: Progress | None, group: _Numbered) -> Progress | None:
-    """``progress`` for lines about the speaker of ``group``, which name it by its first
-    input."""
+def _naming(progress: Progress | None, speaker: Hashable,
+            group: _Numbered) -> Progress | None:
+    """``progress`` for lines about ``speaker``, whose inputs are ``group``: named by their
+    name where it is a string, else by their first input."""
     if progress is None:
         return None
-    number, first = group[0]
-    name = input_name(first, number)
-    if len(group) > 1:
-        name += f" and {len(group) - 1} more"
+    if isinstance(speaker, str):
+        name = speaker
+    else:
+        number, first = group[0]
+        name = input_name(first, number)
+        if len(group) > 1:
+            name += f" and {len(group) - 1} more"
     return lambda line: progress(f"{name}: {line}")
 
 
