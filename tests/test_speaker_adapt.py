@@ -455,6 +455,38 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+def test_a_file_cut_short_is_named_once(tmp_path):
+    """A WAV whose header gives no samples (a recorder killed early) was warned of twice
+    with speakers learnt (its header read, then its samples), and its header read for the
+    progress line warned too."""
+    import warnings
+
+    import soundfile as sf
+
+    from conformer_asr.audio.io import AudioWarning
+    from conformer_asr.inference.transcriber import header_length
+
+    clips = [load_audio(DATA / f"clip{i}.wav") for i in range(1, 5)]
+    gap = np.zeros(8000, np.float32)
+    finished = tmp_path / "finished.wav"
+    sf.write(finished, np.concatenate([part for clip in clips * 5 for part in (clip, gap)]),
+             16000)
+    data = finished.read_bytes()
+    at = data.index(b"data")  # RIFF and data sizes 0
+    unfinished = tmp_path / "unfinished.wav"
+    unfinished.write_bytes(data[:4] + bytes(4) + data[8:at] + b"data" + bytes(4) + data[at + 8:])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert header_length(unfinished) == pytest.approx(len(load_audio(finished)) / 16000)
+        load_audio(unfinished)
+    assert [type(w.message) for w in caught] == [AudioWarning]  # the samples' read only
+    for flags in ([], ["--one-speaker"]):  # each file learnt alone, or the files together
+        proc = _cli("transcribe", str(unfinished), str(DATA / "clip1.wav"), *flags)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr.count("warning: ") == 1, proc.stderr
+        assert proc.stderr.startswith(f"warning: {unfinished}: its header gives no samples")
+
+
 def test_the_flags_as_a_user_runs_them(tmp_path):
     manifest = tmp_path / "manifest.jsonl"  # two speakers, and a file that is not there
     lines = [json.loads(line) for line in (EXAMPLES / "manifest.jsonl").open()][:2]

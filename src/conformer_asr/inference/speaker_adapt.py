@@ -64,6 +64,7 @@ from .transcriber import (
     clock,
     header_length,
     input_name,
+    read_again_later,
 )
 
 PLAIN_RUN = 64  # inputs of speakers not learnt, transcribed in one call (at
@@ -281,15 +282,16 @@ def _speech(transcriber: Transcriber, inputs: Sequence[AudioInput], sample_rate:
     them; inputs that cannot be read are skipped."""
     waves: list[np.ndarray] = []
     left = max_seconds * SAMPLE_RATE
-    for item in inputs:
-        try:
-            for wave in transcriber.speech(item, sample_rate):
-                if left <= 0:
-                    return waves
-                waves.append(wave)
-                left -= len(wave)
-        except AudioError:
-            continue
+    with read_again_later():
+        for item in inputs:
+            try:
+                for wave in transcriber.speech(item, sample_rate):
+                    if left <= 0:
+                        return waves
+                    waves.append(wave)
+                    left -= len(wave)
+            except AudioError:
+                continue
     return waves
 
 

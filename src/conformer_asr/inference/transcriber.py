@@ -27,12 +27,14 @@ model is unsure of are (the others are decoded once, unadapted).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import itertools
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,7 @@ from ..audio.io import (
     SAMPLE_RATE,
     AudioError,
     AudioSlice,
+    AudioWarning,
     audio_duration,
     resample,
     samples_of,
@@ -490,9 +493,20 @@ def header_length(item: AudioInput) -> float | None:
     if not isinstance(item, str | os.PathLike | AudioSlice):
         return None
     try:
-        return audio_duration(item)
+        with read_again_later():
+            return audio_duration(item)
     except AudioError:
         return None
+
+
+@contextlib.contextmanager
+def read_again_later() -> Iterator[None]:
+    """A block that reads inputs that are decoded later (their headers, the speech a
+    speaker is learnt from), without the AudioWarnings the decoding gives of them: a file
+    cut short was named twice or three times."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AudioWarning)
+        yield
 
 
 def _decoded_line(name: str, seconds: float, length: float | None) -> str:
