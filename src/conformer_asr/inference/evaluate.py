@@ -229,9 +229,9 @@ def evaluate(
     start = time.perf_counter()
     audio = [u.audio for u in utterances]
 
-    def scored() -> str:
+    def tally() -> str:  # "12 of 40"
         return f"{report.utterances} of {len(utterances)}"
-    going = None if progress is None else (lambda line: progress(f"{line} ({scored()} scored)"))
+    going = None if progress is None else (lambda line: progress(f"{line} ({tally()} scored)"))
     if not transcriber.options.speaker_adaptation:
         results = transcriber.iter_transcripts(audio, progress=going)
     else:
@@ -257,7 +257,7 @@ def evaluate(
             hypothesis["error"] = str(result)
         report.hypotheses.append(hypothesis)
         if progress is not None:
-            progress(f"{scored()} utterances scored")
+            progress(f"{tally()} utterances scored")
     report.wall_seconds = time.perf_counter() - start
     if output is not None:
         write_hypotheses(report, output)
